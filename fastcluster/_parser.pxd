@@ -1,0 +1,115 @@
+# The contract of the compiled loop: fields and C-level methods of its classes.
+# The pure-Python twin (_parser_py.py) has the same classes, attributes and behaviour.
+
+cimport cython
+from ._syscalls cimport epoll_event
+
+include "_consts.pxi"
+
+
+@cython.final
+cdef class Request:
+    cdef:
+        dict environ
+        bint keep_alive         # the client allows another request after this one
+        bint head
+        bint http10             # HTTP/1.0 (or older): no chunked, no 100-continue
+        bint complete           # the parser has seen the end of the message
+        bint early              # dispatched at headers-complete (Expect: 100-continue)
+        bint sent_continue
+        object body             # BodyBuffer, LazyInput or None
+
+    @staticmethod
+    cdef Request new(dict environ)
+
+
+@cython.final
+cdef class Server:
+    cdef:
+        object listener         # the shared listening socket object (kept open by us)
+        int lfd
+        int epfd
+        public object app
+        public double keep_alive
+        public double graceful_timeout
+        int wakeup_fd
+        int master_pid
+        public bint stop_requested   # set from a signal handler; the loop acts on it
+        public bint stopping
+        double deadline
+        public dict conns            # fd -> Connection
+        public unsigned long long requests
+        bint tcp
+        dict base_environ
+        object date
+        bytes date_line
+        char* rbuf
+        double now
+        double accept_paused_until
+
+    cdef int _accept(self) except -1
+    cdef int _drain_wakeup(self) except -1
+    cdef int _tick(self) except -1
+    cdef int _begin_stop(self) except -1
+    cdef int _watch(self, int fd, unsigned int events) except -1
+
+
+@cython.final
+cdef class Connection:
+    cdef:
+        Server server
+        object app
+        int fd
+        dict base_environ       # the server's environ plus this client's address
+        object parser           # httptools.HttpRequestParser driving our callbacks
+        Request cur             # the request being parsed
+        bytes url
+        object pending          # deque of Request (or BAD_REQUEST) waiting for their response
+        list out                # bytes waiting to be sent, in order; out[0] from out_off
+        Py_ssize_t out_off
+        Py_ssize_t out_size
+        unsigned int mask       # the epoll events we are registered for
+        bint reading            # False after EOF, a parse error, or a request that ends the connection
+        bint closed
+        bint close_after        # close once the queued output is sent
+        double last_active
+        # the response being produced
+        Request resp
+        object result
+        object iter
+        bint sending_file
+        int file_fd
+        long long file_off
+        long long file_left
+        bytes status
+        bytes headers
+        int hflags
+        int code
+        long long clen          # -1: the app gave no Content-Length
+        long long sent
+        bint headers_sent
+        bint chunked
+        bint no_body
+        bint keep
+        public object start_response
+
+    cdef setup(self, Server server, int fd, dict env)
+    cdef int on_event(self) except -1
+    cdef int _feed(self, Py_ssize_t n) except -1
+    cdef int _pump(self) except -1
+    cdef int _respond(self, object req) except -1
+    cdef int _respond_sequence(self, object items) except -1
+    cdef bint _start_sendfile(self, object wrapper) except -1
+    cdef bint _sendfile_step(self) except -1
+    cdef int _next_chunk(self) except -1
+    cdef int _send_headers(self, long long known_length) except -1
+    cdef int _body(self, bytes data) except -1
+    cdef int _finish(self) except -1
+    cdef int _app_failed(self) except -1
+    cdef int _close_result(self) except -1
+    cdef int _queue(self, bytes data) except -1
+    cdef bint _flush(self) except -1
+    cdef int _blocking_flush(self) except -1
+    cdef int _want(self, unsigned int mask) except -1
+    cpdef bint idle(self)
+    cpdef close(self)

@@ -1,0 +1,851 @@
+# cython: language_level=3
+"""The compiled request loop of a fastcluster worker.
+
+One worker runs one `Server`: a level-triggered epoll over the shared listening
+socket, a signal wake-up fd and its connections, driven with direct system calls
+(epoll_wait, accept4, recv, writev, sendfile) instead of socket objects.  Each
+`Connection` feeds what it reads to httptools; the callbacks queue complete
+requests, and `_pump()` answers them strictly in order, writing the responses of
+one read with one writev and pausing a streamed body whenever the socket is full.
+
+The pure-Python twin, `_parser_py.py`, has the same classes and behaviour; the
+shared WSGI pieces live in `wsgi.py`.
+"""
+
+cimport cython
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
+from cpython.dict cimport PyDict_Copy
+from cpython.exc cimport PyErr_CheckSignals, PyErr_SetFromErrno
+from cpython.memoryview cimport PyMemoryView_FromMemory
+from cpython.buffer cimport PyBUF_READ
+from cpython.mem cimport PyMem_Free, PyMem_Malloc
+from cpython.unicode cimport PyUnicode_DecodeLatin1
+from libc.errno cimport EAGAIN, EINTR, EMFILE, ENFILE, ENOBUFS, ENOMEM, errno
+from libc.string cimport memchr
+from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
+from posix.uio cimport iovec, writev
+from posix.unistd cimport close as c_close, getppid, read as c_read
+from posix.types cimport off_t
+
+from ._syscalls cimport *
+
+import logging
+import os
+import stat as _stat
+from collections import deque as _deque
+
+from httptools import HttpParserError, HttpParserUpgrade, HttpRequestParser
+
+from . import wsgi as _wsgi
+from .sockets import describe as _describe
+
+IMPLEMENTATION = "cython"
+
+# Python objects used per request, bound once to C globals
+cdef object BodyBuffer = _wsgi.BodyBuffer
+cdef object LazyInput = _wsgi.LazyInput
+cdef object FileWrapper = _wsgi.FileWrapper
+cdef object EMPTY_INPUT = _wsgi.EMPTY_INPUT
+cdef dict HEADER_KEYS = _wsgi.HEADER_KEYS
+cdef object header_key = _wsgi.header_key
+cdef object split_target = _wsgi.split_target
+cdef object status_line = _wsgi.status_line
+cdef object encode_headers = _wsgi.encode_headers
+cdef object simple_response = _wsgi.simple_response
+cdef object log_app_error = _wsgi.log_app_error
+cdef object log = _wsgi.log
+cdef object deque = _deque
+cdef bytes CONTINUE_LINE = _wsgi.CONTINUE_LINE
+cdef bytes SERVER_HEADER = _wsgi.SERVER_HEADER
+cdef int HAS_DATE = _wsgi.HAS_DATE
+cdef int HAS_SERVER = _wsgi.HAS_SERVER
+cdef int WANTS_CLOSE = _wsgi.WANTS_CLOSE
+
+cdef double BLOCKING_IO_TIMEOUT = 60.0   # write() and 100-continue body reads wait at most this long
+cdef double IDLE_TIMEOUT_WITHOUT_KEEP_ALIVE = 10.0
+
+cdef dict METHODS = {}
+cdef dict PROTOCOLS = {"1.1": "HTTP/1.1", "1.0": "HTTP/1.0"}
+BAD_REQUEST = object()          # queued in place of a request that failed to parse
+cdef object _BAD_REQUEST = BAD_REQUEST
+
+
+cdef inline double monotonic() noexcept nogil:
+    cdef timespec ts
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return ts.tv_sec + ts.tv_nsec * 1e-9
+
+
+cdef inline str latin1(const char* data, Py_ssize_t size):
+    return PyUnicode_DecodeLatin1(data, size, NULL)
+
+
+cdef bint wait_fd(int fd, short events, double timeout) except -1:
+    """Block until fd is ready (poll), running signal handlers on EINTR."""
+    cdef pollfd p
+    cdef int rc
+    cdef double end = monotonic() + timeout
+    p.fd = fd
+    p.events = events
+    while True:
+        with nogil:
+            rc = poll(&p, 1, <int>((end - monotonic()) * 1000))
+        if rc >= 0:
+            return rc > 0
+        if errno != EINTR:
+            PyErr_SetFromErrno(OSError)
+        PyErr_CheckSignals()
+        if monotonic() >= end:
+            return False
+
+
+@cython.freelist(64)
+@cython.final
+cdef class Request:
+    @staticmethod
+    cdef Request new(dict environ):
+        cdef Request req = Request.__new__(Request)
+        req.environ = environ
+        req.keep_alive = True
+        return req
+
+
+@cython.final
+cdef class Server:
+    def __cinit__(self):
+        self.epfd = -1
+        self.rbuf = NULL
+
+    def __init__(self, listener, app, keep_alive=75.0, graceful_timeout=30.0, wakeup_fd=-1,
+                 master_pid=0, multiprocess=True):
+        self.listener = listener
+        self.lfd = listener.fileno()
+        self.app = app
+        self.keep_alive = keep_alive
+        self.graceful_timeout = graceful_timeout
+        self.wakeup_fd = wakeup_fd
+        self.master_pid = master_pid
+        self.conns = {}
+        self.tcp = listener.family in (AF_INET, AF_INET6)
+        _url, name, port, _short = _describe(listener)
+        self.base_environ = _wsgi.base_environ(name, port, multiprocess)
+        self.date = _wsgi.DateHeader()
+        self.date_line = self.date.get()
+        self.rbuf = <char*>PyMem_Malloc(RECV_SIZE)
+        if self.rbuf is NULL:
+            raise MemoryError()
+        self.epfd = epoll_create1(EPOLL_CLOEXEC)
+        if self.epfd < 0:
+            PyErr_SetFromErrno(OSError)
+        self.now = monotonic()
+
+    def __dealloc__(self):
+        if self.epfd >= 0:
+            c_close(self.epfd)
+        PyMem_Free(self.rbuf)
+
+    cdef int _watch(self, int fd, unsigned int events) except -1:
+        cdef epoll_event ev
+        ev.events = events
+        ev.data.u64 = 0
+        ev.data.fd = fd
+        if epoll_ctl(self.epfd, EPOLL_CTL_ADD, fd, &ev) < 0:
+            PyErr_SetFromErrno(OSError)
+        return 0
+
+    def serve(self):
+        cdef epoll_event events[MAX_EVENTS]
+        cdef int n, i, fd, timeout
+        cdef double next_tick
+        cdef dict conns = self.conns
+        cdef Connection conn
+        self.listener.setblocking(False)
+        self._watch(self.lfd, EPOLLIN | EPOLLEXCLUSIVE)
+        if self.wakeup_fd >= 0:
+            self._watch(self.wakeup_fd, EPOLLIN)
+        next_tick = self.now + 1.0
+        try:
+            while True:
+                timeout = <int>((next_tick - self.now) * 1000) + 1
+                if timeout < 0:
+                    timeout = 0
+                with nogil:
+                    n = epoll_wait(self.epfd, events, MAX_EVENTS, timeout)
+                if n < 0:
+                    if errno != EINTR:
+                        PyErr_SetFromErrno(OSError)
+                    n = 0
+                    PyErr_CheckSignals()
+                self.now = monotonic()
+                for i in range(n):
+                    fd = events[i].data.fd
+                    obj = conns.get(fd)
+                    if obj is not None:
+                        conn = <Connection>obj
+                        conn.on_event()
+                    elif fd == self.lfd:
+                        self._accept()
+                    else:
+                        self._drain_wakeup()
+                if self.stop_requested and not self.stopping:
+                    self._begin_stop()
+                if self.now >= next_tick:
+                    next_tick = self.now + 1.0
+                    self._tick()
+                if self.stopping and (not conns or self.now >= self.deadline):
+                    break
+        finally:
+            for obj in list(conns.values()):
+                (<Connection>obj).close()
+
+    cdef int _accept(self) except -1:
+        cdef sockaddr_storage addr
+        cdef socklen_t addrlen
+        cdef int fd, i, one = 1
+        cdef char host[INET6_ADDRSTRLEN + 1]
+        cdef unsigned int port
+        cdef epoll_event ev
+        cdef Connection conn
+        for i in range(ACCEPT_BATCH):
+            addrlen = sizeof(addr)
+            fd = accept4(self.lfd, <sockaddr*>&addr, &addrlen, SOCK_NONBLOCK | SOCK_CLOEXEC)
+            if fd < 0:
+                if errno == EAGAIN or errno == EINTR:
+                    return 0
+                if errno == EMFILE or errno == ENFILE or errno == ENOBUFS or errno == ENOMEM:
+                    log.error("accept failed: %s; pausing accepts for 0.5 s", os.strerror(errno))
+                    epoll_ctl(self.epfd, EPOLL_CTL_DEL, self.lfd, &ev)
+                    self.accept_paused_until = self.now + 0.5
+                    return 0
+                continue  # ECONNABORTED and friends: that client is gone, take the next
+            env = PyDict_Copy(self.base_environ)
+            if self.tcp:
+                setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one))
+                if addr.ss_family == AF_INET6:
+                    inet_ntop(AF_INET6, &(<sockaddr_in6*>&addr).sin6_addr, host, sizeof(host))
+                    port = ntohs((<sockaddr_in6*>&addr).sin6_port)
+                else:
+                    inet_ntop(AF_INET, &(<sockaddr_in*>&addr).sin_addr, host, sizeof(host))
+                    port = ntohs((<sockaddr_in*>&addr).sin_port)
+                env["REMOTE_ADDR"] = host.decode("ascii")
+                env["REMOTE_PORT"] = str(port)
+            else:
+                env["REMOTE_ADDR"] = ""
+            conn = Connection.__new__(Connection)
+            conn.setup(self, fd, env)
+            self.conns[fd] = conn
+            self._watch(fd, EPOLLIN)
+        return 0
+
+    cdef int _drain_wakeup(self) except -1:
+        cdef char buf[512]
+        while c_read(self.wakeup_fd, buf, sizeof(buf)) > 0:
+            pass
+        return 0
+
+    cdef int _tick(self) except -1:
+        cdef double limit
+        self.date_line = self.date.get()
+        if self.master_pid and getppid() != self.master_pid:
+            self.stop_requested = True          # the master is gone: do not outlive it
+        if self.accept_paused_until and self.now >= self.accept_paused_until and not self.stopping:
+            self.accept_paused_until = 0.0
+            self._watch(self.lfd, EPOLLIN | EPOLLEXCLUSIVE)
+        limit = self.now - (self.keep_alive or IDLE_TIMEOUT_WITHOUT_KEEP_ALIVE)
+        for obj in list(self.conns.values()):
+            if (<Connection>obj).last_active < limit:
+                (<Connection>obj).close()
+        return 0
+
+    cdef int _begin_stop(self) except -1:
+        cdef epoll_event ev
+        cdef bint master_gone = self.master_pid and getppid() != self.master_pid
+        self.stopping = True
+        self.deadline = self.now + (min(self.graceful_timeout, 1.0) if master_gone else self.graceful_timeout)
+        if not self.accept_paused_until:
+            epoll_ctl(self.epfd, EPOLL_CTL_DEL, self.lfd, &ev)
+        self.listener.close()
+        for obj in list(self.conns.values()):
+            if (<Connection>obj).idle():
+                (<Connection>obj).close()
+        return 0
+
+
+@cython.final
+cdef class Connection:
+    cdef setup(self, Server server, int fd, dict env):
+        self.server = server
+        self.app = server.app
+        self.fd = fd
+        self.base_environ = env
+        self.parser = HttpRequestParser(self)
+        self.url = b""
+        self.pending = deque()
+        self.out = []
+        self.mask = EPOLLIN
+        self.reading = True
+        self.last_active = server.now
+        self.clen = -1
+        self.keep = True
+        self.start_response = self._start_response
+
+    # --- httptools callbacks ---
+
+    def on_message_begin(self):
+        self.cur = Request.new(PyDict_Copy(self.base_environ))
+        self.url = b""
+
+    def on_url(self, bytes url):
+        if self.url:
+            self.url += url
+        else:
+            self.url = url
+
+    def on_header(self, bytes name, bytes value):
+        cdef const char* p
+        cdef Py_ssize_t start, end
+        key = HEADER_KEYS.get(name)
+        if key is None:
+            key = header_key(name)
+            if key is None:
+                return
+        p = PyBytes_AS_STRING(value)
+        start = 0
+        end = PyBytes_GET_SIZE(value)
+        while start < end and (p[start] == 32 or p[start] == 9):
+            start += 1
+        while end > start and (p[end - 1] == 32 or p[end - 1] == 9):
+            end -= 1
+        text = latin1(p + start, end - start)
+        env = self.cur.environ
+        old = env.get(key)
+        if old is None:
+            env[key] = text
+        else:
+            env[key] = old + "," + text
+
+    def on_headers_complete(self):
+        cdef Request req = self.cur
+        cdef dict env = req.environ
+        cdef const char* u
+        cdef Py_ssize_t ulen
+        cdef const char* q
+        parser = self.parser
+        raw = parser.get_method()
+        method = METHODS.get(raw)
+        if method is None:
+            method = METHODS[raw] = raw.decode("ascii")
+        env["REQUEST_METHOD"] = method
+        version = parser.get_http_version()
+        protocol = PROTOCOLS.get(version)
+        env["SERVER_PROTOCOL"] = protocol if protocol is not None else "HTTP/" + version
+        u = PyBytes_AS_STRING(self.url)
+        ulen = PyBytes_GET_SIZE(self.url)
+        env["RAW_URI"] = latin1(u, ulen)
+        if ulen and u[0] == 47 and memchr(u, 37, ulen) == NULL and memchr(u, 35, ulen) == NULL:
+            # origin-form without '%' or '#': split at '?' without a Python call
+            q = <const char*>memchr(u, 63, ulen)
+            if q == NULL:
+                env["PATH_INFO"] = env["RAW_URI"]
+                env["QUERY_STRING"] = ""
+            else:
+                env["PATH_INFO"] = latin1(u, q - u)
+                env["QUERY_STRING"] = latin1(q + 1, ulen - (q - u) - 1)
+        else:
+            env["PATH_INFO"], env["QUERY_STRING"] = split_target(self.url)
+        req.keep_alive = parser.should_keep_alive() and self.server.keep_alive > 0
+        req.head = method == "HEAD"
+        req.http10 = version != "1.1"
+        if "CONTENT_LENGTH" in env or "HTTP_TRANSFER_ENCODING" in env:
+            expect = env.get("HTTP_EXPECT")
+            if expect is not None and expect.lower() == "100-continue" and not req.http10:
+                req.body = LazyInput(self._fill_body)
+                env["wsgi.input"] = req.body
+                req.early = True
+                self.pending.append(req)
+            else:
+                req.body = BodyBuffer()
+        else:
+            env["wsgi.input"] = EMPTY_INPUT
+
+    def on_body(self, bytes data):
+        self.cur.body.add(data)
+
+    def on_message_complete(self):
+        cdef Request req = self.cur
+        self.cur = None
+        req.complete = True
+        if req.early:
+            req.body.finish()
+        else:
+            if req.body is not None:
+                req.environ["wsgi.input"] = req.body.stream()
+            self.pending.append(req)
+        if not req.keep_alive:
+            self.reading = False
+
+    # --- reading ---
+
+    cdef int on_event(self) except -1:
+        cdef ssize_t n
+        if self.mask == EPOLLOUT:
+            self._pump()
+            return 0
+        n = recv(self.fd, self.server.rbuf, RECV_SIZE, 0)
+        if n < 0:
+            if errno == EAGAIN or errno == EINTR:
+                return 0
+            self.close()
+            return 0
+        if n:
+            self.last_active = self.server.now
+            self._feed(n)
+        else:
+            self.reading = False
+        self._pump()
+        return 0
+
+    cdef int _feed(self, Py_ssize_t n) except -1:
+        data = PyMemoryView_FromMemory(self.server.rbuf, n, PyBUF_READ)
+        try:
+            self.parser.feed_data(data)
+        except HttpParserUpgrade:
+            # Upgrade/CONNECT: answered as a plain request, then the connection ends.
+            if self.pending:
+                (<Request>self.pending[-1]).keep_alive = False
+            self.reading = False
+        except HttpParserError as exc:
+            if not self.reading:
+                return 0  # bytes after a request that closes the connection are ignored
+            self.reading = False
+            self.cur = None
+            self.pending.append(_BAD_REQUEST)
+            if exc.__context__ is not None:
+                log.error("request callback failed", exc_info=exc.__context__)
+        return 0
+
+    def _fill_body(self):
+        """Pull more of an Expect: 100-continue body while the app waits in wsgi.input.read()."""
+        cdef Request req = self.resp
+        cdef ssize_t n
+        if not req.sent_continue and not self.headers_sent:
+            req.sent_continue = True
+            self._queue(CONTINUE_LINE)
+            self._blocking_flush()
+        if not self.reading or self.closed:
+            return False
+        if not wait_fd(self.fd, POLLIN, BLOCKING_IO_TIMEOUT):
+            return False
+        n = recv(self.fd, self.server.rbuf, RECV_SIZE, 0)
+        if n < 0 and (errno == EAGAIN or errno == EINTR):
+            return True
+        if n <= 0:
+            self.reading = False
+            return False
+        self.last_active = self.server.now
+        self._feed(n)
+        return True
+
+    # --- answering ---
+
+    cdef int _pump(self) except -1:
+        """Produce and send responses until done, or until the socket is full."""
+        pending = self.pending
+        cdef Request req
+        while not self.closed:
+            if self.out_size >= HIGH_WATER:
+                if not self._flush():
+                    return 0
+            elif self.sending_file:
+                if self.out:
+                    if not self._flush():
+                        return 0
+                elif not self._sendfile_step():
+                    return 0
+            elif self.iter is not None:
+                self._next_chunk()
+            elif pending and not self.close_after:
+                first = pending[0]
+                if first is not _BAD_REQUEST:
+                    req = <Request>first
+                    if not (req.complete or req.early):
+                        break
+                pending.popleft()
+                self._respond(first)
+            else:
+                break
+        if self.closed:
+            return 0
+        if self.out and not self._flush():
+            return 0
+        if self.close_after or not self.reading or (
+                self.server.stopping and self.cur is None and not pending):
+            self.close()
+        elif self.mask != EPOLLIN:
+            self._want(EPOLLIN)
+        return 0
+
+    cdef int _respond(self, object first) except -1:
+        cdef Request req
+        if first is _BAD_REQUEST:
+            self._queue(simple_response("400 Bad Request", b"Bad Request\n", True, self.server.date_line))
+            self.close_after = True
+            return 0
+        req = <Request>first
+        self.server.requests += 1
+        self.resp = req
+        self.keep = req.keep_alive and not self.server.stopping
+        self.status = None
+        self.headers_sent = False
+        self.sent = 0
+        self.chunked = False
+        try:
+            result = self.app(req.environ, self.start_response)
+        except Exception:
+            self._app_failed()
+            return 0
+        self.result = result
+        if self.closed:
+            self._close_result()
+            return 0
+        try:
+            if type(result) is list or type(result) is tuple:
+                self._respond_sequence(result)
+                return 0
+            if type(result) is FileWrapper and self._start_sendfile(result):
+                return 0
+            self.iter = iter(result)
+        except Exception:
+            self._app_failed()
+        return 0
+
+    cdef int _respond_sequence(self, object items) except -1:
+        cdef Py_ssize_t total = 0
+        if self.status is None:
+            raise RuntimeError("the application returned without calling start_response()")
+        for item in items:
+            if type(item) is not bytes:
+                raise TypeError("response body items must be bytes, not %s" % type(item).__name__)
+            total += PyBytes_GET_SIZE(item)
+        if not self.headers_sent:
+            self._send_headers(total)
+        for item in items:
+            self._body(<bytes>item)
+        self._finish()
+        return 0
+
+    cdef bint _start_sendfile(self, object wrapper) except -1:
+        cdef long long size, offset
+        try:
+            fd = wrapper.filelike.fileno()
+            offset = wrapper.filelike.tell()
+            st = os.fstat(fd)
+        except (AttributeError, OSError, ValueError):
+            return False
+        if not _stat.S_ISREG(st.st_mode) or self.status is None:
+            return False
+        size = st.st_size - offset
+        if self.headers_sent:
+            if self.clen < 0:
+                return False
+        else:
+            self._send_headers(size)
+        if self.no_body:
+            self._finish()
+            return True
+        self.sending_file = True
+        self.file_fd = fd
+        self.file_off = offset
+        self.file_left = max(0, min(size, self.clen - self.sent))
+        return True
+
+    cdef bint _sendfile_step(self) except -1:
+        cdef ssize_t n
+        cdef off_t off = self.file_off
+        while self.file_left > 0:
+            n = sendfile(self.fd, self.file_fd, &off, min(self.file_left, SENDFILE_CHUNK))
+            if n < 0:
+                if errno == EAGAIN or errno == EINTR:
+                    self.file_off = off
+                    if errno == EAGAIN:
+                        self._want(EPOLLOUT)
+                        return False
+                    continue
+                self.close()
+                return False
+            if n == 0:
+                break  # the file shrank: the body is short, so the connection must end
+            self.file_left -= n
+            self.sent += n
+            self.last_active = self.server.now
+        self.file_off = off
+        self.sending_file = False
+        self._finish()
+        return True
+
+    cdef int _next_chunk(self) except -1:
+        try:
+            data = next(self.iter)
+        except StopIteration:
+            self._finish()
+            return 0
+        except Exception:
+            self._app_failed()
+            return 0
+        try:
+            if type(data) is not bytes:
+                raise TypeError("response body items must be bytes, not %s" % type(data).__name__)
+            if not self.headers_sent:
+                if not data:
+                    return 0
+                if self.status is None:
+                    raise RuntimeError("the application yielded a body before calling start_response()")
+                self._send_headers(-1)
+                if self.no_body:
+                    self._finish()
+                    return 0
+            self._body(<bytes>data)
+        except Exception:
+            self._app_failed()
+        return 0
+
+    def _start_response(self, status, headers, exc_info=None):
+        if exc_info is not None:
+            try:
+                if self.headers_sent:
+                    raise exc_info[1].with_traceback(exc_info[2])
+            finally:
+                exc_info = None
+        elif self.status is not None:
+            raise RuntimeError("start_response() called a second time without exc_info")
+        line = status_line(status)
+        block, clen, flags = encode_headers(headers)
+        self.status = line
+        self.headers = block
+        self.clen = clen
+        self.hflags = flags
+        self.code = int(status[:3])
+        return self.write
+
+    def write(self, data):
+        """The legacy write() callable that start_response returns."""
+        if self.status is None or self.resp is None:
+            raise RuntimeError("write() called before start_response()")
+        if type(data) is not bytes:
+            raise TypeError("write() takes bytes, not %s" % type(data).__name__)
+        if not self.headers_sent:
+            self._send_headers(-1)
+        self._body(data)
+        if self.out_size >= HIGH_WATER:
+            self._blocking_flush()
+
+    cdef int _send_headers(self, long long known_length) except -1:
+        cdef Request req = self.resp
+        cdef int code = self.code, flags = self.hflags
+        cdef bint bodiless_status = code < 200 or code == 204 or code == 304
+        parts = [self.status, self.headers]
+        if not flags & HAS_DATE:
+            parts.append(self.server.date_line)
+        if not flags & HAS_SERVER:
+            parts.append(SERVER_HEADER)
+        if flags & WANTS_CLOSE:
+            self.keep = False
+        self.no_body = req.head or bodiless_status
+        if self.clen < 0 and not bodiless_status:
+            if known_length >= 0:
+                self.clen = known_length
+                parts.append(b"Content-Length: %d\r\n" % known_length)
+            elif req.head:
+                pass
+            elif not req.http10:
+                self.chunked = True
+                parts.append(b"Transfer-Encoding: chunked\r\n")
+            else:
+                self.keep = False  # HTTP/1.0 without a length: the close ends the body
+        if not self.keep:
+            parts.append(b"Connection: close\r\n\r\n")
+        elif req.http10:
+            parts.append(b"Connection: keep-alive\r\n\r\n")
+        else:
+            parts.append(b"\r\n")
+        self._queue(b"".join(parts))
+        self.headers_sent = True
+        return 0
+
+    cdef int _body(self, bytes data) except -1:
+        cdef long long size = PyBytes_GET_SIZE(data), room
+        if not size or self.no_body:
+            return 0
+        if self.clen >= 0:
+            room = self.clen - self.sent
+            if size > room:
+                size = room   # never more than the announced length
+                if not size:
+                    return 0
+                data = data[:size]
+            self.sent += size
+            self._queue(data)
+        elif self.chunked:
+            if size < SMALL_CHUNK:
+                self._queue(b"%x\r\n%b\r\n" % (size, data))
+            else:
+                self._queue(b"%x\r\n" % size)
+                self._queue(data)
+                self._queue(b"\r\n")
+        else:
+            self.sent += size
+            self._queue(data)
+        return 0
+
+    cdef int _finish(self) except -1:
+        """The app's body is complete: end the framing, close the iterable, reset."""
+        cdef Request req
+        if not self.headers_sent:
+            self._send_headers(0)
+        if self.chunked:
+            self._queue(b"0\r\n\r\n")
+        elif self.clen >= 0 and self.sent < self.clen and not self.no_body:
+            self.keep = False   # short body: closing is the only way not to desync the client
+        req = self.resp
+        if req.early and not req.complete:
+            self.keep = False   # the rest of the body was never read
+        elif type(req.body) is BodyBuffer:
+            req.body.discard()
+        self._close_result()
+        self.resp = None
+        self.status = None
+        if not self.keep:
+            self.close_after = True
+        return 0
+
+    cdef int _app_failed(self) except -1:
+        cdef Request req = self.resp
+        cdef bint keep
+        log_app_error(req.environ)
+        self._close_result()
+        self.sending_file = False
+        if self.headers_sent:
+            # Part of the response is out: end the connection without a clean end of body,
+            # so the client sees that it failed.
+            self.keep = False
+            self.close_after = True
+        else:
+            keep = self.keep and (req.complete or not req.early)
+            self._queue(simple_response("500 Internal Server Error", b"Internal Server Error\n",
+                                        not keep, self.server.date_line))
+            if not keep:
+                self.close_after = True
+        self.resp = None
+        self.status = None
+        return 0
+
+    cdef int _close_result(self) except -1:
+        result = self.result
+        self.result = None
+        self.iter = None
+        if result is not None and hasattr(result, "close"):
+            try:
+                result.close()
+            except Exception:
+                log_app_error(self.resp.environ if self.resp is not None else {},
+                              "error closing the response iterable")
+        return 0
+
+    # --- writing ---
+
+    cdef int _queue(self, bytes data) except -1:
+        if not self.closed:
+            self.out.append(data)
+            self.out_size += PyBytes_GET_SIZE(data)
+        return 0
+
+    cdef bint _flush(self) except -1:
+        """Send queued output; False when the socket is full (EPOLLOUT armed) or the peer is gone."""
+        cdef iovec iov[MAX_IOV]
+        cdef list out = self.out
+        cdef Py_ssize_t count, i, size
+        cdef ssize_t n
+        cdef bytes item
+        while out:
+            count = min(len(out), MAX_IOV)
+            item = <bytes>out[0]
+            if count == 1:
+                n = send(self.fd, PyBytes_AS_STRING(item) + self.out_off,
+                         PyBytes_GET_SIZE(item) - self.out_off, MSG_NOSIGNAL)
+            else:
+                iov[0].iov_base = PyBytes_AS_STRING(item) + self.out_off
+                iov[0].iov_len = PyBytes_GET_SIZE(item) - self.out_off
+                for i in range(1, count):
+                    item = <bytes>out[i]
+                    iov[i].iov_base = PyBytes_AS_STRING(item)
+                    iov[i].iov_len = PyBytes_GET_SIZE(item)
+                n = writev(self.fd, iov, <int>count)
+            if n < 0:
+                if errno == EINTR:
+                    PyErr_CheckSignals()
+                    continue
+                if errno == EAGAIN:
+                    self._want(EPOLLOUT)
+                    return False
+                self.close()
+                return False
+            self.out_size -= n
+            self.last_active = self.server.now
+            i = 0
+            while n:
+                size = PyBytes_GET_SIZE(<bytes>out[i]) - self.out_off
+                if size <= n:
+                    n -= size
+                    self.out_off = 0
+                    i += 1
+                else:
+                    self.out_off += n
+                    n = 0
+            del out[:i]
+        return True
+
+    cdef int _blocking_flush(self) except -1:
+        while not self._flush():
+            if self.closed:
+                raise OSError(32, "client disconnected")
+            if not wait_fd(self.fd, POLLOUT, BLOCKING_IO_TIMEOUT):
+                self.close()
+                raise OSError(110, "client stopped reading")
+        return 0
+
+    cdef int _want(self, unsigned int mask) except -1:
+        cdef epoll_event ev
+        if self.mask != mask:
+            self.mask = mask
+            ev.events = mask
+            ev.data.u64 = 0
+            ev.data.fd = self.fd
+            if epoll_ctl(self.server.epfd, EPOLL_CTL_MOD, self.fd, &ev) < 0:
+                PyErr_SetFromErrno(OSError)
+        return 0
+
+    # --- state ---
+
+    cpdef bint idle(self):
+        return self.cur is None and not self.pending and not self.out and self.resp is None
+
+    cpdef close(self):
+        cdef Request req
+        if self.closed:
+            return
+        self.closed = True
+        self.server.conns.pop(self.fd, None)
+        self._close_result()
+        for first in self.pending:
+            if first is not _BAD_REQUEST:
+                req = <Request>first
+                if type(req.body) is BodyBuffer:
+                    req.body.discard()
+        if self.cur is not None and type(self.cur.body) is BodyBuffer:
+            self.cur.body.discard()
+        self.pending.clear()
+        self.out.clear()
+        self.out_off = 0
+        self.sending_file = False
+        self.start_response = None  # break the cycle self -> bound method -> self
+        c_close(self.fd)

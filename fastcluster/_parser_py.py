@@ -1,0 +1,700 @@
+"""The pure-Python twin of the compiled request loop (`_parser.pyx`).
+
+Same names, same behaviour, same httptools parser: it is the baseline that
+shows what compiling buys, and the loop that runs where no compiler was found.
+
+One worker runs one `Server`: a level-triggered epoll over the shared listening
+socket, a signal wake-up fd and its connections.  Each `Connection` feeds what
+it reads to httptools; the callbacks queue complete requests, and `_pump()`
+answers them strictly in order, writing the responses of one read together and
+pausing a streamed body whenever the socket is full.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import select
+import socket
+import stat
+from collections import deque
+from time import monotonic as _monotonic
+
+from httptools import HttpParserError, HttpParserUpgrade, HttpRequestParser
+
+from . import wsgi
+from .sockets import describe
+from .wsgi import (CONTINUE_LINE, EMPTY_INPUT, HAS_DATE, HAS_SERVER, HEADER_KEYS, SERVER_HEADER,
+                   WANTS_CLOSE, BodyBuffer, FileWrapper, LazyInput, encode_headers, header_key,
+                   log, log_app_error, simple_response, split_target, status_line)
+
+IMPLEMENTATION = "python"
+
+RECV_SIZE = 65536
+HIGH_WATER = 1 << 20        # output queued before a streamed body is paused
+MAX_IOV = 64                # buffers per sendmsg
+ACCEPT_BATCH = 16           # accepts per wake-up, so that busy workers leave some to idle ones
+SENDFILE_CHUNK = 1 << 20
+BLOCKING_IO_TIMEOUT = 60.0  # write() and 100-continue body reads wait at most this long
+IDLE_TIMEOUT_WITHOUT_KEEP_ALIVE = 10.0  # --keep-alive 0: how long a silent client may hold a connection
+
+EPOLLIN, EPOLLOUT = select.EPOLLIN, select.EPOLLOUT
+EPOLLEXCLUSIVE = getattr(select, "EPOLLEXCLUSIVE", 0)
+
+METHODS = {}
+PROTOCOLS = {"1.1": "HTTP/1.1", "1.0": "HTTP/1.0"}
+BAD_REQUEST = object()      # queued in place of a request that failed to parse
+
+
+class Request:
+    __slots__ = ("environ", "keep_alive", "head", "http10", "complete", "early", "body", "sent_continue")
+
+    def __init__(self, environ):
+        self.environ = environ
+        self.keep_alive = True
+        self.head = False
+        self.http10 = False
+        self.complete = False
+        self.early = False          # dispatched at headers-complete (Expect: 100-continue)
+        self.body = None            # BodyBuffer, LazyInput or None
+        self.sent_continue = False
+
+
+class Server:
+    def __init__(self, listener, app, keep_alive=75.0, graceful_timeout=30.0, wakeup_fd=-1,
+                 master_pid=0, multiprocess=True):
+        self.listener = listener
+        self.app = app
+        self.keep_alive = keep_alive
+        self.graceful_timeout = graceful_timeout
+        self.wakeup_fd = wakeup_fd
+        self.master_pid = master_pid
+        self.stop_requested = False   # set from a signal handler; the loop acts on it
+        self.stopping = False
+        self.deadline = 0.0
+        self.conns = {}
+        self.requests = 0
+        self.tcp = listener.family in (socket.AF_INET, socket.AF_INET6)
+        _url, name, port, _short = describe(listener)
+        self.base_environ = wsgi.base_environ(name, port, multiprocess)
+        self.date = wsgi.DateHeader()
+        self.date_line = self.date.get()
+        self.rbuf = bytearray(RECV_SIZE)
+        self.rview = memoryview(self.rbuf)
+        self.ep = select.epoll()
+        self.now = _monotonic()
+        self.accept_paused_until = 0.0
+
+    # --- the loop ---
+
+    def serve(self):
+        listener, ep, conns = self.listener, self.ep, self.conns
+        listener.setblocking(False)
+        lfd = listener.fileno()
+        ep.register(lfd, EPOLLIN | EPOLLEXCLUSIVE)
+        if self.wakeup_fd >= 0:
+            ep.register(self.wakeup_fd, EPOLLIN)
+        next_tick = self.now + 1.0
+        try:
+            while True:
+                events = ep.poll(max(0.0, next_tick - self.now))
+                self.now = now = _monotonic()
+                for fd, _ev in events:
+                    conn = conns.get(fd)
+                    if conn is not None:
+                        conn.on_event()
+                    elif fd == lfd:
+                        self._accept()
+                    else:
+                        self._drain_wakeup()
+                if self.stop_requested and not self.stopping:
+                    self._begin_stop()
+                if now >= next_tick:
+                    next_tick = now + 1.0
+                    self._tick()
+                if self.stopping and (not conns or now >= self.deadline):
+                    break
+        finally:
+            for conn in list(conns.values()):
+                conn.close()
+            ep.close()
+
+    def _accept(self):
+        listener, conns = self.listener, self.conns
+        for _ in range(ACCEPT_BATCH):
+            try:
+                sock, addr = listener.accept()
+            except BlockingIOError:
+                return
+            except OSError as exc:
+                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    log.error("accept failed: %s; pausing accepts for 0.5 s", exc.strerror)
+                    self.ep.unregister(listener.fileno())
+                    self.accept_paused_until = self.now + 0.5
+                    return
+                continue  # ECONNABORTED and friends: that client is gone, take the next
+            sock.setblocking(False)
+            if self.tcp:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            conn = Connection(self, sock, addr)
+            conns[conn.fd] = conn
+            self.ep.register(conn.fd, EPOLLIN)
+
+    def _drain_wakeup(self):
+        try:
+            while os.read(self.wakeup_fd, 512):
+                pass
+        except (BlockingIOError, InterruptedError):
+            pass
+
+    def _tick(self):
+        self.date_line = self.date.get()
+        now = self.now
+        if self.master_pid and os.getppid() != self.master_pid:
+            self.stop_requested = True          # the master is gone: do not outlive it
+        if self.accept_paused_until and now >= self.accept_paused_until and not self.stopping:
+            self.accept_paused_until = 0.0
+            self.ep.register(self.listener.fileno(), EPOLLIN | EPOLLEXCLUSIVE)
+        limit = now - (self.keep_alive or IDLE_TIMEOUT_WITHOUT_KEEP_ALIVE)
+        for conn in list(self.conns.values()):
+            if conn.last_active < limit:
+                conn.close()
+
+    def _begin_stop(self):
+        self.stopping = True
+        master_gone = self.master_pid and os.getppid() != self.master_pid
+        grace = min(self.graceful_timeout, 1.0) if master_gone else self.graceful_timeout
+        self.deadline = self.now + grace
+        try:
+            if not self.accept_paused_until:
+                self.ep.unregister(self.listener.fileno())
+        except (OSError, ValueError):
+            pass
+        self.listener.close()
+        for conn in list(self.conns.values()):
+            if conn.idle():
+                conn.close()
+
+
+class Connection:
+    def __init__(self, server, sock, addr):
+        self.server = server
+        self.app = server.app
+        self.sock = sock
+        self.fd = sock.fileno()
+        env = server.base_environ.copy()
+        if server.tcp:
+            env["REMOTE_ADDR"] = addr[0]
+            env["REMOTE_PORT"] = str(addr[1])
+        else:
+            env["REMOTE_ADDR"] = ""
+        self.base_environ = env
+        self.parser = HttpRequestParser(self)
+        self.cur = None             # the Request being parsed
+        self.url = b""
+        self.pending = deque()      # parsed requests (or BAD_REQUEST) waiting for their response
+        self.out = []               # bytes-like objects waiting to be sent, in order
+        self.out_size = 0
+        self.mask = EPOLLIN
+        self.reading = True         # False after EOF, a parse error, or a request that ends the connection
+        self.closed = False
+        self.close_after = False    # close once the queued output is sent
+        self.last_active = server.now
+        # the response being produced
+        self.resp = None
+        self.result = None
+        self.iter = None
+        self.sendfile = None
+        self.status = None
+        self.headers = None
+        self.hflags = 0
+        self.code = 0
+        self.clen = -1
+        self.sent = 0
+        self.headers_sent = False
+        self.chunked = False
+        self.no_body = False
+        self.keep = True
+        self.start_response = self._start_response
+
+    # --- httptools callbacks ---
+
+    def on_message_begin(self):
+        self.cur = Request(self.base_environ.copy())
+        self.url = b""
+
+    def on_url(self, url):
+        self.url += url
+
+    def on_header(self, name, value):
+        key = HEADER_KEYS.get(name)
+        if key is None:
+            key = header_key(name)
+            if key is None:
+                return
+        env = self.cur.environ
+        value = value.decode("latin-1").strip(" \t")
+        if key in env:
+            env[key] += "," + value
+        else:
+            env[key] = value
+
+    def on_headers_complete(self):
+        parser, req = self.parser, self.cur
+        env = req.environ
+        method = METHODS.get(parser.get_method())
+        if method is None:
+            raw = parser.get_method()
+            method = METHODS[raw] = raw.decode("ascii")
+        env["REQUEST_METHOD"] = method
+        version = parser.get_http_version()
+        env["SERVER_PROTOCOL"] = PROTOCOLS.get(version) or "HTTP/" + version
+        url = self.url
+        env["RAW_URI"] = url.decode("latin-1")
+        env["PATH_INFO"], env["QUERY_STRING"] = split_target(url)
+        req.keep_alive = parser.should_keep_alive() and self.server.keep_alive > 0
+        req.head = method == "HEAD"
+        req.http10 = version != "1.1"
+        if "CONTENT_LENGTH" in env or "HTTP_TRANSFER_ENCODING" in env:
+            if env.get("HTTP_EXPECT", "").lower() == "100-continue" and not req.http10:
+                req.body = LazyInput(self._fill_body)
+                env["wsgi.input"] = req.body
+                req.early = True
+                self.pending.append(req)
+            else:
+                req.body = BodyBuffer()
+        else:
+            env["wsgi.input"] = EMPTY_INPUT
+
+    def on_body(self, data):
+        self.cur.body.add(data)
+
+    def on_message_complete(self):
+        req = self.cur
+        self.cur = None
+        req.complete = True
+        if req.early:
+            req.body.finish()
+        else:
+            if req.body is not None:
+                req.environ["wsgi.input"] = req.body.stream()
+            self.pending.append(req)
+        if not req.keep_alive:
+            self.reading = False
+
+    # --- reading ---
+
+    def on_event(self):
+        if self.mask == EPOLLOUT:
+            self._pump()
+            return
+        try:
+            n = self.sock.recv_into(self.server.rbuf)
+        except BlockingIOError:
+            return
+        except OSError:
+            self.close()
+            return
+        if n:
+            self.last_active = self.server.now
+            self._feed(self.server.rview[:n])
+        else:
+            self.reading = False
+        self._pump()
+
+    def _feed(self, data):
+        try:
+            self.parser.feed_data(data)
+        except HttpParserUpgrade:
+            # Upgrade/CONNECT: answered as a plain request, then the connection ends.
+            if self.pending:
+                self.pending[-1].keep_alive = False
+            self.reading = False
+        except HttpParserError as exc:
+            if not self.reading:
+                return  # bytes after a request that closes the connection are ignored
+            self.reading = False
+            self.cur = None
+            self.pending.append(BAD_REQUEST)
+            if exc.__context__ is not None:
+                log.error("request callback failed", exc_info=exc.__context__)
+
+    def _fill_body(self):
+        """Pull more of an Expect: 100-continue body while the app waits in wsgi.input.read()."""
+        req = self.resp
+        if not req.sent_continue and not self.headers_sent:
+            req.sent_continue = True
+            self.out.append(CONTINUE_LINE)
+            self.out_size += len(CONTINUE_LINE)
+            self._blocking_flush()
+        if not self.reading or self.closed:
+            return False
+        if not _wait(self.fd, select.POLLIN, BLOCKING_IO_TIMEOUT):
+            return False
+        try:
+            n = self.sock.recv_into(self.server.rbuf)
+        except BlockingIOError:
+            return True
+        except OSError:
+            n = 0
+        if not n:
+            self.reading = False
+            return False
+        self.last_active = self.server.now
+        self._feed(self.server.rview[:n])
+        return True
+
+    # --- answering ---
+
+    def _pump(self):
+        """Produce and send responses until done, or until the socket is full."""
+        pending = self.pending
+        while not self.closed:
+            if self.out_size >= HIGH_WATER:
+                if not self._flush():
+                    return
+            elif self.sendfile is not None:
+                if self.out:
+                    if not self._flush():
+                        return
+                elif not self._sendfile_step():
+                    return
+            elif self.iter is not None:
+                self._next_chunk()
+            elif pending and not self.close_after:
+                req = pending[0]
+                if req is not BAD_REQUEST and not (req.complete or req.early):
+                    break
+                pending.popleft()
+                self._respond(req)
+            else:
+                break
+        if self.closed:
+            return
+        if self.out and not self._flush():
+            return
+        if self.close_after or not self.reading or (
+                self.server.stopping and self.cur is None and not pending):
+            self.close()
+        elif self.mask != EPOLLIN:
+            self.mask = EPOLLIN
+            self.server.ep.modify(self.fd, EPOLLIN)
+
+    def _respond(self, req):
+        if req is BAD_REQUEST:
+            self._queue(simple_response("400 Bad Request", b"Bad Request\n", True, self.server.date_line))
+            self.close_after = True
+            return
+        self.server.requests += 1
+        self.resp = req
+        self.keep = req.keep_alive and not self.server.stopping
+        self.status = None
+        self.headers_sent = False
+        self.sent = 0
+        self.chunked = False
+        try:
+            result = self.app(req.environ, self.start_response)
+        except Exception:
+            self._app_failed()
+            return
+        self.result = result
+        if self.closed:
+            self._close_result()
+            return
+        try:
+            if type(result) is list or type(result) is tuple:
+                self._respond_sequence(result)
+                return
+            if type(result) is FileWrapper and self._start_sendfile(result):
+                return
+            self.iter = iter(result)
+        except Exception:
+            self._app_failed()
+
+    def _respond_sequence(self, items):
+        if self.status is None:
+            raise RuntimeError("the application returned without calling start_response()")
+        total = 0
+        for item in items:
+            if type(item) is not bytes:
+                raise TypeError("response body items must be bytes, not %s" % type(item).__name__)
+            total += len(item)
+        if not self.headers_sent:
+            self._send_headers(total)
+        for item in items:
+            self._body(item)
+        self._finish()
+
+    def _start_sendfile(self, wrapper):
+        try:
+            fd = wrapper.filelike.fileno()
+            offset = wrapper.filelike.tell()
+            size = os.fstat(fd).st_size - offset
+        except (AttributeError, OSError, ValueError):
+            return False
+        if not stat.S_ISREG(os.fstat(fd).st_mode) or self.status is None:
+            return False
+        if self.headers_sent:
+            if self.clen < 0:
+                return False
+        else:
+            self._send_headers(size)
+        if self.no_body:
+            self._finish()
+            return True
+        self.sendfile = [fd, offset, max(0, min(size, self.clen - self.sent))]
+        return True
+
+    def _sendfile_step(self):
+        state = self.sendfile
+        fd, offset, remaining = state
+        while remaining > 0:
+            try:
+                n = os.sendfile(self.fd, fd, offset, min(remaining, SENDFILE_CHUNK))
+            except BlockingIOError:
+                state[1], state[2] = offset, remaining
+                self._want_write()
+                return False
+            except OSError:
+                self.close()
+                return False
+            if n == 0:
+                break  # the file shrank: the body is short, so the connection must end
+            offset += n
+            remaining -= n
+            self.sent += n
+            self.last_active = self.server.now
+        self.sendfile = None
+        self._finish()
+        return True
+
+    def _next_chunk(self):
+        try:
+            data = next(self.iter)
+        except StopIteration:
+            self._finish()
+            return
+        except Exception:
+            self._app_failed()
+            return
+        try:
+            if type(data) is not bytes:
+                raise TypeError("response body items must be bytes, not %s" % type(data).__name__)
+            if not self.headers_sent:
+                if not data:
+                    return
+                if self.status is None:
+                    raise RuntimeError("the application yielded a body before calling start_response()")
+                self._send_headers(-1)
+                if self.no_body:
+                    self._finish()
+                    return
+            self._body(data)
+        except Exception:
+            self._app_failed()
+
+    def _start_response(self, status, headers, exc_info=None):
+        if exc_info is not None:
+            try:
+                if self.headers_sent:
+                    raise exc_info[1].with_traceback(exc_info[2])
+            finally:
+                exc_info = None
+        elif self.status is not None:
+            raise RuntimeError("start_response() called a second time without exc_info")
+        line = status_line(status)
+        block, clen, flags = encode_headers(headers)
+        self.status, self.headers, self.clen, self.hflags = line, block, clen, flags
+        self.code = int(status[:3])
+        return self.write
+
+    def write(self, data):
+        """The legacy write() callable that start_response returns."""
+        if self.status is None or self.resp is None:
+            raise RuntimeError("write() called before start_response()")
+        if type(data) is not bytes:
+            raise TypeError("write() takes bytes, not %s" % type(data).__name__)
+        if not self.headers_sent:
+            self._send_headers(-1)
+        self._body(data)
+        if self.out_size >= HIGH_WATER:
+            self._blocking_flush()
+
+    def _send_headers(self, known_length):
+        req, code, flags = self.resp, self.code, self.hflags
+        parts = [self.status, self.headers]
+        if not flags & HAS_DATE:
+            parts.append(self.server.date_line)
+        if not flags & HAS_SERVER:
+            parts.append(SERVER_HEADER)
+        if flags & WANTS_CLOSE:
+            self.keep = False
+        bodiless_status = code < 200 or code == 204 or code == 304
+        self.no_body = req.head or bodiless_status
+        if self.clen < 0 and not bodiless_status:
+            if known_length >= 0:
+                self.clen = known_length
+                parts.append(b"Content-Length: %d\r\n" % known_length)
+            elif req.head:
+                pass
+            elif not req.http10:
+                self.chunked = True
+                parts.append(b"Transfer-Encoding: chunked\r\n")
+            else:
+                self.keep = False  # HTTP/1.0 without a length: the close ends the body
+        if not self.keep:
+            parts.append(b"Connection: close\r\n\r\n")
+        elif req.http10:
+            parts.append(b"Connection: keep-alive\r\n\r\n")
+        else:
+            parts.append(b"\r\n")
+        self._queue(b"".join(parts))
+        self.headers_sent = True
+
+    def _body(self, data):
+        size = len(data)
+        if not size or self.no_body:
+            return
+        if self.clen >= 0:
+            room = self.clen - self.sent
+            if size > room:
+                data, size = data[:room], room   # never more than the announced length
+                if not size:
+                    return
+            self.sent += size
+            self._queue(data)
+        elif self.chunked:
+            if size < 8192:
+                self._queue(b"%x\r\n%b\r\n" % (size, data))
+            else:
+                self._queue(b"%x\r\n" % size)
+                self._queue(data)
+                self._queue(b"\r\n")
+        else:
+            self.sent += size
+            self._queue(data)
+
+    def _finish(self):
+        """The app's body is complete: end the framing, close the iterable, reset."""
+        if not self.headers_sent:
+            self._send_headers(0)
+        if self.chunked:
+            self._queue(b"0\r\n\r\n")
+        elif self.clen >= 0 and self.sent < self.clen and not self.no_body:
+            self.keep = False   # short body: closing is the only way not to desync the client
+        req = self.resp
+        if req.early and not req.complete:
+            self.keep = False   # the rest of the body was never read
+        elif isinstance(req.body, BodyBuffer):
+            req.body.discard()
+        self._close_result()
+        self.resp = None
+        self.status = None
+        if not self.keep:
+            self.close_after = True
+
+    def _app_failed(self):
+        req = self.resp
+        log_app_error(req.environ)
+        self._close_result()
+        self.sendfile = None
+        if self.headers_sent:
+            # Part of the response is out: end the connection without a clean end of body,
+            # so the client sees that it failed.
+            self.keep = False
+            self.close_after = True
+        else:
+            keep = self.keep and (req.complete or not req.early)
+            self._queue(simple_response("500 Internal Server Error", b"Internal Server Error\n",
+                                        not keep, self.server.date_line))
+            if not keep:
+                self.close_after = True
+        self.resp = None
+        self.status = None
+
+    def _close_result(self):
+        result = self.result
+        self.result = self.iter = None
+        if result is not None and hasattr(result, "close"):
+            try:
+                result.close()
+            except Exception:
+                log_app_error(self.resp.environ if self.resp else {}, "error closing the response iterable")
+
+    # --- writing ---
+
+    def _queue(self, data):
+        if not self.closed:
+            self.out.append(data)
+            self.out_size += len(data)
+
+    def _flush(self):
+        """Send queued output; False when the socket is full (EPOLLOUT armed) or the peer is gone."""
+        out, sock = self.out, self.sock
+        while out:
+            try:
+                n = sock.send(out[0]) if len(out) == 1 else sock.sendmsg(out[:MAX_IOV])
+            except BlockingIOError:
+                self._want_write()
+                return False
+            except OSError:
+                self.close()
+                return False
+            self.out_size -= n
+            self.last_active = self.server.now
+            i = 0
+            while n:
+                size = len(out[i])
+                if size <= n:
+                    n -= size
+                    i += 1
+                else:
+                    out[i] = memoryview(out[i])[n:]
+                    n = 0
+            del out[:i]
+        return True
+
+    def _blocking_flush(self):
+        while not self._flush():
+            if self.closed:
+                raise OSError(errno.EPIPE, "client disconnected")
+            if not _wait(self.fd, select.POLLOUT, BLOCKING_IO_TIMEOUT):
+                self.close()
+                raise OSError(errno.ETIMEDOUT, "client stopped reading")
+
+    def _want_write(self):
+        if self.mask != EPOLLOUT:
+            self.mask = EPOLLOUT
+            self.server.ep.modify(self.fd, EPOLLOUT)
+
+    # --- state ---
+
+    def idle(self):
+        return (self.cur is None and not self.pending and not self.out and self.resp is None)
+
+    def close(self):
+        if self.closed:
+            return
+        self.closed = True
+        self.server.conns.pop(self.fd, None)
+        self._close_result()
+        for req in self.pending:
+            if req is not BAD_REQUEST and isinstance(req.body, BodyBuffer):
+                req.body.discard()
+        if self.cur is not None and isinstance(self.cur.body, BodyBuffer):
+            self.cur.body.discard()
+        self.pending.clear()
+        self.out.clear()
+        self.sendfile = None
+        self.start_response = None  # break the cycle self -> bound method -> self
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+
+def _wait(fd, event, timeout):
+    poller = select.poll()
+    poller.register(fd, event)
+    return bool(poller.poll(timeout * 1000))
+

@@ -1,0 +1,60 @@
+"""Command line: `fastcluster serve [APP] [options]` (also `python -m fastcluster`)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from . import __version__
+from .config import Config, add_settings
+from .errors import EXIT_USAGE, AppImportError, ConfigError
+from .importer import check_app_string
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line on stderr and exit code 2."""
+
+    def error(self, message):
+        self.exit(EXIT_USAGE, "fastcluster: error: %s (see '%s --help')\n" % (message, self.prog))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="fastcluster", description="A pre-forking WSGI server with a compiled request loop.")
+    parser.add_argument("--version", action="version", version="fastcluster %s" % __version__)
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    serve = commands.add_parser(
+        "serve", help="serve a WSGI app", description="Serve a WSGI app from pre-forked worker processes.",
+        epilog="Signals to the master: SIGUSR2 or SIGHUP rolling restart, SIGTERM graceful stop, "
+               "SIGINT graceful stop (twice: quick), SIGQUIT quick stop, SIGTTIN/SIGTTOU one worker more/fewer.",
+    )
+    serve.add_argument("app", nargs="?", metavar="APP",
+                       help='WSGI app as "module:attribute" (default: the built-in demo app; env FASTCLUSTER_APP)')
+    add_settings(serve)
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="[%(asctime)s] [%(process)d] [%(levelname)s] %(message)s")
+    try:
+        config = Config.from_args(args)
+        if config.app is not None:
+            check_app_string(config.app)
+        from .master import Master
+
+        return Master(config).run()
+    except (ConfigError, AppImportError) as exc:
+        print("fastcluster: error: %s" % exc, file=sys.stderr, flush=True)
+        return EXIT_USAGE
+    except KeyboardInterrupt:  # Ctrl-C before the signal handlers were installed
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

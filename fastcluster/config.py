@@ -1,0 +1,208 @@
+"""Settings: one table drives the command line, the FASTCLUSTER_* environment and the README.
+
+Each `Setting` is stated once.  `build_parser()` turns the table into argparse
+options and `Config.from_args()` resolves every value in the order
+command line > environment > default, validating as it goes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import re
+import socket
+from typing import Any, Callable, Optional
+
+from .errors import ConfigError
+
+ENV_PREFIX = "FASTCLUSTER_"
+LOOPS = ("auto", "cython", "python")
+
+
+# --- value parsers: each takes a str and returns the typed value or raises ValueError ---
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise ValueError("must be at least 1")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0 or value == float("inf"):
+        raise ValueError("must be a finite number of seconds, 0 or more")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise ValueError("must be 0 or more")
+    return value
+
+
+def loop_name(text: str) -> str:
+    if text not in LOOPS:
+        raise ValueError("choose from " + ", ".join(LOOPS))
+    return text
+
+
+@dataclasses.dataclass(frozen=True)
+class BindAddress:
+    """Where the master listens: kind is 'tcp' (host, port), 'unix' (path) or 'fd' (fd)."""
+
+    kind: str
+    host: str = ""
+    port: int = 0
+    path: str = ""
+    fd: int = -1
+
+    @property
+    def family(self) -> int:
+        if self.kind == "unix":
+            return socket.AF_UNIX
+        return socket.AF_INET6 if ":" in self.host else socket.AF_INET
+
+    def __str__(self) -> str:
+        if self.kind == "unix":
+            return "unix:" + self.path
+        if self.kind == "fd":
+            return "fd://%d" % self.fd
+        host = "[%s]" % self.host if ":" in self.host else self.host
+        return "%s:%d" % (host, self.port)
+
+
+_HOST_PORT = re.compile(r"^(?:\[(?P<v6>[0-9A-Fa-f:.%a-zA-Z]+)\]|(?P<host>[^\[\]:]*)):(?P<port>\d+)$")
+
+
+def parse_bind(text: str) -> BindAddress:
+    """Parse HOST:PORT, [IPv6]:PORT, :PORT, PORT, unix:/path or fd://N."""
+    if text.startswith("unix:"):
+        path = text[5:]
+        if not path:
+            raise ValueError("unix: needs a path, as in unix:/run/app.sock")
+        return BindAddress("unix", path=path)
+    if text.startswith("fd://"):
+        fd = int(text[5:])
+        if fd < 0:
+            raise ValueError("fd:// needs a descriptor number, 0 or more")
+        return BindAddress("fd", fd=fd)
+    if text.isdigit():
+        text = "127.0.0.1:" + text
+    match = _HOST_PORT.match(text)
+    if not match:
+        raise ValueError("expected HOST:PORT, [IPv6]:PORT, unix:/path or fd://N")
+    port = int(match["port"])
+    if port > 65535:
+        raise ValueError("port must be 0-65535")
+    host = match["v6"] if match["v6"] is not None else (match["host"] or "0.0.0.0")
+    return BindAddress("tcp", host=host, port=port)
+
+
+def _default_workers() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+@dataclasses.dataclass(frozen=True)
+class Setting:
+    name: str                      # attribute of Config; env var is FASTCLUSTER_<NAME>
+    flags: tuple                   # command-line flags
+    parse: Callable[[str], Any]    # str -> value, raises ValueError
+    default: Any                   # a value, or a callable giving one
+    help: str
+    metavar: Optional[str] = None
+
+    @property
+    def env(self) -> str:
+        return ENV_PREFIX + self.name.upper()
+
+    def default_value(self) -> Any:
+        return self.default() if callable(self.default) else self.default
+
+
+SETTINGS = (
+    Setting("bind", ("-b", "--bind"), parse_bind, "127.0.0.1:8000",
+            "address to listen on: HOST:PORT, [IPv6]:PORT, unix:/path or fd://N (port 0 picks a free one)",
+            "ADDRESS"),
+    Setting("workers", ("-w", "--workers"), positive_int, _default_workers,
+            "number of worker processes (default: one per CPU)", "N"),
+    Setting("loop", ("--loop",), loop_name, "auto",
+            "request loop: cython (compiled), python (pure-Python twin) or auto (compiled when built)",
+            "{auto,cython,python}"),
+    Setting("backlog", ("--backlog",), positive_int, 2048,
+            "listen queue length of the shared socket", "N"),
+    Setting("keep_alive", ("--keep-alive",), non_negative_float, 75.0,
+            "seconds an idle keep-alive connection is kept open (0 closes after each response)", "S"),
+    Setting("graceful_timeout", ("--graceful-timeout",), non_negative_float, 30.0,
+            "seconds workers get to finish in-flight requests on SIGTERM before they are killed", "S"),
+    Setting("demo_work_ms", ("--demo-work-ms",), non_negative_int, 0,
+            "built-in demo app only: burn this many ms of CPU per request, like the seed's slow handler",
+            "MS"),
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    app: Optional[str] = None      # "module:attribute"; None serves the built-in demo app
+    bind: BindAddress = parse_bind("127.0.0.1:8000")
+    workers: int = 1
+    loop: str = "auto"
+    backlog: int = 2048
+    keep_alive: float = 75.0
+    graceful_timeout: float = 30.0
+    demo_work_ms: int = 0
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace, environ=os.environ) -> "Config":
+        """Resolve each setting: command line, then FASTCLUSTER_*, then the default."""
+        values = {}
+        for setting in SETTINGS:
+            given = getattr(args, setting.name, None)
+            if given is not None:
+                values[setting.name] = given  # argparse already parsed and validated it
+                continue
+            raw = environ.get(setting.env)
+            if raw is None:
+                values[setting.name] = setting.default_value()
+                continue
+            try:
+                values[setting.name] = setting.parse(raw.strip())
+            except ValueError as exc:
+                raise ConfigError("%s=%r: %s" % (setting.env, raw, _reason(exc))) from None
+        app = getattr(args, "app", None) or environ.get(ENV_PREFIX + "APP") or None
+        return cls(app=app, **values)
+
+
+def _reason(exc: ValueError) -> str:
+    text = str(exc)
+    if text.startswith("invalid literal"):
+        return "not a number"
+    if text.startswith("could not convert"):
+        return "not a number"
+    return text
+
+
+def _argparse_type(setting: Setting) -> Callable[[str], Any]:
+    def convert(text: str) -> Any:
+        try:
+            return setting.parse(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError("%r: %s" % (text, _reason(exc))) from None
+    convert.__name__ = setting.name
+    return convert
+
+
+def add_settings(parser: argparse.ArgumentParser) -> None:
+    """Add one option per Setting; argparse leaves unset options as None."""
+    for setting in SETTINGS:
+        default = setting.default_value() if not callable(setting.default) else "number of CPUs"
+        parser.add_argument(
+            *setting.flags, dest=setting.name, type=_argparse_type(setting), default=None,
+            metavar=setting.metavar,
+            help="%s [default: %s; env %s]" % (setting.help, default, setting.env),
+        )

@@ -1,0 +1,44 @@
+"""Resolve "package.module:attribute" to the WSGI callable.
+
+A malformed string, a module that does not exist and a missing attribute raise
+AppImportError with one precise line.  An exception raised while the module
+itself runs is the app's bug and propagates with its traceback.
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+
+from .errors import AppImportError
+
+_APP_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
+
+
+def check_app_string(app: str) -> None:
+    if not _APP_RE.match(app) or ".." in app or app.endswith(".") or ":." in app:
+        raise AppImportError(
+            'APP %r must be in format "<module>:<attribute>", as in "myproject.wsgi:application"' % app
+        )
+
+
+def import_app(app: str):
+    check_app_string(app)
+    module_name, _, attrs = app.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        # Only a miss of the named module (or one of its parents) is the user's typo;
+        # a missing import inside the app is the app's bug and keeps its traceback.
+        if exc.name is None or not (module_name == exc.name or module_name.startswith(exc.name + ".")):
+            raise
+        raise AppImportError('could not import module "%s" for APP %r' % (module_name, app)) from None
+    obj = module
+    try:
+        for attr in attrs.split("."):
+            obj = getattr(obj, attr)
+    except AttributeError:
+        raise AppImportError('attribute "%s" not found in module "%s"' % (attrs, module_name)) from None
+    if not callable(obj):
+        raise AppImportError('APP %r is a %s, not a WSGI callable' % (app, type(obj).__name__))
+    return obj

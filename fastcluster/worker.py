@@ -1,0 +1,113 @@
+"""The worker side: what a forked child does until it exits.
+
+It never returns into the master's code: `run()` always ends in `os._exit()`.
+Failures before the loop runs are reported through the exit code (errors.py),
+so the master can tell a broken APP from a crash.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+import signal
+import socket
+import sys
+import traceback
+
+from . import demo, loop
+from .errors import EXIT_APP_LOAD_ERROR, EXIT_BOOT_ERROR, EXIT_OK, EXIT_USAGE, AppImportError
+from .importer import import_app
+from .sockets import describe
+
+PR_SET_PDEATHSIG = 1
+READY = b"R"
+
+# signals the master handles; a worker leaves them alone
+_MASTER_ONLY = (signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2, signal.SIGTTIN, signal.SIGTTOU, signal.SIGINT)
+
+
+class _Stop:
+    """Holds the stop request until the server exists, then forwards it."""
+
+    server = None
+    requested = False
+
+    def __call__(self, signum, frame):
+        self.requested = True
+        if self.server is not None:
+            self.server.stop_requested = True
+
+
+def _die_with_parent(master_pid: int) -> None:
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    except (OSError, AttributeError):  # pragma: no cover - not Linux; the loop also watches getppid()
+        pass
+    if os.getppid() != master_pid:  # the master died before prctl took effect
+        os._exit(EXIT_OK)
+
+
+def _quick_exit(signum, frame):
+    raise SystemExit(EXIT_OK)
+
+
+def run(config, listener, status_fd: int, close_fds, loop_name: str, master_pid: int):
+    code = EXIT_BOOT_ERROR
+    try:
+        code = _run(config, listener, status_fd, close_fds, loop_name, master_pid)
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else EXIT_OK
+    except BaseException:
+        traceback.print_exc()
+    finally:
+        try:
+            sys.stdout.flush()
+            sys.stderr.flush()
+        finally:
+            os._exit(code)
+
+
+def _run(config, listener, status_fd, close_fds, loop_name, master_pid):
+    for fd in close_fds:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    stop = _Stop()
+    wake_r, wake_w = socket.socketpair()
+    wake_r.setblocking(False)
+    wake_w.setblocking(False)
+    signal.set_wakeup_fd(wake_w.fileno(), warn_on_full_buffer=False)
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGQUIT, _quick_exit)
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    for signum in _MASTER_ONLY:
+        signal.signal(signum, signal.SIG_IGN)
+    _die_with_parent(master_pid)
+
+    try:
+        app = demo.make_app(config.demo_work_ms) if config.app is None else import_app(config.app)
+    except AppImportError as exc:
+        print("fastcluster: error: %s" % exc, file=sys.stderr, flush=True)
+        return EXIT_USAGE
+    except BaseException:
+        print("fastcluster: error: the app %s raised while it was imported:" % config.app,
+              file=sys.stderr)
+        traceback.print_exc()
+        sys.stderr.flush()
+        return EXIT_APP_LOAD_ERROR
+
+    impl = loop.load(loop_name)
+    server = impl.Server(
+        listener, app, keep_alive=config.keep_alive, graceful_timeout=config.graceful_timeout,
+        wakeup_fd=wake_r.fileno(), master_pid=master_pid, multiprocess=config.workers > 1,
+    )
+    stop.server = server
+    server.stop_requested = stop.requested
+    _url, _name, _port, short = describe(listener)
+    print("Process %d listening on %s" % (os.getpid(), short), flush=True)
+    os.write(status_fd, READY)
+    server.serve()
+    return EXIT_OK

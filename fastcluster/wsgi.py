@@ -1,0 +1,346 @@
+"""WSGI (PEP 3333) pieces shared by both request loops.
+
+Everything here is written once and used by the compiled loop and by its
+pure-Python twin: request body streams, `wsgi.file_wrapper`, the cached status
+line and Date header, header validation, and the request-target split.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import re
+import sys
+import tempfile
+import time
+from email.utils import formatdate
+from urllib.parse import unquote_to_bytes
+
+log = logging.getLogger("fastcluster")
+
+SERVER_HEADER = b"Server: fastcluster\r\n"
+SPILL_BYTES = 1 << 20          # a buffered request body above this goes to a temporary file
+CONTINUE_LINE = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+# --- request side ----------------------------------------------------------------------------
+
+HEADER_KEYS: dict = {}   # raw header name (bytes) -> environ key, or None when the name is dropped
+_MAX_LEARNED = 512
+
+
+def header_key(name: bytes):
+    """Environ key for a request header name; None for names with '_' (they would
+    collide with the '-' spelling of another header once turned into HTTP_*)."""
+    key = HEADER_KEYS.get(name)
+    if key is not None or name in HEADER_KEYS:
+        return key
+    text = name.decode("latin-1")
+    if "_" in text:
+        key = None
+    else:
+        key = text.upper().replace("-", "_")
+        if key not in ("CONTENT_TYPE", "CONTENT_LENGTH"):
+            key = "HTTP_" + key
+    if len(HEADER_KEYS) < _MAX_LEARNED:
+        HEADER_KEYS[name] = key
+    return key
+
+
+def split_target(target: bytes):
+    """Request-target -> (PATH_INFO, QUERY_STRING) as latin-1 str; the path is percent-decoded."""
+    if target[:1] != b"/" and b"://" in target[:10]:    # absolute-form: http://host/path?q
+        rest = target.split(b"://", 1)[1]
+        cut = min((i for i in (rest.find(b"/"), rest.find(b"?")) if i >= 0), default=len(rest))
+        target = rest[cut:]
+        if target[:1] != b"/":
+            target = b"/" + target
+    path, _, query = target.partition(b"?")
+    if b"#" in path:
+        path = path.partition(b"#")[0]
+    query = query.partition(b"#")[0]
+    if b"%" in path:
+        path = unquote_to_bytes(path)
+    return path.decode("latin-1"), query.decode("latin-1")
+
+
+class EmptyInput:
+    """wsgi.input of a request without a body.  Stateless, so one instance serves all."""
+
+    def read(self, size=-1):
+        return b""
+
+    def readline(self, size=-1):
+        return b""
+
+    def readlines(self, hint=-1):
+        return []
+
+    def __iter__(self):
+        return iter(())
+
+
+EMPTY_INPUT = EmptyInput()
+
+
+class BodyBuffer:
+    """Collects a request body that arrives before the app runs; spills to disk when large."""
+
+    __slots__ = ("parts", "size", "file")
+
+    def __init__(self):
+        self.parts = []
+        self.size = 0
+        self.file = None
+
+    def add(self, data: bytes) -> None:
+        self.size += len(data)
+        if self.file is not None:
+            self.file.write(data)
+            return
+        self.parts.append(data)
+        if self.size > SPILL_BYTES:
+            self.file = tempfile.TemporaryFile(prefix="fastcluster-body-")
+            self.file.writelines(self.parts)
+            self.parts = None
+
+    def stream(self):
+        if self.file is not None:
+            self.file.seek(0)
+            return self.file
+        return io.BytesIO(b"".join(self.parts))
+
+    def discard(self) -> None:
+        if self.file is not None:
+            self.file.close()
+            self.file = None
+
+
+class LazyInput:
+    """wsgi.input that pulls the body from the client while the app reads it.
+
+    Used for `Expect: 100-continue`: `fill()` (given by the loop) sends the interim
+    `100 Continue` the first time, then blocks until body bytes arrive, which the
+    parser hands to `add()`.  `fill()` returns False when no more can come.
+    """
+
+    def __init__(self, fill):
+        self._fill = fill
+        self._buf = bytearray()
+        self._done = False
+
+    def add(self, data: bytes) -> None:
+        self._buf += data
+
+    def finish(self) -> None:
+        self._done = True
+
+    def _more(self) -> bool:
+        if self._done:
+            return False
+        if not self._fill():
+            if not self._done:
+                raise OSError("client disconnected before the request body was complete")
+            return False
+        return True
+
+    def read(self, size=-1):
+        if size is None or size < 0:
+            while self._more():
+                pass
+            size = len(self._buf)
+        while len(self._buf) < size and self._more():
+            pass
+        data = bytes(self._buf[:size])
+        del self._buf[:size]
+        return data
+
+    def readline(self, size=-1):
+        while True:
+            end = self._buf.find(b"\n")
+            if end >= 0:
+                take = end + 1
+                break
+            if (size is not None and 0 <= size <= len(self._buf)) or not self._more():
+                take = len(self._buf)
+                break
+        if size is not None and size >= 0:
+            take = min(take, size)
+        data = bytes(self._buf[:take])
+        del self._buf[:take]
+        return data
+
+    def readlines(self, hint=-1):
+        lines, total = [], 0
+        while True:
+            line = self.readline()
+            if not line:
+                return lines
+            lines.append(line)
+            total += len(line)
+            if hint is not None and 0 < hint <= total:
+                return lines
+
+    def __iter__(self):
+        while True:
+            line = self.readline()
+            if not line:
+                return
+            yield line
+
+
+class FileWrapper:
+    """wsgi.file_wrapper: the loops send a wrapped regular file with os.sendfile."""
+
+    def __init__(self, filelike, blksize=8192):
+        self.filelike = filelike
+        self.blksize = blksize
+        if hasattr(filelike, "close"):
+            self.close = filelike.close
+
+    def __iter__(self):
+        read, size = self.filelike.read, self.blksize
+        while True:
+            data = read(size)
+            if not data:
+                return
+            yield data
+
+
+# --- response side ---------------------------------------------------------------------------
+
+_STATUS_RE = re.compile(r"^[1-9]\d\d(?: [^\x00-\x08\x0a-\x1f\x7f]*)?$")
+_STATUS_LINES: dict = {}
+
+
+def status_line(status) -> bytes:
+    """b'HTTP/1.1 200 OK\\r\\n' for '200 OK'; ValueError for a malformed status."""
+    line = _STATUS_LINES.get(status)
+    if line is not None:
+        return line
+    if type(status) is not str or not _STATUS_RE.match(status):
+        raise ValueError("invalid status %r: expected a str like '200 OK'" % (status,))
+    line = ("HTTP/1.1 %s\r\n" % status).encode("latin-1")
+    if len(_STATUS_LINES) < 256:
+        _STATUS_LINES[status] = line
+    return line
+
+
+# header kinds the loops act on; everything else is passed through
+H_PLAIN, H_CONTENT_LENGTH, H_DATE, H_SERVER, H_CONNECTION, H_HOP = range(6)
+_TOKEN_RE = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+_SPECIAL = {"content-length": H_CONTENT_LENGTH, "date": H_DATE, "server": H_SERVER,
+            "connection": H_CONNECTION, "transfer-encoding": H_HOP, "keep-alive": H_HOP}
+_HEADER_NAMES: dict = {}   # name str -> (prefix str "Name: ", kind)
+
+# HeaderInfo flags
+HAS_DATE, HAS_SERVER, WANTS_CLOSE = 1, 2, 4
+
+
+def _learn_name(name):
+    if type(name) is not str or not _TOKEN_RE.match(name):
+        raise ValueError("invalid header name %r" % (name,))
+    entry = (name + ": ", _SPECIAL.get(name.lower(), H_PLAIN))
+    if len(_HEADER_NAMES) < 512:
+        _HEADER_NAMES[name] = entry
+    return entry
+
+
+def encode_headers(headers):
+    """Validate the app's headers and encode them.
+
+    Returns (block, content_length, flags): `block` is the latin-1 bytes of the
+    header lines the server passes on, content_length is -1 when the app gave none.
+    Hop-by-hop headers are the server's business: Connection: close is honoured
+    (as the WANTS_CLOSE flag) and the others are dropped.  Raises ValueError or
+    TypeError for anything that could split the response or is not latin-1.
+    """
+    parts = []
+    clen = -1
+    flags = 0
+    lines = 0
+    names = _HEADER_NAMES
+    for name, value in headers:
+        entry = names.get(name)
+        if entry is None:
+            entry = _learn_name(name)
+        kind = entry[1]
+        if kind:
+            if type(value) is not str:
+                raise TypeError("header %s value must be str, not %s" % (name, type(value).__name__))
+            if kind == H_CONTENT_LENGTH:
+                text = value.strip()
+                if not (text.isascii() and text.isdigit()) or (clen >= 0 and int(text) != clen):
+                    raise ValueError("invalid Content-Length %r" % value)
+                if clen >= 0:
+                    continue
+                clen = int(text)
+            elif kind == H_DATE:
+                flags |= HAS_DATE
+            elif kind == H_SERVER:
+                flags |= HAS_SERVER
+            elif kind == H_CONNECTION:
+                if "close" in value.lower():
+                    flags |= WANTS_CLOSE
+                continue
+            else:
+                continue
+        parts.append(entry[0])
+        parts.append(value)
+        parts.append("\r\n")
+        lines += 1
+    block = "".join(parts)
+    if block.count("\n") != lines or block.count("\r") != lines or "\0" in block:
+        raise ValueError("header value contains CR, LF or NUL")
+    return block.encode("latin-1"), clen, flags
+
+
+class DateHeader:
+    """The `Date:` line, formatted at most once a second."""
+
+    __slots__ = ("second", "line")
+
+    def __init__(self):
+        self.second = -1
+        self.line = b""
+
+    def get(self, now=None) -> bytes:
+        second = int(time.time() if now is None else now)
+        if second != self.second:
+            self.second = second
+            self.line = ("Date: %s\r\n" % formatdate(second, usegmt=True)).encode("ascii")
+        return self.line
+
+
+def simple_response(status: str, body: bytes, close: bool, date: bytes) -> bytes:
+    """A complete plain-text response the server writes itself (400, 500, ...)."""
+    return b"".join((
+        status_line(status), date, SERVER_HEADER,
+        b"Content-Type: text/plain; charset=utf-8\r\n",
+        b"Content-Length: %d\r\n" % len(body),
+        b"Connection: close\r\n" if close else b"",
+        b"\r\n", body,
+    ))
+
+
+def log_app_error(environ, message="error handling request") -> None:
+    """Log the current exception with the request it broke, control characters escaped."""
+    line = "%s %s" % (environ.get("REQUEST_METHOD", "?"), environ.get("RAW_URI", "?"))
+    log.error("%s %s", message, line.encode("unicode_escape").decode("ascii"), exc_info=True)
+
+
+def base_environ(server_name: str, server_port: str, multiprocess: bool) -> dict:
+    """The keys every request of this worker shares; each request starts from a copy."""
+    return {
+        "SCRIPT_NAME": "",
+        "SERVER_NAME": server_name,
+        "SERVER_PORT": server_port,
+        "SERVER_SOFTWARE": "fastcluster",
+        "wsgi.version": (1, 0),
+        "wsgi.url_scheme": "http",
+        "wsgi.errors": sys.stderr,
+        "wsgi.multithread": False,
+        "wsgi.multiprocess": multiprocess,
+        "wsgi.run_once": False,
+        "wsgi.input_terminated": True,
+        "wsgi.file_wrapper": FileWrapper,
+    }
