@@ -527,8 +527,8 @@ class Connection:
             parts.append(self.server.date_line)
         if not flags & HAS_SERVER:
             parts.append(SERVER_HEADER)
-        if flags & WANTS_CLOSE:
-            self.keep = False
+        if flags & WANTS_CLOSE or (req.early and not req.complete):
+            self.keep = False   # (an unread 100-continue body cannot be skipped)
         bodiless_status = code < 200 or code == 204 or code == 304
         self.no_body = req.head or bodiless_status
         if self.clen < 0 and not bodiless_status:

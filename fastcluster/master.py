@@ -46,9 +46,8 @@ class WorkerRecord:
 
 
 class Master:
-    def __init__(self, config, out=None):
+    def __init__(self, config):
         self.config = config
-        self.out = out or sys.stdout
         self.loop_name = loop.resolve(config.loop)
         self.target = config.workers
         self.workers = {}                 # pid -> WorkerRecord
@@ -97,7 +96,7 @@ class Master:
         return self.exit_code
 
     def _say(self, line):
-        print(line, file=self.out, flush=True)
+        worker.say(line)
 
     def _install_signals(self):
         self.wake_r, self.wake_w = socket.socketpair()
@@ -122,10 +121,10 @@ class Master:
             if self.stopping and not self.workers:
                 return
             timeout = max(0.0, min(self._next_deadline(), time.monotonic() + 1.0) - time.monotonic())
-            for key, _ in self.selector.select(timeout):
-                if key.data is None:
-                    self._read_signals()
-                else:
+            ready = self.selector.select(timeout)
+            self._read_signals()   # first: a stop must be known before exits are judged
+            for key, _ in ready:
+                if key.data is not None:
                     self._read_status(key.data)
             self._reap()
             self._check_deadlines()
@@ -141,6 +140,8 @@ class Master:
                 handler()
 
     def _read_status(self, rec):
+        if rec.status_fd < 0:  # reaped (and its pipe closed) earlier in this round
+            return
         try:
             data = os.read(rec.status_fd, 64)
         except (BlockingIOError, InterruptedError):
@@ -333,7 +334,8 @@ class Master:
             self.listener.close()
             self.rollout.clear()
             self.respawn_at.clear()
-            log.info("%s stop of %d workers", "quick" if quick else "graceful", len(self.workers))
+            if self.workers:
+                log.info("%s stop of %d workers", "quick" if quick else "graceful", len(self.workers))
         if quick and not self.quick:
             self.quick = True
             for rec in self.workers.values():

@@ -27,6 +27,12 @@ READY = b"R"
 _MASTER_ONLY = (signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2, signal.SIGTTIN, signal.SIGTTOU, signal.SIGINT)
 
 
+def say(line):
+    """One line on stdout in one write(), so lines from several processes never interleave."""
+    sys.stdout.flush()
+    os.write(sys.stdout.fileno(), (line + "\n").encode())
+
+
 class _Stop:
     """Holds the stop request until the server exists, then forwards it."""
 
@@ -77,6 +83,14 @@ def _run(config, listener, status_fd, close_fds, loop_name, master_pid):
             pass
     stop = _Stop()
     wake_r, wake_w = socket.socketpair()
+    try:
+        return _serve(config, listener, status_fd, loop_name, master_pid, stop, wake_r, wake_w)
+    finally:
+        wake_r.close()
+        wake_w.close()
+
+
+def _serve(config, listener, status_fd, loop_name, master_pid, stop, wake_r, wake_w):
     wake_r.setblocking(False)
     wake_w.setblocking(False)
     signal.set_wakeup_fd(wake_w.fileno(), warn_on_full_buffer=False)
@@ -107,7 +121,7 @@ def _run(config, listener, status_fd, close_fds, loop_name, master_pid):
     stop.server = server
     server.stop_requested = stop.requested
     _url, _name, _port, short = describe(listener)
-    print("Process %d listening on %s" % (os.getpid(), short), flush=True)
+    say("Process %d listening on %s" % (os.getpid(), short))
     os.write(status_fd, READY)
     server.serve()
     return EXIT_OK

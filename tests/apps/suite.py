@@ -1,0 +1,139 @@
+"""The WSGI app the integration tests serve: one route per behaviour under test.
+
+Paths under /v/ go through wsgiref.validate, which checks both sides of PEP 3333
+(and turns every warning into an error, so a lax server fails loudly).
+"""
+
+import json
+import os
+import tempfile
+import time
+import warnings
+from urllib.parse import parse_qs
+from wsgiref.validate import validator
+
+warnings.simplefilter("error")
+
+
+def _qs(environ):
+    return {k: v[0] for k, v in parse_qs(environ.get("QUERY_STRING", "")).items()}
+
+
+def _text(start_response, body, status="200 OK", extra=()):
+    start_response(status, [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))] + list(extra))
+    return [body]
+
+
+class ClosingIterable:
+    """A body that records its close() in a marker file, and paces itself when asked."""
+
+    def __init__(self, marker, chunks, size, delay):
+        self.marker, self.chunks, self.size, self.delay = marker, chunks, size, delay
+
+    def __iter__(self):
+        for _ in range(self.chunks):
+            if self.delay:
+                time.sleep(self.delay)
+            yield b"x" * self.size
+
+    def close(self):
+        with open(self.marker, "w") as f:
+            f.write("closed")
+
+
+def inner(environ, start_response):
+    path = environ["PATH_INFO"]
+    q = _qs(environ)
+    if path == "/":
+        return _text(start_response, b"Hello from process %d\n" % os.getpid())
+    if path == "/pid":
+        return _text(start_response, b"%d" % os.getpid())
+    if path == "/environ" or path.startswith("/environ/"):
+        data = {k: v for k, v in environ.items() if isinstance(v, (str, bool, int, tuple))}
+        data["wsgi.input"] = type(environ["wsgi.input"]).__name__
+        body = json.dumps(data).encode()
+        start_response("200 OK", [("Content-Type", "application/json")])
+        return [body]
+    if path == "/echo":
+        body = environ["wsgi.input"].read()
+        return _text(start_response, body, extra=[("X-Body-Length", str(len(body)))])
+    if path == "/echo-lines":
+        stream = environ["wsgi.input"]
+        lines = [stream.readline()]
+        lines.extend(stream)
+        body = json.dumps([line.decode("latin-1") for line in lines]).encode()
+        return _text(start_response, body)
+    if path == "/reject":  # answers without reading the body
+        return _text(start_response, b"too large\n", "413 Payload Too Large")
+    if path == "/stream":
+        n, size = int(q.get("n", "3")), int(q.get("size", "5"))
+        start_response("200 OK", [("Content-Type", "application/octet-stream")])
+        return (b"%c" % (97 + i % 26) * size for i in range(n))
+    if path == "/generator-start":  # start_response called lazily, inside the generator
+        def gen():
+            start_response("200 OK", [("Content-Type", "text/plain")])
+            yield b"lazy "
+            yield b"start"
+        return gen()
+    if path == "/closing":
+        start_response("200 OK", [("Content-Type", "application/octet-stream"), ("X-Pid", str(os.getpid()))])
+        return ClosingIterable(q["marker"], int(q.get("n", "1000")), int(q.get("size", "65536")),
+                               float(q.get("delay", "0")))
+    if path == "/write":
+        write = start_response("200 OK", [("Content-Type", "text/plain")])
+        write(b"written ")
+        return [b"returned"]
+    if path == "/file":
+        size = int(q.get("size", "100000"))
+        f = tempfile.TemporaryFile()
+        f.write(bytes(range(256)) * (size // 256) + b"z" * (size % 256))
+        f.seek(0)
+        start_response("200 OK", [("Content-Type", "application/octet-stream")])
+        return environ["wsgi.file_wrapper"](f, 8192)
+    if path == "/raise":
+        raise RuntimeError("boom from the test app")
+    if path == "/raise-after-headers":
+        def gen():
+            start_response("200 OK", [("Content-Type", "text/plain")])
+            yield b"partial"
+            raise RuntimeError("boom after the headers")
+        return gen()
+    if path == "/exc-info":
+        try:
+            raise ValueError("handled")
+        except ValueError:
+            import sys
+            start_response("200 OK", [("Content-Type", "text/plain")])
+            start_response("503 Service Unavailable", [("Content-Type", "text/plain")], sys.exc_info())
+        return [b"replaced"]
+    if path == "/sleep":
+        if "marker" in q:   # lets a test see that the request is in flight
+            open(q["marker"], "w").close()
+        time.sleep(float(q.get("s", "1")))
+        return _text(start_response, b"slept %d\n" % os.getpid())
+    if path == "/no-content":
+        start_response("204 No Content", [])
+        return []
+    if path == "/not-modified":
+        start_response("304 Not Modified", [("ETag", '"x"')])
+        return []
+    if path == "/bad-header":
+        start_response("200 OK", [("X-Evil", "a\r\nSet-Cookie: pwned=1")])
+        return [b"never"]
+    if path == "/short":  # claims more than it sends
+        start_response("200 OK", [("Content-Length", "100")])
+        return [b"only this"]
+    if path == "/long":   # sends more than it claims
+        start_response("200 OK", [("Content-Length", "4")])
+        return [b"12345678"]
+    return _text(start_response, b"not found\n", "404 Not Found")
+
+
+_validated = validator(inner)
+
+
+def app(environ, start_response):
+    if environ["PATH_INFO"].startswith("/v/"):
+        environ["PATH_INFO"] = environ["PATH_INFO"][2:]
+        return _validated(environ, start_response)
+    return inner(environ, start_response)

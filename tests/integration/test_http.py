@@ -1,0 +1,367 @@
+"""HTTP/1.1 and WSGI behaviour of a live server, on both loops (the suite_server fixture)."""
+
+import http.client
+import json
+import os
+import socket
+import tempfile
+import time
+
+import pytest
+
+from helpers import at_eof, exchange, pid_alive, read_response, rss_kib, wait_until
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def get(server, path, method="GET", body=None, headers=None):
+    conn = http.client.HTTPConnection(server.host, server.port, timeout=10)
+    try:
+        conn.request(method, path, body=body, headers=headers or {})
+        resp = conn.getresponse()
+        return resp.status, dict(resp.getheaders()), resp.read()
+    finally:
+        conn.close()
+
+
+def test_hello_and_required_headers(suite_server):
+    status, headers, body = get(suite_server, "/")
+    assert status == 200
+    assert body.startswith(b"Hello from process ")
+    assert headers["Content-Length"] == str(len(body))
+    assert headers["Server"] == "fastcluster"
+    assert headers["Date"].endswith(" GMT")
+
+
+def test_keep_alive_reuses_one_connection(suite_server):
+    conn = http.client.HTTPConnection(suite_server.host, suite_server.port, timeout=10)
+    pids = set()
+    for _ in range(5):
+        conn.request("GET", "/pid")
+        resp = conn.getresponse()
+        assert resp.status == 200
+        assert resp.getheader("Connection") is None  # HTTP/1.1 default: stays open
+        pids.add(resp.read())
+    sock = conn.sock
+    conn.request("GET", "/pid")
+    conn.getresponse().read()
+    assert conn.sock is sock, "the client had to reconnect"
+    assert len(pids) == 1, "one connection is served by one worker"
+    conn.close()
+
+
+def test_three_pipelined_requests_in_one_packet(suite_server):
+    data = (b"GET /stream?n=2&size=3 HTTP/1.1\r\nHost: t\r\n\r\n"
+            b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\n\r\nhello"
+            b"GET /pid HTTP/1.1\r\nHost: t\r\n\r\n")
+    responses, sock, f = exchange(suite_server, data, count=3)
+    assert [r.status for r in responses] == [200, 200, 200]
+    assert responses[0].body == b"aaabbb"
+    assert responses[1].body == b"hello"
+    assert responses[2].body.isdigit()
+    sock.close()
+
+
+def test_chunked_request_body(suite_server):
+    data = (b"POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"5\r\nhello\r\n1;ext=1\r\n \r\n5\r\nworld\r\n0\r\nTrailer: x\r\n\r\n")
+    (resp,), sock, f = exchange(suite_server, data)
+    assert resp.status == 200
+    assert resp.body == b"hello world"
+    sock.close()
+
+
+def test_large_body_is_read_whole(suite_server):
+    payload = os.urandom(3 * 1024 * 1024 + 7)   # above the spill-to-disk threshold
+    status, headers, body = get(suite_server, "/echo", "POST", body=payload)
+    assert status == 200 and body == payload
+
+
+def test_readline_and_iteration_over_input(suite_server):
+    status, _, body = get(suite_server, "/echo-lines", "POST", body=b"one\ntwo\nthree")
+    assert json.loads(body) == ["one\n", "two\n", "three"]
+
+
+def test_expect_100_continue_is_sent_when_the_app_reads(suite_server):
+    sock = suite_server.connect()
+    sock.sendall(b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 4\r\nExpect: 100-continue\r\n\r\n")
+    f = sock.makefile("rb")
+    interim = read_response(f)
+    assert interim.status == 100
+    sock.sendall(b"body")
+    resp = read_response(f)
+    assert resp.status == 200 and resp.body == b"body"
+    # the connection stays usable
+    sock.sendall(b"GET /pid HTTP/1.1\r\nHost: t\r\n\r\n")
+    assert read_response(f).status == 200
+    sock.close()
+
+
+def test_expect_100_continue_not_sent_when_the_app_answers_without_reading(suite_server):
+    sock = suite_server.connect()
+    sock.sendall(b"POST /reject HTTP/1.1\r\nHost: t\r\nContent-Length: 1000000\r\nExpect: 100-continue\r\n\r\n")
+    f = sock.makefile("rb")
+    resp = read_response(f)
+    assert resp.status == 413, "the final response must come without a 100 Continue before it"
+    assert resp.header("Connection") == "close"   # the unread body cannot be skipped
+    assert at_eof(sock, f)
+    sock.close()
+
+
+def test_no_100_continue_for_http10(suite_server):
+    data = b"POST /echo HTTP/1.0\r\nContent-Length: 2\r\nExpect: 100-continue\r\n\r\nok"
+    (resp,), sock, f = exchange(suite_server, data)
+    assert resp.status == 200 and resp.body == b"ok"
+    sock.close()
+
+
+def test_head_has_get_headers_and_no_body(suite_server):
+    for path in ("/", "/stream", "/file?size=5000", "/generator-start"):
+        _, get_resp_sock_f = None, None
+        (get_resp,), s1, _ = exchange(suite_server, b"GET %s HTTP/1.1\r\nHost: t\r\n\r\n" % path.encode())
+        s1.close()
+        sock = suite_server.connect()
+        sock.sendall(b"HEAD %s HTTP/1.1\r\nHost: t\r\n\r\nGET /pid HTTP/1.1\r\nHost: t\r\n\r\n" % path.encode())
+        f = sock.makefile("rb")
+        head = read_response(f, head=True)
+        assert head.status == 200
+        assert head.header("Content-Length") == get_resp.header("Content-Length"), path
+        assert head.header("Content-Type") == get_resp.header("Content-Type"), path
+        # the next response starts right after the HEAD headers: no body bytes were sent
+        nxt = read_response(f)
+        assert nxt.status == 200 and nxt.body.isdigit(), (path, nxt)
+        sock.close()
+
+
+def test_generator_body_is_chunked_on_http11(suite_server):
+    (resp,), sock, f = exchange(suite_server, b"GET /stream?n=3&size=4 HTTP/1.1\r\nHost: t\r\n\r\n")
+    assert resp.header("Transfer-Encoding") == "chunked"
+    assert resp.header("Content-Length") is None
+    assert resp.body == b"aaaabbbbcccc"
+    sock.close()
+
+
+def test_generator_body_is_close_delimited_on_http10(suite_server):
+    (resp,), sock, f = exchange(suite_server, b"GET /stream?n=3&size=4 HTTP/1.0\r\n\r\n")
+    assert resp.header("Transfer-Encoding") is None
+    assert resp.header("Connection") == "close"
+    assert resp.body == b"aaaabbbbcccc"
+    sock.close()
+
+
+def test_http10_keep_alive_on_request(suite_server):
+    sock = suite_server.connect()
+    f = sock.makefile("rb")
+    sock.sendall(b"GET /pid HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+    first = read_response(f)
+    assert first.header("Connection") == "keep-alive"
+    sock.sendall(b"GET /pid HTTP/1.0\r\n\r\n")
+    second = read_response(f)
+    assert second.status == 200 and second.header("Connection") == "close"
+    assert at_eof(sock, f)
+    sock.close()
+
+
+def test_connection_close_is_honoured(suite_server):
+    (resp,), sock, f = exchange(suite_server, b"GET /pid HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+    assert resp.header("Connection") == "close"
+    assert at_eof(sock, f)
+    sock.close()
+
+
+def test_single_item_list_gets_content_length(suite_server):
+    (resp,), sock, f = exchange(suite_server, b"GET /environ HTTP/1.1\r\nHost: t\r\n\r\n")
+    assert resp.status == 200
+    assert resp.header("Content-Length") == str(len(resp.body))
+    sock.close()
+
+
+def test_environ_follows_pep3333(suite_server):
+    data = (b"GET /v/environ/caf%C3%A9%20x?a=1&b=%20&c HTTP/1.1\r\nHost: example.com:8080\r\n"
+            b"Content-Type: text/x\r\nX-Multi: one\r\nX-Multi: two\r\nX-Spaced:   padded  \r\n"
+            b"X_Underscore: dropped\r\nX-Underscore: kept\r\n\r\n")
+    (resp,), sock, f = exchange(suite_server, data)
+    assert resp.status == 200, resp
+    env = json.loads(resp.body)
+    assert env["REQUEST_METHOD"] == "GET"
+    assert env["SCRIPT_NAME"] == ""
+    assert env["PATH_INFO"] == "/environ/caf\u00c3\u00a9 x"      # percent-decoded, held as latin-1
+    assert env["QUERY_STRING"] == "a=1&b=%20&c"                    # raw
+    assert env["SERVER_PROTOCOL"] == "HTTP/1.1"
+    assert env["SERVER_NAME"] == "127.0.0.1" and env["SERVER_PORT"] == str(suite_server.port)
+    assert env["REMOTE_ADDR"] == "127.0.0.1"
+    assert env["REMOTE_PORT"] == str(sock.getsockname()[1])
+    assert env["HTTP_HOST"] == "example.com:8080"
+    assert env["CONTENT_TYPE"] == "text/x" and "HTTP_CONTENT_TYPE" not in env
+    assert "CONTENT_LENGTH" not in env
+    assert env["HTTP_X_MULTI"] == "one,two"
+    assert env["HTTP_X_SPACED"] == "padded"
+    assert env["HTTP_X_UNDERSCORE"] == "kept"
+    assert env["wsgi.version"] == [1, 0]
+    assert env["wsgi.url_scheme"] == "http"
+    assert env["wsgi.multithread"] is False
+    assert env["wsgi.multiprocess"] is True
+    assert env["wsgi.run_once"] is False
+    assert env["wsgi.input_terminated"] is True
+    sock.close()
+
+
+def test_absolute_form_target(suite_server):
+    (resp,), sock, f = exchange(suite_server, b"GET http://example.com/environ?x=1 HTTP/1.1\r\nHost: example.com\r\n\r\n")
+    env = json.loads(resp.body)
+    assert env["PATH_INFO"] == "/environ" and env["QUERY_STRING"] == "x=1"
+    sock.close()
+
+
+def test_write_callable(suite_server):
+    (resp,), sock, f = exchange(suite_server, b"GET /v/write HTTP/1.1\r\nHost: t\r\n\r\n")
+    assert resp.status == 200 and resp.body == b"written returned"
+    sock.close()
+
+
+def test_lazy_start_response_inside_generator(suite_server):
+    (resp,), sock, f = exchange(suite_server, b"GET /v/generator-start HTTP/1.1\r\nHost: t\r\n\r\n")
+    assert resp.status == 200 and resp.body == b"lazy start"
+    sock.close()
+
+
+def test_exc_info_replaces_unsent_headers(suite_server):
+    (resp,), sock, f = exchange(suite_server, b"GET /exc-info HTTP/1.1\r\nHost: t\r\n\r\n")
+    assert resp.status == 503 and resp.body == b"replaced"
+    sock.close()
+
+
+def test_bodiless_statuses(suite_server):
+    sock = suite_server.connect()
+    f = sock.makefile("rb")
+    sock.sendall(b"GET /no-content HTTP/1.1\r\nHost: t\r\n\r\nGET /not-modified HTTP/1.1\r\nHost: t\r\n\r\n"
+                 b"GET /pid HTTP/1.1\r\nHost: t\r\n\r\n")
+    r204, r304, nxt = read_response(f), read_response(f), read_response(f)
+    assert r204.status == 204 and r204.header("Content-Length") is None and r204.header("Transfer-Encoding") is None
+    assert r304.status == 304 and r304.header("Transfer-Encoding") is None
+    assert nxt.status == 200 and nxt.body.isdigit()
+    sock.close()
+
+
+def test_file_wrapper_sends_the_file(suite_server):
+    size = 3 * 1024 * 1024 + 11
+    (resp,), sock, f = exchange(suite_server, b"GET /file?size=%d HTTP/1.1\r\nHost: t\r\n\r\n" % size)
+    assert resp.header("Content-Length") == str(size)
+    assert resp.body == bytes(range(256)) * (size // 256) + b"z" * (size % 256)
+    sock.close()
+
+
+def test_app_exception_gives_500_and_the_worker_keeps_serving(suite_server):
+    before = [pid for pid in suite_server.worker_pids if pid_alive(pid)]
+    for _ in range(4):
+        (resp,), sock, f = exchange(suite_server, b"GET /raise HTTP/1.1\r\nHost: t\r\n\r\n")
+        assert resp.status == 500
+        assert b"boom" not in resp.body, "no traceback goes to the client"
+        sock.sendall(b"GET /pid HTTP/1.1\r\nHost: t\r\n\r\n")
+        assert read_response(f).status == 200, "the connection survives an app error"
+        sock.close()
+    assert all(pid_alive(pid) for pid in before)
+    wait_until(lambda: "boom from the test app" in suite_server.stderr(), what="the traceback in the log")
+    assert "Traceback" in suite_server.stderr()
+
+
+def test_exception_after_headers_cuts_the_connection(suite_server):
+    sock = suite_server.connect()
+    sock.sendall(b"GET /raise-after-headers HTTP/1.1\r\nHost: t\r\n\r\n")
+    f = sock.makefile("rb")
+    line = f.readline()
+    assert line.startswith(b"HTTP/1.1 200")
+    rest = f.read()     # until the server closes
+    assert b"partial" in rest
+    assert not rest.endswith(b"0\r\n\r\n"), "a failed body must not look complete"
+    sock.close()
+
+
+def test_bad_header_from_app_is_never_written(suite_server):
+    (resp,), sock, f = exchange(suite_server, b"GET /bad-header HTTP/1.1\r\nHost: t\r\n\r\n")
+    assert resp.status == 500
+    assert resp.header("Set-Cookie") is None
+    sock.close()
+
+
+def test_short_body_closes_and_long_body_is_cut(suite_server):
+    sock = suite_server.connect()
+    sock.sendall(b"GET /short HTTP/1.1\r\nHost: t\r\n\r\n")
+    f = sock.makefile("rb")
+    assert f.readline().startswith(b"HTTP/1.1 200")
+    assert f.read().endswith(b"only this")   # then EOF: the client is not left waiting for 91 bytes
+    sock.close()
+    (resp,), sock, f = exchange(suite_server, b"GET /long HTTP/1.1\r\nHost: t\r\n\r\nGET /pid HTTP/1.1\r\nHost: t\r\n\r\n")
+    assert resp.body == b"1234"
+    assert read_response(f).body.isdigit(), "the extra bytes never went out"
+    sock.close()
+
+
+def test_malformed_request_gets_400_and_close(suite_server):
+    (resp,), sock, f = exchange(suite_server, b"GET /pid HTTP/1.1\r\nHost: t\r\n\r\nNOT HTTP\r\n\r\n", count=1)
+    assert resp.status == 200
+    bad = read_response(f)
+    assert bad.status == 400 and bad.header("Connection") == "close"
+    assert at_eof(sock, f)
+    sock.close()
+
+
+def test_streamed_50mb_response_with_bounded_memory(suite_server):
+    marker = tempfile.mktemp(prefix="fc-close-")
+    sock = suite_server.connect(timeout=30)
+    sock.sendall(b"GET /closing?marker=%s&n=800&size=65536 HTTP/1.1\r\nHost: t\r\n\r\n" % marker.encode())
+    f = sock.makefile("rb")
+    assert f.readline().startswith(b"HTTP/1.1 200")
+    headers = {}
+    while True:
+        line = f.readline()
+        if line == b"\r\n":
+            break
+        name, _, value = line.decode().partition(":")
+        headers[name.lower()] = value.strip()
+    assert headers["transfer-encoding"] == "chunked"
+    pid = int(headers["x-pid"])
+    with open("/proc/%d/clear_refs" % pid, "w") as refs:
+        refs.write("5")         # restart the worker's peak-RSS counter (VmHWM) from now
+    start_rss = rss_kib(pid)
+    total = 0
+    while True:
+        size = int(f.readline(), 16)
+        if size == 0:
+            f.readline()
+            break
+        total += len(f.read(size))
+        f.readline()
+        if total % (4 << 20) == 0:
+            time.sleep(0.02)    # a slow reader: the server must hold back, not buffer
+    assert total == 800 * 65536
+    wait_until(lambda: os.path.exists(marker), what="close() of the body")
+    os.unlink(marker)
+    growth = rss_kib(pid, "VmHWM") - start_rss
+    assert growth < 16 * 1024, "worker RSS grew by %d KiB while streaming 50 MB" % growth
+    sock.close()
+
+
+def test_client_disconnect_mid_response_still_closes_the_iterable(suite_server):
+    marker = tempfile.mktemp(prefix="fc-close-")
+    sock = suite_server.connect()
+    sock.sendall(b"GET /closing?marker=%s&n=100000&size=65536 HTTP/1.1\r\nHost: t\r\n\r\n" % marker.encode())
+    assert sock.recv(4096).startswith(b"HTTP/1.1 200")
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+    sock.close()   # reset while the server is mid-body
+    wait_until(lambda: os.path.exists(marker), what="close() after the client went away")
+    os.unlink(marker)
+    status, _, _ = get(suite_server, "/pid")
+    assert status == 200
+
+
+def test_concurrent_clients_are_spread_over_both_workers(suite_server):
+    import concurrent.futures
+
+    def fetch(_):
+        return get(suite_server, "/sleep?s=0.05")[2].split()[-1]
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        pids = list(pool.map(fetch, range(48)))
+    counts = {pid: pids.count(pid) for pid in set(pids)}
+    assert len(counts) == 2, counts
