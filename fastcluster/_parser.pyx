@@ -63,6 +63,7 @@ cdef int WANTS_CLOSE = _wsgi.WANTS_CLOSE
 
 cdef double BLOCKING_IO_TIMEOUT = 60.0   # write() and 100-continue body reads wait at most this long
 cdef double IDLE_TIMEOUT_WITHOUT_KEEP_ALIVE = 10.0
+cdef double DRAIN_LINGER = 1.0    # on stop, idle connections get this long to send a request on its way
 
 cdef dict METHODS = {}
 cdef dict PROTOCOLS = {"1.1": "HTTP/1.1", "1.0": "HTTP/1.0"}
@@ -189,6 +190,7 @@ cdef class Server:
                         self._drain_wakeup()
                 if self.stop_requested and not self.stopping:
                     self._begin_stop()
+                    next_tick = self.now + DRAIN_LINGER
                 if self.now >= next_tick:
                     next_tick = self.now + 1.0
                     self._tick()
@@ -253,7 +255,7 @@ cdef class Server:
             self._watch(self.lfd, EPOLLIN | EPOLLEXCLUSIVE)
         limit = self.now - (self.keep_alive or IDLE_TIMEOUT_WITHOUT_KEEP_ALIVE)
         for obj in list(self.conns.values()):
-            if (<Connection>obj).last_active < limit:
+            if (<Connection>obj).last_active < limit or (self.stopping and (<Connection>obj).idle()):
                 (<Connection>obj).close()
         return 0
 
@@ -265,9 +267,9 @@ cdef class Server:
         if not self.accept_paused_until:
             epoll_ctl(self.epfd, EPOLL_CTL_DEL, self.lfd, &ev)
         self.listener.close()
-        for obj in list(self.conns.values()):
-            if (<Connection>obj).idle():
-                (<Connection>obj).close()
+        # Connections stay open for DRAIN_LINGER: a client may have sent a request that is
+        # not read yet (or just connected). Each response from now on says Connection: close;
+        # the first tick after the linger closes the connections that stayed idle.
         return 0
 
 

@@ -37,6 +37,7 @@ ACCEPT_BATCH = 16           # accepts per wake-up, so that busy workers leave so
 SENDFILE_CHUNK = 1 << 20
 BLOCKING_IO_TIMEOUT = 60.0  # write() and 100-continue body reads wait at most this long
 IDLE_TIMEOUT_WITHOUT_KEEP_ALIVE = 10.0  # --keep-alive 0: how long a silent client may hold a connection
+DRAIN_LINGER = 1.0          # on stop, idle connections get this long to send a request already on its way
 
 EPOLLIN, EPOLLOUT = select.EPOLLIN, select.EPOLLOUT
 EPOLLEXCLUSIVE = getattr(select, "EPOLLEXCLUSIVE", 0)
@@ -109,6 +110,7 @@ class Server:
                         self._drain_wakeup()
                 if self.stop_requested and not self.stopping:
                     self._begin_stop()
+                    next_tick = now + DRAIN_LINGER
                 if now >= next_tick:
                     next_tick = now + 1.0
                     self._tick()
@@ -157,7 +159,7 @@ class Server:
             self.ep.register(self.listener.fileno(), EPOLLIN | EPOLLEXCLUSIVE)
         limit = now - (self.keep_alive or IDLE_TIMEOUT_WITHOUT_KEEP_ALIVE)
         for conn in list(self.conns.values()):
-            if conn.last_active < limit:
+            if conn.last_active < limit or (self.stopping and conn.idle()):
                 conn.close()
 
     def _begin_stop(self):
@@ -171,9 +173,9 @@ class Server:
         except (OSError, ValueError):
             pass
         self.listener.close()
-        for conn in list(self.conns.values()):
-            if conn.idle():
-                conn.close()
+        # Connections stay open for DRAIN_LINGER: a client may have sent a request that is
+        # not read yet (or just connected). Each response from now on says Connection: close;
+        # the first tick after the linger closes the connections that stayed idle.
 
 
 class Connection:

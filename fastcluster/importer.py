@@ -12,11 +12,12 @@ import re
 
 from .errors import AppImportError
 
-_APP_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
+_DOTTED = r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*"
+_APP_RE = re.compile(r"^%s:%s$" % (_DOTTED, _DOTTED))
 
 
 def check_app_string(app: str) -> None:
-    if not _APP_RE.match(app) or ".." in app or app.endswith(".") or ":." in app:
+    if not _APP_RE.match(app):
         raise AppImportError(
             'APP %r must be in format "<module>:<attribute>", as in "myproject.wsgi:application"' % app
         )

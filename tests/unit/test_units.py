@@ -1,0 +1,215 @@
+"""In-process tests of the pure-Python pieces: config, importer, and the shared WSGI helpers."""
+
+import argparse
+import io
+import sys
+
+import pytest
+
+from fastcluster import wsgi
+from fastcluster.cli import build_parser
+from fastcluster.config import SETTINGS, BindAddress, Config, parse_bind
+from fastcluster.errors import AppImportError, ConfigError
+from fastcluster.importer import check_app_string, import_app
+
+
+# --- config ---
+
+@pytest.mark.parametrize("text, expected", [
+    ("127.0.0.1:8000", BindAddress("tcp", host="127.0.0.1", port=8000)),
+    ("0.0.0.0:0", BindAddress("tcp", host="0.0.0.0", port=0)),
+    (":8080", BindAddress("tcp", host="0.0.0.0", port=8080)),
+    ("8080", BindAddress("tcp", host="127.0.0.1", port=8080)),
+    ("[::1]:9000", BindAddress("tcp", host="::1", port=9000)),
+    ("localhost:80", BindAddress("tcp", host="localhost", port=80)),
+    ("unix:/tmp/x.sock", BindAddress("unix", path="/tmp/x.sock")),
+    ("fd://3", BindAddress("fd", fd=3)),
+])
+def test_parse_bind(text, expected):
+    assert parse_bind(text) == expected
+
+
+@pytest.mark.parametrize("text", ["", "host", "host:", "1.2.3.4:70000", "[::1:80", "unix:", "fd://x", "a:b:c"])
+def test_parse_bind_rejects(text):
+    with pytest.raises(ValueError):
+        parse_bind(text)
+
+
+def test_bind_address_str_round_trips():
+    for text in ("127.0.0.1:8000", "[::1]:9000", "unix:/tmp/x.sock", "fd://3"):
+        assert str(parse_bind(text)) == text
+
+
+def _config(argv, env=None):
+    args = build_parser().parse_args(["serve", *argv])
+    return Config.from_args(args, environ=env or {})
+
+
+def test_precedence_is_cli_then_env_then_default():
+    assert _config([]).backlog == 2048
+    assert _config([], {"FASTCLUSTER_BACKLOG": "10"}).backlog == 10
+    assert _config(["--backlog", "20"], {"FASTCLUSTER_BACKLOG": "10"}).backlog == 20
+    assert _config([], {"FASTCLUSTER_APP": "a:b"}).app == "a:b"
+    assert _config(["x:y"], {"FASTCLUSTER_APP": "a:b"}).app == "x:y"
+
+
+def test_every_setting_has_an_env_var_and_a_cli_flag():
+    parser = build_parser()
+    serve = parser._subparsers._group_actions[0].choices["serve"]
+    dests = {a.dest for a in serve._actions}
+    for setting in SETTINGS:
+        assert setting.name in dests
+        assert setting.env == "FASTCLUSTER_" + setting.name.upper()
+        assert setting.help
+
+
+def test_bad_env_value_names_the_variable():
+    with pytest.raises(ConfigError, match="FASTCLUSTER_KEEP_ALIVE='soon': not a number"):
+        _config([], {"FASTCLUSTER_KEEP_ALIVE": "soon"})
+
+
+def test_default_workers_is_the_cpu_count():
+    import os
+
+    assert _config([]).workers == len(os.sched_getaffinity(0))
+
+
+# --- importer ---
+
+@pytest.mark.parametrize("text", ["app", "a b:c", ":app", "mod:", "mod:1x", "mod..x:app", "mod.:app", "mod:a..b"])
+def test_malformed_app_strings(text):
+    with pytest.raises(AppImportError, match="format"):
+        check_app_string(text)
+
+
+def test_import_app_errors_are_precise(monkeypatch, tmp_path):
+    with pytest.raises(AppImportError, match='could not import module "fastcluster_nope"'):
+        import_app("fastcluster_nope:app")
+    with pytest.raises(AppImportError, match='attribute "nope" not found in module "fastcluster.demo"'):
+        import_app("fastcluster.demo:nope")
+    assert callable(import_app("fastcluster.demo:app"))
+    assert import_app("fastcluster.demo:make_app")(0) is not None
+    # a missing import inside the app is the app's bug: its own error, not ours
+    (tmp_path / "fc_app_with_bad_import.py").write_text("import fc_dependency_that_is_missing\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(ModuleNotFoundError, match="fc_dependency_that_is_missing"):
+        import_app("fc_app_with_bad_import:app")
+
+
+# --- wsgi helpers ---
+
+@pytest.mark.parametrize("target, path, query", [
+    (b"/", "/", ""),
+    (b"/a/b?x=1&y=%20", "/a/b", "x=1&y=%20"),
+    (b"/caf%C3%A9", "/caf\u00c3\u00a9", ""),
+    (b"/a%2Fb", "/a/b", ""),
+    (b"/p#frag", "/p", ""),
+    (b"/p?q#frag", "/p", "q"),
+    (b"http://example.com/x/y?z", "/x/y", "z"),
+    (b"http://example.com?z", "/", "z"),
+    (b"http://example.com", "/", ""),
+    (b"*", "*", ""),
+])
+def test_split_target(target, path, query):
+    assert wsgi.split_target(target) == (path, query)
+
+
+def test_header_keys():
+    assert wsgi.header_key(b"Content-Type") == "CONTENT_TYPE"
+    assert wsgi.header_key(b"content-length") == "CONTENT_LENGTH"
+    assert wsgi.header_key(b"X-Forwarded-For") == "HTTP_X_FORWARDED_FOR"
+    assert wsgi.header_key(b"X_Forwarded_For") is None
+
+
+def test_encode_headers_flags_and_length():
+    block, clen, flags = wsgi.encode_headers([("Content-Type", "text/plain"), ("Content-Length", "12"),
+                                              ("Date", "x"), ("Connection", "close"), ("Keep-Alive", "1")])
+    assert block == b"Content-Type: text/plain\r\nContent-Length: 12\r\nDate: x\r\n"
+    assert clen == 12
+    assert flags == wsgi.HAS_DATE | wsgi.WANTS_CLOSE
+
+
+@pytest.mark.parametrize("headers", [
+    [("X-A", "a\r\nSet-Cookie: x")],
+    [("X-A", "a\nb")],
+    [("X-A", "a\rb")],
+    [("X-A", "a\0b")],
+    [("Bad Name", "v")],
+    [("X-A:", "v")],
+    [("X-A", "\u20ac")],
+    [("X-A", b"bytes")],
+    [(b"X-A", "v")],
+    [("Content-Length", "-1")],
+    [("Content-Length", "1e3")],
+    [("Content-Length", "\u0661")],
+    [("Content-Length", "3"), ("Content-Length", "4")],
+])
+def test_encode_headers_rejects_what_could_split_the_response(headers):
+    with pytest.raises((ValueError, TypeError, UnicodeError)):
+        wsgi.encode_headers(headers)
+
+
+@pytest.mark.parametrize("status", ["200", "200 OK", "404 Not Found", "599 Custom reason"])
+def test_status_line(status):
+    assert wsgi.status_line(status) == ("HTTP/1.1 %s\r\n" % status).encode()
+
+
+@pytest.mark.parametrize("status", ["OK", "20 OK", "2000 OK", "200 OK\r\nX: y", b"200 OK", 200, "200\tOK\n"])
+def test_status_line_rejects(status):
+    with pytest.raises(ValueError):
+        wsgi.status_line(status)
+
+
+def test_body_buffer_spills_to_disk():
+    buf = wsgi.BodyBuffer()
+    for _ in range(3):
+        buf.add(b"x" * (wsgi.SPILL_BYTES // 2 + 1))
+    assert buf.file is not None
+    stream = buf.stream()
+    assert len(stream.read()) == 3 * (wsgi.SPILL_BYTES // 2 + 1)
+    buf.discard()
+    small = wsgi.BodyBuffer()
+    small.add(b"abc")
+    assert isinstance(small.stream(), io.BytesIO) and small.stream().read() == b"abc"
+
+
+def test_lazy_input_reads_as_the_app_asks():
+    chunks = [b"line one\nline", b" two\n", b"tail"]
+    lazy = None
+
+    def fill():
+        if chunks:
+            lazy.add(chunks.pop(0))
+            if not chunks:
+                lazy.finish()
+            return True
+        return False
+
+    lazy = wsgi.LazyInput(fill)
+    assert lazy.read(4) == b"line"
+    assert lazy.readline() == b" one\n"
+    assert lazy.readline(3) == b"lin"
+    assert list(lazy) == [b"e two\n", b"tail"]
+    assert lazy.read() == b""
+
+
+def test_lazy_input_raises_when_the_client_goes_away():
+    lazy = wsgi.LazyInput(lambda: False)
+    with pytest.raises(OSError, match="disconnected"):
+        lazy.read()
+
+
+def test_file_wrapper_iterates_and_closes():
+    f = io.BytesIO(b"a" * 10)
+    wrapper = wsgi.FileWrapper(f, 4)
+    assert list(wrapper) == [b"aaaa", b"aaaa", b"aa"]
+    wrapper.close()
+    assert f.closed
+
+
+def test_simple_response_is_complete():
+    resp = wsgi.simple_response("400 Bad Request", b"Bad Request\n", True, b"Date: x\r\n")
+    head, _, body = resp.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400 Bad Request\r\n")
+    assert b"Content-Length: 12" in head and b"Connection: close" in head
+    assert body == b"Bad Request\n"
