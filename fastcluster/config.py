@@ -206,3 +206,14 @@ def add_settings(parser: argparse.ArgumentParser) -> None:
             metavar=setting.metavar,
             help="%s [default: %s; env %s]" % (setting.help, default, setting.env),
         )
+
+
+def options_table() -> str:
+    """The README's options table, made from SETTINGS (a test keeps the README in step)."""
+    rows = ["| option | environment | default | meaning |", "|---|---|---|---|"]
+    for setting in SETTINGS:
+        default = "number of CPUs" if callable(setting.default) else setting.default
+        flags = ", ".join("`%s %s`" % (flag, setting.metavar) if flag.startswith("--") else "`%s`" % flag
+                          for flag in setting.flags)
+        rows.append("| %s | `%s` | `%s` | %s |" % (flags, setting.env, default, setting.help.replace("|", "\\|")))
+    return "\n".join(rows)

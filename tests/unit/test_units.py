@@ -213,3 +213,12 @@ def test_simple_response_is_complete():
     assert head.startswith(b"HTTP/1.1 400 Bad Request\r\n")
     assert b"Content-Length: 12" in head and b"Connection: close" in head
     assert body == b"Bad Request\n"
+
+
+def test_readme_options_table_is_generated_from_settings():
+    import os
+
+    from fastcluster.config import options_table
+
+    readme = open(os.path.join(os.path.dirname(__file__), "..", "..", "README.md")).read()
+    assert options_table() in readme, "regenerate the table: python -c 'from fastcluster.config import options_table; print(options_table())'"
