@@ -220,5 +220,6 @@ def test_readme_options_table_is_generated_from_settings():
 
     from fastcluster.config import options_table
 
-    readme = open(os.path.join(os.path.dirname(__file__), "..", "..", "README.md")).read()
+    with open(os.path.join(os.path.dirname(__file__), "..", "..", "README.md"), encoding="utf-8") as f:
+        readme = f.read()
     assert options_table() in readme, "regenerate the table: python -c 'from fastcluster.config import options_table; print(options_table())'"
