@@ -122,7 +122,9 @@ class Setting:
         return ENV_PREFIX + self.name.upper()
 
     def default_value(self) -> Any:
-        return self.default() if callable(self.default) else self.default
+        """The typed default: a callable is called, a str goes through `parse` like any input."""
+        value = self.default() if callable(self.default) else self.default
+        return self.parse(value) if isinstance(value, str) else value
 
 
 SETTINGS = (
@@ -200,7 +202,7 @@ def _argparse_type(setting: Setting) -> Callable[[str], Any]:
 def add_settings(parser: argparse.ArgumentParser) -> None:
     """Add one option per Setting; argparse leaves unset options as None."""
     for setting in SETTINGS:
-        default = setting.default_value() if not callable(setting.default) else "number of CPUs"
+        default = setting.default if not callable(setting.default) else "number of CPUs"
         parser.add_argument(
             *setting.flags, dest=setting.name, type=_argparse_type(setting), default=None,
             metavar=setting.metavar,

@@ -319,3 +319,19 @@ def test_ttin_and_ttou_change_the_worker_count():
         wait_until(lambda: not pid_alive(added), timeout=10, what="the extra worker to stop")
         assert pid_alive(server.worker_pids[0])
         assert fetch(server)[0] == 200
+
+
+def test_plain_fastcluster_serve_uses_the_default_address():
+    """The README's first command, as written: no APP, no options, 127.0.0.1:8000."""
+    probe = socket.socket()
+    try:
+        probe.bind(("127.0.0.1", 8000))
+    except OSError:
+        pytest.skip("port 8000 is taken on this machine")
+    finally:
+        probe.close()
+    with Server(wait=False) as server:
+        server.wait_line(r"^fastcluster: listening on http://127\.0\.0\.1:8000$")
+        server.host, server.port = "127.0.0.1", 8000
+        status, body = fetch(server, "/")
+        assert status == 200 and body.startswith(b"Hello from process ")

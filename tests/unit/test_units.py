@@ -63,6 +63,14 @@ def test_every_setting_has_an_env_var_and_a_cli_flag():
         assert setting.help
 
 
+def test_defaults_are_typed_values():
+    config = _config([])
+    assert config.bind == BindAddress("tcp", host="127.0.0.1", port=8000)
+    assert config.loop == "auto" and config.keep_alive == 75.0 and config.app is None
+    for setting in SETTINGS:
+        assert not isinstance(getattr(config, setting.name), str) or setting.name == "loop"
+
+
 def test_bad_env_value_names_the_variable():
     with pytest.raises(ConfigError, match="FASTCLUSTER_KEEP_ALIVE='soon': not a number"):
         _config([], {"FASTCLUSTER_KEEP_ALIVE": "soon"})
