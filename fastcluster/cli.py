@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 from . import __version__
@@ -46,6 +47,10 @@ def main(argv=None) -> int:
         config = Config.from_args(args)
         if config.app is not None:
             check_app_string(config.app)
+            # Like `python -m`, gunicorn and uvicorn: the app is looked up from the current
+            # directory too, also when started through the `fastcluster` console script.
+            if os.getcwd() not in sys.path and "" not in sys.path:
+                sys.path.insert(0, os.getcwd())
         from .master import Master
 
         return Master(config).run()

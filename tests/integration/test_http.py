@@ -365,3 +365,37 @@ def test_concurrent_clients_are_spread_over_both_workers(suite_server):
         pids = list(pool.map(fetch, range(48)))
     counts = {pid: pids.count(pid) for pid in set(pids)}
     assert len(counts) == 2, counts
+
+
+def test_many_pipelined_requests_are_answered_in_order(suite_server):
+    count = 1000
+    data = b"".join(b"GET /stream?n=1&size=%d HTTP/1.1\r\nHost: t\r\n\r\n" % (i % 50 + 1) for i in range(count))
+    sock = suite_server.connect(timeout=20)
+    sender = __import__("threading").Thread(target=sock.sendall, args=(data,))
+    sender.start()      # send while reading: neither side may wait for the other to finish
+    f = sock.makefile("rb")
+    for i in range(count):
+        resp = read_response(f)
+        assert resp.status == 200 and resp.body == b"a" * (i % 50 + 1), i
+    sender.join(10)
+    sock.close()
+
+
+def test_half_closed_client_still_gets_its_response(suite_server):
+    sock = suite_server.connect()
+    sock.sendall(b"GET /pid HTTP/1.1\r\nHost: t\r\n\r\nGET /pid HTTP/1.1\r\nHost: t\r\n\r\n")
+    sock.shutdown(socket.SHUT_WR)
+    f = sock.makefile("rb")
+    assert read_response(f).status == 200
+    assert read_response(f).status == 200
+    assert at_eof(sock, f)
+    sock.close()
+
+
+def test_request_split_into_single_bytes(suite_server):
+    sock = suite_server.connect()
+    for byte in b"POST /echo?q=1 HTTP/1.1\r\nHost: t\r\nX-Long: " + b"v" * 50 + b"\r\nContent-Length: 3\r\n\r\nabc":
+        sock.sendall(bytes([byte]))
+    resp = read_response(sock.makefile("rb"))
+    assert resp.status == 200 and resp.body == b"abc"
+    sock.close()

@@ -176,12 +176,35 @@ def test_version_and_help():
         assert flag in result.stdout
 
 
-def test_console_script_is_installed():
+def _console_script():
     exe = os.path.join(os.path.dirname(sys.executable), "fastcluster")
     if not os.path.exists(exe):
         pytest.skip("the fastcluster script is not next to this python")
-    result = subprocess.run([exe, "--version"], capture_output=True, text=True, timeout=30)
+    return exe
+
+
+def test_console_script_is_installed():
+    result = subprocess.run([_console_script(), "--version"], capture_output=True, text=True, timeout=30)
     assert result.returncode == 0 and result.stdout.startswith("fastcluster ")
+
+
+def test_console_script_finds_the_app_in_the_current_directory():
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    proc = subprocess.Popen([_console_script(), "serve", "apps.suite:app", "--bind", "127.0.0.1:0", "--workers", "1"],
+                            cwd=TESTS, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        for line in proc.stdout:
+            if line.startswith("fastcluster: listening on"):
+                break
+        else:
+            pytest.fail("server did not start: %s" % proc.stderr.read())
+    finally:
+        proc.terminate()
+        proc.wait(30)
+        proc.stdout.close()
+        proc.stderr.close()
+    assert proc.returncode == 0
 
 
 # --- signals and supervision ---
