@@ -70,6 +70,9 @@ cdef class Connection:
         Py_ssize_t out_size
         unsigned int mask       # the epoll events we are registered for
         bint reading            # False after EOF, a parse error, or a request that ends the connection
+        bint eof                # the client closed its side
+        bint lingering          # we sent FIN and only drain the input until the client closes too
+        double linger_until
         bint closed
         bint close_after        # close once the queued output is sent
         double last_active
@@ -111,5 +114,8 @@ cdef class Connection:
     cdef bint _flush(self) except -1
     cdef int _blocking_flush(self) except -1
     cdef int _want(self, unsigned int mask) except -1
+    cdef int _end(self) except -1
+    cdef int _drop_input(self) except -1
+    cdef int _release(self) except -1
     cpdef bint idle(self)
     cpdef close(self)

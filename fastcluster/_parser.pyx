@@ -64,6 +64,7 @@ cdef int WANTS_CLOSE = _wsgi.WANTS_CLOSE
 cdef double BLOCKING_IO_TIMEOUT = 60.0   # write() and 100-continue body reads wait at most this long
 cdef double IDLE_TIMEOUT_WITHOUT_KEEP_ALIVE = 10.0
 cdef double DRAIN_LINGER = 1.0    # on stop, idle connections get this long to send a request on its way
+cdef double LINGER = 2.0          # a connection we end keeps reading (and dropping) input this long after our FIN
 
 cdef dict METHODS = {}
 cdef dict PROTOCOLS = {"1.1": "HTTP/1.1", "1.0": "HTTP/1.0"}
@@ -247,6 +248,7 @@ cdef class Server:
 
     cdef int _tick(self) except -1:
         cdef double limit
+        cdef Connection conn
         self.date_line = self.date.get()
         if self.master_pid and getppid() != self.master_pid:
             self.stop_requested = True          # the master is gone: do not outlive it
@@ -255,8 +257,10 @@ cdef class Server:
             self._watch(self.lfd, EPOLLIN | EPOLLEXCLUSIVE)
         limit = self.now - (self.keep_alive or IDLE_TIMEOUT_WITHOUT_KEEP_ALIVE)
         for obj in list(self.conns.values()):
-            if (<Connection>obj).last_active < limit or (self.stopping and (<Connection>obj).idle()):
-                (<Connection>obj).close()
+            conn = <Connection>obj
+            if (conn.last_active < limit or (self.stopping and conn.idle())
+                    or (conn.lingering and self.now >= conn.linger_until)):
+                conn.close()
         return 0
 
     cdef int _begin_stop(self) except -1:
@@ -390,6 +394,9 @@ cdef class Connection:
 
     cdef int on_event(self) except -1:
         cdef ssize_t n
+        if self.lingering:
+            self._drop_input()
+            return 0
         if self.mask == EPOLLOUT:
             self._pump()
             return 0
@@ -404,6 +411,7 @@ cdef class Connection:
             self._feed(n)
         else:
             self.reading = False
+            self.eof = True
         self._pump()
         return 0
 
@@ -443,6 +451,7 @@ cdef class Connection:
             return True
         if n <= 0:
             self.reading = False
+            self.eof = n == 0
             return False
         self.last_active = self.server.now
         self._feed(n)
@@ -482,7 +491,7 @@ cdef class Connection:
             return 0
         if self.close_after or not self.reading or (
                 self.server.stopping and self.cur is None and not pending):
-            self.close()
+            self._end()
         elif self.mask != EPOLLIN:
             self._want(EPOLLIN)
         return 0
@@ -831,12 +840,45 @@ cdef class Connection:
     cpdef bint idle(self):
         return self.cur is None and not self.pending and not self.out and self.resp is None
 
+    cdef int _end(self) except -1:
+        """Close after the last response: at once if the client is gone, else a lingering close."""
+        if self.eof:
+            self.close()
+            return 0
+        # Closing with unread input makes the kernel send a reset, which can destroy the
+        # response still on its way to the client. So: FIN first, then drop whatever the
+        # client still sends until it closes too, or LINGER runs out (the tick closes then).
+        self._release()
+        if shutdown(self.fd, SHUT_WR) < 0:
+            self.close()
+            return 0
+        self.lingering = True
+        self.linger_until = self.server.now + LINGER
+        self._want(EPOLLIN)
+        return 0
+
+    cdef int _drop_input(self) except -1:
+        cdef ssize_t n
+        while True:
+            n = recv(self.fd, self.server.rbuf, RECV_SIZE, 0)
+            if n < 0 and (errno == EAGAIN or errno == EINTR):
+                return 0
+            if n <= 0:
+                break
+        self.close()
+        return 0
+
     cpdef close(self):
-        cdef Request req
         if self.closed:
             return
         self.closed = True
         self.server.conns.pop(self.fd, None)
+        self._release()
+        c_close(self.fd)
+
+    cdef int _release(self) except -1:
+        """Drop everything the connection holds for requests and responses."""
+        cdef Request req
         self._close_result()
         for first in self.pending:
             if first is not _BAD_REQUEST:
@@ -849,5 +891,6 @@ cdef class Connection:
         self.out.clear()
         self.out_off = 0
         self.sending_file = False
+        self.cur = None
         self.start_response = None  # break the cycle self -> bound method -> self
-        c_close(self.fd)
+        return 0

@@ -38,6 +38,7 @@ SENDFILE_CHUNK = 1 << 20
 BLOCKING_IO_TIMEOUT = 60.0  # write() and 100-continue body reads wait at most this long
 IDLE_TIMEOUT_WITHOUT_KEEP_ALIVE = 10.0  # --keep-alive 0: how long a silent client may hold a connection
 DRAIN_LINGER = 1.0          # on stop, idle connections get this long to send a request already on its way
+LINGER = 2.0                # a connection we end keeps reading (and dropping) input this long after our FIN
 
 EPOLLIN, EPOLLOUT = select.EPOLLIN, select.EPOLLOUT
 EPOLLEXCLUSIVE = getattr(select, "EPOLLEXCLUSIVE", 0)
@@ -159,7 +160,8 @@ class Server:
             self.ep.register(self.listener.fileno(), EPOLLIN | EPOLLEXCLUSIVE)
         limit = now - (self.keep_alive or IDLE_TIMEOUT_WITHOUT_KEEP_ALIVE)
         for conn in list(self.conns.values()):
-            if conn.last_active < limit or (self.stopping and conn.idle()):
+            if (conn.last_active < limit or (self.stopping and conn.idle())
+                    or (conn.lingering and now >= conn.linger_until)):
                 conn.close()
 
     def _begin_stop(self):
@@ -199,6 +201,9 @@ class Connection:
         self.out_size = 0
         self.mask = EPOLLIN
         self.reading = True         # False after EOF, a parse error, or a request that ends the connection
+        self.eof = False            # the client closed its side
+        self.lingering = False      # we sent FIN and only drain the input until the client closes too
+        self.linger_until = 0.0
         self.closed = False
         self.close_after = False    # close once the queued output is sent
         self.last_active = server.now
@@ -287,6 +292,9 @@ class Connection:
     # --- reading ---
 
     def on_event(self):
+        if self.lingering:
+            self._drop_input()
+            return
         if self.mask == EPOLLOUT:
             self._pump()
             return
@@ -302,6 +310,7 @@ class Connection:
             self._feed(self.server.rview[:n])
         else:
             self.reading = False
+            self.eof = True
         self._pump()
 
     def _feed(self, data):
@@ -341,6 +350,7 @@ class Connection:
             n = 0
         if not n:
             self.reading = False
+            self.eof = True
             return False
         self.last_active = self.server.now
         self._feed(self.server.rview[:n])
@@ -377,7 +387,7 @@ class Connection:
             return
         if self.close_after or not self.reading or (
                 self.server.stopping and self.cur is None and not pending):
-            self.close()
+            self._end()
         elif self.mask != EPOLLIN:
             self.mask = EPOLLIN
             self.server.ep.modify(self.fd, EPOLLIN)
@@ -674,11 +684,50 @@ class Connection:
     def idle(self):
         return (self.cur is None and not self.pending and not self.out and self.resp is None)
 
+    def _end(self):
+        """Close after the last response: at once if the client is gone, else a lingering close."""
+        if self.eof:
+            self.close()
+            return
+        # Closing with unread input makes the kernel send a reset, which can destroy the
+        # response still on its way to the client. So: FIN first, then drop whatever the
+        # client still sends until it closes too, or LINGER runs out (the tick closes then).
+        self._release()
+        try:
+            self.sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            self.close()
+            return
+        self.lingering = True
+        self.linger_until = self.server.now + LINGER
+        if self.mask != EPOLLIN:
+            self.mask = EPOLLIN
+            self.server.ep.modify(self.fd, EPOLLIN)
+
+    def _drop_input(self):
+        while True:
+            try:
+                if not self.sock.recv_into(self.server.rbuf):
+                    break
+            except BlockingIOError:
+                return
+            except OSError:
+                break
+        self.close()
+
     def close(self):
         if self.closed:
             return
         self.closed = True
         self.server.conns.pop(self.fd, None)
+        self._release()
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+    def _release(self):
+        """Drop everything the connection holds for requests and responses."""
         self._close_result()
         for req in self.pending:
             if req is not BAD_REQUEST and isinstance(req.body, BodyBuffer):
@@ -688,11 +737,8 @@ class Connection:
         self.pending.clear()
         self.out.clear()
         self.sendfile = None
+        self.cur = None
         self.start_response = None  # break the cycle self -> bound method -> self
-        try:
-            self.sock.close()
-        except OSError:
-            pass
 
 
 def _wait(fd, event, timeout):

@@ -399,3 +399,34 @@ def test_request_split_into_single_bytes(suite_server):
     resp = read_response(sock.makefile("rb"))
     assert resp.status == 200 and resp.body == b"abc"
     sock.close()
+
+
+@pytest.mark.parametrize("first", [
+    b"GET /stream?n=1&size=300000 HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+    b"GET /stream?n=1&size=300000 HTTP/1.0\r\n\r\n",
+    b"BAD REQUEST LINE\r\n\r\n",
+])
+def test_closing_with_unread_input_does_not_reset_the_response(suite_server, first):
+    """Lingering close: bytes the server will never parse must not destroy the response."""
+    import threading
+
+    sock = suite_server.connect(timeout=20)
+    junk = b"GET /pid HTTP/1.1\r\nHost: t\r\n\r\n" * 20000   # about 600 KB the server will not answer
+    sender = threading.Thread(target=_ignore_errors, args=(sock.sendall, first + junk))
+    sender.start()
+    try:
+        resp = read_response(sock.makefile("rb"))
+        if first.startswith(b"BAD"):
+            assert resp.status == 400
+        else:
+            assert resp.status == 200 and len(resp.body) == 300000
+    finally:
+        sock.close()
+        sender.join(20)
+
+
+def _ignore_errors(fn, *args):
+    try:
+        fn(*args)
+    except OSError:
+        pass
