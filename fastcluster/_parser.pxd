@@ -30,6 +30,7 @@ cdef class Server:
         int lfd
         int epfd
         public object app
+        object tick             # called once a second with the number of requests served
         public double keep_alive
         public double graceful_timeout
         int wakeup_fd

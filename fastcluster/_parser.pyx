@@ -119,8 +119,9 @@ cdef class Server:
         self.rbuf = NULL
 
     def __init__(self, listener, app, keep_alive=75.0, graceful_timeout=30.0, wakeup_fd=-1,
-                 master_pid=0, multiprocess=True):
+                 master_pid=0, multiprocess=True, tick=None):
         self.listener = listener
+        self.tick = tick
         self.lfd = listener.fileno()
         self.app = app
         self.keep_alive = keep_alive
@@ -250,6 +251,8 @@ cdef class Server:
         cdef double limit
         cdef Connection conn
         self.date_line = self.date.get()
+        if self.tick is not None:
+            self.tick(self.requests)
         if self.master_pid and getppid() != self.master_pid:
             self.stop_requested = True          # the master is gone: do not outlive it
         if self.accept_paused_until and self.now >= self.accept_paused_until and not self.stopping:

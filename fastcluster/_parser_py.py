@@ -64,8 +64,9 @@ class Request:
 
 class Server:
     def __init__(self, listener, app, keep_alive=75.0, graceful_timeout=30.0, wakeup_fd=-1,
-                 master_pid=0, multiprocess=True):
+                 master_pid=0, multiprocess=True, tick=None):
         self.listener = listener
+        self.tick = tick            # called once a second with the number of requests served
         self.app = app
         self.keep_alive = keep_alive
         self.graceful_timeout = graceful_timeout
@@ -153,6 +154,8 @@ class Server:
     def _tick(self):
         self.date_line = self.date.get()
         now = self.now
+        if self.tick is not None:
+            self.tick(self.requests)
         if self.master_pid and os.getppid() != self.master_pid:
             self.stop_requested = True          # the master is gone: do not outlive it
         if self.accept_paused_until and now >= self.accept_paused_until and not self.stopping:

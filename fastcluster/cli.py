@@ -7,7 +7,7 @@ import logging
 import os
 import sys
 
-from . import __version__
+from . import __version__, control
 from .config import Config, add_settings
 from .errors import EXIT_USAGE, AppImportError, ConfigError
 from .importer import check_app_string
@@ -32,6 +32,14 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("app", nargs="?", metavar="APP",
                        help='WSGI app as "module:attribute" (default: the built-in demo app; env FASTCLUSTER_APP)')
     add_settings(serve)
+    for name, text in (("reload", "rolling restart of every worker (SIGUSR2 to the master)"),
+                       ("stop", "graceful stop (SIGTERM to the master), waiting until it exited"),
+                       ("status", "show the master and each worker: pid, state, age, requests served")):
+        command = commands.add_parser(name, help=text, description=text[0].upper() + text[1:] + ".")
+        command.add_argument("--pid", required=True, metavar="FILE", help="the --pid file of the running master")
+        if name == "stop":
+            command.add_argument("--wait", type=float, default=60.0, metavar="S",
+                                 help="seconds to wait for the master to exit [default: 60]")
     return parser
 
 
@@ -41,6 +49,8 @@ def main(argv=None) -> int:
     if args.command is None:
         parser.print_help(sys.stderr)
         return EXIT_USAGE
+    if args.command != "serve":
+        return control.run(args)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="[%(asctime)s] [%(process)d] [%(levelname)s] %(message)s")
     try:

@@ -43,6 +43,12 @@ def non_negative_int(text: str) -> int:
     return value
 
 
+def path(text: str) -> str:
+    if not text:
+        raise ValueError("needs a file path")
+    return text
+
+
 def loop_name(text: str) -> str:
     if text not in LOOPS:
         raise ValueError("choose from " + ", ".join(LOOPS))
@@ -142,6 +148,24 @@ SETTINGS = (
             "seconds an idle keep-alive connection is kept open (0 closes after each response)", "S"),
     Setting("graceful_timeout", ("--graceful-timeout",), non_negative_float, 30.0,
             "seconds workers get to finish in-flight requests on SIGTERM before they are killed", "S"),
+    Setting("ready_timeout", ("--ready-timeout",), non_negative_float, 60.0,
+            "seconds a new worker may take to load the app in a rolling restart before the restart is aborted",
+            "S"),
+    Setting("timeout", ("--timeout",), non_negative_float, 0.0,
+            "kill and replace a worker stuck this long in one request, logging its stack (0: off)", "S"),
+    Setting("max_requests", ("--max-requests",), non_negative_int, 0,
+            "replace a worker (without dropping requests) after it served this many (0: off)", "N"),
+    Setting("max_requests_jitter", ("--max-requests-jitter",), non_negative_int, 0,
+            "add 0..J at random to --max-requests per worker, so workers do not all recycle at once", "J"),
+    Setting("max_worker_memory", ("--max-worker-memory",), non_negative_int, 0,
+            "replace a worker whose RSS passes this many MiB, sampled each second (0: off)", "MIB"),
+    Setting("max_worker_lifetime", ("--max-worker-lifetime",), non_negative_float, 0.0,
+            "replace a worker after it lived this many seconds (0: off)", "S"),
+    Setting("pid", ("--pid",), path, None,
+            "write the master's pid to FILE (and its status to FILE.json, read by `fastcluster status`)",
+            "FILE"),
+    Setting("log_file", ("--log-file",), path, None,
+            "append the log to FILE instead of stderr; SIGUSR1 reopens it (for logrotate)", "FILE"),
     Setting("demo_work_ms", ("--demo-work-ms",), non_negative_int, 0,
             "built-in demo app only: burn this many ms of CPU per request, like the seed's slow handler",
             "MS"),
@@ -157,6 +181,14 @@ class Config:
     backlog: int = 2048
     keep_alive: float = 75.0
     graceful_timeout: float = 30.0
+    ready_timeout: float = 60.0
+    timeout: float = 0.0
+    max_requests: int = 0
+    max_requests_jitter: int = 0
+    max_worker_memory: int = 0
+    max_worker_lifetime: float = 0.0
+    pid: Optional[str] = None
+    log_file: Optional[str] = None
     demo_work_ms: int = 0
 
     @classmethod
@@ -202,7 +234,8 @@ def _argparse_type(setting: Setting) -> Callable[[str], Any]:
 def add_settings(parser: argparse.ArgumentParser) -> None:
     """Add one option per Setting; argparse leaves unset options as None."""
     for setting in SETTINGS:
-        default = setting.default if not callable(setting.default) else "number of CPUs"
+        default = "number of CPUs" if callable(setting.default) else (
+            "none" if setting.default is None else setting.default)
         parser.add_argument(
             *setting.flags, dest=setting.name, type=_argparse_type(setting), default=None,
             metavar=setting.metavar,
@@ -214,7 +247,8 @@ def options_table() -> str:
     """The README's options table, made from SETTINGS (a test keeps the README in step)."""
     rows = ["| option | environment | default | meaning |", "|---|---|---|---|"]
     for setting in SETTINGS:
-        default = "number of CPUs" if callable(setting.default) else setting.default
+        default = "number of CPUs" if callable(setting.default) else (
+            "none" if setting.default is None else setting.default)
         flags = ", ".join("`%s %s`" % (flag, setting.metavar) if flag.startswith("--") else "`%s`" % flag
                           for flag in setting.flags)
         rows.append("| %s | `%s` | `%s` | %s |" % (flags, setting.env, default, setting.help.replace("|", "\\|")))

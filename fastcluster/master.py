@@ -8,8 +8,10 @@ every worker's status pipe, with a timeout set by the next deadline.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import random
 import selectors
 import signal
 import socket
@@ -26,23 +28,29 @@ log = logging.getLogger("fastcluster")
 QUICK_STOP_GRACE = 1.0       # seconds a quick stop waits before SIGKILL
 STABLE_AFTER = 5.0           # a worker that lived this long resets its slot's failure count
 MAX_BACKOFF = 10.0
-READY_TIMEOUT = 60.0         # a rollout replacement must report READY within this
+KILL_AFTER_STACK_DUMP = 0.5  # a stuck worker gets this long to write its stack before SIGKILL
 
 
 class WorkerRecord:
     """One forked worker, in Node's vocabulary: spawning -> online -> dead."""
 
-    __slots__ = ("slot", "pid", "state", "born_at", "expected_exit", "status_fd", "replaces", "kill_at")
+    __slots__ = ("slot", "pid", "state", "born_at", "started", "expected_exit", "status_fd", "replaces",
+                 "kill_at", "last_beat", "requests", "inbox", "recycling", "lifetime")
 
-    def __init__(self, slot, pid, status_fd, replaces=0):
+    def __init__(self, slot, pid, status_fd, replaces=0, lifetime=0.0):
         self.slot = slot
         self.pid = pid
         self.state = "spawning"
-        self.born_at = time.monotonic()
+        self.born_at = self.last_beat = time.monotonic()
+        self.started = time.time()
         self.expected_exit = False   # Node's exitedAfterDisconnect: we asked it to stop
         self.status_fd = status_fd
         self.replaces = replaces     # pid of the worker this one takes over from in a rollout
         self.kill_at = 0.0           # SIGKILL deadline once asked to stop
+        self.requests = 0            # as of its last heartbeat
+        self.inbox = b""             # a partial status line
+        self.recycling = False       # queued for replacement (recycling or rollout)
+        self.lifetime = lifetime     # replace after this many seconds (0: never)
 
 
 class Master:
@@ -63,6 +71,7 @@ class Master:
         self.failures = {}                # slot -> consecutive early deaths
         self.rollout = deque()            # pids still to be replaced by the rolling restart
         self.replacing = None             # the replacement WorkerRecord being waited for
+        self.rolling = False              # a SIGUSR2/SIGHUP rollout is in progress
         self.handlers = {
             signal.SIGCHLD: self.on_sigchld,
             signal.SIGTERM: self.on_sigterm,
@@ -72,12 +81,16 @@ class Master:
             signal.SIGHUP: self.on_sigusr2,
             signal.SIGTTIN: self.on_sigttin,
             signal.SIGTTOU: self.on_sigttou,
+            signal.SIGUSR1: self.on_sigusr1,
         }
+        self.next_status = 0.0
 
     # --- start-up ---
 
     def run(self) -> int:
         config = self.config
+        if config.log_file:
+            worker.reopen_log(config.log_file)
         self.listener = create_listener(config.bind, config.backlog)
         self.url, _name, _port, _short = describe(self.listener)
         app = config.app or "the built-in demo app (fastcluster.demo)"
@@ -87,12 +100,20 @@ class Master:
         self._say("Master PID: %d" % os.getpid())
         self.selector = selectors.DefaultSelector()
         self._install_signals()
+        if config.pid:
+            _write_atomically(config.pid, "%d\n" % os.getpid())
         try:
             self._loop()
         finally:
             self._restore_signals()
             self.listener.close()
             self.selector.close()
+            if config.pid:
+                for name in (config.pid, config.pid + ".json"):
+                    try:
+                        os.unlink(name)
+                    except FileNotFoundError:
+                        pass
         return self.exit_code
 
     def _say(self, line):
@@ -128,6 +149,9 @@ class Master:
                     self._read_status(key.data)
             self._reap()
             self._check_deadlines()
+            if self.config.pid and time.monotonic() >= self.next_status:
+                self.next_status = time.monotonic() + 1.0
+                _write_atomically(self.config.pid + ".json", json.dumps(self.status()))
 
     def _read_signals(self):
         try:
@@ -149,27 +173,54 @@ class Master:
         if not data:
             self._unwatch(rec)
             return
-        if worker.READY in data and rec.state == "spawning":
-            rec.state = "online"
-            self._on_online(rec)
+        rec.last_beat = time.monotonic()
+        lines = (rec.inbox + data).split(b"\n")
+        rec.inbox = lines.pop()
+        for line in lines:
+            kind, _, arg = line.partition(b" ")
+            if kind == b"R" and rec.state == "spawning":
+                rec.state = "online"
+                self.next_status = 0.0
+                self._on_online(rec)
+            elif kind == b"H":
+                rec.requests = int(arg)
+            elif kind == b"X" and not rec.recycling and not rec.expected_exit:
+                log.info("worker %d (pid %d) reached its %s limit; replacing it",
+                         rec.slot, rec.pid, arg.decode("ascii", "replace"))
+                self._replace(rec)
 
     def _next_deadline(self):
         times = [t for t in self.respawn_at.values()]
         times.extend(w.kill_at for w in self.workers.values() if w.kill_at)
         if self.replacing is not None:
-            times.append(self.replacing.born_at + READY_TIMEOUT)
+            times.append(self.replacing.born_at + self.config.ready_timeout)
         return min(times, default=float("inf"))
 
     def _check_deadlines(self):
         now = time.monotonic()
+        timeout = self.config.timeout
         for rec in list(self.workers.values()):
             if rec.kill_at and now >= rec.kill_at:
-                log.warning("worker %d (pid %d) did not stop in time; killing it", rec.slot, rec.pid)
+                if rec.expected_exit:
+                    log.warning("worker %d (pid %d) did not stop in time; killing it", rec.slot, rec.pid)
                 rec.kill_at = 0.0
                 _kill(rec.pid, signal.SIGKILL)
+            elif rec.expected_exit or rec.state != "online":
+                continue
+            elif timeout and now - rec.last_beat > timeout:
+                # Stuck in one request: its stack goes to the log (faulthandler), then it is killed
+                # and, as an unexpected exit, replaced.
+                log.error("worker %d (pid %d) has been stuck for over %g s (--timeout); its stack follows, "
+                          "then it is killed", rec.slot, rec.pid, timeout)
+                _kill(rec.pid, signal.SIGUSR2)
+                rec.kill_at = now + KILL_AFTER_STACK_DUMP
+            elif rec.lifetime and now - rec.born_at > rec.lifetime and not rec.recycling:
+                log.info("worker %d (pid %d) reached its max-worker-lifetime; replacing it", rec.slot, rec.pid)
+                self._replace(rec)
         rep = self.replacing
-        if rep is not None and rep.state == "spawning" and now >= rep.born_at + READY_TIMEOUT:
-            self._abort_rollout("worker %d (pid %d) was not ready after %g s" % (rep.slot, rep.pid, READY_TIMEOUT))
+        if rep is not None and rep.state == "spawning" and now >= rep.born_at + self.config.ready_timeout:
+            self._abort_rollout("worker %d (pid %d) was not ready after %g s"
+                                % (rep.slot, rep.pid, self.config.ready_timeout))
             self._stop_worker(rep, signal.SIGKILL)
 
     # --- workers ---
@@ -203,7 +254,10 @@ class Master:
             worker.run(self.config, self.listener, write_fd, inherited, self.loop_name, os.getppid())
         os.close(write_fd)
         os.set_blocking(read_fd, False)
-        rec = WorkerRecord(slot, pid, read_fd, replaces)
+        lifetime = self.config.max_worker_lifetime
+        if lifetime:
+            lifetime *= random.uniform(1.0, 1.1)   # so that workers started together do not all go at once
+        rec = WorkerRecord(slot, pid, read_fd, replaces, lifetime)
         self.workers[pid] = rec
         self.selector.register(read_fd, selectors.EVENT_READ, rec)
         return rec
@@ -245,6 +299,7 @@ class Master:
                 return
             rec = self.workers.pop(pid, None)
             if rec is not None:
+                self.next_status = 0.0
                 self._unwatch(rec)
                 self._on_exit(rec, os.waitstatus_to_exitcode(status))
 
@@ -280,7 +335,12 @@ class Master:
                       rec.slot, failures, STABLE_AFTER, delay)
             self.respawn_at[rec.slot] = now + delay
 
-    # --- rolling restart ---
+    # --- rolling restart and recycling: one worker at a time, the new one ready before the old drains ---
+
+    def _replace(self, rec):
+        rec.recycling = True
+        self.rollout.append(rec.pid)
+        self._rollout_step()
 
     def _rollout_step(self):
         while self.replacing is None and self.rollout:
@@ -288,13 +348,36 @@ class Master:
             if old is not None and not old.expected_exit:
                 self.replacing = self._spawn(old.slot, replaces=old.pid)
                 return
-        if self.replacing is None:
+        if self.replacing is None and self.rolling:
+            self.rolling = False
             log.info("rolling restart complete")
 
     def _abort_rollout(self, why):
         log.error("rolling restart aborted: %s; the old workers keep serving", why)
+        for pid in self.rollout:
+            if pid in self.workers:
+                self.workers[pid].recycling = False
         self.rollout.clear()
         self.replacing = None
+        self.rolling = False
+
+    def status(self):
+        """What `fastcluster status` shows: the master, each worker, a rollout in progress."""
+        now, wall = time.monotonic(), time.time()
+        return {
+            "master_pid": os.getpid(),
+            "workers_wanted": self.target,
+            "loop": self.loop_name,
+            "stopping": self.stopping,
+            "rollout": {"in_progress": self.replacing is not None or bool(self.rollout),
+                        "waiting": len(self.rollout)},
+            "workers": [
+                {"slot": w.slot, "pid": w.pid, "state": "draining" if w.expected_exit else w.state,
+                 "age": round(wall - w.started, 1), "requests": w.requests,
+                 "last_heartbeat": round(now - w.last_beat, 1)}
+                for w in sorted(self.workers.values(), key=lambda w: (w.slot, w.born_at))
+            ],
+        }
 
     # --- signal handlers (called from the loop, never from the signal itself) ---
 
@@ -316,7 +399,17 @@ class Master:
         log.info("rolling restart of %d workers", len(self.workers))
         busy = self.replacing.pid if self.replacing is not None else 0
         self.rollout = deque(pid for pid, w in self.workers.items() if not w.expected_exit and pid != busy)
+        for pid in self.rollout:
+            self.workers[pid].recycling = True
+        self.rolling = True
         self._rollout_step()
+
+    def on_sigusr1(self):
+        if self.config.log_file:
+            worker.reopen_log(self.config.log_file)
+            log.info("log file reopened")
+        for rec in self.workers.values():
+            _kill(rec.pid, signal.SIGUSR1)
 
     def on_sigttin(self):
         if not self.stopping:
@@ -344,6 +437,13 @@ class Master:
             for rec in self.workers.values():
                 if not rec.expected_exit:
                     self._stop_worker(rec)
+
+
+def _write_atomically(path, text):
+    tmp = "%s.%d.tmp" % (path, os.getpid())
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
 
 
 def _no_op(signum, frame):

@@ -9,7 +9,11 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import faulthandler
+import logging
 import os
+import random
+import resource
 import signal
 import socket
 import sys
@@ -21,10 +25,15 @@ from .importer import import_app
 from .sockets import describe
 
 PR_SET_PDEATHSIG = 1
-READY = b"R"
 
-# signals the master handles; a worker leaves them alone
-_MASTER_ONLY = (signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2, signal.SIGTTIN, signal.SIGTTOU, signal.SIGINT)
+# Status pipe messages, one line each, worker -> master:
+READY = b"R\n"            # the app is loaded and the loop accepts
+HEARTBEAT = b"H %d\n"     # once a second from the loop, with the number of requests served
+RECYCLE = b"X %s\n"       # please replace me (max-requests, max-worker-memory)
+
+# In a worker: SIGUSR1 reopens the log file, SIGUSR2 dumps every thread's stack (faulthandler;
+# the master sends it to a worker stuck past --timeout). These the master alone acts on:
+_MASTER_ONLY = (signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU, signal.SIGINT)
 
 
 def say(line):
@@ -57,6 +66,58 @@ def _die_with_parent(master_pid: int) -> None:
 
 def _quick_exit(signum, frame):
     raise SystemExit(EXIT_OK)
+
+
+def reopen_log(path):
+    """Point fd 2 (stderr, and so every log line and traceback) at `path`, opened anew."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.dup2(fd, 2)
+    finally:
+        os.close(fd)
+
+
+class _Heartbeat:
+    """The loop's once-a-second tick: heartbeat to the master, recycling limits, log reopening."""
+
+    def __init__(self, status_fd, config):
+        self.status_fd = status_fd
+        self.log_file = config.log_file
+        self.max_requests = config.max_requests
+        if self.max_requests and config.max_requests_jitter:
+            self.max_requests += random.randint(0, config.max_requests_jitter)
+        self.max_rss = config.max_worker_memory * 1024 * 1024
+        self.page = resource.getpagesize()
+        self.asked = False
+        self.reopen = False
+
+    def on_sigusr1(self, signum, frame):
+        self.reopen = True
+
+    def __call__(self, requests):
+        message = HEARTBEAT % requests
+        if not self.asked:
+            reason = None
+            if self.max_requests and requests >= self.max_requests:
+                reason = b"max-requests"
+            elif self.max_rss and self._rss() > self.max_rss:
+                reason = b"max-worker-memory"
+            if reason is not None:
+                self.asked = True
+                message += RECYCLE % reason
+        try:
+            os.write(self.status_fd, message)
+        except (BlockingIOError, BrokenPipeError):
+            pass   # a busy master reads the next one; a gone master is noticed by the loop
+        if self.reopen:
+            self.reopen = False
+            if self.log_file:
+                reopen_log(self.log_file)
+                logging.getLogger("fastcluster").info("log file reopened")
+
+    def _rss(self):
+        with open("/proc/self/statm", "rb") as f:
+            return int(f.read().split()[1]) * self.page
 
 
 def run(config, listener, status_fd: int, close_fds, loop_name: str, master_pid: int):
@@ -99,6 +160,11 @@ def _serve(config, listener, status_fd, loop_name, master_pid, stop, wake_r, wak
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     for signum in _MASTER_ONLY:
         signal.signal(signum, signal.SIG_IGN)
+    os.set_blocking(status_fd, False)   # a heartbeat never waits for a busy master
+    heartbeat = _Heartbeat(status_fd, config)
+    signal.signal(signal.SIGUSR1, heartbeat.on_sigusr1)
+    faulthandler.enable()                                    # a crash shows its Python stack
+    faulthandler.register(signal.SIGUSR2, all_threads=True)  # so does a worker stuck past --timeout
     _die_with_parent(master_pid)
 
     try:
@@ -117,6 +183,7 @@ def _serve(config, listener, status_fd, loop_name, master_pid, stop, wake_r, wak
     server = impl.Server(
         listener, app, keep_alive=config.keep_alive, graceful_timeout=config.graceful_timeout,
         wakeup_fd=wake_r.fileno(), master_pid=master_pid, multiprocess=config.workers > 1,
+        tick=heartbeat,
     )
     stop.server = server
     server.stop_requested = stop.requested

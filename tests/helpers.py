@@ -47,6 +47,7 @@ class Server:
     def _read_stdout(self):
         for raw in self.proc.stdout:
             line = raw.decode("utf-8", "replace").rstrip("\n")
+            self._note(line)
             self.lines.append(line)
             self.line_queue.put(line)
         self.line_queue.put(None)
@@ -67,7 +68,6 @@ class Server:
             if line is None:
                 raise AssertionError("server exited (%s) before printing %r; stdout %r, stderr %r"
                                      % (self.proc.wait(), pattern, self.lines, self.stderr()))
-            self._note(line)
             match = regex.search(line)
             if match:
                 return match

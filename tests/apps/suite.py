@@ -13,6 +13,7 @@ from urllib.parse import parse_qs
 from wsgiref.validate import validator
 
 warnings.simplefilter("error")
+_HOG = []
 
 
 def _qs(environ):
@@ -111,6 +112,9 @@ def inner(environ, start_response):
             open(q["marker"], "w").close()
         time.sleep(float(q.get("s", "1")))
         return _text(start_response, b"slept %d\n" % os.getpid())
+    if path == "/hog":   # keeps memory allocated for the life of the worker
+        _HOG.append(bytearray(int(q.get("mb", "64")) * 1024 * 1024))
+        return _text(start_response, b"%d" % os.getpid())
     if path == "/no-content":
         start_response("204 No Content", [])
         return []

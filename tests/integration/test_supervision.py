@@ -1,0 +1,266 @@
+"""Supervision under load: rolling restarts, crashes, recycling, timeouts, control commands.
+
+A real load client (threads, keep-alive and a new connection per request) counts every
+response while the master replaces workers; "drops nothing" means zero failures.
+"""
+
+import http.client
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+import pytest
+
+from helpers import TESTS, Server, pid_alive, wait_until
+
+pytestmark = pytest.mark.timeout(120)
+
+
+class Load:
+    """Client threads hammering GET /pid until stopped; bounded by time and count."""
+
+    def __init__(self, server, keep_alive=4, new_connection=4, max_seconds=60, max_requests=2_000_000):
+        self.server = server
+        self.stop_event = threading.Event()
+        self.lock = threading.Lock()
+        self.ok = 0
+        self.failures = []
+        self.pids = set()
+        self.deadline = time.monotonic() + max_seconds
+        self.max_requests = max_requests
+        self.threads = [threading.Thread(target=self._run, args=(True,)) for _ in range(keep_alive)]
+        self.threads += [threading.Thread(target=self._run, args=(False,)) for _ in range(new_connection)]
+        for t in self.threads:
+            t.start()
+
+    def _run(self, keep_alive):
+        conn = None
+        while not self.stop_event.is_set() and time.monotonic() < self.deadline and self.ok < self.max_requests:
+            try:
+                if conn is None:
+                    conn = http.client.HTTPConnection(self.server.host, self.server.port, timeout=10)
+                conn.request("GET", "/pid")
+                resp = conn.getresponse()
+                body = resp.read()
+                if resp.status != 200:
+                    raise AssertionError("status %d" % resp.status)
+                with self.lock:
+                    self.ok += 1
+                    self.pids.add(int(body))
+            except Exception as exc:  # every failure is counted and reported
+                with self.lock:
+                    self.failures.append(repr(exc))
+                if conn is not None:
+                    conn.close()
+                conn = None
+                continue
+            if not keep_alive:
+                conn.close()
+                conn = None
+        if conn is not None:
+            conn.close()
+
+    def wait_for(self, count, timeout=10):
+        wait_until(lambda: self.ok >= count, timeout=timeout, what="%d responses" % count)
+
+    def stop(self):
+        self.stop_event.set()
+        for t in self.threads:
+            t.join(20)
+        return self
+
+
+def count_in_log(server, text):
+    return server.stderr().count(text)
+
+
+def test_three_rolling_restarts_under_load_drop_nothing(impl):
+    with Server("apps.suite:app", "--bind", "127.0.0.1:0", "--workers", "2", "--loop", impl) as server:
+        first = set(server.worker_pids)
+        load = Load(server)
+        try:
+            load.wait_for(200)
+            for n in range(1, 4):
+                server.signal(signal.SIGUSR2)
+                wait_until(lambda: count_in_log(server, "rolling restart complete") >= n, timeout=20,
+                           what="rollout %d" % n)
+                wait_until(lambda: count_in_log(server, "stopped: exited with code 0") >= 2 * n, timeout=20,
+                           what="the old workers of rollout %d to drain" % n)
+                start = load.ok
+                load.wait_for(start + 200)
+        finally:
+            load.stop()
+        assert load.failures == [], load.failures[:5]
+        assert load.ok > 800
+        live = [p for p in server.worker_pids if pid_alive(p)]
+        assert len(live) == 2 and not set(live) & first
+        assert len(server.worker_pids) == 8, "2 first workers + 3 rollouts x 2"
+
+
+def test_a_killed_worker_is_replaced_within_a_second_under_load(impl):
+    with Server("apps.suite:app", "--bind", "127.0.0.1:0", "--workers", "2", "--loop", impl) as server:
+        load = Load(server, keep_alive=2, new_connection=2)
+        try:
+            load.wait_for(100)
+            victim = server.worker_pids[0]
+            killed = time.monotonic()
+            os.kill(victim, signal.SIGKILL)
+            server.wait_line(r"^Process \d+ listening on", timeout=5)
+            assert time.monotonic() - killed < 1.0
+            before = load.ok
+            load.wait_for(before + 200)
+        finally:
+            load.stop()
+        # only what was in flight on the killed worker may fail: at most one request per client thread
+        assert len(load.failures) <= 4, load.failures
+
+
+def test_max_requests_recycles_workers_without_dropping(impl):
+    with Server("apps.suite:app", "--bind", "127.0.0.1:0", "--workers", "2", "--loop", impl,
+                "--max-requests", "300", "--max-requests-jitter", "50") as server:
+        load = Load(server)
+        try:
+            wait_until(lambda: count_in_log(server, "reached its max-requests limit") >= 3, timeout=30,
+                       what="three recycles")
+            wait_until(lambda: len(server.worker_pids) >= 5, timeout=30, what="three replacement workers")
+            load.wait_for(load.ok + 100)
+        finally:
+            load.stop()
+        assert load.failures == [], load.failures[:5]
+        assert "worker" in server.stderr() and "replacing it" in server.stderr()
+
+
+def test_max_worker_lifetime_replaces_workers():
+    with Server("apps.suite:app", "--bind", "127.0.0.1:0", "--workers", "1", "--max-worker-lifetime", "1") as server:
+        first = server.worker_pids[0]
+        server.wait_line(r"^Process \d+ listening on", timeout=10)
+        wait_until(lambda: not pid_alive(first), timeout=10, what="the old worker to leave")
+        assert "reached its max-worker-lifetime" in server.stderr()
+
+
+def test_max_worker_memory_replaces_a_worker_that_grew():
+    with Server("apps.suite:app", "--bind", "127.0.0.1:0", "--workers", "1", "--max-worker-memory", "80") as server:
+        conn = http.client.HTTPConnection(server.host, server.port, timeout=10)
+        conn.request("GET", "/hog?mb=100")
+        hog = int(conn.getresponse().read())
+        conn.close()
+        server.wait_line(r"^Process \d+ listening on", timeout=10)
+        wait_until(lambda: not pid_alive(hog), timeout=10, what="the grown worker to leave")
+        assert "reached its max-worker-memory limit" in server.stderr()
+
+
+def test_timeout_dumps_the_stack_and_replaces_a_stuck_worker():
+    with Server("apps.suite:app", "--bind", "127.0.0.1:0", "--workers", "1", "--timeout", "1") as server:
+        stuck = server.worker_pids[0]
+        result = {}
+
+        def call():
+            try:
+                conn = http.client.HTTPConnection(server.host, server.port, timeout=30)
+                conn.request("GET", "/sleep?s=30")
+                result["status"] = conn.getresponse().status
+            except (OSError, http.client.HTTPException) as exc:
+                result["error"] = exc
+
+        client = threading.Thread(target=call)
+        client.start()
+        server.wait_line(r"^Process \d+ listening on", timeout=10)
+        client.join(10)
+        assert "error" in result, "the stuck request is cut, not answered"
+        assert not pid_alive(stuck)
+        log = server.stderr()
+        assert "has been stuck for over 1 s (--timeout)" in log
+        assert "suite.py" in log and "in inner" in log, "faulthandler's stack of the stuck worker"
+
+
+def _flaky_env(marker):
+    return {"FLAKY_MARKER": marker}
+
+
+def test_a_worker_that_keeps_dying_is_restarted_with_backoff():
+    marker = tempfile.mktemp(prefix="fc-flaky-")
+    with Server("apps.flaky:app", "--bind", "127.0.0.1:0", "--workers", "2", env=_flaky_env(marker)) as server:
+        survivor, victim = server.worker_pids
+        open(marker, "w").close()
+        try:
+            os.kill(victim, signal.SIGKILL)
+            wait_until(lambda: "died 3 times within" in server.stderr(), timeout=10, what="the backoff log line")
+            start_count = count_in_log(server, "raised while it was imported")
+            time.sleep(1.0)   # the observation window: how many restarts happen in one second
+            in_one_second = count_in_log(server, "raised while it was imported") - start_count
+            assert in_one_second <= 3, "restarted %d times in 1 s: the master spins" % in_one_second
+            assert server.proc.poll() is None and pid_alive(survivor), "the master and the healthy worker stay"
+            conn = http.client.HTTPConnection(server.host, server.port, timeout=10)
+            conn.request("GET", "/pid")
+            assert conn.getresponse().read() == b"%d" % survivor
+            conn.close()
+        finally:
+            os.unlink(marker)
+        server.wait_line(r"^Process \d+ listening on", timeout=15)   # recovers once the app imports again
+
+
+def test_rollout_with_a_broken_new_version_is_aborted_and_the_old_workers_keep_serving():
+    marker = tempfile.mktemp(prefix="fc-flaky-")
+    with Server("apps.flaky:app", "--bind", "127.0.0.1:0", "--workers", "2", env=_flaky_env(marker)) as server:
+        old = list(server.worker_pids)
+        open(marker, "w").close()   # the "new deploy" does not import
+        try:
+            server.signal(signal.SIGUSR2)
+            wait_until(lambda: "rolling restart aborted" in server.stderr(), timeout=10, what="the abort")
+            assert all(pid_alive(p) for p in old)
+            for _ in range(5):
+                conn = http.client.HTTPConnection(server.host, server.port, timeout=10)
+                conn.request("GET", "/pid")
+                assert int(conn.getresponse().read()) in old
+                conn.close()
+        finally:
+            os.unlink(marker)
+
+
+def test_pid_file_and_the_control_commands(tmp_path):
+    pidfile = str(tmp_path / "fc.pid")
+    with Server("apps.suite:app", "--bind", "127.0.0.1:0", "--workers", "2", "--pid", pidfile) as server:
+        with open(pidfile) as f:
+            assert int(f.read()) == server.proc.pid
+
+        def control(*args):
+            return subprocess.run([sys.executable, "-m", "fastcluster", *args, "--pid", pidfile],
+                                  capture_output=True, text=True, timeout=60)
+
+        out = control("status")
+        assert out.returncode == 0, out.stderr
+        assert "master %d: 2 workers wanted" % server.proc.pid in out.stdout
+        for pid in server.worker_pids:
+            assert " %d " % pid in out.stdout and "online" in out.stdout
+        old = set(server.worker_pids)
+        assert control("reload").returncode == 0
+        wait_until(lambda: "rolling restart complete" in server.stderr(), timeout=20, what="the reload")
+        wait_until(lambda: len(server.worker_pids) == 4, what="two new workers")
+        out = control("stop")
+        assert out.returncode == 0 and "stopped" in out.stdout
+        assert server.wait(5) == 0
+        assert not os.path.exists(pidfile) and not os.path.exists(pidfile + ".json")
+        assert not any(pid_alive(p) for p in old)
+    out = subprocess.run([sys.executable, "-m", "fastcluster", "status", "--pid", pidfile],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and out.stderr.startswith("fastcluster: error: no pid file")
+
+
+def test_sigusr1_reopens_the_log_file(tmp_path):
+    log = tmp_path / "fc.log"
+    with Server("apps.suite:app", "--bind", "127.0.0.1:0", "--workers", "1", "--log-file", str(log)) as server:
+        os.rename(log, tmp_path / "fc.log.1")          # what logrotate does
+        server.signal(signal.SIGUSR1)
+        # the master reopens at once, the worker at its next tick; each logs it
+        wait_until(lambda: log.exists() and log.read_text().count("log file reopened") == 2, what="the new log file")
+        conn = http.client.HTTPConnection(server.host, server.port, timeout=10)
+        conn.request("GET", "/raise")
+        assert conn.getresponse().status == 500
+        conn.close()
+        # the worker writes its traceback to the new file too
+        wait_until(lambda: "boom from the test app" in log.read_text(), timeout=5, what="the worker's log line")
+        assert "boom" not in (tmp_path / "fc.log.1").read_text()
