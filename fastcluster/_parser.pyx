@@ -261,9 +261,10 @@ cdef class Server:
         limit = self.now - (self.keep_alive or IDLE_TIMEOUT_WITHOUT_KEEP_ALIVE)
         for obj in list(self.conns.values()):
             conn = <Connection>obj
-            if (conn.last_active < limit or (self.stopping and conn.idle())
-                    or (conn.lingering and self.now >= conn.linger_until)):
+            if conn.last_active < limit or (conn.lingering and self.now >= conn.linger_until):
                 conn.close()
+            elif self.stopping and not conn.lingering and conn.idle():
+                conn._end()     # after DRAIN_LINGER: a clean (lingering) close of what stayed idle
         return 0
 
     cdef int _begin_stop(self) except -1:

@@ -163,9 +163,10 @@ class Server:
             self.ep.register(self.listener.fileno(), EPOLLIN | EPOLLEXCLUSIVE)
         limit = now - (self.keep_alive or IDLE_TIMEOUT_WITHOUT_KEEP_ALIVE)
         for conn in list(self.conns.values()):
-            if (conn.last_active < limit or (self.stopping and conn.idle())
-                    or (conn.lingering and now >= conn.linger_until)):
+            if conn.last_active < limit or (conn.lingering and now >= conn.linger_until):
                 conn.close()
+            elif self.stopping and not conn.lingering and conn.idle():
+                conn._end()     # after DRAIN_LINGER: a clean (lingering) close of what stayed idle
 
     def _begin_stop(self):
         self.stopping = True

@@ -63,7 +63,7 @@ def main(argv=None) -> int:
                 sys.path.insert(0, os.getcwd())
         from .master import Master
 
-        return Master(config).run()
+        return Master(config, reload=lambda: Config.from_args(args)).run()
     except (ConfigError, AppImportError) as exc:
         print("fastcluster: error: %s" % exc, file=sys.stderr, flush=True)
         return EXIT_USAGE

@@ -22,6 +22,15 @@ LOOPS = ("auto", "cython", "python")
 
 # --- value parsers: each takes a str and returns the typed value or raises ValueError ---
 
+def boolean(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError("expected true or false")
+
+
 def positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -134,6 +143,8 @@ class Setting:
 
 
 SETTINGS = (
+    Setting("config", ("-c", "--config"), path, None,
+            "read settings from this TOML file (keys are the option names); SIGHUP reads it again", "FILE"),
     Setting("bind", ("-b", "--bind"), parse_bind, "127.0.0.1:8000",
             "address to listen on: HOST:PORT, [IPv6]:PORT, unix:/path or fd://N (port 0 picks a free one)",
             "ADDRESS"),
@@ -161,6 +172,8 @@ SETTINGS = (
             "replace a worker whose RSS passes this many MiB, sampled each second (0: off)", "MIB"),
     Setting("max_worker_lifetime", ("--max-worker-lifetime",), non_negative_float, 0.0,
             "replace a worker after it lived this many seconds (0: off)", "S"),
+    Setting("preload", ("--preload",), boolean, False,
+            "import the app once in the master before forking (less memory; a reload then keeps the old code)"),
     Setting("pid", ("--pid",), path, None,
             "write the master's pid to FILE (and its status to FILE.json, read by `fastcluster status`)",
             "FILE"),
@@ -175,6 +188,7 @@ SETTINGS = (
 @dataclasses.dataclass(frozen=True)
 class Config:
     app: Optional[str] = None      # "module:attribute"; None serves the built-in demo app
+    config: Optional[str] = None
     bind: BindAddress = parse_bind("127.0.0.1:8000")
     workers: int = 1
     loop: str = "auto"
@@ -187,29 +201,62 @@ class Config:
     max_requests_jitter: int = 0
     max_worker_memory: int = 0
     max_worker_lifetime: float = 0.0
+    preload: bool = False
     pid: Optional[str] = None
     log_file: Optional[str] = None
     demo_work_ms: int = 0
 
     @classmethod
     def from_args(cls, args: argparse.Namespace, environ=os.environ) -> "Config":
-        """Resolve each setting: command line, then FASTCLUSTER_*, then the default."""
+        """Resolve each setting: command line, then FASTCLUSTER_*, then the config file, then the default."""
+        config_file = getattr(args, "config", None) or environ.get(ENV_PREFIX + "CONFIG") or None
+        from_file = load_file(config_file) if config_file else {}
         values = {}
         for setting in SETTINGS:
             given = getattr(args, setting.name, None)
             if given is not None:
                 values[setting.name] = given  # argparse already parsed and validated it
                 continue
-            raw = environ.get(setting.env)
+            raw, where = environ.get(setting.env), setting.env
+            if raw is None and setting.name in from_file:
+                raw, where = from_file[setting.name], "%s: %s" % (config_file, setting.name)
             if raw is None:
                 values[setting.name] = setting.default_value()
                 continue
             try:
                 values[setting.name] = setting.parse(raw.strip())
             except ValueError as exc:
-                raise ConfigError("%s=%r: %s" % (setting.env, raw, _reason(exc))) from None
-        app = getattr(args, "app", None) or environ.get(ENV_PREFIX + "APP") or None
+                raise ConfigError("%s=%r: %s" % (where, raw, _reason(exc))) from None
+        values["config"] = config_file
+        app = getattr(args, "app", None) or environ.get(ENV_PREFIX + "APP") or from_file.get("app") or None
         return cls(app=app, **values)
+
+
+def load_file(path: str) -> dict:
+    """Read a TOML config file into {setting name: text}; keys may use '-' or '_'."""
+    try:
+        import tomllib
+    except ImportError:  # Python < 3.11
+        import tomli as tomllib
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except OSError as exc:
+        raise ConfigError("cannot read config file %s: %s" % (path, exc.strerror or exc)) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError("config file %s: %s" % (path, exc)) from None
+    known = {s.name for s in SETTINGS if s.name != "config"} | {"app"}
+    values = {}
+    for key, value in data.items():
+        name = key.replace("-", "_")
+        if name not in known:
+            raise ConfigError("config file %s: unknown setting %r" % (path, key))
+        if isinstance(value, bool):
+            value = "true" if value else "false"
+        elif not isinstance(value, (str, int, float)):
+            raise ConfigError("config file %s: %s must be a string or a number" % (path, key))
+        values[name] = str(value)
+    return values
 
 
 def _reason(exc: ValueError) -> str:
@@ -236,11 +283,13 @@ def add_settings(parser: argparse.ArgumentParser) -> None:
     for setting in SETTINGS:
         default = "number of CPUs" if callable(setting.default) else (
             "none" if setting.default is None else setting.default)
-        parser.add_argument(
-            *setting.flags, dest=setting.name, type=_argparse_type(setting), default=None,
-            metavar=setting.metavar,
-            help="%s [default: %s; env %s]" % (setting.help, default, setting.env),
-        )
+        text = "%s [default: %s; env %s]" % (setting.help, default, setting.env)
+        if setting.parse is boolean:   # a flag on the command line; true/false in env and file
+            parser.add_argument(*setting.flags, dest=setting.name, action="store_const", const=True,
+                                default=None, help=text)
+            continue
+        parser.add_argument(*setting.flags, dest=setting.name, type=_argparse_type(setting), default=None,
+                            metavar=setting.metavar, help=text)
 
 
 def options_table() -> str:
@@ -249,7 +298,7 @@ def options_table() -> str:
     for setting in SETTINGS:
         default = "number of CPUs" if callable(setting.default) else (
             "none" if setting.default is None else setting.default)
-        flags = ", ".join("`%s %s`" % (flag, setting.metavar) if flag.startswith("--") else "`%s`" % flag
-                          for flag in setting.flags)
+        flags = ", ".join("`%s %s`" % (flag, setting.metavar) if flag.startswith("--") and setting.metavar
+                          else "`%s`" % flag for flag in setting.flags)
         rows.append("| %s | `%s` | `%s` | %s |" % (flags, setting.env, default, setting.help.replace("|", "\\|")))
     return "\n".join(rows)

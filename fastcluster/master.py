@@ -8,6 +8,7 @@ every worker's status pipe, with a timeout set by the next deadline.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -20,7 +21,8 @@ import time
 from collections import deque
 
 from . import __version__, loop, worker
-from .errors import BOOT_EXIT_CODES, EXIT_OK
+from .errors import BOOT_EXIT_CODES, EXIT_OK, AppImportError, ConfigError
+from .importer import check_app_string
 from .sockets import create_listener, describe
 
 log = logging.getLogger("fastcluster")
@@ -54,8 +56,10 @@ class WorkerRecord:
 
 
 class Master:
-    def __init__(self, config):
+    def __init__(self, config, reload=None):
         self.config = config
+        self.reload = reload              # gives a fresh Config (SIGHUP re-reads the config file)
+        self.app = None                   # the app, when --preload imported it here
         self.loop_name = loop.resolve(config.loop)
         self.target = config.workers
         self.workers = {}                 # pid -> WorkerRecord
@@ -78,7 +82,7 @@ class Master:
             signal.SIGINT: self.on_sigint,
             signal.SIGQUIT: self.on_sigquit,
             signal.SIGUSR2: self.on_sigusr2,
-            signal.SIGHUP: self.on_sigusr2,
+            signal.SIGHUP: self.on_sighup,
             signal.SIGTTIN: self.on_sigttin,
             signal.SIGTTOU: self.on_sigttou,
             signal.SIGUSR1: self.on_sigusr1,
@@ -91,6 +95,10 @@ class Master:
         config = self.config
         if config.log_file:
             worker.reopen_log(config.log_file)
+        if config.preload:
+            self.app = worker.load_app(config)
+            if isinstance(self.app, int):
+                return self.app
         self.listener = create_listener(config.bind, config.backlog)
         self.url, _name, _port, _short = describe(self.listener)
         app = config.app or "the built-in demo app (fastcluster.demo)"
@@ -251,7 +259,7 @@ class Master:
             os.close(read_fd)
             inherited = [self.wake_r.fileno(), self.wake_w.fileno(), self.selector.fileno()]
             inherited.extend(w.status_fd for w in self.workers.values() if w.status_fd >= 0)
-            worker.run(self.config, self.listener, write_fd, inherited, self.loop_name, os.getppid())
+            worker.run(self.config, self.listener, write_fd, inherited, self.loop_name, os.getppid(), self.app)
         os.close(write_fd)
         os.set_blocking(read_fd, False)
         lifetime = self.config.max_worker_lifetime
@@ -403,6 +411,35 @@ class Master:
             self.workers[pid].recycling = True
         self.rolling = True
         self._rollout_step()
+
+    def on_sighup(self):
+        if self.stopping or not self.booted:
+            return
+        if self.config.config and self.reload is not None:
+            try:
+                self._apply(self.reload())
+            except (ConfigError, AppImportError) as exc:
+                log.error("config reload failed: %s; keeping the running settings and workers", exc)
+                return
+        self.on_sigusr2()
+
+    def _apply(self, new):
+        """Take the settings of a re-read config; the socket and files stay as they are."""
+        old = self.config
+        if new.app is not None:
+            check_app_string(new.app)
+        fixed = {name: getattr(old, name) for name in ("bind", "backlog", "pid", "log_file", "preload")}
+        changed = [name for name, value in fixed.items() if getattr(new, name) != value]
+        if changed:
+            log.warning("config reload: %s only change with a full restart; keeping the running values",
+                        ", ".join(changed))
+        if new.app != old.app and old.preload:
+            log.warning("config reload: the app was preloaded; a new APP needs a full restart")
+            fixed["app"] = old.app
+        self.loop_name = loop.resolve(new.loop)
+        self.config = dataclasses.replace(new, **fixed)
+        self.target = self.config.workers
+        log.info("config reloaded from %s", new.config)
 
     def on_sigusr1(self):
         if self.config.log_file:

@@ -120,10 +120,25 @@ class _Heartbeat:
             return int(f.read().split()[1]) * self.page
 
 
-def run(config, listener, status_fd: int, close_fds, loop_name: str, master_pid: int):
+def load_app(config):
+    """The WSGI callable, or an exit code: EXIT_USAGE for a bad APP (one line printed),
+    EXIT_APP_LOAD_ERROR for an app that raised while imported (traceback printed)."""
+    try:
+        return demo.make_app(config.demo_work_ms) if config.app is None else import_app(config.app)
+    except AppImportError as exc:
+        print("fastcluster: error: %s" % exc, file=sys.stderr, flush=True)
+        return EXIT_USAGE
+    except BaseException:
+        print("fastcluster: error: the app %s raised while it was imported:" % config.app, file=sys.stderr)
+        traceback.print_exc()
+        sys.stderr.flush()
+        return EXIT_APP_LOAD_ERROR
+
+
+def run(config, listener, status_fd: int, close_fds, loop_name: str, master_pid: int, app=None):
     code = EXIT_BOOT_ERROR
     try:
-        code = _run(config, listener, status_fd, close_fds, loop_name, master_pid)
+        code = _run(config, listener, status_fd, close_fds, loop_name, master_pid, app)
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else EXIT_OK
     except BaseException:
@@ -136,7 +151,7 @@ def run(config, listener, status_fd: int, close_fds, loop_name: str, master_pid:
             os._exit(code)
 
 
-def _run(config, listener, status_fd, close_fds, loop_name, master_pid):
+def _run(config, listener, status_fd, close_fds, loop_name, master_pid, app):
     for fd in close_fds:
         try:
             os.close(fd)
@@ -145,13 +160,13 @@ def _run(config, listener, status_fd, close_fds, loop_name, master_pid):
     stop = _Stop()
     wake_r, wake_w = socket.socketpair()
     try:
-        return _serve(config, listener, status_fd, loop_name, master_pid, stop, wake_r, wake_w)
+        return _serve(config, listener, status_fd, loop_name, master_pid, app, stop, wake_r, wake_w)
     finally:
         wake_r.close()
         wake_w.close()
 
 
-def _serve(config, listener, status_fd, loop_name, master_pid, stop, wake_r, wake_w):
+def _serve(config, listener, status_fd, loop_name, master_pid, app, stop, wake_r, wake_w):
     wake_r.setblocking(False)
     wake_w.setblocking(False)
     signal.set_wakeup_fd(wake_w.fileno(), warn_on_full_buffer=False)
@@ -167,17 +182,10 @@ def _serve(config, listener, status_fd, loop_name, master_pid, stop, wake_r, wak
     faulthandler.register(signal.SIGUSR2, all_threads=True)  # so does a worker stuck past --timeout
     _die_with_parent(master_pid)
 
-    try:
-        app = demo.make_app(config.demo_work_ms) if config.app is None else import_app(config.app)
-    except AppImportError as exc:
-        print("fastcluster: error: %s" % exc, file=sys.stderr, flush=True)
-        return EXIT_USAGE
-    except BaseException:
-        print("fastcluster: error: the app %s raised while it was imported:" % config.app,
-              file=sys.stderr)
-        traceback.print_exc()
-        sys.stderr.flush()
-        return EXIT_APP_LOAD_ERROR
+    if app is None:       # not preloaded by the master
+        app = load_app(config)
+        if isinstance(app, int):
+            return app
 
     impl = loop.load(loop_name)
     server = impl.Server(

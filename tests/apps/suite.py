@@ -115,6 +115,11 @@ def inner(environ, start_response):
     if path == "/hog":   # keeps memory allocated for the life of the worker
         _HOG.append(bytearray(int(q.get("mb", "64")) * 1024 * 1024))
         return _text(start_response, b"%d" % os.getpid())
+    if path == "/exit":      # a worker that dies in the middle of a request
+        os._exit(int(q.get("code", "7")))
+    if path == "/segfault":
+        import ctypes
+        ctypes.string_at(0)
     if path == "/no-content":
         start_response("204 No Content", [])
         return []

@@ -358,3 +358,30 @@ def test_plain_fastcluster_serve_uses_the_default_address():
         server.host, server.port = "127.0.0.1", 8000
         status, body = fetch(server, "/")
         assert status == 200 and body.startswith(b"Hello from process ")
+
+
+def test_graceful_stop_ends_keep_alive_connections_cleanly(impl):
+    from helpers import read_response
+
+    server = Server("apps.suite:app", "--bind", "127.0.0.1:0", "--workers", "1", "--loop", impl)
+    try:
+        idle, busy = server.connect(), server.connect()
+        files = idle.makefile("rb"), busy.makefile("rb")
+        for sock, f in zip((idle, busy), files):
+            sock.sendall(b"GET /pid HTTP/1.1\r\nHost: t\r\n\r\n")
+            assert read_response(f).header("Connection") is None
+        server.signal(signal.SIGTERM)
+        wait_until(lambda: "graceful stop" in server.stderr(), what="the stop to begin")
+        # a request sent during the drain is answered, with Connection: close
+        busy.sendall(b"GET /pid HTTP/1.1\r\nHost: t\r\n\r\n")
+        last = read_response(files[1])
+        assert last.status == 200 and last.header("Connection") == "close"
+        assert files[1].read() == b""
+        # the idle one is closed with a FIN (a clean EOF), not a reset
+        idle.settimeout(10)
+        assert files[0].read() == b""
+        assert server.wait(10) == 0
+        idle.close()
+        busy.close()
+    finally:
+        server.stop()

@@ -264,3 +264,55 @@ def test_sigusr1_reopens_the_log_file(tmp_path):
         # the worker writes its traceback to the new file too
         wait_until(lambda: "boom from the test app" in log.read_text(), timeout=5, what="the worker's log line")
         assert "boom" not in (tmp_path / "fc.log.1").read_text()
+
+
+@pytest.mark.parametrize("path, how", [("/exit?code=7", "exited with code 7"),
+                                       ("/segfault", "was killed by SIGSEGV")])
+def test_a_worker_dying_in_a_request_is_named_and_replaced(impl, path, how):
+    with Server("apps.suite:app", "--bind", "127.0.0.1:0", "--workers", "1", "--loop", impl) as server:
+        victim = server.worker_pids[0]
+        conn = http.client.HTTPConnection(server.host, server.port, timeout=10)
+        with pytest.raises((OSError, http.client.HTTPException)):
+            conn.request("GET", path)
+            conn.getresponse().read()
+        conn.close()
+        server.wait_line(r"^Process \d+ listening on", timeout=5)
+        assert "worker 1 (pid %d) %s" % (victim, how) in server.stderr()
+        if "SEGV" in how:
+            assert "Fatal Python error: Segmentation fault" in server.stderr()   # faulthandler's stack
+        conn = http.client.HTTPConnection(server.host, server.port, timeout=10)
+        conn.request("GET", "/pid")
+        assert conn.getresponse().status == 200
+        conn.close()
+
+
+def test_preload_imports_the_app_once_in_the_master():
+    with Server("apps.announce:app", "--bind", "127.0.0.1:0", "--workers", "2", "--preload") as server:
+        lines = [l for l in server.stderr().splitlines() if l.startswith("announce:")]
+        assert lines == ["announce: imported in process %d" % server.proc.pid]
+        server.signal(signal.SIGUSR2)   # a reload forks from the master again: no new import
+        wait_until(lambda: "rolling restart complete" in server.stderr(), timeout=20, what="the reload")
+        assert server.stderr().count("announce:") == 1
+    with Server("apps.announce:app", "--bind", "127.0.0.1:0", "--workers", "2") as server:
+        wait_until(lambda: server.stderr().count("announce:") == 2, what="one import per worker")
+        assert str(server.proc.pid) not in server.stderr().split("announce:")[1]
+
+
+def test_sighup_rereads_the_config_file(tmp_path):
+    cfg = tmp_path / "fastcluster.toml"
+    cfg.write_text('app = "apps.suite:app"\nworkers = 1\nkeep-alive = 30\n')
+    with Server("--bind", "127.0.0.1:0", "--config", str(cfg)) as server:
+        assert "Forking for 1" in server.lines and len(server.worker_pids) == 1
+        cfg.write_text('app = "apps.suite:app"\nworkers = 3\n')
+        server.signal(signal.SIGHUP)
+        wait_until(lambda: len(server.worker_pids) == 4, timeout=20, what="3 workers of the new config")
+        wait_until(lambda: "rolling restart complete" in server.stderr(), timeout=20, what="the reload")
+        assert "config reloaded from %s" % cfg in server.stderr()
+        live = [p for p in server.worker_pids if pid_alive(p)]
+        wait_until(lambda: len([p for p in server.worker_pids if pid_alive(p)]) == 3, what="the old worker to go")
+        # a broken file: an error in the log, nothing restarted
+        cfg.write_text("workers = 'many'\n")
+        server.signal(signal.SIGHUP)
+        wait_until(lambda: "config reload failed" in server.stderr(), what="the error")
+        assert "workers='many'" in server.stderr().split("config reload failed")[1].splitlines()[0]
+        assert all(pid_alive(p) for p in live) and len(server.worker_pids) == 4

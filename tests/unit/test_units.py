@@ -1,6 +1,7 @@
 """In-process tests of the pure-Python pieces: config, importer, and the shared WSGI helpers."""
 
 import argparse
+import re
 import io
 import sys
 
@@ -231,3 +232,32 @@ def test_readme_options_table_is_generated_from_settings():
     with open(os.path.join(os.path.dirname(__file__), "..", "..", "README.md"), encoding="utf-8") as f:
         readme = f.read()
     assert options_table() in readme, "regenerate the table: python -c 'from fastcluster.config import options_table; print(options_table())'"
+
+
+def test_config_file_sits_between_env_and_defaults(tmp_path):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('app = "x:y"\nworkers = 3\nkeep-alive = 5.5\npreload = true\nbind = "unix:/tmp/s"\n')
+    config = _config(["--config", str(cfg)])
+    assert (config.app, config.workers, config.keep_alive, config.preload) == ("x:y", 3, 5.5, True)
+    assert config.bind == BindAddress("unix", path="/tmp/s")
+    assert _config(["--config", str(cfg)], {"FASTCLUSTER_WORKERS": "4"}).workers == 4
+    assert _config(["--config", str(cfg), "-w", "5"], {"FASTCLUSTER_WORKERS": "4"}).workers == 5
+    assert _config([], {"FASTCLUSTER_CONFIG": str(cfg)}).workers == 3
+
+
+@pytest.mark.parametrize("text, message", [
+    ("workers = 0\n", "workers='0': must be at least 1"),
+    ("nope = 1\n", "unknown setting 'nope'"),
+    ("workers = [1]\n", "must be a string or a number"),
+    ("workers = \n", "c.toml"),
+])
+def test_config_file_errors(tmp_path, text, message):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(text)
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        _config(["--config", str(cfg)])
+
+
+def test_missing_config_file():
+    with pytest.raises(ConfigError, match="cannot read config file /nonexistent.toml"):
+        _config(["--config", "/nonexistent.toml"])
