@@ -8,7 +8,6 @@ so the master can tell a broken APP from a crash.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import faulthandler
 import logging
 import os
@@ -56,8 +55,8 @@ class _Stop:
 
 def _die_with_parent(master_pid: int) -> None:
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        # dlopen(NULL): libc is already loaded; find_library would run ldconfig in a subprocess
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
     except (OSError, AttributeError):  # pragma: no cover - not Linux; the loop also watches getppid()
         pass
     if os.getppid() != master_pid:  # the master died before prctl took effect

@@ -160,13 +160,17 @@ def pid_alive(pid):
         return False
 
 
-def wait_until(predicate, timeout=10.0, interval=0.02, what="condition"):
+def wait_until(predicate, timeout=10.0, interval=0.02, what="condition", server=None):
+    """Poll `predicate` until true; on timeout fail, with the server's log when one is given."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if predicate():
             return
         time.sleep(interval)
-    raise AssertionError("timed out after %.1f s waiting for %s" % (timeout, what))
+    detail = ""
+    if server is not None:
+        detail = "\nstdout: %s\nstderr (last 3000 chars): %s" % (server.lines, server.stderr()[-3000:])
+    raise AssertionError("timed out after %.1f s waiting for %s%s" % (timeout, what, detail))
 
 
 class Response:

@@ -87,9 +87,9 @@ def test_three_rolling_restarts_under_load_drop_nothing(impl):
             for n in range(1, 4):
                 server.signal(signal.SIGUSR2)
                 wait_until(lambda: count_in_log(server, "rolling restart complete") >= n, timeout=20,
-                           what="rollout %d" % n)
+                           what="rollout %d" % n, server=server)
                 wait_until(lambda: count_in_log(server, "stopped: exited with code 0") >= 2 * n, timeout=20,
-                           what="the old workers of rollout %d to drain" % n)
+                           what="the old workers of rollout %d to drain" % n, server=server)
                 start = load.ok
                 load.wait_for(start + 200)
         finally:
