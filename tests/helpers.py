@@ -28,7 +28,11 @@ class Server:
 
     def __init__(self, *args, env=None, wait=True):
         self.args = [sys.executable, "-m", "fastcluster", "serve", *args]
-        self.stderr_file = tempfile.TemporaryFile()
+        # The server's processes append (O_APPEND) to one file; the test reads it through its own
+        # descriptor, so reading never moves the offset the servers write at.
+        fd, self.stderr_path = tempfile.mkstemp(prefix="fastcluster-test-", suffix=".log")
+        os.close(fd)
+        self.stderr_file = open(self.stderr_path, "ab")
         full_env = dict(os.environ)
         full_env["PYTHONPATH"] = TESTS + os.pathsep + full_env.get("PYTHONPATH", "")
         full_env.update(env or {})
@@ -87,10 +91,9 @@ class Server:
         return self
 
     def stderr(self):
-        if self.stderr_file.closed:
-            return self._stderr_text
-        self.stderr_file.seek(0)
-        self._stderr_text = self.stderr_file.read().decode("utf-8", "replace")
+        if os.path.exists(self.stderr_path):
+            with open(self.stderr_path, "rb") as f:
+                self._stderr_text = f.read().decode("utf-8", "replace")
         return self._stderr_text
 
     def signal(self, signum):
@@ -110,7 +113,9 @@ class Server:
         kill_group(self.proc.pid)
         self.proc.wait(timeout=5)
         self.proc.stdout.close()
+        self.stderr()
         self.stderr_file.close()
+        os.unlink(self.stderr_path)
         return self.proc.returncode
 
     def __enter__(self):
