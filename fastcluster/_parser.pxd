@@ -33,6 +33,14 @@ cdef class Server:
         object tick             # called once a second with the number of requests served
         public double keep_alive
         public double graceful_timeout
+        double header_timeout
+        double body_timeout
+        double write_timeout
+        Py_ssize_t max_connections
+        Py_ssize_t max_request_line
+        Py_ssize_t max_headers
+        Py_ssize_t max_header_bytes
+        long long max_body      # 0: no limit
         int wakeup_fd
         int master_pid
         public bint stop_requested   # set from a signal handler; the loop acts on it
@@ -46,8 +54,12 @@ cdef class Server:
         bytes date_line
         char* rbuf
         double now
+        public bint accepting    # the listening socket is in our epoll set
         double accept_paused_until
+        bint accept_error_logged
 
+    cdef int _set_accepting(self, bint on) except -1
+    cpdef resume_accepting(self)
     cdef int _accept(self) except -1
     cdef int _drain_wakeup(self) except -1
     cdef int _tick(self) except -1
@@ -65,7 +77,7 @@ cdef class Connection:
         object parser           # httptools.HttpRequestParser driving our callbacks
         Request cur             # the request being parsed
         bytes url
-        object pending          # deque of Request (or BAD_REQUEST) waiting for their response
+        object pending          # deque of Request (or the int status of a refused one), in order
         list out                # bytes waiting to be sent, in order; out[0] from out_off
         Py_ssize_t out_off
         Py_ssize_t out_size
@@ -76,7 +88,14 @@ cdef class Connection:
         double linger_until
         bint closed
         bint close_after        # close once the queued output is sent
-        double last_active
+        double deadline         # header, body, write or keep-alive deadline (see on_timeout)
+        Py_ssize_t served       # requests answered on this connection
+        bint in_head            # between a request's first byte and the end of its headers
+        bint head_done          # a header section ended during the current feed
+        Py_ssize_t head_bytes   # bytes read while in_head (bounds what httptools buffers)
+        Py_ssize_t nheaders
+        Py_ssize_t header_bytes
+        long long body_bytes
         # the response being produced
         Request resp
         object result
@@ -100,6 +119,8 @@ cdef class Connection:
     cdef setup(self, Server server, int fd, dict env)
     cdef int on_event(self) except -1
     cdef int _feed(self, Py_ssize_t n) except -1
+    cdef int _reject(self, int status) except -1
+    cdef int on_timeout(self) except -1
     cdef int _pump(self) except -1
     cdef int _respond(self, object req) except -1
     cdef int _respond_sequence(self, object items) except -1

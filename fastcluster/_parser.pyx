@@ -37,6 +37,7 @@ from collections import deque as _deque
 from httptools import HttpParserError, HttpParserUpgrade, HttpRequestParser
 
 from . import wsgi as _wsgi
+from .config import Config as _Config
 from .sockets import describe as _describe
 
 IMPLEMENTATION = "cython"
@@ -53,6 +54,9 @@ cdef object status_line = _wsgi.status_line
 cdef object encode_headers = _wsgi.encode_headers
 cdef object simple_response = _wsgi.simple_response
 cdef object log_app_error = _wsgi.log_app_error
+cdef object Reject = _wsgi.Reject
+cdef object check_head = _wsgi.check_head
+cdef object error_response = _wsgi.error_response
 cdef object log = _wsgi.log
 cdef object deque = _deque
 cdef bytes CONTINUE_LINE = _wsgi.CONTINUE_LINE
@@ -61,15 +65,12 @@ cdef int HAS_DATE = _wsgi.HAS_DATE
 cdef int HAS_SERVER = _wsgi.HAS_SERVER
 cdef int WANTS_CLOSE = _wsgi.WANTS_CLOSE
 
-cdef double BLOCKING_IO_TIMEOUT = 60.0   # write() and 100-continue body reads wait at most this long
-cdef double IDLE_TIMEOUT_WITHOUT_KEEP_ALIVE = 10.0
 cdef double DRAIN_LINGER = 1.0    # on stop, idle connections get this long to send a request on its way
 cdef double LINGER = 2.0          # a connection we end keeps reading (and dropping) input this long after our FIN
 
 cdef dict METHODS = {}
 cdef dict PROTOCOLS = {"1.1": "HTTP/1.1", "1.0": "HTTP/1.0"}
-BAD_REQUEST = object()          # queued in place of a request that failed to parse
-cdef object _BAD_REQUEST = BAD_REQUEST
+cdef Py_ssize_t HEAD_SLACK = 4096   # request line, CRLFs and colons around the counted header bytes
 
 
 cdef inline double monotonic() noexcept nogil:
@@ -118,20 +119,28 @@ cdef class Server:
         self.epfd = -1
         self.rbuf = NULL
 
-    def __init__(self, listener, app, keep_alive=75.0, graceful_timeout=30.0, wakeup_fd=-1,
-                 master_pid=0, multiprocess=True, tick=None):
+    def __init__(self, listener, app, config=None, wakeup_fd=-1, master_pid=0, tick=None):
+        config = config or _Config()
         self.listener = listener
         self.tick = tick
         self.lfd = listener.fileno()
         self.app = app
-        self.keep_alive = keep_alive
-        self.graceful_timeout = graceful_timeout
+        self.keep_alive = config.keep_alive
+        self.graceful_timeout = config.graceful_timeout
+        self.header_timeout = config.header_timeout
+        self.body_timeout = config.body_timeout
+        self.write_timeout = config.write_timeout
+        self.max_connections = config.max_connections
+        self.max_request_line = config.max_request_line
+        self.max_headers = config.max_headers
+        self.max_header_bytes = config.max_header_bytes
+        self.max_body = config.max_body
         self.wakeup_fd = wakeup_fd
         self.master_pid = master_pid
         self.conns = {}
         self.tcp = listener.family in (AF_INET, AF_INET6)
         _url, name, port, _short = _describe(listener)
-        self.base_environ = _wsgi.base_environ(name, port, multiprocess)
+        self.base_environ = _wsgi.base_environ(name, port, config.workers > 1)
         self.date = _wsgi.DateHeader()
         self.date_line = self.date.get()
         self.rbuf = <char*>PyMem_Malloc(RECV_SIZE)
@@ -146,6 +155,22 @@ cdef class Server:
         if self.epfd >= 0:
             c_close(self.epfd)
         PyMem_Free(self.rbuf)
+
+    cdef int _set_accepting(self, bint on) except -1:
+        """Watch the listening socket or not: off when stopping, full, or out of descriptors."""
+        cdef epoll_event ev
+        if on != self.accepting:
+            self.accepting = on
+            if on:
+                self._watch(self.lfd, EPOLLIN | EPOLLEXCLUSIVE)
+            else:
+                epoll_ctl(self.epfd, EPOLL_CTL_DEL, self.lfd, &ev)
+        return 0
+
+    cpdef resume_accepting(self):
+        if (not self.accepting and not self.stopping and self.now >= self.accept_paused_until
+                and len(self.conns) < self.max_connections):
+            self._set_accepting(True)
 
     cdef int _watch(self, int fd, unsigned int events) except -1:
         cdef epoll_event ev
@@ -163,7 +188,7 @@ cdef class Server:
         cdef dict conns = self.conns
         cdef Connection conn
         self.listener.setblocking(False)
-        self._watch(self.lfd, EPOLLIN | EPOLLEXCLUSIVE)
+        self._set_accepting(True)
         if self.wakeup_fd >= 0:
             self._watch(self.wakeup_fd, EPOLLIN)
         next_tick = self.now + 1.0
@@ -211,17 +236,23 @@ cdef class Server:
         cdef epoll_event ev
         cdef Connection conn
         for i in range(ACCEPT_BATCH):
+            if len(self.conns) >= self.max_connections:
+                self._set_accepting(False)    # the kernel's backlog holds the rest meanwhile
+                return 0
             addrlen = sizeof(addr)
             fd = accept4(self.lfd, <sockaddr*>&addr, &addrlen, SOCK_NONBLOCK | SOCK_CLOEXEC)
             if fd < 0:
                 if errno == EAGAIN or errno == EINTR:
                     return 0
                 if errno == EMFILE or errno == ENFILE or errno == ENOBUFS or errno == ENOMEM:
-                    log.error("accept failed: %s; pausing accepts for 0.5 s", os.strerror(errno))
-                    epoll_ctl(self.epfd, EPOLL_CTL_DEL, self.lfd, &ev)
+                    if not self.accept_error_logged:
+                        self.accept_error_logged = True
+                        log.error("accept failed: %s; pausing accepts for 0.5 s at a time", os.strerror(errno))
+                    self._set_accepting(False)
                     self.accept_paused_until = self.now + 0.5
                     return 0
                 continue  # ECONNABORTED and friends: that client is gone, take the next
+            self.accept_error_logged = False
             env = PyDict_Copy(self.base_environ)
             if self.tcp:
                 setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one))
@@ -255,25 +286,23 @@ cdef class Server:
             self.tick(self.requests)
         if self.master_pid and getppid() != self.master_pid:
             self.stop_requested = True          # the master is gone: do not outlive it
-        if self.accept_paused_until and self.now >= self.accept_paused_until and not self.stopping:
-            self.accept_paused_until = 0.0
-            self._watch(self.lfd, EPOLLIN | EPOLLEXCLUSIVE)
-        limit = self.now - (self.keep_alive or IDLE_TIMEOUT_WITHOUT_KEEP_ALIVE)
+        self.resume_accepting()
         for obj in list(self.conns.values()):
             conn = <Connection>obj
-            if conn.last_active < limit or (conn.lingering and self.now >= conn.linger_until):
-                conn.close()
-            elif self.stopping and not conn.lingering and conn.idle():
+            if conn.lingering:
+                if self.now >= conn.linger_until:
+                    conn.close()
+            elif self.now >= conn.deadline:
+                conn.on_timeout()
+            elif self.stopping and conn.idle():
                 conn._end()     # after DRAIN_LINGER: a clean (lingering) close of what stayed idle
         return 0
 
     cdef int _begin_stop(self) except -1:
-        cdef epoll_event ev
         cdef bint master_gone = self.master_pid and getppid() != self.master_pid
         self.stopping = True
         self.deadline = self.now + (min(self.graceful_timeout, 1.0) if master_gone else self.graceful_timeout)
-        if not self.accept_paused_until:
-            epoll_ctl(self.epfd, EPOLL_CTL_DEL, self.lfd, &ev)
+        self._set_accepting(False)
         self.listener.close()
         # Connections stay open for DRAIN_LINGER: a client may have sent a request that is
         # not read yet (or just connected). Each response from now on says Connection: close;
@@ -294,7 +323,7 @@ cdef class Connection:
         self.out = []
         self.mask = EPOLLIN
         self.reading = True
-        self.last_active = server.now
+        self.deadline = server.now + server.header_timeout   # see on_timeout()
         self.clen = -1
         self.keep = True
         self.start_response = self._start_response
@@ -304,16 +333,27 @@ cdef class Connection:
     def on_message_begin(self):
         self.cur = Request.new(PyDict_Copy(self.base_environ))
         self.url = b""
+        self.in_head = True
+        self.nheaders = 0
+        self.header_bytes = 0
+        if self.served:   # a kept-alive connection: the header deadline runs from the first byte
+            self.deadline = self.server.now + self.server.header_timeout
 
     def on_url(self, bytes url):
         if self.url:
             self.url += url
         else:
             self.url = url
+        if PyBytes_GET_SIZE(self.url) > self.server.max_request_line:
+            raise Reject(414)
 
     def on_header(self, bytes name, bytes value):
         cdef const char* p
         cdef Py_ssize_t start, end
+        self.nheaders += 1
+        self.header_bytes += PyBytes_GET_SIZE(name) + PyBytes_GET_SIZE(value) + 4
+        if self.nheaders > self.server.max_headers or self.header_bytes > self.server.max_header_bytes:
+            raise Reject(431)
         key = HEADER_KEYS.get(name)
         if key is None:
             key = header_key(name)
@@ -366,7 +406,15 @@ cdef class Connection:
         req.keep_alive = parser.should_keep_alive() and self.server.keep_alive > 0
         req.head = method == "HEAD"
         req.http10 = version != "1.1"
+        self.in_head = False
+        self.head_done = True
+        self.head_bytes = 0
+        status = check_head(env, req.http10, self.server.max_body)
+        if status:
+            raise Reject(status)
         if "CONTENT_LENGTH" in env or "HTTP_TRANSFER_ENCODING" in env:
+            self.body_bytes = 0
+            self.deadline = self.server.now + self.server.body_timeout
             expect = env.get("HTTP_EXPECT")
             if expect is not None and expect.lower() == "100-continue" and not req.http10:
                 req.body = LazyInput(self._fill_body)
@@ -379,6 +427,10 @@ cdef class Connection:
             env["wsgi.input"] = EMPTY_INPUT
 
     def on_body(self, bytes data):
+        self.body_bytes += PyBytes_GET_SIZE(data)
+        if self.server.max_body and self.body_bytes > self.server.max_body:
+            raise Reject(413)
+        self.deadline = self.server.now + self.server.body_timeout
         self.cur.body.add(data)
 
     def on_message_complete(self):
@@ -411,7 +463,6 @@ cdef class Connection:
             self.close()
             return 0
         if n:
-            self.last_active = self.server.now
             self._feed(n)
         else:
             self.reading = False
@@ -421,6 +472,7 @@ cdef class Connection:
 
     cdef int _feed(self, Py_ssize_t n) except -1:
         data = PyMemoryView_FromMemory(self.server.rbuf, n, PyBUF_READ)
+        self.head_done = False
         try:
             self.parser.feed_data(data)
         except HttpParserUpgrade:
@@ -428,14 +480,41 @@ cdef class Connection:
             if self.pending:
                 (<Request>self.pending[-1]).keep_alive = False
             self.reading = False
+            return 0
         except HttpParserError as exc:
             if not self.reading:
                 return 0  # bytes after a request that closes the connection are ignored
-            self.reading = False
-            self.cur = None
-            self.pending.append(_BAD_REQUEST)
-            if exc.__context__ is not None:
-                log.error("request callback failed", exc_info=exc.__context__)
+            cause = exc.__context__
+            if cause is not None and not isinstance(cause, Reject):
+                log.error("request callback failed", exc_info=cause)
+            self._reject(cause.status if isinstance(cause, Reject) else 400)
+            return 0
+        if self.in_head:
+            # A header section still open: count its bytes so that a header which never ends
+            # cannot grow httptools' buffer without bound. (A feed that also finished another
+            # head is not counted; the next one is.)
+            self.head_bytes = 0 if self.head_done else self.head_bytes + n
+            if self.head_bytes > self.server.max_header_bytes + self.server.max_request_line + HEAD_SLACK:
+                self._reject(431)
+        return 0
+
+    cdef int _reject(self, int status) except -1:
+        """Stop parsing; after the responses already queued, answer `status` and close."""
+        self.reading = False
+        self.in_head = False
+        self.cur = None
+        self.pending.append(status)
+        return 0
+
+    cdef int on_timeout(self) except -1:
+        """The connection's deadline passed: what it means depends on what it waits for."""
+        if self.mask == EPOLLOUT or self.resp is not None:
+            self.close()                     # the client stopped reading our response
+        elif (self.cur is not None or not self.served) and not self.pending:
+            self._reject(408)                # headers (or a body) too slow to arrive
+            self._pump()
+        else:
+            self.close()                     # an idle keep-alive connection
         return 0
 
     def _fill_body(self):
@@ -448,7 +527,7 @@ cdef class Connection:
             self._blocking_flush()
         if not self.reading or self.closed:
             return False
-        if not wait_fd(self.fd, POLLIN, BLOCKING_IO_TIMEOUT):
+        if not wait_fd(self.fd, POLLIN, self.server.body_timeout):
             return False
         n = recv(self.fd, self.server.rbuf, RECV_SIZE, 0)
         if n < 0 and (errno == EAGAIN or errno == EINTR):
@@ -457,7 +536,6 @@ cdef class Connection:
             self.reading = False
             self.eof = n == 0
             return False
-        self.last_active = self.server.now
         self._feed(n)
         return True
 
@@ -481,7 +559,7 @@ cdef class Connection:
                 self._next_chunk()
             elif pending and not self.close_after:
                 first = pending[0]
-                if first is not _BAD_REQUEST:
+                if type(first) is not int:
                     req = <Request>first
                     if not (req.complete or req.early):
                         break
@@ -496,17 +574,21 @@ cdef class Connection:
         if self.close_after or not self.reading or (
                 self.server.stopping and self.cur is None and not pending):
             self._end()
-        elif self.mask != EPOLLIN:
+            return 0
+        if self.mask != EPOLLIN:
             self._want(EPOLLIN)
+        if self.cur is None:      # between requests: the keep-alive timeout runs
+            self.deadline = self.server.now + self.server.keep_alive
         return 0
 
     cdef int _respond(self, object first) except -1:
         cdef Request req
-        if first is _BAD_REQUEST:
-            self._queue(simple_response("400 Bad Request", b"Bad Request\n", True, self.server.date_line))
+        if type(first) is int:     # a request we refused: its status
+            self._queue(error_response(first, self.server.date_line))
             self.close_after = True
             return 0
         req = <Request>first
+        self.served += 1
         self.server.requests += 1
         self.resp = req
         self.keep = req.keep_alive and not self.server.stopping
@@ -592,7 +674,7 @@ cdef class Connection:
                 break  # the file shrank: the body is short, so the connection must end
             self.file_left -= n
             self.sent += n
-            self.last_active = self.server.now
+            self.deadline = self.server.now + self.server.write_timeout
         self.file_off = off
         self.sending_file = False
         self._finish()
@@ -805,7 +887,7 @@ cdef class Connection:
                 self.close()
                 return False
             self.out_size -= n
-            self.last_active = self.server.now
+            self.deadline = self.server.now + self.server.write_timeout
             i = 0
             while n:
                 size = PyBytes_GET_SIZE(<bytes>out[i]) - self.out_off
@@ -823,13 +905,15 @@ cdef class Connection:
         while not self._flush():
             if self.closed:
                 raise OSError(32, "client disconnected")
-            if not wait_fd(self.fd, POLLOUT, BLOCKING_IO_TIMEOUT):
+            if not wait_fd(self.fd, POLLOUT, self.server.write_timeout):
                 self.close()
                 raise OSError(110, "client stopped reading")
         return 0
 
     cdef int _want(self, unsigned int mask) except -1:
         cdef epoll_event ev
+        if mask == EPOLLOUT:
+            self.deadline = self.server.now + self.server.write_timeout
         if self.mask != mask:
             self.mask = mask
             ev.events = mask
@@ -879,13 +963,15 @@ cdef class Connection:
         self.server.conns.pop(self.fd, None)
         self._release()
         c_close(self.fd)
+        if not self.server.accepting:
+            self.server.resume_accepting()
 
     cdef int _release(self) except -1:
         """Drop everything the connection holds for requests and responses."""
         cdef Request req
         self._close_result()
         for first in self.pending:
-            if first is not _BAD_REQUEST:
+            if type(first) is not int:
                 req = <Request>first
                 if type(req.body) is BodyBuffer:
                     req.body.discard()

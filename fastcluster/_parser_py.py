@@ -23,10 +23,12 @@ from time import monotonic as _monotonic
 from httptools import HttpParserError, HttpParserUpgrade, HttpRequestParser
 
 from . import wsgi
+from .config import Config
 from .sockets import describe
 from .wsgi import (CONTINUE_LINE, EMPTY_INPUT, HAS_DATE, HAS_SERVER, HEADER_KEYS, SERVER_HEADER,
-                   WANTS_CLOSE, BodyBuffer, FileWrapper, LazyInput, encode_headers, header_key,
-                   log, log_app_error, simple_response, split_target, status_line)
+                   WANTS_CLOSE, BodyBuffer, FileWrapper, LazyInput, Reject, check_head, encode_headers,
+                   error_response, header_key, log, log_app_error, simple_response, split_target,
+                   status_line)
 
 IMPLEMENTATION = "python"
 
@@ -35,8 +37,6 @@ HIGH_WATER = 1 << 20        # output queued before a streamed body is paused
 MAX_IOV = 64                # buffers per sendmsg
 ACCEPT_BATCH = 16           # accepts per wake-up, so that busy workers leave some to idle ones
 SENDFILE_CHUNK = 1 << 20
-BLOCKING_IO_TIMEOUT = 60.0  # write() and 100-continue body reads wait at most this long
-IDLE_TIMEOUT_WITHOUT_KEEP_ALIVE = 10.0  # --keep-alive 0: how long a silent client may hold a connection
 DRAIN_LINGER = 1.0          # on stop, idle connections get this long to send a request already on its way
 LINGER = 2.0                # a connection we end keeps reading (and dropping) input this long after our FIN
 
@@ -45,7 +45,7 @@ EPOLLEXCLUSIVE = getattr(select, "EPOLLEXCLUSIVE", 0)
 
 METHODS = {}
 PROTOCOLS = {"1.1": "HTTP/1.1", "1.0": "HTTP/1.0"}
-BAD_REQUEST = object()      # queued in place of a request that failed to parse
+HEAD_SLACK = 4096           # request line, CRLFs and colons around the counted header bytes
 
 
 class Request:
@@ -63,13 +63,21 @@ class Request:
 
 
 class Server:
-    def __init__(self, listener, app, keep_alive=75.0, graceful_timeout=30.0, wakeup_fd=-1,
-                 master_pid=0, multiprocess=True, tick=None):
+    def __init__(self, listener, app, config=None, wakeup_fd=-1, master_pid=0, tick=None):
+        config = config or Config()
         self.listener = listener
         self.tick = tick            # called once a second with the number of requests served
         self.app = app
-        self.keep_alive = keep_alive
-        self.graceful_timeout = graceful_timeout
+        self.keep_alive = config.keep_alive
+        self.graceful_timeout = config.graceful_timeout
+        self.header_timeout = config.header_timeout
+        self.body_timeout = config.body_timeout
+        self.write_timeout = config.write_timeout
+        self.max_connections = config.max_connections
+        self.max_request_line = config.max_request_line
+        self.max_headers = config.max_headers
+        self.max_header_bytes = config.max_header_bytes
+        self.max_body = config.max_body
         self.wakeup_fd = wakeup_fd
         self.master_pid = master_pid
         self.stop_requested = False   # set from a signal handler; the loop acts on it
@@ -79,14 +87,16 @@ class Server:
         self.requests = 0
         self.tcp = listener.family in (socket.AF_INET, socket.AF_INET6)
         _url, name, port, _short = describe(listener)
-        self.base_environ = wsgi.base_environ(name, port, multiprocess)
+        self.base_environ = wsgi.base_environ(name, port, config.workers > 1)
         self.date = wsgi.DateHeader()
         self.date_line = self.date.get()
         self.rbuf = bytearray(RECV_SIZE)
         self.rview = memoryview(self.rbuf)
         self.ep = select.epoll()
         self.now = _monotonic()
+        self.accepting = False
         self.accept_paused_until = 0.0
+        self.accept_error_logged = False
 
     # --- the loop ---
 
@@ -94,7 +104,7 @@ class Server:
         listener, ep, conns = self.listener, self.ep, self.conns
         listener.setblocking(False)
         lfd = listener.fileno()
-        ep.register(lfd, EPOLLIN | EPOLLEXCLUSIVE)
+        self._set_accepting(True)
         if self.wakeup_fd >= 0:
             ep.register(self.wakeup_fd, EPOLLIN)
         next_tick = self.now + 1.0
@@ -123,20 +133,40 @@ class Server:
                 conn.close()
             ep.close()
 
+    def _set_accepting(self, on):
+        """Watch the listening socket or not: off when stopping, full, or out of descriptors."""
+        if on != self.accepting:
+            self.accepting = on
+            if on:
+                self.ep.register(self.listener.fileno(), EPOLLIN | EPOLLEXCLUSIVE)
+            else:
+                self.ep.unregister(self.listener.fileno())
+
+    def resume_accepting(self):
+        if (not self.accepting and not self.stopping and self.now >= self.accept_paused_until
+                and len(self.conns) < self.max_connections):
+            self._set_accepting(True)
+
     def _accept(self):
         listener, conns = self.listener, self.conns
         for _ in range(ACCEPT_BATCH):
+            if len(conns) >= self.max_connections:
+                self._set_accepting(False)    # the kernel's backlog holds the rest meanwhile
+                return
             try:
                 sock, addr = listener.accept()
             except BlockingIOError:
                 return
             except OSError as exc:
                 if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-                    log.error("accept failed: %s; pausing accepts for 0.5 s", exc.strerror)
-                    self.ep.unregister(listener.fileno())
+                    if not self.accept_error_logged:
+                        self.accept_error_logged = True
+                        log.error("accept failed: %s; pausing accepts for 0.5 s at a time", exc.strerror)
+                    self._set_accepting(False)
                     self.accept_paused_until = self.now + 0.5
                     return
                 continue  # ECONNABORTED and friends: that client is gone, take the next
+            self.accept_error_logged = False
             sock.setblocking(False)
             if self.tcp:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -158,14 +188,14 @@ class Server:
             self.tick(self.requests)
         if self.master_pid and os.getppid() != self.master_pid:
             self.stop_requested = True          # the master is gone: do not outlive it
-        if self.accept_paused_until and now >= self.accept_paused_until and not self.stopping:
-            self.accept_paused_until = 0.0
-            self.ep.register(self.listener.fileno(), EPOLLIN | EPOLLEXCLUSIVE)
-        limit = now - (self.keep_alive or IDLE_TIMEOUT_WITHOUT_KEEP_ALIVE)
+        self.resume_accepting()
         for conn in list(self.conns.values()):
-            if conn.last_active < limit or (conn.lingering and now >= conn.linger_until):
-                conn.close()
-            elif self.stopping and not conn.lingering and conn.idle():
+            if conn.lingering:
+                if now >= conn.linger_until:
+                    conn.close()
+            elif now >= conn.deadline:
+                conn.on_timeout()
+            elif self.stopping and conn.idle():
                 conn._end()     # after DRAIN_LINGER: a clean (lingering) close of what stayed idle
 
     def _begin_stop(self):
@@ -173,11 +203,7 @@ class Server:
         master_gone = self.master_pid and os.getppid() != self.master_pid
         grace = min(self.graceful_timeout, 1.0) if master_gone else self.graceful_timeout
         self.deadline = self.now + grace
-        try:
-            if not self.accept_paused_until:
-                self.ep.unregister(self.listener.fileno())
-        except (OSError, ValueError):
-            pass
+        self._set_accepting(False)
         self.listener.close()
         # Connections stay open for DRAIN_LINGER: a client may have sent a request that is
         # not read yet (or just connected). Each response from now on says Connection: close;
@@ -200,7 +226,7 @@ class Connection:
         self.parser = HttpRequestParser(self)
         self.cur = None             # the Request being parsed
         self.url = b""
-        self.pending = deque()      # parsed requests (or BAD_REQUEST) waiting for their response
+        self.pending = deque()      # parsed requests (or the int status of a refused one), in order
         self.out = []               # bytes-like objects waiting to be sent, in order
         self.out_size = 0
         self.mask = EPOLLIN
@@ -210,7 +236,14 @@ class Connection:
         self.linger_until = 0.0
         self.closed = False
         self.close_after = False    # close once the queued output is sent
-        self.last_active = server.now
+        self.deadline = server.now + server.header_timeout   # see on_timeout()
+        self.served = 0             # requests answered on this connection
+        self.in_head = False        # between a request's first byte and the end of its headers
+        self.head_bytes = 0         # bytes read while in_head (bounds what httptools buffers)
+        self.head_done = False      # a header section ended during the current feed
+        self.nheaders = 0
+        self.header_bytes = 0
+        self.body_bytes = 0
         # the response being produced
         self.resp = None
         self.result = None
@@ -233,11 +266,21 @@ class Connection:
     def on_message_begin(self):
         self.cur = Request(self.base_environ.copy())
         self.url = b""
+        self.in_head = True
+        self.nheaders = self.header_bytes = 0
+        if self.served:   # a kept-alive connection: the header deadline runs from the first byte
+            self.deadline = self.server.now + self.server.header_timeout
 
     def on_url(self, url):
         self.url += url
+        if len(self.url) > self.server.max_request_line:
+            raise Reject(414)
 
     def on_header(self, name, value):
+        self.nheaders += 1
+        self.header_bytes += len(name) + len(value) + 4
+        if self.nheaders > self.server.max_headers or self.header_bytes > self.server.max_header_bytes:
+            raise Reject(431)
         key = HEADER_KEYS.get(name)
         if key is None:
             key = header_key(name)
@@ -266,7 +309,15 @@ class Connection:
         req.keep_alive = parser.should_keep_alive() and self.server.keep_alive > 0
         req.head = method == "HEAD"
         req.http10 = version != "1.1"
+        self.in_head = False
+        self.head_done = True
+        self.head_bytes = 0
+        status = check_head(env, req.http10, self.server.max_body)
+        if status:
+            raise Reject(status)
         if "CONTENT_LENGTH" in env or "HTTP_TRANSFER_ENCODING" in env:
+            self.body_bytes = 0
+            self.deadline = self.server.now + self.server.body_timeout
             if env.get("HTTP_EXPECT", "").lower() == "100-continue" and not req.http10:
                 req.body = LazyInput(self._fill_body)
                 env["wsgi.input"] = req.body
@@ -278,6 +329,10 @@ class Connection:
             env["wsgi.input"] = EMPTY_INPUT
 
     def on_body(self, data):
+        self.body_bytes += len(data)
+        if self.server.max_body and self.body_bytes > self.server.max_body:
+            raise Reject(413)
+        self.deadline = self.server.now + self.server.body_timeout
         self.cur.body.add(data)
 
     def on_message_complete(self):
@@ -310,14 +365,14 @@ class Connection:
             self.close()
             return
         if n:
-            self.last_active = self.server.now
-            self._feed(self.server.rview[:n])
+            self._feed(self.server.rview[:n], n)
         else:
             self.reading = False
             self.eof = True
         self._pump()
 
-    def _feed(self, data):
+    def _feed(self, data, n):
+        self.head_done = False
         try:
             self.parser.feed_data(data)
         except HttpParserUpgrade:
@@ -325,14 +380,39 @@ class Connection:
             if self.pending:
                 self.pending[-1].keep_alive = False
             self.reading = False
+            return
         except HttpParserError as exc:
             if not self.reading:
                 return  # bytes after a request that closes the connection are ignored
-            self.reading = False
-            self.cur = None
-            self.pending.append(BAD_REQUEST)
-            if exc.__context__ is not None:
-                log.error("request callback failed", exc_info=exc.__context__)
+            cause = exc.__context__
+            if cause is not None and not isinstance(cause, Reject):
+                log.error("request callback failed", exc_info=cause)
+            self._reject(cause.status if isinstance(cause, Reject) else 400)
+            return
+        if self.in_head:
+            # A header section still open: count its bytes so that a header which never ends
+            # cannot grow httptools' buffer without bound. (A feed that also finished another
+            # head is not counted; the next one is.)
+            self.head_bytes = 0 if self.head_done else self.head_bytes + n
+            if self.head_bytes > self.server.max_header_bytes + self.server.max_request_line + HEAD_SLACK:
+                self._reject(431)
+
+    def _reject(self, status):
+        """Stop parsing; after the responses already queued, answer `status` and close."""
+        self.reading = False
+        self.in_head = False
+        self.cur = None
+        self.pending.append(status)
+
+    def on_timeout(self):
+        """The connection's deadline passed: what it means depends on what it waits for."""
+        if self.mask == EPOLLOUT or self.resp is not None:
+            self.close()                     # the client stopped reading our response
+        elif (self.cur is not None or not self.served) and not self.pending:
+            self._reject(408)                # headers (or a body) too slow to arrive
+            self._pump()
+        else:
+            self.close()                     # an idle keep-alive connection
 
     def _fill_body(self):
         """Pull more of an Expect: 100-continue body while the app waits in wsgi.input.read()."""
@@ -344,7 +424,7 @@ class Connection:
             self._blocking_flush()
         if not self.reading or self.closed:
             return False
-        if not _wait(self.fd, select.POLLIN, BLOCKING_IO_TIMEOUT):
+        if not _wait(self.fd, select.POLLIN, self.server.body_timeout):
             return False
         try:
             n = self.sock.recv_into(self.server.rbuf)
@@ -356,8 +436,7 @@ class Connection:
             self.reading = False
             self.eof = True
             return False
-        self.last_active = self.server.now
-        self._feed(self.server.rview[:n])
+        self._feed(self.server.rview[:n], n)
         return True
 
     # --- answering ---
@@ -379,7 +458,7 @@ class Connection:
                 self._next_chunk()
             elif pending and not self.close_after:
                 req = pending[0]
-                if req is not BAD_REQUEST and not (req.complete or req.early):
+                if type(req) is not int and not (req.complete or req.early):
                     break
                 pending.popleft()
                 self._respond(req)
@@ -392,15 +471,19 @@ class Connection:
         if self.close_after or not self.reading or (
                 self.server.stopping and self.cur is None and not pending):
             self._end()
-        elif self.mask != EPOLLIN:
+            return
+        if self.mask != EPOLLIN:
             self.mask = EPOLLIN
             self.server.ep.modify(self.fd, EPOLLIN)
+        if self.cur is None:      # between requests: the keep-alive timeout runs
+            self.deadline = self.server.now + self.server.keep_alive
 
     def _respond(self, req):
-        if req is BAD_REQUEST:
-            self._queue(simple_response("400 Bad Request", b"Bad Request\n", True, self.server.date_line))
+        if type(req) is int:     # a request we refused: its status
+            self._queue(error_response(req, self.server.date_line))
             self.close_after = True
             return
+        self.served += 1
         self.server.requests += 1
         self.resp = req
         self.keep = req.keep_alive and not self.server.stopping
@@ -479,7 +562,7 @@ class Connection:
             offset += n
             remaining -= n
             self.sent += n
-            self.last_active = self.server.now
+            self.deadline = self.server.now + self.server.write_timeout
         self.sendfile = None
         self._finish()
         return True
@@ -657,7 +740,7 @@ class Connection:
                 self.close()
                 return False
             self.out_size -= n
-            self.last_active = self.server.now
+            self.deadline = self.server.now + self.server.write_timeout
             i = 0
             while n:
                 size = len(out[i])
@@ -674,11 +757,12 @@ class Connection:
         while not self._flush():
             if self.closed:
                 raise OSError(errno.EPIPE, "client disconnected")
-            if not _wait(self.fd, select.POLLOUT, BLOCKING_IO_TIMEOUT):
+            if not _wait(self.fd, select.POLLOUT, self.server.write_timeout):
                 self.close()
                 raise OSError(errno.ETIMEDOUT, "client stopped reading")
 
     def _want_write(self):
+        self.deadline = self.server.now + self.server.write_timeout
         if self.mask != EPOLLOUT:
             self.mask = EPOLLOUT
             self.server.ep.modify(self.fd, EPOLLOUT)
@@ -723,18 +807,21 @@ class Connection:
         if self.closed:
             return
         self.closed = True
-        self.server.conns.pop(self.fd, None)
+        server = self.server
+        server.conns.pop(self.fd, None)
         self._release()
         try:
             self.sock.close()
         except OSError:
             pass
+        if not server.accepting:
+            server.resume_accepting()
 
     def _release(self):
         """Drop everything the connection holds for requests and responses."""
         self._close_result()
         for req in self.pending:
-            if req is not BAD_REQUEST and isinstance(req.body, BodyBuffer):
+            if type(req) is not int and isinstance(req.body, BodyBuffer):
                 req.body.discard()
         if self.cur is not None and isinstance(self.cur.body, BodyBuffer):
             self.cur.body.discard()

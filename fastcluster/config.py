@@ -45,6 +45,13 @@ def non_negative_float(text: str) -> float:
     return value
 
 
+def positive_float(text: str) -> float:
+    value = non_negative_float(text)
+    if value == 0:
+        raise ValueError("must be more than 0")
+    return value
+
+
 def non_negative_int(text: str) -> int:
     value = int(text)
     if value < 0:
@@ -159,6 +166,23 @@ SETTINGS = (
             "seconds an idle keep-alive connection is kept open (0 closes after each response)", "S"),
     Setting("graceful_timeout", ("--graceful-timeout",), non_negative_float, 30.0,
             "seconds workers get to finish in-flight requests on SIGTERM before they are killed", "S"),
+    Setting("header_timeout", ("--header-timeout",), positive_float, 10.0,
+            "seconds a client gets to send a request's headers, from the accept or the request's first byte "
+            "(then 408)", "S"),
+    Setting("body_timeout", ("--body-timeout",), positive_float, 30.0,
+            "seconds a request body may stall between two reads (then 408)", "S"),
+    Setting("write_timeout", ("--write-timeout",), positive_float, 30.0,
+            "seconds a client may stop reading a response before it is dropped", "S"),
+    Setting("max_connections", ("--max-connections",), positive_int, 1000,
+            "connections per worker; past it the worker stops accepting and the backlog holds the rest", "N"),
+    Setting("max_request_line", ("--max-request-line",), positive_int, 8190,
+            "longest request target in bytes (then 414)", "BYTES"),
+    Setting("max_headers", ("--max-headers",), positive_int, 100,
+            "most header fields in a request (then 431)", "N"),
+    Setting("max_header_bytes", ("--max-header-bytes",), positive_int, 65536,
+            "largest header section in bytes (then 431)", "BYTES"),
+    Setting("max_body", ("--max-body",), non_negative_int, 100 * 1024 * 1024,
+            "largest request body in bytes, announced or chunked (then 413; 0: no limit)", "BYTES"),
     Setting("ready_timeout", ("--ready-timeout",), non_negative_float, 60.0,
             "seconds a new worker may take to load the app in a rolling restart before the restart is aborted",
             "S"),
@@ -195,6 +219,14 @@ class Config:
     backlog: int = 2048
     keep_alive: float = 75.0
     graceful_timeout: float = 30.0
+    header_timeout: float = 10.0
+    body_timeout: float = 30.0
+    write_timeout: float = 30.0
+    max_connections: int = 1000
+    max_request_line: int = 8190
+    max_headers: int = 100
+    max_header_bytes: int = 65536
+    max_body: int = 100 * 1024 * 1024
     ready_timeout: float = 60.0
     timeout: float = 0.0
     max_requests: int = 0

@@ -187,11 +187,7 @@ def _serve(config, listener, status_fd, loop_name, master_pid, app, stop, wake_r
             return app
 
     impl = loop.load(loop_name)
-    server = impl.Server(
-        listener, app, keep_alive=config.keep_alive, graceful_timeout=config.graceful_timeout,
-        wakeup_fd=wake_r.fileno(), master_pid=master_pid, multiprocess=config.workers > 1,
-        tick=heartbeat,
-    )
+    server = impl.Server(listener, app, config, wakeup_fd=wake_r.fileno(), master_pid=master_pid, tick=heartbeat)
     stop.server = server
     server.stop_requested = stop.requested
     _url, _name, _port, short = describe(listener)

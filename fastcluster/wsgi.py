@@ -63,6 +63,53 @@ def split_target(target: bytes):
     return path.decode("latin-1"), query.decode("latin-1")
 
 
+class Reject(Exception):
+    """Raised from a parser callback: answer this status and close the connection."""
+
+    def __init__(self, status: int):
+        super().__init__(status)
+        self.status = status
+
+
+_HOST_RE = re.compile(r"(?:[A-Za-z0-9\-._~!$&'()*+;=%]*|\[[0-9A-Fa-f:.]+\])(?::[0-9]*)?")
+
+
+def check_head(env, http10: bool, max_body: int) -> int:
+    """RFC 9112 checks llhttp leaves to the server; returns 0 or the status to reject with."""
+    protocol = env["SERVER_PROTOCOL"]
+    if protocol != "HTTP/1.1" and protocol != "HTTP/1.0":
+        return 505
+    host = env.get("HTTP_HOST")
+    if host is None:
+        if not http10:
+            return 400          # HTTP/1.1 requires Host
+    elif not _HOST_RE.fullmatch(host):
+        return 400              # also two Host fields, which arrive joined with ","
+    te = env.get("HTTP_TRANSFER_ENCODING")
+    if te is not None:
+        if http10:
+            return 400          # chunked is not HTTP/1.0; the body length would be guesswork
+        if te.lower() != "chunked":
+            return 501          # llhttp refused codings not ending in chunked; the rest we do not decode
+    if max_body:
+        length = env.get("CONTENT_LENGTH")
+        if length is not None and int(length) > max_body:
+            return 413          # refused before a byte of the body is read
+    return 0
+
+
+ERROR_STATUS = {
+    400: "400 Bad Request", 408: "408 Request Timeout", 413: "413 Content Too Large",
+    414: "414 URI Too Long", 431: "431 Request Header Fields Too Large", 501: "501 Not Implemented",
+    505: "505 HTTP Version Not Supported",
+}
+
+
+def error_response(code: int, date: bytes) -> bytes:
+    status = ERROR_STATUS[code]
+    return simple_response(status, status[4:].encode() + b"\n", True, date)
+
+
 class EmptyInput:
     """wsgi.input of a request without a body.  Stateless, so one instance serves all."""
 
