@@ -26,7 +26,7 @@ START_TIMEOUT = 30.0
 class Server:
     """`python -m fastcluster serve ...` in its own session, stdout read by a thread."""
 
-    def __init__(self, *args, env=None, wait=True):
+    def __init__(self, *args, env=None, wait=True, pass_fds=()):
         self.args = [sys.executable, "-m", "fastcluster", "serve", *args]
         # The server's processes append (O_APPEND) to one file; the test reads it through its own
         # descriptor, so reading never moves the offset the servers write at.
@@ -37,7 +37,8 @@ class Server:
         full_env["PYTHONPATH"] = TESTS + os.pathsep + full_env.get("PYTHONPATH", "")
         full_env.update(env or {})
         self.proc = subprocess.Popen(self.args, stdout=subprocess.PIPE, stderr=self.stderr_file,
-                                     stdin=subprocess.DEVNULL, env=full_env, start_new_session=True)
+                                     stdin=subprocess.DEVNULL, env=full_env, start_new_session=True,
+                                     pass_fds=pass_fds)
         self.lines = []
         self.line_queue = queue.Queue()
         self.worker_pids = []

@@ -385,3 +385,20 @@ def test_graceful_stop_ends_keep_alive_connections_cleanly(impl):
         busy.close()
     finally:
         server.stop()
+
+
+def test_inherited_socket_bind(impl):
+    """--bind fd://N serves on a socket the parent process (systemd, a supervisor) opened."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    port = listener.getsockname()[1]
+    fd = listener.fileno()
+    try:
+        with Server("--bind", "fd://%d" % fd, "--workers", "1", "--loop", impl, pass_fds=(fd,)) as server:
+            assert server.url == "http://127.0.0.1:%d" % port
+            assert fetch(server, "/")[0] == 200
+    finally:
+        listener.close()
+    result = run_cli("serve", "--bind", "fd://999")
+    assert result.returncode == 2 and "fd://999 is not a usable socket" in result.stderr
