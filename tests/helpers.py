@@ -18,6 +18,23 @@ import threading
 import time
 from urllib.parse import urlsplit
 
+import importlib.util
+
+import pytest
+
+NO_EXTENSIONS = bool(os.environ.get("FASTCLUSTER_NO_EXTENSIONS"))
+HAS_EXTENSION = importlib.util.find_spec("fastcluster._parser") is not None
+
+# Every server test runs on both loops.  Without the extension the cython cases are
+# skipped only where FASTCLUSTER_NO_EXTENSIONS says so; otherwise they fail (and the
+# guard test in test_extension.py says why).
+IMPLS = [
+    pytest.param("cython", id="cython",
+                 marks=pytest.mark.skipif(NO_EXTENSIONS and not HAS_EXTENSION,
+                                          reason="built with FASTCLUSTER_NO_EXTENSIONS")),
+    pytest.param("python", id="python"),
+]
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TESTS = os.path.join(ROOT, "tests")
 START_TIMEOUT = 30.0
@@ -47,7 +64,11 @@ class Server:
         self._stderr_text = ""
         threading.Thread(target=self._read_stdout, daemon=True).start()
         if wait:
-            self.wait_listening()
+            try:
+                self.wait_listening()
+            except BaseException:
+                self.stop()   # a server that failed to start leaves no process and no open file
+                raise
 
     def _read_stdout(self):
         for raw in self.proc.stdout:

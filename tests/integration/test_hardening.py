@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from helpers import Server, at_eof, pid_alive, read_response, rss_kib, wait_until
+from helpers import IMPLS, Server, at_eof, pid_alive, read_response, rss_kib, wait_until
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -21,7 +21,7 @@ LIMITS = ("--header-timeout", "1", "--body-timeout", "1", "--write-timeout", "1"
           "--max-body", "1000", "--max-request-line", "200", "--max-headers", "20", "--max-header-bytes", "2000")
 
 
-@pytest.fixture(scope="module", params=["cython", "python"])
+@pytest.fixture(scope="module", params=IMPLS)
 def hard_server(request):
     server = Server("apps.suite:app", "--bind", "127.0.0.1:0", "--workers", "1", "--loop", request.param, *LIMITS)
     server.impl = request.param
