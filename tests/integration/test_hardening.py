@@ -319,3 +319,29 @@ def test_connection_cap_holds_the_rest_in_the_backlog(impl):
         assert read_response(waiting.makefile("rb")).status == 200
         for s in held[1:] + [waiting]:
             s.close()
+
+
+def test_running_out_of_descriptors_pauses_accepting_without_dying(impl):
+    """EMFILE: the worker stops accepting for a moment, logs once, and serves again later."""
+    import resource
+
+    with Server("apps.suite:app", "--bind", "127.0.0.1:0", "--workers", "1", "--loop", impl) as server:
+        worker = server.worker_pids[0]
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        resource.prlimit(worker, resource.RLIMIT_NOFILE, (48, hard))   # the worker alone gets few fds
+        clients = []
+        try:
+            for _ in range(80):
+                s = server.connect()
+                s.sendall(b"GET /pid HTTP/1.1\r\nHost: t\r\n\r\n")
+                clients.append(s)
+            wait_until(lambda: "accept failed" in server.stderr(), timeout=10, what="the EMFILE log line")
+            time.sleep(1.5)   # several 0.5 s pauses pass: the line must not repeat
+            assert server.stderr().count("accept failed") == 1
+            assert pid_alive(worker)
+        finally:
+            for s in clients:
+                s.close()
+        resource.prlimit(worker, resource.RLIMIT_NOFILE, (soft, hard))
+        resp = expect(server, b"GET /pid HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n", 200)
+        assert int(resp.body) == worker
