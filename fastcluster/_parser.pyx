@@ -51,7 +51,6 @@ cdef dict HEADER_KEYS = _wsgi.HEADER_KEYS
 cdef object header_key = _wsgi.header_key
 cdef object split_target = _wsgi.split_target
 cdef object status_line = _wsgi.status_line
-cdef object encode_headers = _wsgi.encode_headers
 cdef object simple_response = _wsgi.simple_response
 cdef object log_app_error = _wsgi.log_app_error
 cdef object Reject = _wsgi.Reject
@@ -70,6 +69,78 @@ cdef double LINGER = 2.0          # a connection we end keeps reading (and dropp
 
 cdef dict METHODS = {}
 cdef dict PROTOCOLS = {"1.1": "HTTP/1.1", "1.0": "HTTP/1.0"}
+cdef str HTTP11 = PROTOCOLS["1.1"]
+cdef dict STATUS_LINES = _wsgi._STATUS_LINES      # shared with wsgi.status_line, which fills it
+cdef object learn_name = _wsgi._learn_name
+cdef dict HEADER_NAMES = {}                       # app header name -> (b"Name: ", kind)
+cdef int H_CONTENT_LENGTH = _wsgi.H_CONTENT_LENGTH
+cdef int H_DATE = _wsgi.H_DATE
+cdef int H_SERVER = _wsgi.H_SERVER
+cdef int H_CONNECTION = _wsgi.H_CONNECTION
+
+
+cdef tuple encode_app_headers(object headers):
+    """The compiled twin of wsgi.encode_headers: the same rules and errors, checked in C."""
+    cdef list parts = []
+    cdef long long clen = -1
+    cdef int flags = 0, kind
+    cdef bytes data
+    cdef const char* p
+    cdef Py_ssize_t n
+    for name, value in headers:
+        entry = HEADER_NAMES.get(name)
+        if entry is None:
+            prefix, kind = learn_name(name)        # validates the name; ValueError otherwise
+            entry = ((<str>prefix).encode("latin-1"), kind)
+            if len(HEADER_NAMES) < 512:
+                HEADER_NAMES[name] = entry
+        kind = (<tuple>entry)[1]
+        if type(value) is not str:
+            raise TypeError("header %s value must be str, not %s" % (name, type(value).__name__))
+        if kind:
+            if kind == H_CONTENT_LENGTH:
+                text = value.strip()
+                if not (text.isascii() and text.isdigit()) or (clen >= 0 and int(text) != clen):
+                    raise ValueError("invalid Content-Length %r" % value)
+                if clen >= 0:
+                    continue
+                clen = int(text)
+            elif kind == H_DATE:
+                flags |= HAS_DATE
+            elif kind == H_SERVER:
+                flags |= HAS_SERVER
+            elif kind == H_CONNECTION:
+                if "close" in value.lower():
+                    flags |= WANTS_CLOSE
+                continue
+            else:
+                continue
+        data = (<str>value).encode("latin-1")      # UnicodeEncodeError (a ValueError) if not latin-1
+        p = PyBytes_AS_STRING(data)
+        n = PyBytes_GET_SIZE(data)
+        if memchr(p, 13, n) != NULL or memchr(p, 10, n) != NULL or memchr(p, 0, n) != NULL:
+            raise ValueError("header value contains CR, LF or NUL")
+        parts.append((<tuple>entry)[0])
+        parts.append(data)
+        parts.append(b"\r\n")
+    return b"".join(parts), clen, flags
+
+
+cdef inline bint plain_host(str host):
+    """A Host made only of letters, digits, '.', '-' and an optional :port; anything else
+    goes through wsgi.check_head's full rule."""
+    cdef Py_UCS4 c
+    cdef bint port = False
+    for c in host:
+        if port:
+            if not (c >= u'0' and c <= u'9'):
+                return False
+        elif c == u':':
+            port = True
+        elif not ((c >= u'a' and c <= u'z') or (c >= u'A' and c <= u'Z') or (c >= u'0' and c <= u'9')
+                  or c == u'.' or c == u'-'):
+            return False
+    return True
 cdef Py_ssize_t HEAD_SLACK = 4096   # request line, CRLFs and colons around the counted header bytes
 
 
@@ -272,6 +343,24 @@ cdef class Server:
             self._watch(fd, EPOLLIN)
         return 0
 
+    def adopt(self, sock):
+        """Serve an already-connected socket (fd passing, tests, benchmarks); takes ownership."""
+        cdef Connection conn
+        env = PyDict_Copy(self.base_environ)
+        if self.tcp:
+            host, port = sock.getpeername()[:2]
+            env["REMOTE_ADDR"] = host
+            env["REMOTE_PORT"] = str(port)
+        else:
+            env["REMOTE_ADDR"] = ""
+        fd = sock.detach()
+        os.set_blocking(fd, False)
+        conn = Connection.__new__(Connection)
+        conn.setup(self, fd, env)
+        self.conns[fd] = conn
+        self._watch(fd, EPOLLIN)
+        return conn
+
     cdef int _drain_wakeup(self) except -1:
         cdef char buf[512]
         while c_read(self.wakeup_fd, buf, sizeof(buf)) > 0:
@@ -409,9 +498,12 @@ cdef class Connection:
         self.in_head = False
         self.head_done = True
         self.head_bytes = 0
-        status = check_head(env, req.http10, self.server.max_body)
-        if status:
-            raise Reject(status)
+        host = env.get("HTTP_HOST")
+        if not (protocol is HTTP11 and host is not None and plain_host(host)
+                and "HTTP_TRANSFER_ENCODING" not in env and "CONTENT_LENGTH" not in env):
+            status = check_head(env, req.http10, self.server.max_body)   # the general case
+            if status:
+                raise Reject(status)
         if "CONTENT_LENGTH" in env or "HTTP_TRANSFER_ENCODING" in env:
             self.body_bytes = 0
             self.deadline = self.server.now + self.server.body_timeout
@@ -447,6 +539,11 @@ cdef class Connection:
             self.reading = False
 
     # --- reading ---
+
+    def on_readable(self):
+        """Handle one readiness event now (what the loop does when epoll reports this fd)."""
+        self.server.now = monotonic()
+        self.on_event()
 
     cdef int on_event(self) except -1:
         cdef ssize_t n
@@ -715,13 +812,15 @@ cdef class Connection:
                 exc_info = None
         elif self.status is not None:
             raise RuntimeError("start_response() called a second time without exc_info")
-        line = status_line(status)
-        block, clen, flags = encode_headers(headers)
+        line = STATUS_LINES.get(status)
+        if line is None:
+            line = status_line(status)      # validates, then caches in STATUS_LINES
+        block, clen, flags = encode_app_headers(headers)
         self.status = line
         self.headers = block
         self.clen = clen
         self.hflags = flags
-        self.code = int(status[:3])
+        self.code = int((<str>status)[:3])
         return self.write
 
     def write(self, data):
@@ -984,3 +1083,8 @@ cdef class Connection:
         self.cur = None
         self.start_response = None  # break the cycle self -> bound method -> self
         return 0
+
+
+def encode_headers(headers):
+    """wsgi.encode_headers as the compiled loop does it (exposed so the tests hold both to one spec)."""
+    return encode_app_headers(headers)

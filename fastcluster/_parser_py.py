@@ -174,6 +174,15 @@ class Server:
             conns[conn.fd] = conn
             self.ep.register(conn.fd, EPOLLIN)
 
+    def adopt(self, sock):
+        """Serve an already-connected socket (fd passing, tests, benchmarks); takes ownership."""
+        sock.setblocking(False)
+        addr = sock.getpeername() if self.tcp else ""
+        conn = Connection(self, sock, addr)
+        self.conns[conn.fd] = conn
+        self.ep.register(conn.fd, EPOLLIN)
+        return conn
+
     def _drain_wakeup(self):
         try:
             while os.read(self.wakeup_fd, 512):
@@ -349,6 +358,11 @@ class Connection:
             self.reading = False
 
     # --- reading ---
+
+    def on_readable(self):
+        """Handle one readiness event now (what the loop does when epoll reports this fd)."""
+        self.server.now = _monotonic()
+        self.on_event()
 
     def on_event(self):
         if self.lingering:

@@ -130,14 +130,28 @@ def test_header_keys():
     assert wsgi.header_key(b"X_Forwarded_For") is None
 
 
-def test_encode_headers_flags_and_length():
-    block, clen, flags = wsgi.encode_headers([("Content-Type", "text/plain"), ("Content-Length", "12"),
-                                              ("Date", "x"), ("Connection", "close"), ("Keep-Alive", "1")])
+def _encoders():
+    import importlib.util
+
+    yield pytest.param(wsgi.encode_headers, id="python")
+    if importlib.util.find_spec("fastcluster._parser") is not None:
+        from fastcluster import _parser
+
+        yield pytest.param(_parser.encode_headers, id="cython")
+
+
+@pytest.mark.parametrize("encode", list(_encoders()))
+def test_encode_headers_flags_and_length(encode):
+    block, clen, flags = encode([("Content-Type", "text/plain"), ("Content-Length", "12"),
+                                 ("Date", "x"), ("Connection", "close"), ("Keep-Alive", "1")])
     assert block == b"Content-Type: text/plain\r\nContent-Length: 12\r\nDate: x\r\n"
     assert clen == 12
     assert flags == wsgi.HAS_DATE | wsgi.WANTS_CLOSE
+    assert encode([("Content-Length", "3"), ("Content-Length", " 3 ")])[:2] == (b"Content-Length: 3\r\n", 3)
+    assert encode([("X-Latin", "caf\u00e9")])[0] == b"X-Latin: caf\xe9\r\n"
 
 
+@pytest.mark.parametrize("encode", list(_encoders()))
 @pytest.mark.parametrize("headers", [
     [("X-A", "a\r\nSet-Cookie: x")],
     [("X-A", "a\nb")],
@@ -148,14 +162,16 @@ def test_encode_headers_flags_and_length():
     [("X-A", "\u20ac")],
     [("X-A", b"bytes")],
     [(b"X-A", "v")],
+    [("X-A", 5)],
     [("Content-Length", "-1")],
     [("Content-Length", "1e3")],
     [("Content-Length", "\u0661")],
     [("Content-Length", "3"), ("Content-Length", "4")],
+    [("X-A", "v", "extra")],
 ])
-def test_encode_headers_rejects_what_could_split_the_response(headers):
+def test_encode_headers_rejects_what_could_split_the_response(encode, headers):
     with pytest.raises((ValueError, TypeError, UnicodeError)):
-        wsgi.encode_headers(headers)
+        encode(headers)
 
 
 @pytest.mark.parametrize("status", ["200", "200 OK", "404 Not Found", "599 Custom reason"])
