@@ -57,8 +57,15 @@ cdef class Server:
         public bint accepting    # the listening socket is in our epoll set
         double accept_paused_until
         bint accept_error_logged
+        bint balanced           # publishes on, and reads, the master's shared Board
+        long long[::1] board
+        Py_ssize_t board_index
+        bint grace_accept       # after an accept pause, take at least one connection
 
     cdef int _set_accepting(self, bint on) except -1
+    cdef void _publish_busy(self, long long since_us)
+    cdef void _publish_count(self)
+    cdef bint _lighter_worker_available(self)
     cpdef resume_accepting(self)
     cdef int _accept(self) except -1
     cdef int _drain_wakeup(self) except -1
@@ -84,6 +91,8 @@ cdef class Connection:
         unsigned int mask       # the epoll events we are registered for
         bint reading            # False after EOF, a parse error, or a request that ends the connection
         bint eof                # the client closed its side
+        bint refused            # we refused a request (parse error, limit, timeout)
+        bint extra_input        # bytes arrived after a request that ended the connection
         bint lingering          # we sent FIN and only drain the input until the client closes too
         double linger_until
         bint closed

@@ -142,6 +142,9 @@ cdef inline bint plain_host(str host):
             return False
     return True
 cdef Py_ssize_t HEAD_SLACK = 4096   # request line, CRLFs and colons around the counted header bytes
+cdef Py_ssize_t BALANCE_SLACK = 1   # accept only while no available worker holds more than this fewer connections
+cdef double BALANCE_PAUSE = 0.01    # then stop accepting this long, so a lighter worker gets the next connection
+cdef long long BUSY_US = 50000      # a worker busy this long in one step is not counted as available
 
 
 cdef inline double monotonic() noexcept nogil:
@@ -190,7 +193,8 @@ cdef class Server:
         self.epfd = -1
         self.rbuf = NULL
 
-    def __init__(self, listener, app, config=None, wakeup_fd=-1, master_pid=0, tick=None):
+    def __init__(self, listener, app, config=None, wakeup_fd=-1, master_pid=0, tick=None, board=None,
+                 board_index=-1):
         config = config or _Config()
         self.listener = listener
         self.tick = tick
@@ -221,6 +225,12 @@ cdef class Server:
         if self.epfd < 0:
             PyErr_SetFromErrno(OSError)
         self.now = monotonic()
+        # The master's shared board (see master.Board): every worker's connection count and
+        # whether it waits in epoll, so a worker can leave new connections to a lighter one.
+        self.balanced = board is not None and board_index >= 0
+        if self.balanced:
+            self.board = memoryview(board).cast("q")
+            self.board_index = board_index
 
     def __dealloc__(self):
         if self.epfd >= 0:
@@ -241,7 +251,32 @@ cdef class Server:
     cpdef resume_accepting(self):
         if (not self.accepting and not self.stopping and self.now >= self.accept_paused_until
                 and len(self.conns) < self.max_connections):
+            self.accept_paused_until = 0.0
+            self.grace_accept = True      # after a pause, take at least one connection
             self._set_accepting(True)
+
+    cdef inline void _publish_busy(self, long long since_us):
+        if self.balanced:
+            self.board[3 + 2 * self.board_index] = since_us
+
+    cdef inline void _publish_count(self):
+        if self.balanced:
+            self.board[2 + 2 * self.board_index] = len(self.conns)
+
+    cdef bint _lighter_worker_available(self):
+        """True when another worker holds fewer connections (by more than BALANCE_SLACK) and is
+        waiting in epoll or has been busy for less than BUSY_US: it should take the next one."""
+        cdef Py_ssize_t i, top = self.board[0], me = self.board_index
+        cdef long long count, since, mine = len(self.conns) - BALANCE_SLACK
+        cdef long long now_us = <long long>(monotonic() * 1e6)
+        for i in range(top):
+            if i != me:
+                count = self.board[2 + 2 * i]
+                if 0 <= count < mine:
+                    since = self.board[3 + 2 * i]
+                    if since == 0 or now_us - since < BUSY_US:
+                        return True
+        return False
 
     cdef int _watch(self, int fd, unsigned int events) except -1:
         cdef epoll_event ev
@@ -255,7 +290,7 @@ cdef class Server:
     def serve(self):
         cdef epoll_event events[MAX_EVENTS]
         cdef int n, i, fd, timeout
-        cdef double next_tick
+        cdef double next_tick, wake_at
         cdef dict conns = self.conns
         cdef Connection conn
         self.listener.setblocking(False)
@@ -265,9 +300,13 @@ cdef class Server:
         next_tick = self.now + 1.0
         try:
             while True:
-                timeout = <int>((next_tick - self.now) * 1000) + 1
+                wake_at = next_tick
+                if not self.accepting and self.accept_paused_until and self.accept_paused_until < wake_at:
+                    wake_at = self.accept_paused_until
+                timeout = <int>((wake_at - self.now) * 1000) + 1
                 if timeout < 0:
                     timeout = 0
+                self._publish_busy(0)
                 with nogil:
                     n = epoll_wait(self.epfd, events, MAX_EVENTS, timeout)
                 if n < 0:
@@ -276,6 +315,9 @@ cdef class Server:
                     n = 0
                     PyErr_CheckSignals()
                 self.now = monotonic()
+                self._publish_busy(<long long>(self.now * 1e6) or 1)
+                if not self.accepting and self.accept_paused_until and self.now >= self.accept_paused_until:
+                    self.resume_accepting()
                 for i in range(n):
                     fd = events[i].data.fd
                     obj = conns.get(fd)
@@ -310,6 +352,11 @@ cdef class Server:
             if len(self.conns) >= self.max_connections:
                 self._set_accepting(False)    # the kernel's backlog holds the rest meanwhile
                 return 0
+            if self.balanced and not self.grace_accept and self._lighter_worker_available():
+                self._set_accepting(False)
+                self.accept_paused_until = self.now + BALANCE_PAUSE
+                return 0
+            self.grace_accept = False
             addrlen = sizeof(addr)
             fd = accept4(self.lfd, <sockaddr*>&addr, &addrlen, SOCK_NONBLOCK | SOCK_CLOEXEC)
             if fd < 0:
@@ -341,6 +388,7 @@ cdef class Server:
             conn.setup(self, fd, env)
             self.conns[fd] = conn
             self._watch(fd, EPOLLIN)
+            self._publish_count()
         return 0
 
     def adopt(self, sock):
@@ -580,7 +628,8 @@ cdef class Connection:
             return 0
         except HttpParserError as exc:
             if not self.reading:
-                return 0  # bytes after a request that closes the connection are ignored
+                self.extra_input = True   # bytes after a request that ends the connection: ignored
+                return 0
             cause = exc.__context__
             if cause is not None and not isinstance(cause, Reject):
                 log.error("request callback failed", exc_info=cause)
@@ -598,6 +647,7 @@ cdef class Connection:
     cdef int _reject(self, int status) except -1:
         """Stop parsing; after the responses already queued, answer `status` and close."""
         self.reading = False
+        self.refused = True
         self.in_head = False
         self.cur = None
         self.pending.append(status)
@@ -1028,8 +1078,10 @@ cdef class Connection:
         return self.cur is None and not self.pending and not self.out and self.resp is None
 
     cdef int _end(self) except -1:
-        """Close after the last response: at once if the client is gone, else a lingering close."""
-        if self.eof:
+        """Close after the last response: at once if nothing more can come from the client (it
+        closed, or its last request ended the connection and nothing followed it), else a
+        lingering close."""
+        if self.eof or (not self.reading and not self.refused and not self.extra_input):
             self.close()
             return 0
         # Closing with unread input makes the kernel send a reset, which can destroy the
@@ -1062,6 +1114,7 @@ cdef class Connection:
         self.server.conns.pop(self.fd, None)
         self._release()
         c_close(self.fd)
+        self.server._publish_count()
         if not self.server.accepting:
             self.server.resume_accepting()
 

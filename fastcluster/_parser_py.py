@@ -46,6 +46,9 @@ EPOLLEXCLUSIVE = getattr(select, "EPOLLEXCLUSIVE", 0)
 METHODS = {}
 PROTOCOLS = {"1.1": "HTTP/1.1", "1.0": "HTTP/1.0"}
 HEAD_SLACK = 4096           # request line, CRLFs and colons around the counted header bytes
+BALANCE_SLACK = 1           # accept only while no available worker holds more than this fewer connections
+BALANCE_PAUSE = 0.01        # then stop accepting this long, so a lighter worker gets the next connection
+BUSY_US = 50000             # a worker busy this long in one step is not counted as available
 
 
 class Request:
@@ -63,7 +66,8 @@ class Request:
 
 
 class Server:
-    def __init__(self, listener, app, config=None, wakeup_fd=-1, master_pid=0, tick=None):
+    def __init__(self, listener, app, config=None, wakeup_fd=-1, master_pid=0, tick=None, board=None,
+                 board_index=-1):
         config = config or Config()
         self.listener = listener
         self.tick = tick            # called once a second with the number of requests served
@@ -97,6 +101,11 @@ class Server:
         self.accepting = False
         self.accept_paused_until = 0.0
         self.accept_error_logged = False
+        # The master's shared board (see master.Board): every worker's connection count and
+        # whether it waits in epoll, so a worker can leave new connections to a lighter one.
+        self.board = memoryview(board).cast("q") if board is not None else None
+        self.board_index = board_index
+        self.grace_accept = False
 
     # --- the loop ---
 
@@ -110,8 +119,15 @@ class Server:
         next_tick = self.now + 1.0
         try:
             while True:
-                events = ep.poll(max(0.0, next_tick - self.now))
+                wake_at = next_tick
+                if not self.accepting and self.accept_paused_until and self.accept_paused_until < wake_at:
+                    wake_at = self.accept_paused_until
+                self._publish_busy(0)
+                events = ep.poll(max(0.0, wake_at - self.now))
                 self.now = now = _monotonic()
+                self._publish_busy(int(now * 1e6) or 1)
+                if not self.accepting and self.accept_paused_until and now >= self.accept_paused_until:
+                    self.resume_accepting()
                 for fd, _ev in events:
                     conn = conns.get(fd)
                     if conn is not None:
@@ -145,7 +161,32 @@ class Server:
     def resume_accepting(self):
         if (not self.accepting and not self.stopping and self.now >= self.accept_paused_until
                 and len(self.conns) < self.max_connections):
+            self.accept_paused_until = 0.0
+            self.grace_accept = True      # after a pause, take at least one connection
             self._set_accepting(True)
+
+    def _publish_busy(self, since_us):
+        if self.board is not None:
+            self.board[3 + 2 * self.board_index] = since_us
+
+    def _publish_count(self):
+        if self.board is not None:
+            self.board[2 + 2 * self.board_index] = len(self.conns)
+
+    def _lighter_worker_available(self):
+        """True when another worker holds fewer connections (by more than BALANCE_SLACK) and is
+        waiting in epoll or has been busy for less than BUSY_US: it should take the next one."""
+        board, me = self.board, self.board_index
+        mine = len(self.conns) - BALANCE_SLACK
+        now_us = int(_monotonic() * 1e6)
+        for i in range(board[0]):
+            if i != me:
+                count = board[2 + 2 * i]
+                if 0 <= count < mine:
+                    since = board[3 + 2 * i]
+                    if since == 0 or now_us - since < BUSY_US:
+                        return True
+        return False
 
     def _accept(self):
         listener, conns = self.listener, self.conns
@@ -153,6 +194,11 @@ class Server:
             if len(conns) >= self.max_connections:
                 self._set_accepting(False)    # the kernel's backlog holds the rest meanwhile
                 return
+            if self.board is not None and not self.grace_accept and self._lighter_worker_available():
+                self._set_accepting(False)
+                self.accept_paused_until = self.now + BALANCE_PAUSE
+                return
+            self.grace_accept = False
             try:
                 sock, addr = listener.accept()
             except BlockingIOError:
@@ -173,6 +219,7 @@ class Server:
             conn = Connection(self, sock, addr)
             conns[conn.fd] = conn
             self.ep.register(conn.fd, EPOLLIN)
+            self._publish_count()
 
     def adopt(self, sock):
         """Serve an already-connected socket (fd passing, tests, benchmarks); takes ownership."""
@@ -241,6 +288,8 @@ class Connection:
         self.mask = EPOLLIN
         self.reading = True         # False after EOF, a parse error, or a request that ends the connection
         self.eof = False            # the client closed its side
+        self.refused = False        # we refused a request (parse error, limit, timeout)
+        self.extra_input = False    # bytes arrived after a request that ended the connection
         self.lingering = False      # we sent FIN and only drain the input until the client closes too
         self.linger_until = 0.0
         self.closed = False
@@ -397,7 +446,8 @@ class Connection:
             return
         except HttpParserError as exc:
             if not self.reading:
-                return  # bytes after a request that closes the connection are ignored
+                self.extra_input = True   # bytes after a request that ends the connection: ignored
+                return
             cause = exc.__context__
             if cause is not None and not isinstance(cause, Reject):
                 log.error("request callback failed", exc_info=cause)
@@ -414,6 +464,7 @@ class Connection:
     def _reject(self, status):
         """Stop parsing; after the responses already queued, answer `status` and close."""
         self.reading = False
+        self.refused = True
         self.in_head = False
         self.cur = None
         self.pending.append(status)
@@ -787,8 +838,10 @@ class Connection:
         return (self.cur is None and not self.pending and not self.out and self.resp is None)
 
     def _end(self):
-        """Close after the last response: at once if the client is gone, else a lingering close."""
-        if self.eof:
+        """Close after the last response: at once if nothing more can come from the client (it
+        closed, or its last request ended the connection and nothing followed it), else a
+        lingering close."""
+        if self.eof or (not self.reading and not self.refused and not self.extra_input):
             self.close()
             return
         # Closing with unread input makes the kernel send a reset, which can destroy the
@@ -828,6 +881,7 @@ class Connection:
             self.sock.close()
         except OSError:
             pass
+        server._publish_count()
         if not server.accepting:
             server.resume_accepting()
 

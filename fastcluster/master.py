@@ -9,8 +9,10 @@ every worker's status pipe, with a timeout set by the next deadline.
 from __future__ import annotations
 
 import dataclasses
+import heapq
 import json
 import logging
+import mmap
 import os
 import random
 import selectors
@@ -33,13 +35,45 @@ MAX_BACKOFF = 10.0
 KILL_AFTER_STACK_DUMP = 0.5  # a stuck worker gets this long to write its stack before SIGKILL
 
 
+class Board:
+    """Shared memory on which the workers publish their load, read by their accept logic.
+
+    int64 cells: [0] = slots ever used (the readers' scan bound), then per slot two cells:
+    open connections (-1: free slot) and since when the worker has been busy in one loop step,
+    in monotonic microseconds (0: waiting in epoll). Made before any fork, so all share it.
+    """
+
+    SLOTS = 512
+
+    def __init__(self):
+        self.mem = mmap.mmap(-1, 8 * (2 + 2 * self.SLOTS))
+        self.cells = memoryview(self.mem).cast("q")
+        for i in range(self.SLOTS):
+            self.cells[2 + 2 * i] = -1
+        self.free = list(range(self.SLOTS))
+
+    def take(self):
+        if not self.free:
+            return -1      # more processes than slots: that worker accepts without balancing
+        index = heapq.heappop(self.free)
+        self.cells[2 + 2 * index] = 0
+        self.cells[3 + 2 * index] = 0
+        self.cells[0] = max(self.cells[0], index + 1)
+        return index
+
+    def release(self, index):
+        if index >= 0:
+            self.cells[2 + 2 * index] = -1
+            heapq.heappush(self.free, index)
+
+
 class WorkerRecord:
     """One forked worker, in Node's vocabulary: spawning -> online -> dead."""
 
     __slots__ = ("slot", "pid", "state", "born_at", "started", "expected_exit", "status_fd", "replaces",
-                 "kill_at", "last_beat", "requests", "inbox", "recycling", "lifetime")
+                 "kill_at", "last_beat", "requests", "inbox", "recycling", "lifetime", "board_index")
 
-    def __init__(self, slot, pid, status_fd, replaces=0, lifetime=0.0):
+    def __init__(self, slot, pid, status_fd, replaces=0, lifetime=0.0, board_index=-1):
         self.slot = slot
         self.pid = pid
         self.state = "spawning"
@@ -53,6 +87,7 @@ class WorkerRecord:
         self.inbox = b""             # a partial status line
         self.recycling = False       # queued for replacement (recycling or rollout)
         self.lifetime = lifetime     # replace after this many seconds (0: never)
+        self.board_index = board_index   # its cells on the shared Board
 
 
 class Master:
@@ -60,6 +95,7 @@ class Master:
         self.config = config
         self.reload = reload              # gives a fresh Config (SIGHUP re-reads the config file)
         self.app = None                   # the app, when --preload imported it here
+        self.board = Board()
         self.loop_name = loop.resolve(config.loop)
         self.target = config.workers
         self.workers = {}                 # pid -> WorkerRecord
@@ -252,6 +288,7 @@ class Master:
 
     def _spawn(self, slot, replaces=0):
         read_fd, write_fd = os.pipe()
+        board_index = self.board.take()
         sys.stdout.flush()
         sys.stderr.flush()
         pid = os.fork()
@@ -259,13 +296,14 @@ class Master:
             os.close(read_fd)
             inherited = [self.wake_r.fileno(), self.wake_w.fileno(), self.selector.fileno()]
             inherited.extend(w.status_fd for w in self.workers.values() if w.status_fd >= 0)
-            worker.run(self.config, self.listener, write_fd, inherited, self.loop_name, os.getppid(), self.app)
+            worker.run(self.config, self.listener, write_fd, inherited, self.loop_name, os.getppid(), self.app,
+                       self.board.mem if board_index >= 0 else None, board_index)
         os.close(write_fd)
         os.set_blocking(read_fd, False)
         lifetime = self.config.max_worker_lifetime
         if lifetime:
             lifetime *= random.uniform(1.0, 1.1)   # so that workers started together do not all go at once
-        rec = WorkerRecord(slot, pid, read_fd, replaces, lifetime)
+        rec = WorkerRecord(slot, pid, read_fd, replaces, lifetime, board_index)
         self.workers[pid] = rec
         self.selector.register(read_fd, selectors.EVENT_READ, rec)
         return rec
@@ -308,6 +346,7 @@ class Master:
             rec = self.workers.pop(pid, None)
             if rec is not None:
                 self.next_status = 0.0
+                self.board.release(rec.board_index)
                 self._unwatch(rec)
                 self._on_exit(rec, os.waitstatus_to_exitcode(status))
 

@@ -134,10 +134,11 @@ def load_app(config):
         return EXIT_APP_LOAD_ERROR
 
 
-def run(config, listener, status_fd: int, close_fds, loop_name: str, master_pid: int, app=None):
+def run(config, listener, status_fd: int, close_fds, loop_name: str, master_pid: int, app=None, board=None,
+        board_index=-1):
     code = EXIT_BOOT_ERROR
     try:
-        code = _run(config, listener, status_fd, close_fds, loop_name, master_pid, app)
+        code = _run(config, listener, status_fd, close_fds, loop_name, master_pid, app, board, board_index)
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else EXIT_OK
     except BaseException:
@@ -150,7 +151,7 @@ def run(config, listener, status_fd: int, close_fds, loop_name: str, master_pid:
             os._exit(code)
 
 
-def _run(config, listener, status_fd, close_fds, loop_name, master_pid, app):
+def _run(config, listener, status_fd, close_fds, loop_name, master_pid, app, board, board_index):
     for fd in close_fds:
         try:
             os.close(fd)
@@ -159,13 +160,14 @@ def _run(config, listener, status_fd, close_fds, loop_name, master_pid, app):
     stop = _Stop()
     wake_r, wake_w = socket.socketpair()
     try:
-        return _serve(config, listener, status_fd, loop_name, master_pid, app, stop, wake_r, wake_w)
+        return _serve(config, listener, status_fd, loop_name, master_pid, app, board, board_index, stop,
+                      wake_r, wake_w)
     finally:
         wake_r.close()
         wake_w.close()
 
 
-def _serve(config, listener, status_fd, loop_name, master_pid, app, stop, wake_r, wake_w):
+def _serve(config, listener, status_fd, loop_name, master_pid, app, board, board_index, stop, wake_r, wake_w):
     wake_r.setblocking(False)
     wake_w.setblocking(False)
     signal.set_wakeup_fd(wake_w.fileno(), warn_on_full_buffer=False)
@@ -187,7 +189,8 @@ def _serve(config, listener, status_fd, loop_name, master_pid, app, stop, wake_r
             return app
 
     impl = loop.load(loop_name)
-    server = impl.Server(listener, app, config, wakeup_fd=wake_r.fileno(), master_pid=master_pid, tick=heartbeat)
+    server = impl.Server(listener, app, config, wakeup_fd=wake_r.fileno(), master_pid=master_pid, tick=heartbeat,
+                         board=board, board_index=board_index)
     stop.server = server
     server.stop_requested = stop.requested
     _url, _name, _port, short = describe(listener)

@@ -402,3 +402,19 @@ def test_inherited_socket_bind(impl):
         listener.close()
     result = run_cli("serve", "--bind", "fd://999")
     assert result.returncode == 2 and "fd://999 is not a usable socket" in result.stderr
+
+
+def test_keep_alive_connections_are_balanced_over_workers(impl):
+    """Connections arriving in a burst are spread: a worker leaves new ones to a lighter idle one."""
+    from helpers import read_response
+
+    with Server("apps.suite:app", "--bind", "127.0.0.1:0", "--workers", "2", "--loop", impl) as server:
+        socks = [server.connect() for _ in range(12)]       # a burst, like a pool of keep-alive clients
+        owners = []
+        for s in socks:
+            s.sendall(b"GET /pid HTTP/1.1\r\nHost: t\r\n\r\n")
+            owners.append(int(read_response(s.makefile("rb")).body))
+        counts = {pid: owners.count(pid) for pid in set(owners)}
+        assert len(counts) == 2 and min(counts.values()) >= 4, counts
+        for s in socks:
+            s.close()

@@ -1,0 +1,478 @@
+"""One command: fastcluster against its pure-Python twin and the peers, on this machine.
+
+    python benchmarks/compare.py [--quick] [--only NAME,NAME]
+
+It installs what it needs (apt: wrk, apache2-utils, nginx, libev-dev; PyPI, into
+benchmarks/.venv-peers: gunicorn, uvicorn, uvloop, granian, fastpysgi, bjoern, matplotlib and
+this fastcluster), then serves the same 32-byte hello with each server and measures:
+
+  ab -c200 -t10 (the seed's method, a new connection per request), wrk -t1 -c100 keep-alive,
+  wrk with Connection: close, wrk with 16 pipelined requests per write (1 worker each, the server
+  pinned to CPU 0 and the load generator to CPU 1), and the seed's CPU-bound experiment
+  (5 ms of CPU per request, 1 worker versus 2, unpinned).
+
+For each run: requests/s, p50/p99 latency, errors, server CPU microseconds per request (user+sys
+of every server process from /proc, over the requests served) and RSS. Output:
+benchmarks/results/compare.json, compare.md and PNG charts. What cannot be installed or started is
+listed as missing, and the rest still runs. All traffic goes to 127.0.0.1; every run is bounded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+VENV = os.path.join(HERE, ".venv-peers")
+RESULTS = os.path.join(HERE, "results")
+PY = os.path.join(VENV, "bin", "python")
+BODY = "Hello, World! fastcluster bench\n"
+PEERS_PIP = ["gunicorn", "uvicorn", "uvloop", "httptools", "granian", "fastpysgi", "bjoern", "matplotlib"]
+APT = {"wrk": "wrk", "ab": "apache2-utils", "nginx": "nginx"}
+
+NGINX_CONF = """
+worker_processes {workers};
+daemon off;
+pid {tmp}/nginx.pid;
+error_log {tmp}/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    client_body_temp_path {tmp}/body;
+    proxy_temp_path {tmp}/proxy;
+    fastcgi_temp_path {tmp}/fastcgi;
+    uwsgi_temp_path {tmp}/uwsgi;
+    scgi_temp_path {tmp}/scgi;
+    keepalive_requests 1000000;
+    server {{
+        listen 127.0.0.1:{port};
+        location / {{ default_type text/plain; return 200 "{body}"; }}
+    }}
+}}
+"""
+
+
+def log(msg):
+    print(msg, flush=True)
+
+
+# --- installing -----------------------------------------------------------------------------
+
+def ensure_tools(missing):
+    need = [pkg for tool, pkg in APT.items() if shutil.which(tool) is None and not os.path.exists("/usr/sbin/" + tool)]
+    if not os.path.exists("/usr/include/ev.h"):
+        need.append("libev-dev")        # bjoern builds against libev
+    if not need:
+        return
+    if os.geteuid() != 0 or shutil.which("apt-get") is None:
+        missing.append("apt packages %s: not root or no apt-get; install them by hand" % " ".join(need))
+        return
+    log("installing with apt: %s" % " ".join(need))
+    subprocess.run(["apt-get", "update", "-qq"], check=False, timeout=300)
+    result = subprocess.run(["apt-get", "install", "-y", "-qq", *need], capture_output=True, text=True, timeout=600)
+    if result.returncode != 0:
+        missing.append("apt-get install %s failed: %s" % (" ".join(need), result.stderr.strip()[-300:]))
+
+
+def ensure_venv(missing):
+    if not os.path.exists(PY):
+        subprocess.run([sys.executable, "-m", "venv", VENV], check=True, timeout=300)
+        subprocess.run([PY, "-m", "pip", "install", "-q", "--upgrade", "pip"], check=False, timeout=300)
+    log("installing fastcluster and the peers into %s" % os.path.relpath(VENV, ROOT))
+    result = subprocess.run([PY, "-m", "pip", "install", "-q", ROOT], capture_output=True, text=True, timeout=900)
+    if result.returncode != 0:
+        raise SystemExit("cannot install fastcluster itself: %s" % result.stderr[-500:])
+    for package in PEERS_PIP:
+        result = subprocess.run([PY, "-m", "pip", "install", "-q", package], capture_output=True, text=True,
+                                timeout=900)
+        if result.returncode != 0:
+            missing.append("pip install %s failed: %s" % (package, result.stderr.strip().splitlines()[-1:]))
+
+
+def versions():
+    code = ("import importlib.metadata as m, json; out = {}\n"
+            "for n in %r:\n"
+            "    try: out[n] = m.version(n)\n"
+            "    except Exception: pass\n"
+            "print(json.dumps(out))" % (["fastcluster", "Cython", "httptools"] + PEERS_PIP,))
+    found = json.loads(subprocess.run([PY, "-c", code], capture_output=True, text=True, timeout=60).stdout)
+    for tool, args in (("node", ["node", "--version"]), ("nginx", ["nginx", "-v"]), ("wrk", ["wrk", "-v"]),
+                       ("ab", ["ab", "-V"])):
+        try:
+            out = subprocess.run(args, capture_output=True, text=True, timeout=10)
+            found[tool] = (out.stdout + out.stderr).strip().splitlines()[0]
+        except (OSError, IndexError):
+            pass
+    return found
+
+
+# --- servers ----------------------------------------------------------------------------------
+
+def server_commands(name, port, workers):
+    """The command (and extra env) that serves the hello app; None when `name` has no multi-worker mode."""
+    bin_ = os.path.join(VENV, "bin")
+    host = "127.0.0.1"
+    if name in ("fastcluster-cython", "fastcluster-python"):
+        loop = name.split("-")[1]
+        return [os.path.join(bin_, "fastcluster"), "serve", "bench_app:app", "--workers", str(workers),
+                "--loop", loop, "--bind", "%s:%d" % (host, port)]
+    if name == "gunicorn-sync":
+        return [os.path.join(bin_, "gunicorn"), "-w", str(workers), "-k", "sync", "--bind", "%s:%d" % (host, port),
+                "--log-level", "warning", "bench_app:app"]
+    if name == "uvicorn-httptools":
+        return [os.path.join(bin_, "uvicorn"), "bench_asgi:app", "--host", host, "--port", str(port), "--workers",
+                str(workers), "--http", "httptools", "--loop", "uvloop", "--no-access-log", "--log-level", "warning"]
+    if name == "granian-wsgi":
+        return [os.path.join(bin_, "granian"), "--interface", "wsgi", "--host", host, "--port", str(port),
+                "--workers", str(workers), "--no-ws", "--log-level", "warning", "bench_app:app"]
+    if name == "fastpysgi":
+        return [PY, "-c", "import fastpysgi, bench_app; fastpysgi.run(bench_app.app, %r, %d, workers=%d)"
+                % (host, port, workers)]
+    if name == "bjoern":
+        if workers != 1:
+            return None
+        return [PY, "-c", "import bjoern, bench_app; bjoern.run(bench_app.app, %r, %d)" % (host, port)]
+    if name == "node-cluster":
+        return ["node", os.path.join(HERE, "node_cluster.js")]
+    if name == "nginx":
+        return ["nginx", "-c", "{conf}"]
+    raise KeyError(name)
+
+
+SERVERS = ["nginx", "fastcluster-cython", "fastcluster-python", "fastpysgi", "bjoern", "granian-wsgi",
+           "uvicorn-httptools", "gunicorn-sync", "node-cluster"]
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Running:
+    def __init__(self, name, workers, pin, work_ms=0):
+        self.name = name
+        self.port = free_port()
+        self.tmp = tempfile.mkdtemp(prefix="fc-bench-")
+        cmd = server_commands(name, self.port, workers)
+        if cmd is None:
+            raise LookupError("no %d-worker mode" % workers)
+        if name == "nginx":
+            conf = os.path.join(self.tmp, "nginx.conf")
+            with open(conf, "w") as f:
+                f.write(NGINX_CONF.format(workers=workers, tmp=self.tmp, port=self.port, body=BODY.replace("\n", "\\n")))
+            cmd = [c.replace("{conf}", conf) for c in cmd]
+        if pin:
+            cmd = ["taskset", "-c", "0"] + cmd
+        env = dict(os.environ, PYTHONPATH=HERE, BENCH_WORK_MS=str(work_ms), BENCH_WORKERS=str(workers),
+                   BENCH_PORT=str(self.port), FASTCLUSTER_NO_EXTENSIONS="")
+        self.err = open(os.path.join(self.tmp, "stderr"), "wb")
+        self.proc = subprocess.Popen(cmd, cwd=HERE, env=env, stdout=subprocess.DEVNULL, stderr=self.err,
+                                     start_new_session=True)
+        self._wait_ready(workers)
+
+    def _wait_ready(self, workers, timeout=30.0):
+        """Ready when it answers a request (and, for a multi-process server, all processes exist)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError("exited with %s: %s" % (self.proc.returncode, self.stderr()[-400:]))
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
+                    s.sendall(b"GET / HTTP/1.0\r\n\r\n")
+                    if s.recv(100).startswith(b"HTTP/1."):
+                        if len(self.pids()) >= workers:
+                            return
+            except OSError:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError("not ready after %g s: %s" % (timeout, self.stderr()[-400:]))
+
+    def stderr(self):
+        with open(os.path.join(self.tmp, "stderr"), "rb") as f:
+            return f.read().decode("utf-8", "replace")
+
+    def pids(self):
+        """The server's process and all its descendants."""
+        children = {}
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                try:
+                    with open("/proc/%s/stat" % entry) as f:
+                        ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+                except (OSError, IndexError, ValueError):
+                    continue
+                children.setdefault(ppid, []).append(int(entry))
+        found, todo = [], [self.proc.pid]
+        while todo:
+            pid = todo.pop()
+            found.append(pid)
+            todo.extend(children.get(pid, []))
+        return found
+
+    def cpu_seconds(self):
+        total = 0.0
+        tick = os.sysconf("SC_CLK_TCK")
+        for pid in self.pids():
+            try:
+                with open("/proc/%d/stat" % pid) as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+                total += (int(fields[11]) + int(fields[12])) / tick
+            except (OSError, IndexError):
+                pass
+        return total
+
+    def rss_mib(self):
+        total = 0
+        for pid in self.pids():
+            try:
+                with open("/proc/%d/status" % pid) as f:
+                    for line in f:
+                        if line.startswith("VmRSS:"):
+                            total += int(line.split()[1])
+            except OSError:
+                pass
+        return round(total / 1024.0, 1)
+
+    def stop(self):
+        try:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            self.proc.wait(timeout=15)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            pass
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.proc.wait(timeout=10)
+        self.err.close()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+# --- load -------------------------------------------------------------------------------------
+
+def _ms(value, unit):
+    return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+
+
+def run_wrk(port, seconds, pin, extra=(), connections=100):
+    cmd = ["wrk", "-t1", "-c%d" % connections, "-d%ds" % seconds, "--latency", *extra, "http://127.0.0.1:%d/" % port]
+    if pin:
+        cmd = ["taskset", "-c", "1"] + cmd
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60).stdout
+    result = {"requests": int(re.search(r"(\d+) requests in", out).group(1))}
+    result["rps"] = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    for pct in ("50", "99"):
+        m = re.search(r"\s%s(?:\.000)?%%\s+([\d.]+)(us|ms|s)\b" % pct, out)
+        result["p%s_ms" % pct] = round(_ms(*m.groups()), 3) if m else None
+    errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    result["errors"] = (sum(map(int, errors.groups())) if errors else 0) + (int(non2xx.group(1)) if non2xx else 0)
+    return result
+
+
+def run_ab(port, seconds, pin, concurrency=200):
+    cmd = ["ab", "-q", "-c%d" % concurrency, "-t%d" % seconds, "-n", "10000000", "http://127.0.0.1:%d/" % port]
+    if pin:
+        cmd = ["taskset", "-c", "1"] + cmd
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60).stdout
+    result = {"requests": int(re.search(r"Complete requests:\s+(\d+)", out).group(1))}
+    result["rps"] = float(re.search(r"Requests per second:\s+([\d.]+)", out).group(1))
+    for pct in ("50", "99"):
+        m = re.search(r"^\s+%s%%\s+(\d+)" % pct, out, re.M)
+        result["p%s_ms" % pct] = float(m.group(1)) if m else None
+    failed = int(re.search(r"Failed requests:\s+(\d+)", out).group(1))
+    non2xx = re.search(r"Non-2xx responses:\s+(\d+)", out)
+    result["errors"] = failed + (int(non2xx.group(1)) if non2xx else 0)
+    return result
+
+
+WORKLOADS = {
+    "ab-c200": lambda port, s, pin: run_ab(port, s, pin),
+    "wrk-keepalive": lambda port, s, pin: run_wrk(port, s, pin),
+    "wrk-close": lambda port, s, pin: run_wrk(port, s, pin, ("-H", "Connection: close")),
+    "wrk-pipeline16": lambda port, s, pin: run_wrk(port, s, pin, ("-s", os.path.join(HERE, "pipeline.lua"))),
+}
+
+
+def measure(name, workers, workload, seconds, pin, work_ms=0):
+    server = Running(name, workers, pin, work_ms)
+    try:
+        cpu0 = server.cpu_seconds()
+        result = WORKLOADS[workload](server.port, seconds, pin)
+        cpu = server.cpu_seconds() - cpu0
+        result["server_cpu_us_per_request"] = round(cpu / max(result["requests"], 1) * 1e6, 1)
+        result["rss_mib"] = server.rss_mib()
+        result["processes"] = len(server.pids())
+        return result
+    finally:
+        server.stop()
+
+
+# --- report -----------------------------------------------------------------------------------
+
+def markdown(report):
+    lines = ["# fastcluster and its peers", "",
+             "Machine: %s. Run %s, %s. Versions: %s." % (
+                 report["machine"], report["date"], report["command"],
+                 ", ".join("%s %s" % kv for kv in sorted(report["versions"].items()))), ""]
+    for workload in WORKLOADS:
+        rows = [(n, r) for (n, w, wl), r in _items(report) if wl == workload and w == 1]
+        if not rows:
+            continue
+        lines += ["## %s, 1 worker (server on CPU 0, load on CPU 1)" % workload, "",
+                  "| server | req/s | p50 ms | p99 ms | errors | server CPU us/req | RSS MiB (processes) |", "|---|---|---|---|---|---|---|"]
+        for name, r in rows:
+            if "error" in r:
+                lines.append("| %s | failed: %s | | | | | |" % (name, r["error"][:80].replace("|", "/")))
+                continue
+            lines.append("| %s | %s | %s | %s | %d | %s | %s (%d) |" % (
+                name, format(int(r["rps"]), ","), r["p50_ms"], r["p99_ms"], r["errors"],
+                r["server_cpu_us_per_request"], r["rss_mib"], r["processes"]))
+        lines.append("")
+    cpu_rows = report.get("cpu_bound", {})
+    if cpu_rows:
+        lines += ["## The seed's CPU-bound experiment: 5 ms of CPU per request, wrk -c50, unpinned", "",
+                  "| server | 1 worker req/s | 2 workers req/s | 2/1 | p99 ms (2 workers) |", "|---|---|---|---|---|"]
+        for name, r in cpu_rows.items():
+            if "error" in r:
+                lines.append("| %s | failed: %s | | | |" % (name, r["error"][:80]))
+                continue
+            lines.append("| %s | %.1f | %.1f | %.2f | %s |" % (name, r["1"]["rps"], r["2"]["rps"],
+                                                               r["2"]["rps"] / r["1"]["rps"], r["2"]["p99_ms"]))
+        lines.append("")
+    if report["missing"]:
+        lines += ["## Missing", ""] + ["- %s" % m for m in report["missing"]] + [""]
+    return "\n".join(lines)
+
+
+def _items(report):
+    for key, value in report["runs"].items():
+        name, workers, workload = key.split("|")
+        yield (name, int(workers), workload), value
+
+
+def charts(report, missing):
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        missing.append("matplotlib: no charts")
+        return []
+    made = []
+    for metric, label in (("rps", "requests/s"), ("server_cpu_us_per_request", "server CPU us per request")):
+        fig, axes = plt.subplots(1, len(WORKLOADS), figsize=(4.2 * len(WORKLOADS), 4.2))
+        for ax, workload in zip(axes, WORKLOADS):
+            rows = [(n, r[metric]) for (n, w, wl), r in _items(report) if wl == workload and w == 1 and "error" not in r]
+            ax.barh([n for n, _ in rows], [v for _, v in rows],
+                    color=["#d62728" if n.startswith("fastcluster") else "#7f7f7f" for n, _ in rows])
+            ax.set_title(workload, fontsize=10)
+            ax.tick_params(labelsize=8)
+            ax.invert_yaxis()
+        fig.suptitle("%s, 1 worker (%s)" % (label, report["machine"]), fontsize=10)
+        fig.tight_layout()
+        path = os.path.join(RESULTS, "compare-%s.png" % ("rps" if metric == "rps" else "cpu"))
+        fig.savefig(path, dpi=90)
+        plt.close(fig)
+        made.append(path)
+    return made
+
+
+# --- main -------------------------------------------------------------------------------------
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="3 s per run instead of 10 (ab) and 5 (wrk)")
+    ap.add_argument("--only", default="", help="comma-separated server names (default: all)")
+    ap.add_argument("--installed", default=None, help=argparse.SUPPRESS)   # set by the re-exec below
+    args = ap.parse_args()
+    if args.installed is None:
+        started = time.monotonic()
+        missing = []
+        ensure_tools(missing)
+        ensure_venv(missing)
+        # the rest runs in the venv's Python, which has matplotlib for the charts
+        state = json.dumps({"missing": missing, "started": time.time() - (time.monotonic() - started)})
+        os.execv(PY, [PY, os.path.abspath(__file__), *sys.argv[1:], "--installed", state])
+    state = json.loads(args.installed)
+    missing = state["missing"]
+    started = time.monotonic() - (time.time() - state["started"])
+    names = [n for n in SERVERS if not args.only or n in args.only.split(",")]
+    if shutil.which("node") is None and "node-cluster" in names:
+        missing.append("node: not installed, node-cluster skipped")
+        names.remove("node-cluster")
+    ab_s, wrk_s = (3, 3) if args.quick else (10, 5)
+    report = {
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "command": "python benchmarks/compare.py" + (" --quick" if args.quick else "")
+                   + (" --only " + args.only if args.only else ""),
+        "machine": "%d CPUs, %s, Linux %s, Python %s" % (os.cpu_count(), _cpu_name(), platform.release(),
+                                                        platform.python_version()),
+        "versions": versions(), "missing": missing, "runs": {}, "cpu_bound": {},
+    }
+    for name in names:
+        for workload in WORKLOADS:
+            key = "%s|1|%s" % (name, workload)
+            log("%-20s %-15s" % (name, workload))
+            try:
+                report["runs"][key] = r = measure(name, 1, workload, ab_s if workload.startswith("ab") else wrk_s,
+                                                  pin=True)
+                log("    %9.0f req/s  %6.1f us CPU/req  errors %d" % (r["rps"], r["server_cpu_us_per_request"], r["errors"]))
+            except Exception as exc:   # one server failing must not stop the comparison
+                report["runs"][key] = {"error": "%s: %s" % (type(exc).__name__, exc)}
+                log("    failed: %s" % report["runs"][key]["error"][:200])
+    for name in names:
+        if name in ("nginx", "bjoern"):
+            continue
+        log("%-20s cpu-bound 5 ms, 1 and 2 workers" % name)
+        try:
+            report["cpu_bound"][name] = {
+                str(w): _cpu_bound(name, w, wrk_s) for w in (1, 2)
+            }
+        except Exception as exc:
+            report["cpu_bound"][name] = {"error": "%s: %s" % (type(exc).__name__, exc)}
+    os.makedirs(RESULTS, exist_ok=True)
+    report["charts"] = [os.path.relpath(p, HERE) for p in charts(report, missing)]
+    report["elapsed_s"] = round(time.monotonic() - started)
+    with open(os.path.join(RESULTS, "compare.json"), "w") as f:
+        json.dump(report, f, indent=1, sort_keys=True)
+    with open(os.path.join(RESULTS, "compare.md"), "w") as f:
+        f.write(markdown(report))
+    log("wrote %s (%d s)" % (os.path.relpath(os.path.join(RESULTS, "compare.md"), ROOT), report["elapsed_s"]))
+    for m in missing:
+        log("missing: %s" % m)
+
+
+def _cpu_bound(name, workers, seconds):
+    server = Running(name, workers, pin=False, work_ms=5)
+    try:
+        return run_wrk(server.port, seconds, False, connections=50)
+    finally:
+        server.stop()
+
+
+def _cpu_name():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+if __name__ == "__main__":
+    main()
