@@ -60,10 +60,9 @@ cdef class Server:
         bint balanced           # publishes on, and reads, the master's shared Board
         long long[::1] board
         Py_ssize_t board_index
-        bint grace_accept       # after an accept pause, take at least one connection
 
     cdef int _set_accepting(self, bint on) except -1
-    cdef void _publish_busy(self, long long since_us)
+    cdef void _publish_idle(self, bint idle)
     cdef void _publish_count(self)
     cdef bint _lighter_worker_available(self)
     cpdef resume_accepting(self)

@@ -142,9 +142,8 @@ cdef inline bint plain_host(str host):
             return False
     return True
 cdef Py_ssize_t HEAD_SLACK = 4096   # request line, CRLFs and colons around the counted header bytes
-cdef Py_ssize_t BALANCE_SLACK = 1   # accept only while no available worker holds more than this fewer connections
-cdef double BALANCE_PAUSE = 0.01    # then stop accepting this long, so a lighter worker gets the next connection
-cdef long long BUSY_US = 50000      # a worker busy this long in one step is not counted as available
+cdef Py_ssize_t BALANCE_SLACK = 1   # a worker this many connections above an idle peer leaves the next ones to it
+cdef double BALANCE_PAUSE = 0.01    # by not accepting for this long (the idle peer is woken instead)
 
 
 cdef inline double monotonic() noexcept nogil:
@@ -252,30 +251,28 @@ cdef class Server:
         if (not self.accepting and not self.stopping and self.now >= self.accept_paused_until
                 and len(self.conns) < self.max_connections):
             self.accept_paused_until = 0.0
-            self.grace_accept = True      # after a pause, take at least one connection
             self._set_accepting(True)
 
-    cdef inline void _publish_busy(self, long long since_us):
+    cdef inline void _publish_idle(self, bint idle):
+        """Idle means: blocked in epoll_wait with the listening socket registered, so the
+        kernel wakes it for the next connection."""
         if self.balanced:
-            self.board[3 + 2 * self.board_index] = since_us
+            self.board[3 + 2 * self.board_index] = 0 if idle else 1
 
     cdef inline void _publish_count(self):
         if self.balanced:
             self.board[2 + 2 * self.board_index] = len(self.conns)
 
     cdef bint _lighter_worker_available(self):
-        """True when another worker holds fewer connections (by more than BALANCE_SLACK) and is
-        waiting in epoll or has been busy for less than BUSY_US: it should take the next one."""
+        """True when an idle worker (see _publish_idle) holds more than BALANCE_SLACK fewer
+        connections than this one: it should take the next ones."""
         cdef Py_ssize_t i, top = self.board[0], me = self.board_index
-        cdef long long count, since, mine = len(self.conns) - BALANCE_SLACK
-        cdef long long now_us = <long long>(monotonic() * 1e6)
+        cdef long long count, mine = len(self.conns) - BALANCE_SLACK
         for i in range(top):
             if i != me:
                 count = self.board[2 + 2 * i]
-                if 0 <= count < mine:
-                    since = self.board[3 + 2 * i]
-                    if since == 0 or now_us - since < BUSY_US:
-                        return True
+                if 0 <= count < mine and self.board[3 + 2 * i] == 0:
+                    return True
         return False
 
     cdef int _watch(self, int fd, unsigned int events) except -1:
@@ -306,7 +303,7 @@ cdef class Server:
                 timeout = <int>((wake_at - self.now) * 1000) + 1
                 if timeout < 0:
                     timeout = 0
-                self._publish_busy(0)
+                self._publish_idle(self.accepting)
                 with nogil:
                     n = epoll_wait(self.epfd, events, MAX_EVENTS, timeout)
                 if n < 0:
@@ -315,7 +312,7 @@ cdef class Server:
                     n = 0
                     PyErr_CheckSignals()
                 self.now = monotonic()
-                self._publish_busy(<long long>(self.now * 1e6) or 1)
+                self._publish_idle(False)
                 if not self.accepting and self.accept_paused_until and self.now >= self.accept_paused_until:
                     self.resume_accepting()
                 for i in range(n):
@@ -352,11 +349,6 @@ cdef class Server:
             if len(self.conns) >= self.max_connections:
                 self._set_accepting(False)    # the kernel's backlog holds the rest meanwhile
                 return 0
-            if self.balanced and not self.grace_accept and self._lighter_worker_available():
-                self._set_accepting(False)
-                self.accept_paused_until = self.now + BALANCE_PAUSE
-                return 0
-            self.grace_accept = False
             addrlen = sizeof(addr)
             fd = accept4(self.lfd, <sockaddr*>&addr, &addrlen, SOCK_NONBLOCK | SOCK_CLOEXEC)
             if fd < 0:
@@ -389,6 +381,13 @@ cdef class Server:
             self.conns[fd] = conn
             self._watch(fd, EPOLLIN)
             self._publish_count()
+            if self.balanced and self._lighter_worker_available():
+                # Keep-alive connections stay where they land: leave the next ones to an idle,
+                # lighter worker. (This one accepted the connection that woke it, so nothing
+                # waits for a wake-up that went here.)
+                self._set_accepting(False)
+                self.accept_paused_until = self.now + BALANCE_PAUSE
+                return 0
         return 0
 
     def adopt(self, sock):

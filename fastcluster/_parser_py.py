@@ -46,9 +46,8 @@ EPOLLEXCLUSIVE = getattr(select, "EPOLLEXCLUSIVE", 0)
 METHODS = {}
 PROTOCOLS = {"1.1": "HTTP/1.1", "1.0": "HTTP/1.0"}
 HEAD_SLACK = 4096           # request line, CRLFs and colons around the counted header bytes
-BALANCE_SLACK = 1           # accept only while no available worker holds more than this fewer connections
-BALANCE_PAUSE = 0.01        # then stop accepting this long, so a lighter worker gets the next connection
-BUSY_US = 50000             # a worker busy this long in one step is not counted as available
+BALANCE_SLACK = 1           # a worker this many connections above an idle peer leaves the next ones to it
+BALANCE_PAUSE = 0.01        # by not accepting for this long (the idle peer is woken instead)
 
 
 class Request:
@@ -105,7 +104,6 @@ class Server:
         # whether it waits in epoll, so a worker can leave new connections to a lighter one.
         self.board = memoryview(board).cast("q") if board is not None else None
         self.board_index = board_index
-        self.grace_accept = False
 
     # --- the loop ---
 
@@ -122,10 +120,10 @@ class Server:
                 wake_at = next_tick
                 if not self.accepting and self.accept_paused_until and self.accept_paused_until < wake_at:
                     wake_at = self.accept_paused_until
-                self._publish_busy(0)
+                self._publish_idle(self.accepting)
                 events = ep.poll(max(0.0, wake_at - self.now))
                 self.now = now = _monotonic()
-                self._publish_busy(int(now * 1e6) or 1)
+                self._publish_idle(False)
                 if not self.accepting and self.accept_paused_until and now >= self.accept_paused_until:
                     self.resume_accepting()
                 for fd, _ev in events:
@@ -162,30 +160,26 @@ class Server:
         if (not self.accepting and not self.stopping and self.now >= self.accept_paused_until
                 and len(self.conns) < self.max_connections):
             self.accept_paused_until = 0.0
-            self.grace_accept = True      # after a pause, take at least one connection
             self._set_accepting(True)
 
-    def _publish_busy(self, since_us):
+    def _publish_idle(self, idle):
+        """Idle means: blocked in epoll_wait with the listening socket registered, so the
+        kernel wakes it for the next connection."""
         if self.board is not None:
-            self.board[3 + 2 * self.board_index] = since_us
+            self.board[3 + 2 * self.board_index] = 0 if idle else 1
 
     def _publish_count(self):
         if self.board is not None:
             self.board[2 + 2 * self.board_index] = len(self.conns)
 
     def _lighter_worker_available(self):
-        """True when another worker holds fewer connections (by more than BALANCE_SLACK) and is
-        waiting in epoll or has been busy for less than BUSY_US: it should take the next one."""
+        """True when an idle worker (see _publish_idle) holds more than BALANCE_SLACK fewer
+        connections than this one: it should take the next ones."""
         board, me = self.board, self.board_index
         mine = len(self.conns) - BALANCE_SLACK
-        now_us = int(_monotonic() * 1e6)
         for i in range(board[0]):
-            if i != me:
-                count = board[2 + 2 * i]
-                if 0 <= count < mine:
-                    since = board[3 + 2 * i]
-                    if since == 0 or now_us - since < BUSY_US:
-                        return True
+            if i != me and 0 <= board[2 + 2 * i] < mine and board[3 + 2 * i] == 0:
+                return True
         return False
 
     def _accept(self):
@@ -194,11 +188,6 @@ class Server:
             if len(conns) >= self.max_connections:
                 self._set_accepting(False)    # the kernel's backlog holds the rest meanwhile
                 return
-            if self.board is not None and not self.grace_accept and self._lighter_worker_available():
-                self._set_accepting(False)
-                self.accept_paused_until = self.now + BALANCE_PAUSE
-                return
-            self.grace_accept = False
             try:
                 sock, addr = listener.accept()
             except BlockingIOError:
@@ -220,6 +209,13 @@ class Server:
             conns[conn.fd] = conn
             self.ep.register(conn.fd, EPOLLIN)
             self._publish_count()
+            if self.board is not None and self._lighter_worker_available():
+                # Keep-alive connections stay where they land: leave the next ones to an idle,
+                # lighter worker. (This one accepted the connection that woke it, so nothing
+                # waits for a wake-up that went here.)
+                self._set_accepting(False)
+                self.accept_paused_until = self.now + BALANCE_PAUSE
+                return
 
     def adopt(self, sock):
         """Serve an already-connected socket (fd passing, tests, benchmarks); takes ownership."""

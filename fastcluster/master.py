@@ -39,8 +39,8 @@ class Board:
     """Shared memory on which the workers publish their load, read by their accept logic.
 
     int64 cells: [0] = slots ever used (the readers' scan bound), then per slot two cells:
-    open connections (-1: free slot) and since when the worker has been busy in one loop step,
-    in monotonic microseconds (0: waiting in epoll). Made before any fork, so all share it.
+    open connections (-1: free slot) and 0 while the worker waits in epoll with the listening
+    socket registered (1 otherwise). Made before any fork, so all share it.
     """
 
     SLOTS = 512
@@ -57,7 +57,7 @@ class Board:
             return -1      # more processes than slots: that worker accepts without balancing
         index = heapq.heappop(self.free)
         self.cells[2 + 2 * index] = 0
-        self.cells[3 + 2 * index] = 0
+        self.cells[3 + 2 * index] = 1
         self.cells[0] = max(self.cells[0], index + 1)
         return index
 
