@@ -6,7 +6,6 @@ still be the ones that started: no request may kill a worker.
 
 import os
 import socket
-import threading
 import time
 
 import pytest

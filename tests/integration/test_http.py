@@ -117,7 +117,6 @@ def test_no_100_continue_for_http10(suite_server):
 
 def test_head_has_get_headers_and_no_body(suite_server):
     for path in ("/", "/stream", "/file?size=5000", "/generator-start"):
-        _, get_resp_sock_f = None, None
         (get_resp,), s1, _ = exchange(suite_server, b"GET %s HTTP/1.1\r\nHost: t\r\n\r\n" % path.encode())
         s1.close()
         sock = suite_server.connect()

@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from helpers import TESTS, Server, pid_alive, wait_until
+from helpers import Server, pid_alive, wait_until
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -1,9 +1,7 @@
 """In-process tests of the pure-Python pieces: config, importer, and the shared WSGI helpers."""
 
-import argparse
 import re
 import io
-import sys
 
 import pytest
 
