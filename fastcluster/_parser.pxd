@@ -62,7 +62,6 @@ cdef class Server:
         Py_ssize_t board_index
 
     cdef int _set_accepting(self, bint on) except -1
-    cdef void _publish_idle(self, bint idle)
     cdef void _publish_count(self)
     cdef bint _lighter_worker_available(self)
     cpdef resume_accepting(self)

@@ -142,8 +142,8 @@ cdef inline bint plain_host(str host):
             return False
     return True
 cdef Py_ssize_t HEAD_SLACK = 4096   # request line, CRLFs and colons around the counted header bytes
-cdef Py_ssize_t BALANCE_SLACK = 1   # a worker this many connections above an idle peer leaves the next ones to it
-cdef double BALANCE_PAUSE = 0.01    # by not accepting for this long (the idle peer is woken instead)
+cdef Py_ssize_t BALANCE_SLACK = 1   # a worker this many connections above an accepting peer leaves the next ones to it
+cdef double BALANCE_PAUSE = 0.01    # by not accepting for this long (the kernel hands them to the peer instead)
 
 
 cdef inline double monotonic() noexcept nogil:
@@ -245,6 +245,8 @@ cdef class Server:
                 self._watch(self.lfd, EPOLLIN | EPOLLEXCLUSIVE)
             else:
                 epoll_ctl(self.epfd, EPOLL_CTL_DEL, self.lfd, &ev)
+            if self.balanced:
+                self.board[3 + 2 * self.board_index] = 0 if on else 1
         return 0
 
     cpdef resume_accepting(self):
@@ -253,19 +255,13 @@ cdef class Server:
             self.accept_paused_until = 0.0
             self._set_accepting(True)
 
-    cdef inline void _publish_idle(self, bint idle):
-        """Idle means: blocked in epoll_wait with the listening socket registered, so the
-        kernel wakes it for the next connection."""
-        if self.balanced:
-            self.board[3 + 2 * self.board_index] = 0 if idle else 1
-
     cdef inline void _publish_count(self):
         if self.balanced:
             self.board[2 + 2 * self.board_index] = len(self.conns)
 
     cdef bint _lighter_worker_available(self):
-        """True when an idle worker (see _publish_idle) holds more than BALANCE_SLACK fewer
-        connections than this one: it should take the next ones."""
+        """True when a worker whose listening socket is registered (so the kernel hands it new
+        connections while this one pauses) holds more than BALANCE_SLACK fewer connections."""
         cdef Py_ssize_t i, top = self.board[0], me = self.board_index
         cdef long long count, mine = len(self.conns) - BALANCE_SLACK
         for i in range(top):
@@ -284,7 +280,8 @@ cdef class Server:
             PyErr_SetFromErrno(OSError)
         return 0
 
-    def serve(self):
+    def serve(self, ready=None):
+        """Run until stopped; `ready()` is called once the listening socket is watched."""
         cdef epoll_event events[MAX_EVENTS]
         cdef int n, i, fd, timeout
         cdef double next_tick, wake_at
@@ -294,6 +291,8 @@ cdef class Server:
         self._set_accepting(True)
         if self.wakeup_fd >= 0:
             self._watch(self.wakeup_fd, EPOLLIN)
+        if ready is not None:
+            ready()
         next_tick = self.now + 1.0
         try:
             while True:
@@ -303,7 +302,6 @@ cdef class Server:
                 timeout = <int>((wake_at - self.now) * 1000) + 1
                 if timeout < 0:
                     timeout = 0
-                self._publish_idle(self.accepting)
                 with nogil:
                     n = epoll_wait(self.epfd, events, MAX_EVENTS, timeout)
                 if n < 0:
@@ -312,7 +310,6 @@ cdef class Server:
                     n = 0
                     PyErr_CheckSignals()
                 self.now = monotonic()
-                self._publish_idle(False)
                 if not self.accepting and self.accept_paused_until and self.now >= self.accept_paused_until:
                     self.resume_accepting()
                 for i in range(n):
@@ -382,9 +379,9 @@ cdef class Server:
             self._watch(fd, EPOLLIN)
             self._publish_count()
             if self.balanced and self._lighter_worker_available():
-                # Keep-alive connections stay where they land: leave the next ones to an idle,
-                # lighter worker. (This one accepted the connection that woke it, so nothing
-                # waits for a wake-up that went here.)
+                # Keep-alive connections stay where they land: leave the next ones to a lighter
+                # worker. (This one accepted the connection that woke it, and a worker only pauses
+                # while another is registered, so some worker always takes new connections.)
                 self._set_accepting(False)
                 self.accept_paused_until = self.now + BALANCE_PAUSE
                 return 0

@@ -46,8 +46,8 @@ EPOLLEXCLUSIVE = getattr(select, "EPOLLEXCLUSIVE", 0)
 METHODS = {}
 PROTOCOLS = {"1.1": "HTTP/1.1", "1.0": "HTTP/1.0"}
 HEAD_SLACK = 4096           # request line, CRLFs and colons around the counted header bytes
-BALANCE_SLACK = 1           # a worker this many connections above an idle peer leaves the next ones to it
-BALANCE_PAUSE = 0.01        # by not accepting for this long (the idle peer is woken instead)
+BALANCE_SLACK = 1           # a worker this many connections above an accepting peer leaves the next ones to it
+BALANCE_PAUSE = 0.01        # by not accepting for this long (the kernel hands them to the peer instead)
 
 
 class Request:
@@ -107,23 +107,24 @@ class Server:
 
     # --- the loop ---
 
-    def serve(self):
+    def serve(self, ready=None):
+        """Run until stopped; `ready()` is called once the listening socket is watched."""
         listener, ep, conns = self.listener, self.ep, self.conns
         listener.setblocking(False)
         lfd = listener.fileno()
         self._set_accepting(True)
         if self.wakeup_fd >= 0:
             ep.register(self.wakeup_fd, EPOLLIN)
+        if ready is not None:
+            ready()
         next_tick = self.now + 1.0
         try:
             while True:
                 wake_at = next_tick
                 if not self.accepting and self.accept_paused_until and self.accept_paused_until < wake_at:
                     wake_at = self.accept_paused_until
-                self._publish_idle(self.accepting)
                 events = ep.poll(max(0.0, wake_at - self.now))
                 self.now = now = _monotonic()
-                self._publish_idle(False)
                 if not self.accepting and self.accept_paused_until and now >= self.accept_paused_until:
                     self.resume_accepting()
                 for fd, _ev in events:
@@ -155,6 +156,8 @@ class Server:
                 self.ep.register(self.listener.fileno(), EPOLLIN | EPOLLEXCLUSIVE)
             else:
                 self.ep.unregister(self.listener.fileno())
+            if self.board is not None:
+                self.board[3 + 2 * self.board_index] = 0 if on else 1
 
     def resume_accepting(self):
         if (not self.accepting and not self.stopping and self.now >= self.accept_paused_until
@@ -162,19 +165,13 @@ class Server:
             self.accept_paused_until = 0.0
             self._set_accepting(True)
 
-    def _publish_idle(self, idle):
-        """Idle means: blocked in epoll_wait with the listening socket registered, so the
-        kernel wakes it for the next connection."""
-        if self.board is not None:
-            self.board[3 + 2 * self.board_index] = 0 if idle else 1
-
     def _publish_count(self):
         if self.board is not None:
             self.board[2 + 2 * self.board_index] = len(self.conns)
 
     def _lighter_worker_available(self):
-        """True when an idle worker (see _publish_idle) holds more than BALANCE_SLACK fewer
-        connections than this one: it should take the next ones."""
+        """True when a worker whose listening socket is registered (so the kernel hands it new
+        connections while this one pauses) holds more than BALANCE_SLACK fewer connections."""
         board, me = self.board, self.board_index
         mine = len(self.conns) - BALANCE_SLACK
         for i in range(board[0]):
@@ -210,9 +207,9 @@ class Server:
             self.ep.register(conn.fd, EPOLLIN)
             self._publish_count()
             if self.board is not None and self._lighter_worker_available():
-                # Keep-alive connections stay where they land: leave the next ones to an idle,
-                # lighter worker. (This one accepted the connection that woke it, so nothing
-                # waits for a wake-up that went here.)
+                # Keep-alive connections stay where they land: leave the next ones to a lighter
+                # worker. (This one accepted the connection that woke it, and a worker only pauses
+                # while another is registered, so some worker always takes new connections.)
                 self._set_accepting(False)
                 self.accept_paused_until = self.now + BALANCE_PAUSE
                 return

@@ -39,8 +39,8 @@ class Board:
     """Shared memory on which the workers publish their load, read by their accept logic.
 
     int64 cells: [0] = slots ever used (the readers' scan bound), then per slot two cells:
-    open connections (-1: free slot) and 0 while the worker waits in epoll with the listening
-    socket registered (1 otherwise). Made before any fork, so all share it.
+    open connections (-1: free slot) and 0 while the worker's listening socket is registered
+    (it takes new connections), 1 otherwise. Made before any fork, so all share it.
     """
 
     SLOTS = 512

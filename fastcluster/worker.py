@@ -194,7 +194,10 @@ def _serve(config, listener, status_fd, loop_name, master_pid, app, board, board
     stop.server = server
     server.stop_requested = stop.requested
     _url, _name, _port, short = describe(listener)
-    say("Process %d listening on %s" % (os.getpid(), short))
-    os.write(status_fd, READY)
-    server.serve()
+
+    def ready():   # the app is loaded and the loop watches the socket: the master may count on us
+        say("Process %d listening on %s" % (os.getpid(), short))
+        os.write(status_fd, READY)
+
+    server.serve(ready)
     return EXIT_OK
