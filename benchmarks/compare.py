@@ -7,9 +7,10 @@ benchmarks/.venv-peers: gunicorn, uvicorn, uvloop, granian, fastpysgi, bjoern, m
 this fastcluster), then serves the same 32-byte hello with each server and measures:
 
   ab -c200 -t10 (the seed's method, a new connection per request), wrk -t1 -c100 keep-alive,
-  wrk with Connection: close, wrk with 16 pipelined requests per write (1 worker each, the server
-  pinned to CPU 0 and the load generator to CPU 1), and the seed's CPU-bound experiment
-  (5 ms of CPU per request, 1 worker versus 2, unpinned).
+  wrk with Connection: close, wrk with 16 pipelined requests per write, each with 1 worker (the
+  server pinned to CPU 0, the load generator to CPU 1) and with 2 workers (unpinned: the load
+  generator shares the cores), and the seed's CPU-bound experiment (5 ms of CPU per request,
+  1 worker versus 2, unpinned).
 
 For each run: requests/s, p50/p99 latency, errors, server CPU microseconds per request (user+sys
 of every server process from /proc, over the requests served) and RSS. Output:
@@ -234,16 +235,17 @@ class Running:
         return total
 
     def rss_mib(self):
-        total = 0
+        """(all processes together, the largest single process), in MiB."""
+        sizes = []
         for pid in self.pids():
             try:
                 with open("/proc/%d/status" % pid) as f:
                     for line in f:
                         if line.startswith("VmRSS:"):
-                            total += int(line.split()[1])
+                            sizes.append(int(line.split()[1]))
             except OSError:
                 pass
-        return round(total / 1024.0, 1)
+        return round(sum(sizes) / 1024.0, 1), round(max(sizes, default=0) / 1024.0, 1)
 
     def stop(self):
         try:
@@ -313,7 +315,7 @@ def measure(name, workers, workload, seconds, pin, work_ms=0):
         result = WORKLOADS[workload](server.port, seconds, pin)
         cpu = server.cpu_seconds() - cpu0
         result["server_cpu_us_per_request"] = round(cpu / max(result["requests"], 1) * 1e6, 1)
-        result["rss_mib"] = server.rss_mib()
+        result["rss_mib"], result["rss_max_process_mib"] = server.rss_mib()
         result["processes"] = len(server.pids())
         return result
     finally:
@@ -327,20 +329,22 @@ def markdown(report):
              "Machine: %s. Run %s, %s. Versions: %s." % (
                  report["machine"], report["date"], report["command"],
                  ", ".join("%s %s" % kv for kv in sorted(report["versions"].items()))), ""]
-    for workload in WORKLOADS:
-        rows = [(n, r) for (n, w, wl), r in _items(report) if wl == workload and w == 1]
-        if not rows:
-            continue
-        lines += ["## %s, 1 worker (server on CPU 0, load on CPU 1)" % workload, "",
-                  "| server | req/s | p50 ms | p99 ms | errors | server CPU us/req | RSS MiB (processes) |", "|---|---|---|---|---|---|---|"]
-        for name, r in rows:
-            if "error" in r:
-                lines.append("| %s | failed: %s | | | | | |" % (name, r["error"][:80].replace("|", "/")))
+    for workers, where in ((1, "server on CPU 0, load on CPU 1"), (2, "unpinned: the load shares the cores")):
+        for workload in WORKLOADS:
+            rows = [(n, r) for (n, w, wl), r in _items(report) if wl == workload and w == workers]
+            if not rows:
                 continue
-            lines.append("| %s | %s | %s | %s | %d | %s | %s (%d) |" % (
-                name, format(int(r["rps"]), ","), r["p50_ms"], r["p99_ms"], r["errors"],
-                r["server_cpu_us_per_request"], r["rss_mib"], r["processes"]))
-        lines.append("")
+            lines += ["## %s, %d worker%s (%s)" % (workload, workers, "s" if workers > 1 else "", where), "",
+                      "| server | req/s | p50 ms | p99 ms | errors | server CPU us/req | RSS MiB: all processes (count), largest |",
+                      "|---|---|---|---|---|---|---|"]
+            for name, r in rows:
+                if "error" in r:
+                    lines.append("| %s | failed: %s | | | | | |" % (name, r["error"][:80].replace("|", "/")))
+                    continue
+                lines.append("| %s | %s | %s | %s | %d | %s | %s (%d), %s |" % (
+                    name, format(int(r["rps"]), ","), r["p50_ms"], r["p99_ms"], r["errors"],
+                    r["server_cpu_us_per_request"], r["rss_mib"], r["processes"], r["rss_max_process_mib"]))
+            lines.append("")
     cpu_rows = report.get("cpu_bound", {})
     if cpu_rows:
         lines += ["## The seed's CPU-bound experiment: 5 ms of CPU per request, wrk -c50, unpinned", "",
@@ -422,17 +426,21 @@ def main():
                                                         platform.python_version()),
         "versions": versions(), "missing": missing, "runs": {}, "cpu_bound": {},
     }
-    for name in names:
-        for workload in WORKLOADS:
-            key = "%s|1|%s" % (name, workload)
-            log("%-20s %-15s" % (name, workload))
-            try:
-                report["runs"][key] = r = measure(name, 1, workload, ab_s if workload.startswith("ab") else wrk_s,
-                                                  pin=True)
-                log("    %9.0f req/s  %6.1f us CPU/req  errors %d" % (r["rps"], r["server_cpu_us_per_request"], r["errors"]))
-            except Exception as exc:   # one server failing must not stop the comparison
-                report["runs"][key] = {"error": "%s: %s" % (type(exc).__name__, exc)}
-                log("    failed: %s" % report["runs"][key]["error"][:200])
+    for workers in (1, 2):
+        for name in names:
+            if server_commands(name, 0, workers) is None:
+                continue        # no multi-worker mode (bjoern)
+            for workload in WORKLOADS:
+                key = "%s|%d|%s" % (name, workers, workload)
+                log("%-20s %d %-15s" % (name, workers, workload))
+                try:
+                    report["runs"][key] = r = measure(name, workers, workload,
+                                                      ab_s if workload.startswith("ab") else wrk_s, pin=workers == 1)
+                    log("    %9.0f req/s  %6.1f us CPU/req  errors %d"
+                        % (r["rps"], r["server_cpu_us_per_request"], r["errors"]))
+                except Exception as exc:   # one server failing must not stop the comparison
+                    report["runs"][key] = {"error": "%s: %s" % (type(exc).__name__, exc)}
+                    log("    failed: %s" % report["runs"][key]["error"][:200])
     for name in names:
         if name in ("nginx", "bjoern"):
             continue
