@@ -53,8 +53,8 @@ class Exchange:
 
 
 @pytest.fixture
-def in_process(impl, tmp_path):
-    """One connection of the loop driven directly over a socketpair: no epoll wait, no other process."""
+def in_process_connection(impl, tmp_path):
+    """One connection of the loop over a socketpair: (connection, client socket)."""
     module = importlib.import_module("fastcluster._parser" if impl == "cython" else "fastcluster._parser_py")
     listener = socket.socket(socket.AF_UNIX)
     listener.bind(str(tmp_path / "l.sock"))
@@ -63,10 +63,17 @@ def in_process(impl, tmp_path):
     ours, theirs = socket.socketpair()
     theirs.settimeout(10)
     conn = server.adopt(ours)
-    yield Exchange(theirs, conn.on_readable)
+    yield conn, theirs
     conn.close()
     theirs.close()
     listener.close()
+
+
+@pytest.fixture
+def in_process(in_process_connection):
+    """The loop's connection driven directly: no epoll wait, no other process."""
+    conn, client = in_process_connection
+    return Exchange(client, conn.on_readable)
 
 
 @pytest.fixture(scope="module", params=IMPLS)
