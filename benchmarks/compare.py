@@ -38,7 +38,10 @@ ROOT = os.path.dirname(HERE)
 VENV = os.path.join(HERE, ".venv-peers")
 RESULTS = os.path.join(HERE, "results")
 PY = os.path.join(VENV, "bin", "python")
-BODY = "Hello, World! fastcluster bench\n"
+sys.path.insert(0, HERE)
+from bench_app import BODY as _BODY_BYTES  # noqa: E402  (the hello every server answers)
+
+BODY = _BODY_BYTES.decode()              # nginx's copy goes into its config
 PEERS_PIP = ["gunicorn", "uvicorn", "uvloop", "httptools", "granian", "fastpysgi", "bjoern", "matplotlib"]
 APT = {"wrk": "wrk", "ab": "apache2-utils", "nginx": "nginx"}
 
@@ -268,11 +271,16 @@ def _ms(value, unit):
     return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
 
 
-def run_wrk(port, seconds, pin, extra=(), connections=100):
-    cmd = ["wrk", "-t1", "-c%d" % connections, "-d%ds" % seconds, "--latency", *extra, "http://127.0.0.1:%d/" % port]
+def _load(cmd, seconds, pin):
+    """Run a load generator (on CPU 1 when the server is pinned to CPU 0); its output."""
     if pin:
         cmd = ["taskset", "-c", "1"] + cmd
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60).stdout
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60).stdout
+
+
+def run_wrk(port, seconds, pin, extra=(), connections=100):
+    out = _load(["wrk", "-t1", "-c%d" % connections, "-d%ds" % seconds, "--latency", *extra,
+                 "http://127.0.0.1:%d/" % port], seconds, pin)
     result = {"requests": int(re.search(r"(\d+) requests in", out).group(1))}
     result["rps"] = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     for pct in ("50", "99"):
@@ -285,10 +293,8 @@ def run_wrk(port, seconds, pin, extra=(), connections=100):
 
 
 def run_ab(port, seconds, pin, concurrency=200):
-    cmd = ["ab", "-q", "-c%d" % concurrency, "-t%d" % seconds, "-n", "10000000", "http://127.0.0.1:%d/" % port]
-    if pin:
-        cmd = ["taskset", "-c", "1"] + cmd
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60).stdout
+    out = _load(["ab", "-q", "-c%d" % concurrency, "-t%d" % seconds, "-n", "10000000",
+                 "http://127.0.0.1:%d/" % port], seconds, pin)
     result = {"requests": int(re.search(r"Complete requests:\s+(\d+)", out).group(1))}
     result["rps"] = float(re.search(r"Requests per second:\s+([\d.]+)", out).group(1))
     for pct in ("50", "99"):
