@@ -18,6 +18,7 @@ cdef class Request:
         bint early              # dispatched at headers-complete (Expect: 100-continue)
         bint sent_continue
         object body             # BodyBuffer, LazyInput or None
+        double start            # monotonic time of the read that brought its first byte
 
     @staticmethod
     cdef Request new(dict environ)
@@ -57,9 +58,12 @@ cdef class Server:
         public bint accepting    # the listening socket is in our epoll set
         double accept_paused_until
         bint accept_error_logged
-        bint balanced           # publishes on, and reads, the master's shared Board
+        bint balanced           # reads its peers' cells on the master's Board (accept balancing)
         long long[::1] board
         Py_ssize_t board_index
+        long long* cells        # this worker's cells (board.py layout): on the Board, or private ones
+        object cells_mem        # keeps the memory behind `cells` alive
+        public object access    # logs.AccessLog, or None (--access-log off)
 
     cdef int _set_accepting(self, bint on) except -1
     cdef void _publish_count(self)
@@ -97,6 +101,7 @@ cdef class Connection:
         bint close_after        # close once the queued output is sent
         double deadline         # header, body, write or keep-alive deadline (see on_timeout)
         Py_ssize_t served       # requests answered on this connection
+        Py_ssize_t inflight     # its requests read in full and not answered yet (on the board too)
         bint in_head            # between a request's first byte and the end of its headers
         bint head_done          # a header section ended during the current feed
         Py_ssize_t head_bytes   # bytes read while in_head (bounds what httptools buffers)
@@ -127,6 +132,8 @@ cdef class Connection:
     cdef int on_event(self) except -1
     cdef int _feed(self, Py_ssize_t n) except -1
     cdef int _reject(self, int status) except -1
+    cdef int _received(self, Request req) except -1
+    cdef int _answered(self, Request req, int code) except -1
     cdef int on_timeout(self) except -1
     cdef int _pump(self) except -1
     cdef int _respond(self, object req) except -1

@@ -36,6 +36,7 @@ from collections import deque as _deque
 
 from httptools import HttpParserError, HttpParserUpgrade, HttpRequestParser
 
+from . import board as _board
 from . import wsgi as _wsgi
 from .config import Config as _Config
 from .sockets import describe as _describe
@@ -67,6 +68,17 @@ cdef int WANTS_CLOSE = _wsgi.WANTS_CLOSE
 cdef double DRAIN_LINGER = 1.0    # on stop, idle connections get this long to send a request on its way
 cdef double LINGER = 2.0          # a connection we end keeps reading (and dropping) input this long after our FIN
 
+# This worker's cells on the board (board.py): offsets in its slot
+cdef Py_ssize_t B_HEADER = _board.HEADER, B_STRIDE = _board.STRIDE
+cdef Py_ssize_t B_CONNS = _board.CONNS, B_NOT_ACCEPTING = _board.NOT_ACCEPTING
+cdef Py_ssize_t B_REQUESTS = _board.REQUESTS, B_IN_FLIGHT = _board.IN_FLIGHT
+cdef Py_ssize_t B_BYTES_IN = _board.BYTES_IN, B_BYTES_OUT = _board.BYTES_OUT
+cdef Py_ssize_t B_ACCEPTED = _board.ACCEPTED, B_RSS = _board.RSS, B_BEAT = _board.BEAT
+cdef Py_ssize_t B_STATUS = _board.STATUS
+cdef object refusal_cell = _board.refusal_cell
+cdef object rss_bytes = _board.rss_bytes
+
+cdef bytes FAILED_BODY = b"Internal Server Error\n"
 cdef dict METHODS = {}
 cdef dict PROTOCOLS = {"1.1": "HTTP/1.1", "1.0": "HTTP/1.0"}
 cdef str HTTP11 = PROTOCOLS["1.1"]
@@ -193,7 +205,8 @@ cdef class Server:
         self.rbuf = NULL
 
     def __init__(self, listener, app, config=None, wakeup_fd=-1, master_pid=0, tick=None, board=None,
-                 board_index=-1):
+                 board_index=-1, access_log=None):
+        cdef long long[::1] mine
         config = config or _Config()
         self.listener = listener
         self.tick = tick
@@ -230,6 +243,12 @@ cdef class Server:
         if self.balanced:
             self.board = memoryview(board).cast("q")
             self.board_index = board_index
+            mine = self.board[B_HEADER + B_STRIDE * board_index:B_HEADER + B_STRIDE * (board_index + 1)]
+        else:
+            mine = _board.private_cells()
+        self.cells_mem = mine
+        self.cells = &mine[0]
+        self.access = access_log
 
     def __dealloc__(self):
         if self.epfd >= 0:
@@ -245,8 +264,7 @@ cdef class Server:
                 self._watch(self.lfd, EPOLLIN | EPOLLEXCLUSIVE)
             else:
                 epoll_ctl(self.epfd, EPOLL_CTL_DEL, self.lfd, &ev)
-            if self.balanced:
-                self.board[3 + 2 * self.board_index] = 0 if on else 1
+            self.cells[B_NOT_ACCEPTING] = 0 if on else 1
         return 0
 
     cpdef resume_accepting(self):
@@ -256,18 +274,18 @@ cdef class Server:
             self._set_accepting(True)
 
     cdef inline void _publish_count(self):
-        if self.balanced:
-            self.board[2 + 2 * self.board_index] = len(self.conns)
+        self.cells[B_CONNS] = len(self.conns)
 
     cdef bint _lighter_worker_available(self):
         """True when a worker whose listening socket is registered (so the kernel hands it new
         connections while this one pauses) holds more than BALANCE_SLACK fewer connections."""
-        cdef Py_ssize_t i, top = self.board[0], me = self.board_index
+        cdef Py_ssize_t i, top = self.board[0], me = self.board_index, base
         cdef long long count, mine = len(self.conns) - BALANCE_SLACK
         for i in range(top):
             if i != me:
-                count = self.board[2 + 2 * i]
-                if 0 <= count < mine and self.board[3 + 2 * i] == 0:
+                base = B_HEADER + B_STRIDE * i
+                count = self.board[base + B_CONNS]
+                if 0 <= count < mine and self.board[base + B_NOT_ACCEPTING] == 0:
                     return True
         return False
 
@@ -291,6 +309,8 @@ cdef class Server:
         self._set_accepting(True)
         if self.wakeup_fd >= 0:
             self._watch(self.wakeup_fd, EPOLLIN)
+        self.cells[B_BEAT] = <long long>(self.now * 1e6)
+        self.cells[B_RSS] = rss_bytes()
         if ready is not None:
             ready()
         next_tick = self.now + 1.0
@@ -333,6 +353,8 @@ cdef class Server:
         finally:
             for obj in list(conns.values()):
                 (<Connection>obj).close()
+            if self.access is not None:
+                self.access.flush()
 
     cdef int _accept(self) except -1:
         cdef sockaddr_storage addr
@@ -377,6 +399,7 @@ cdef class Server:
             conn.setup(self, fd, env)
             self.conns[fd] = conn
             self._watch(fd, EPOLLIN)
+            self.cells[B_ACCEPTED] += 1
             self._publish_count()
             if self.balanced and self._lighter_worker_available():
                 # Keep-alive connections stay where they land: leave the next ones to a lighter
@@ -403,6 +426,8 @@ cdef class Server:
         conn.setup(self, fd, env)
         self.conns[fd] = conn
         self._watch(fd, EPOLLIN)
+        self.cells[B_ACCEPTED] += 1
+        self._publish_count()
         return conn
 
     cdef int _drain_wakeup(self) except -1:
@@ -415,6 +440,10 @@ cdef class Server:
         cdef double limit
         cdef Connection conn
         self.date_line = self.date.get()
+        self.cells[B_BEAT] = <long long>(self.now * 1e6)
+        self.cells[B_RSS] = rss_bytes()
+        if self.access is not None:
+            self.access.flush()
         if self.tick is not None:
             self.tick(self.requests)
         if self.master_pid and getppid() != self.master_pid:
@@ -465,6 +494,7 @@ cdef class Connection:
 
     def on_message_begin(self):
         self.cur = Request.new(PyDict_Copy(self.base_environ))
+        self.cur.start = self.server.now
         self.url = b""
         self.in_head = True
         self.nheaders = 0
@@ -557,6 +587,7 @@ cdef class Connection:
                 env["wsgi.input"] = req.body
                 req.early = True
                 self.pending.append(req)
+                self._received(req)
             else:
                 req.body = BodyBuffer()
         else:
@@ -579,6 +610,7 @@ cdef class Connection:
             if req.body is not None:
                 req.environ["wsgi.input"] = req.body.stream()
             self.pending.append(req)
+            self._received(req)
         if not req.keep_alive:
             self.reading = False
 
@@ -590,6 +622,8 @@ cdef class Connection:
         self.parser.feed_data(data)
         count = len(self.pending)
         self.pending.clear()
+        self.server.cells[B_IN_FLIGHT] -= self.inflight
+        self.inflight = 0
         return count
 
     def on_readable(self):
@@ -612,6 +646,7 @@ cdef class Connection:
             self.close()
             return 0
         if n:
+            self.server.cells[B_BYTES_IN] += n
             self._feed(n)
         else:
             self.reading = False
@@ -657,6 +692,20 @@ cdef class Connection:
         self.pending.append(status)
         return 0
 
+    cdef int _received(self, Request req) except -1:
+        self.inflight += 1
+        self.server.cells[B_IN_FLIGHT] += 1
+        return 0
+
+    cdef int _answered(self, Request req, int code) except -1:
+        """The response to `req` is complete (or failed): the in-flight count and the access log."""
+        if self.inflight:
+            self.inflight -= 1
+            self.server.cells[B_IN_FLIGHT] -= 1
+        if self.server.access is not None:
+            self.server.access.log(req.environ, code, self.sent, monotonic() - req.start)
+        return 0
+
     cdef int on_timeout(self) except -1:
         """The connection's deadline passed: what it means depends on what it waits for."""
         if self.mask == EPOLLOUT or self.resp is not None:
@@ -687,6 +736,7 @@ cdef class Connection:
             self.reading = False
             self.eof = n == 0
             return False
+        self.server.cells[B_BYTES_IN] += n
         self._feed(n)
         return True
 
@@ -734,13 +784,20 @@ cdef class Connection:
 
     cdef int _respond(self, object first) except -1:
         cdef Request req
+        cdef long long* cells = self.server.cells
         if type(first) is int:     # a request we refused: its status
-            self._queue(error_response(first, self.server.date_line))
+            data = error_response(first, self.server.date_line)
+            self._queue(data)
             self.close_after = True
+            cells[B_STATUS + 3] += 1
+            cells[<Py_ssize_t>refusal_cell(first)] += 1
+            if self.server.access is not None:
+                self.server.access.log(self.base_environ, first, 0, 0.0)
             return 0
         req = <Request>first
         self.served += 1
         self.server.requests += 1
+        cells[B_REQUESTS] += 1
         self.resp = req
         self.keep = req.keep_alive and not self.server.stopping
         self.status = None
@@ -825,6 +882,7 @@ cdef class Connection:
                 break  # the file shrank: the body is short, so the connection must end
             self.file_left -= n
             self.sent += n
+            self.server.cells[B_BYTES_OUT] += n
             self.deadline = self.server.now + self.server.write_timeout
         self.file_off = off
         self.sending_file = False
@@ -900,6 +958,8 @@ cdef class Connection:
             parts.append(SERVER_HEADER)
         if flags & WANTS_CLOSE or (req.early and not req.complete):
             self.keep = False   # (an unread 100-continue body cannot be skipped)
+        if 100 <= code < 600:
+            self.server.cells[B_STATUS + code // 100 - 1] += 1
         self.no_body = req.head or bodiless_status
         if self.clen < 0 and not bodiless_status:
             if known_length >= 0:
@@ -936,6 +996,7 @@ cdef class Connection:
             self.sent += size
             self._queue(data)
         elif self.chunked:
+            self.sent += size
             if size < SMALL_CHUNK:
                 self._queue(b"%x\r\n%b\r\n" % (size, data))
             else:
@@ -961,6 +1022,7 @@ cdef class Connection:
             self.keep = False   # the rest of the body was never read
         elif type(req.body) is BodyBuffer:
             req.body.discard()
+        self._answered(req, self.code)
         self._close_result()
         self.resp = None
         self.status = None
@@ -981,10 +1043,13 @@ cdef class Connection:
             self.close_after = True
         else:
             keep = self.keep and (req.complete or not req.early)
-            self._queue(simple_response("500 Internal Server Error", b"Internal Server Error\n",
-                                        not keep, self.server.date_line))
+            self._queue(simple_response("500 Internal Server Error", FAILED_BODY, not keep, self.server.date_line))
+            self.server.cells[B_STATUS + 4] += 1
+            self.code = 500
+            self.sent = PyBytes_GET_SIZE(FAILED_BODY)
             if not keep:
                 self.close_after = True
+        self._answered(req, self.code)
         self.resp = None
         self.status = None
         return 0
@@ -1040,6 +1105,7 @@ cdef class Connection:
                 self.close()
                 return False
             self.out_size -= n
+            self.server.cells[B_BYTES_OUT] += n
             self.deadline = self.server.now + self.server.write_timeout
             i = 0
             while n:
@@ -1108,6 +1174,7 @@ cdef class Connection:
                 return 0
             if n <= 0:
                 break
+            self.server.cells[B_BYTES_IN] += n
         self.close()
         return 0
 
@@ -1134,6 +1201,8 @@ cdef class Connection:
         if self.cur is not None and type(self.cur.body) is BodyBuffer:
             self.cur.body.discard()
         self.pending.clear()
+        self.server.cells[B_IN_FLIGHT] -= self.inflight
+        self.inflight = 0
         self.out.clear()
         self.out_off = 0
         self.sending_file = False

@@ -22,7 +22,10 @@ from time import monotonic as _monotonic
 
 from httptools import HttpParserError, HttpParserUpgrade, HttpRequestParser
 
+from . import board as _board
 from . import wsgi
+from .board import (ACCEPTED, BEAT, BYTES_IN, BYTES_OUT, CONNS, HEADER, IN_FLIGHT, NOT_ACCEPTING, REQUESTS, RSS,
+                    STATUS, STRIDE, refusal_cell, rss_bytes)
 from .config import Config
 from .sockets import describe
 from .wsgi import (CONTINUE_LINE, EMPTY_INPUT, HAS_DATE, HAS_SERVER, HEADER_KEYS, SERVER_HEADER,
@@ -43,6 +46,7 @@ LINGER = 2.0                # a connection we end keeps reading (and dropping) i
 EPOLLIN, EPOLLOUT = select.EPOLLIN, select.EPOLLOUT
 EPOLLEXCLUSIVE = getattr(select, "EPOLLEXCLUSIVE", 0)
 
+FAILED_BODY = b"Internal Server Error\n"
 METHODS = {}
 PROTOCOLS = {"1.1": "HTTP/1.1", "1.0": "HTTP/1.0"}
 HEAD_SLACK = 4096           # request line, CRLFs and colons around the counted header bytes
@@ -51,7 +55,7 @@ BALANCE_PAUSE = 0.01        # by not accepting for this long (the kernel hands t
 
 
 class Request:
-    __slots__ = ("environ", "keep_alive", "head", "http10", "complete", "early", "body", "sent_continue")
+    __slots__ = ("environ", "keep_alive", "head", "http10", "complete", "early", "body", "sent_continue", "start")
 
     def __init__(self, environ):
         self.environ = environ
@@ -62,11 +66,12 @@ class Request:
         self.early = False          # dispatched at headers-complete (Expect: 100-continue)
         self.body = None            # BodyBuffer, LazyInput or None
         self.sent_continue = False
+        self.start = 0.0            # monotonic time of the read that brought its first byte
 
 
 class Server:
     def __init__(self, listener, app, config=None, wakeup_fd=-1, master_pid=0, tick=None, board=None,
-                 board_index=-1):
+                 board_index=-1, access_log=None):
         config = config or Config()
         self.listener = listener
         self.tick = tick            # called once a second with the number of requests served
@@ -100,10 +105,16 @@ class Server:
         self.accepting = False
         self.accept_paused_until = 0.0
         self.accept_error_logged = False
-        # The master's shared board (see master.Board): every worker's connection count and
-        # whether it waits in epoll, so a worker can leave new connections to a lighter one.
-        self.board = memoryview(board).cast("q") if board is not None else None
+        # The master's shared board (board.py): this worker's counters, and every worker's connection
+        # count and whether it accepts, so that a worker can leave new connections to a lighter one.
+        self.board = memoryview(board).cast("q") if board is not None and board_index >= 0 else None
         self.board_index = board_index
+        if self.board is not None:
+            base = HEADER + STRIDE * board_index
+            self.cells = self.board[base:base + STRIDE]
+        else:
+            self.cells = _board.private_cells()
+        self.access = access_log    # logs.AccessLog, or None (--access-log off)
 
     # --- the loop ---
 
@@ -115,6 +126,8 @@ class Server:
         self._set_accepting(True)
         if self.wakeup_fd >= 0:
             ep.register(self.wakeup_fd, EPOLLIN)
+        self.cells[BEAT] = int(self.now * 1e6)
+        self.cells[RSS] = rss_bytes()
         if ready is not None:
             ready()
         next_tick = self.now + 1.0
@@ -147,6 +160,8 @@ class Server:
             for conn in list(conns.values()):
                 conn.close()
             ep.close()
+            if self.access is not None:
+                self.access.flush()
 
     def _set_accepting(self, on):
         """Watch the listening socket or not: off when stopping, full, or out of descriptors."""
@@ -156,8 +171,7 @@ class Server:
                 self.ep.register(self.listener.fileno(), EPOLLIN | EPOLLEXCLUSIVE)
             else:
                 self.ep.unregister(self.listener.fileno())
-            if self.board is not None:
-                self.board[3 + 2 * self.board_index] = 0 if on else 1
+            self.cells[NOT_ACCEPTING] = 0 if on else 1
 
     def resume_accepting(self):
         if (not self.accepting and not self.stopping and self.now >= self.accept_paused_until
@@ -166,8 +180,7 @@ class Server:
             self._set_accepting(True)
 
     def _publish_count(self):
-        if self.board is not None:
-            self.board[2 + 2 * self.board_index] = len(self.conns)
+        self.cells[CONNS] = len(self.conns)
 
     def _lighter_worker_available(self):
         """True when a worker whose listening socket is registered (so the kernel hands it new
@@ -175,7 +188,8 @@ class Server:
         board, me = self.board, self.board_index
         mine = len(self.conns) - BALANCE_SLACK
         for i in range(board[0]):
-            if i != me and 0 <= board[2 + 2 * i] < mine and board[3 + 2 * i] == 0:
+            base = HEADER + STRIDE * i
+            if i != me and 0 <= board[base + CONNS] < mine and board[base + NOT_ACCEPTING] == 0:
                 return True
         return False
 
@@ -205,6 +219,7 @@ class Server:
             conn = Connection(self, sock, addr)
             conns[conn.fd] = conn
             self.ep.register(conn.fd, EPOLLIN)
+            self.cells[ACCEPTED] += 1
             self._publish_count()
             if self.board is not None and self._lighter_worker_available():
                 # Keep-alive connections stay where they land: leave the next ones to a lighter
@@ -221,6 +236,8 @@ class Server:
         conn = Connection(self, sock, addr)
         self.conns[conn.fd] = conn
         self.ep.register(conn.fd, EPOLLIN)
+        self.cells[ACCEPTED] += 1
+        self._publish_count()
         return conn
 
     def _drain_wakeup(self):
@@ -233,6 +250,10 @@ class Server:
     def _tick(self):
         self.date_line = self.date.get()
         now = self.now
+        self.cells[BEAT] = int(now * 1e6)
+        self.cells[RSS] = rss_bytes()
+        if self.access is not None:
+            self.access.flush()
         if self.tick is not None:
             self.tick(self.requests)
         if self.master_pid and os.getppid() != self.master_pid:
@@ -289,6 +310,7 @@ class Connection:
         self.close_after = False    # close once the queued output is sent
         self.deadline = server.now + server.header_timeout   # see on_timeout()
         self.served = 0             # requests answered on this connection
+        self.inflight = 0           # its requests read in full and not answered yet (on the board too)
         self.in_head = False        # between a request's first byte and the end of its headers
         self.head_bytes = 0         # bytes read while in_head (bounds what httptools buffers)
         self.head_done = False      # a header section ended during the current feed
@@ -316,6 +338,7 @@ class Connection:
 
     def on_message_begin(self):
         self.cur = Request(self.base_environ.copy())
+        self.cur.start = self.server.now
         self.url = b""
         self.in_head = True
         self.nheaders = self.header_bytes = 0
@@ -374,6 +397,7 @@ class Connection:
                 env["wsgi.input"] = req.body
                 req.early = True
                 self.pending.append(req)
+                self._received()
             else:
                 req.body = BodyBuffer()
         else:
@@ -396,6 +420,7 @@ class Connection:
             if req.body is not None:
                 req.environ["wsgi.input"] = req.body.stream()
             self.pending.append(req)
+            self._received()
         if not req.keep_alive:
             self.reading = False
 
@@ -407,6 +432,8 @@ class Connection:
         self.parser.feed_data(data)
         count = len(self.pending)
         self.pending.clear()
+        self.server.cells[IN_FLIGHT] -= self.inflight
+        self.inflight = 0
         return count
 
     def on_readable(self):
@@ -429,6 +456,7 @@ class Connection:
             self.close()
             return
         if n:
+            self.server.cells[BYTES_IN] += n
             self._feed(self.server.rview[:n], n)
         else:
             self.reading = False
@@ -470,6 +498,19 @@ class Connection:
         self.cur = None
         self.pending.append(status)
 
+    def _received(self):
+        self.inflight += 1
+        self.server.cells[IN_FLIGHT] += 1
+
+    def _answered(self, req):
+        """The response to `req` is complete (or failed): the in-flight count and the access log."""
+        server = self.server
+        if self.inflight:
+            self.inflight -= 1
+            server.cells[IN_FLIGHT] -= 1
+        if server.access is not None:
+            server.access.log(req.environ, self.code, self.sent, _monotonic() - req.start)
+
     def on_timeout(self):
         """The connection's deadline passed: what it means depends on what it waits for."""
         if self.mask == EPOLLOUT or self.resp is not None:
@@ -502,6 +543,7 @@ class Connection:
             self.reading = False
             self.eof = True
             return False
+        self.server.cells[BYTES_IN] += n
         self._feed(self.server.rview[:n], n)
         return True
 
@@ -545,12 +587,18 @@ class Connection:
             self.deadline = self.server.now + self.server.keep_alive
 
     def _respond(self, req):
+        server = self.server
         if type(req) is int:     # a request we refused: its status
-            self._queue(error_response(req, self.server.date_line))
+            self._queue(error_response(req, server.date_line))
             self.close_after = True
+            server.cells[STATUS + 3] += 1
+            server.cells[refusal_cell(req)] += 1
+            if server.access is not None:
+                server.access.log(self.base_environ, req, 0, 0.0)
             return
         self.served += 1
-        self.server.requests += 1
+        server.requests += 1
+        server.cells[REQUESTS] += 1
         self.resp = req
         self.keep = req.keep_alive and not self.server.stopping
         self.status = None
@@ -628,6 +676,7 @@ class Connection:
             offset += n
             remaining -= n
             self.sent += n
+            self.server.cells[BYTES_OUT] += n
             self.deadline = self.server.now + self.server.write_timeout
         self.sendfile = None
         self._finish()
@@ -694,6 +743,8 @@ class Connection:
             parts.append(SERVER_HEADER)
         if flags & WANTS_CLOSE or (req.early and not req.complete):
             self.keep = False   # (an unread 100-continue body cannot be skipped)
+        if 100 <= code < 600:
+            self.server.cells[STATUS + code // 100 - 1] += 1
         bodiless_status = code < 200 or code == 204 or code == 304
         self.no_body = req.head or bodiless_status
         if self.clen < 0 and not bodiless_status:
@@ -729,6 +780,7 @@ class Connection:
             self.sent += size
             self._queue(data)
         elif self.chunked:
+            self.sent += size
             if size < 8192:
                 self._queue(b"%x\r\n%b\r\n" % (size, data))
             else:
@@ -752,6 +804,7 @@ class Connection:
             self.keep = False   # the rest of the body was never read
         elif isinstance(req.body, BodyBuffer):
             req.body.discard()
+        self._answered(req)
         self._close_result()
         self.resp = None
         self.status = None
@@ -770,10 +823,13 @@ class Connection:
             self.close_after = True
         else:
             keep = self.keep and (req.complete or not req.early)
-            self._queue(simple_response("500 Internal Server Error", b"Internal Server Error\n",
-                                        not keep, self.server.date_line))
+            self._queue(simple_response("500 Internal Server Error", FAILED_BODY, not keep, self.server.date_line))
+            self.server.cells[STATUS + 4] += 1
+            self.code = 500
+            self.sent = len(FAILED_BODY)
             if not keep:
                 self.close_after = True
+        self._answered(req)
         self.resp = None
         self.status = None
 
@@ -806,6 +862,7 @@ class Connection:
                 self.close()
                 return False
             self.out_size -= n
+            self.server.cells[BYTES_OUT] += n
             self.deadline = self.server.now + self.server.write_timeout
             i = 0
             while n:
@@ -863,8 +920,10 @@ class Connection:
     def _drop_input(self):
         while True:
             try:
-                if not self.sock.recv_into(self.server.rbuf):
+                n = self.sock.recv_into(self.server.rbuf)
+                if not n:
                     break
+                self.server.cells[BYTES_IN] += n
             except BlockingIOError:
                 return
             except OSError:
@@ -895,6 +954,8 @@ class Connection:
         if self.cur is not None and isinstance(self.cur.body, BodyBuffer):
             self.cur.body.discard()
         self.pending.clear()
+        self.server.cells[IN_FLIGHT] -= self.inflight
+        self.inflight = 0
         self.out.clear()
         self.sendfile = None
         self.cur = None

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 
-from . import __version__, control
+from . import __version__, control, logs
 from .config import Config, add_settings
 from .errors import EXIT_USAGE, AppImportError, ConfigError
 from .importer import check_app_string
@@ -34,9 +33,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_settings(serve)
     for name, text in (("reload", "rolling restart of every worker (SIGUSR2 to the master)"),
                        ("stop", "graceful stop (SIGTERM to the master), waiting until it exited"),
-                       ("status", "show the master and each worker: pid, state, age, requests served")):
+                       ("status", "show the master, a rolling restart in progress, and each worker's counters")):
         command = commands.add_parser(name, help=text, description=text[0].upper() + text[1:] + ".")
         command.add_argument("--pid", required=True, metavar="FILE", help="the --pid file of the running master")
+        if name == "status":
+            command.add_argument("--json", action="store_true", help="print the whole status as JSON")
         if name == "stop":
             command.add_argument("--wait", type=float, default=60.0, metavar="S",
                                  help="seconds to wait for the master to exit [default: 60]")
@@ -51,10 +52,10 @@ def main(argv=None) -> int:
         return EXIT_USAGE
     if args.command != "serve":
         return control.run(args)
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="[%(asctime)s] [%(process)d] [%(levelname)s] %(message)s")
+    logs.setup()
     try:
         config = Config.from_args(args)
+        logs.setup(config.log_level, config.log_format)
         if config.app is not None:
             check_app_string(config.app)
             # Like `python -m`, gunicorn and uvicorn: the app is looked up from the current

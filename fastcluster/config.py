@@ -14,6 +14,7 @@ import re
 import socket
 from typing import Any, Callable, Optional
 
+from . import logs
 from .errors import ConfigError
 
 ENV_PREFIX = "FASTCLUSTER_"
@@ -65,10 +66,28 @@ def path(text: str) -> str:
     return text
 
 
-def loop_name(text: str) -> str:
-    if text not in LOOPS:
-        raise ValueError("choose from " + ", ".join(LOOPS))
+def choice(*names: str) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        if text.lower() not in names:
+            raise ValueError("choose from " + ", ".join(names))
+        return text.lower()
+    return parse
+
+
+loop_name = choice(*LOOPS)
+
+
+def access_target(text: str) -> str:
+    if not text:
+        raise ValueError("needs - (stdout) or a file path")
     return text
+
+
+def tcp_address(text: str) -> "BindAddress":
+    address = parse_bind(text)
+    if address.kind != "tcp":
+        raise ValueError("expected HOST:PORT or [IPv6]:PORT")
+    return address
 
 
 @dataclasses.dataclass(frozen=True)
@@ -203,6 +222,19 @@ SETTINGS = (
             "FILE"),
     Setting("log_file", ("--log-file",), path, None,
             "append the log to FILE instead of stderr; SIGUSR1 reopens it (for logrotate)", "FILE"),
+    Setting("log_level", ("--log-level",), choice(*logs.LEVELS), "info",
+            "least severe log lines written", "{%s}" % ",".join(logs.LEVELS)),
+    Setting("log_format", ("--log-format",), choice(*logs.FORMATS), "text",
+            "log lines as text or as one JSON object each (time, level, pid, message, exception)",
+            "{text,json}"),
+    Setting("access_log", ("--access-log",), access_target, None,
+            "write an access log line per request to - (stdout) or FILE, in batches; SIGUSR1 reopens FILE",
+            "-|FILE"),
+    Setting("access_log_format", ("--access-log-format",), logs.check_access_format, logs.DEFAULT_ACCESS_FORMAT,
+            "access log fields: " + logs.access_fields_help(), "FORMAT"),
+    Setting("metrics_bind", ("--metrics-bind",), tcp_address, None,
+            "serve Prometheus metrics at http://ADDRESS/metrics, from the master (port 0 picks a free one)",
+            "HOST:PORT"),
     Setting("demo_work_ms", ("--demo-work-ms",), non_negative_int, 0,
             "built-in demo app only: burn this many ms of CPU per request, like the seed's slow handler",
             "MS"),
@@ -236,6 +268,11 @@ class Config:
     preload: bool = False
     pid: Optional[str] = None
     log_file: Optional[str] = None
+    log_level: str = "info"
+    log_format: str = "text"
+    access_log: Optional[str] = None
+    access_log_format: str = logs.DEFAULT_ACCESS_FORMAT
+    metrics_bind: Optional[BindAddress] = None
     demo_work_ms: int = 0
 
     @classmethod
@@ -315,7 +352,7 @@ def add_settings(parser: argparse.ArgumentParser) -> None:
     for setting in SETTINGS:
         default = "number of CPUs" if callable(setting.default) else (
             "none" if setting.default is None else setting.default)
-        text = "%s [default: %s; env %s]" % (setting.help, default, setting.env)
+        text = ("%s [default: %s; env %s]" % (setting.help, default, setting.env)).replace("%", "%%")
         if setting.parse is boolean:   # a flag on the command line; true/false in env and file
             parser.add_argument(*setting.flags, dest=setting.name, action="store_const", const=True,
                                 default=None, help=text)

@@ -56,22 +56,68 @@ def run(args) -> int:
                 return 0
             time.sleep(0.05)
         return _fail("master %d still running after %g s" % (pid, args.wait))
-    return _status(pid, args.pid + ".json")
+    return _status(pid, args.pid + ".json", getattr(args, "json", False))
 
 
-def _status(pid, path):
+def _status(pid, path, raw=False):
     try:
         with open(path) as f:
             status = json.load(f)
     except (FileNotFoundError, ValueError):
         return _fail("no status in %s yet" % path)
-    rollout = status["rollout"]
-    print("master %d: %d workers wanted, loop %s%s%s" % (
-        pid, status["workers_wanted"], status["loop"],
-        ", rolling restart in progress (%d waiting)" % rollout["waiting"] if rollout["in_progress"] else "",
-        ", stopping" if status["stopping"] else ""))
-    print("%-6s %-8s %-9s %10s %10s %10s" % ("slot", "pid", "state", "age (s)", "requests", "beat (s)"))
-    for w in status["workers"]:
-        print("%-6d %-8d %-9s %10.1f %10d %10.1f" % (w["slot"], w["pid"], w["state"], w["age"], w["requests"],
-                                                      w["last_heartbeat"]))
+    if raw:
+        print(json.dumps(status, indent=2))
+        return 0
+    print(format_status(pid, status))
     return 0
+
+
+_COLUMNS = (  # heading, width, value of a worker row
+    ("slot", 4, lambda w: w["slot"]),
+    ("pid", 8, lambda w: w["pid"]),
+    ("gen", 4, lambda w: w["generation"]),
+    ("state", 9, lambda w: w["state"]),
+    ("age", 8, lambda w: _seconds(w["age"])),
+    ("requests", 10, lambda w: w["requests"]),
+    ("inflight", 8, lambda w: w["in_flight"]),
+    ("conns", 6, lambda w: w["conns"]),
+    ("in", 8, lambda w: _bytes(w["bytes_in"])),
+    ("out", 8, lambda w: _bytes(w["bytes_out"])),
+    ("2xx", 9, lambda w: w["responses"]["2xx"]),
+    ("4xx", 7, lambda w: w["responses"]["4xx"]),
+    ("5xx", 7, lambda w: w["responses"]["5xx"]),
+    ("refused", 7, lambda w: sum(w["refused"].values())),
+    ("rss", 8, lambda w: _bytes(w["rss"])),
+    ("beat", 6, lambda w: _seconds(w["last_heartbeat"])),
+)
+
+
+def format_status(pid, status) -> str:
+    """The table `fastcluster status` prints: the master, then one row per worker process."""
+    rollout = status["rollout"]
+    lines = ["master %d: generation %d, %d workers wanted, loop %s%s" % (
+        pid, status["generation"], status["workers_wanted"], status["loop"],
+        ", stopping" if status["stopping"] else "")]
+    if rollout["in_progress"]:
+        rep = rollout["replacing"]
+        lines.append("rolling restart in progress: %s, %d more waiting" % (
+            "starting pid %d for slot %d (replaces pid %d)" % (rep["pid"], rep["slot"], rep["replaces"])
+            if rep else "between workers", rollout["waiting"]))
+    else:
+        lines.append("no rolling restart in progress")
+    lines.append("restarts: " + ", ".join("%s %d" % item for item in status["restarts"].items()))
+    lines.append(" ".join(heading.rjust(width) for heading, width, _ in _COLUMNS))
+    for row in status["workers"]:
+        lines.append(" ".join(str(value(row)).rjust(width) for _, width, value in _COLUMNS))
+    return "\n".join(lines)
+
+
+def _bytes(n) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return ("%d %s" if unit == "B" else "%.1f %s") % (n, unit)
+        n /= 1024.0
+
+
+def _seconds(s) -> str:
+    return "%.1fs" % s if s < 600 else "%dm" % (s // 60)

@@ -9,10 +9,8 @@ every worker's status pipe, with a timeout set by the next deadline.
 from __future__ import annotations
 
 import dataclasses
-import heapq
 import json
 import logging
-import mmap
 import os
 import random
 import selectors
@@ -22,9 +20,10 @@ import sys
 import time
 from collections import deque
 
-from . import __version__, loop, worker
+from . import __version__, board, logs, loop, metrics, worker
 from .errors import BOOT_EXIT_CODES, EXIT_OK, AppImportError, ConfigError
 from .importer import check_app_string
+from .proctitle import set_title
 from .sockets import create_listener, describe
 
 log = logging.getLogger("fastcluster")
@@ -33,47 +32,17 @@ QUICK_STOP_GRACE = 1.0       # seconds a quick stop waits before SIGKILL
 STABLE_AFTER = 5.0           # a worker that lived this long resets its slot's failure count
 MAX_BACKOFF = 10.0
 KILL_AFTER_STACK_DUMP = 0.5  # a stuck worker gets this long to write its stack before SIGKILL
-
-
-class Board:
-    """Shared memory on which the workers publish their load, read by their accept logic.
-
-    int64 cells: [0] = slots ever used (the readers' scan bound), then per slot two cells:
-    open connections (-1: free slot) and 0 while the worker's listening socket is registered
-    (it takes new connections), 1 otherwise. Made before any fork, so all share it.
-    """
-
-    SLOTS = 512
-
-    def __init__(self):
-        self.mem = mmap.mmap(-1, 8 * (2 + 2 * self.SLOTS))
-        self.cells = memoryview(self.mem).cast("q")
-        for i in range(self.SLOTS):
-            self.cells[2 + 2 * i] = -1
-        self.free = list(range(self.SLOTS))
-
-    def take(self):
-        if not self.free:
-            return -1      # more processes than slots: that worker accepts without balancing
-        index = heapq.heappop(self.free)
-        self.cells[2 + 2 * index] = 0
-        self.cells[3 + 2 * index] = 1
-        self.cells[0] = max(self.cells[0], index + 1)
-        return index
-
-    def release(self, index):
-        if index >= 0:
-            self.cells[2 + 2 * index] = -1
-            heapq.heappush(self.free, index)
+CAUSES = ("crash", "recycle", "rollout", "timeout")   # why a worker was replaced (restart counters)
 
 
 class WorkerRecord:
     """One forked worker, in Node's vocabulary: spawning -> online -> dead."""
 
     __slots__ = ("slot", "pid", "state", "born_at", "started", "expected_exit", "status_fd", "replaces",
-                 "kill_at", "last_beat", "requests", "inbox", "recycling", "lifetime", "board_index")
+                 "kill_at", "last_beat", "requests", "inbox", "recycling", "lifetime", "board_index", "generation",
+                 "cause")
 
-    def __init__(self, slot, pid, status_fd, replaces=0, lifetime=0.0, board_index=-1):
+    def __init__(self, slot, pid, status_fd, replaces=0, lifetime=0.0, board_index=-1, generation=1):
         self.slot = slot
         self.pid = pid
         self.state = "spawning"
@@ -88,6 +57,8 @@ class WorkerRecord:
         self.recycling = False       # queued for replacement (recycling or rollout)
         self.lifetime = lifetime     # replace after this many seconds (0: never)
         self.board_index = board_index   # its cells on the shared Board
+        self.generation = generation     # the master's generation when it was started
+        self.cause = None                # why it is being replaced (one of CAUSES), if it is
 
 
 class Master:
@@ -95,7 +66,12 @@ class Master:
         self.config = config
         self.reload = reload              # gives a fresh Config (SIGHUP re-reads the config file)
         self.app = None                   # the app, when --preload imported it here
-        self.board = Board()
+        self.board = board.Board()
+        self.generation = 1               # +1 for each rolling restart begun
+        self.started = time.time()
+        self.retired = {}                 # slot -> counters of its processes that exited (board.read form)
+        self.restarts = {}                # slot -> {cause: count}
+        self.metrics = None               # metrics.Endpoint, with --metrics-bind
         self.loop_name = loop.resolve(config.loop)
         self.target = config.workers
         self.workers = {}                 # pid -> WorkerRecord
@@ -131,26 +107,42 @@ class Master:
         config = self.config
         if config.log_file:
             worker.reopen_log(config.log_file)
+        try:
+            logs.check_access_target(config.access_log)
+        except OSError as exc:
+            raise ConfigError("cannot open the access log %s: %s" % (config.access_log, exc.strerror)) from None
         if config.preload:
             self.app = worker.load_app(config)
             if isinstance(self.app, int):
                 return self.app
         self.listener = create_listener(config.bind, config.backlog)
         self.url, _name, _port, _short = describe(self.listener)
+        self.selector = selectors.DefaultSelector()
+        if config.metrics_bind is not None:
+            try:
+                self._start_metrics(config.metrics_bind)
+            except ConfigError:
+                self.listener.close()
+                self.selector.close()
+                raise
         app = config.app or "the built-in demo app (fastcluster.demo)"
         kind = "compiled Cython loop" if self.loop_name == "cython" else "pure-Python loop"
         self._say("fastcluster %s: serving %s with the %s (--loop %s)" % (__version__, app, kind, self.loop_name))
         self._say("Forking for %d" % self.target)
         self._say("Master PID: %d" % os.getpid())
-        self.selector = selectors.DefaultSelector()
+        if self.metrics is not None:
+            self._say("fastcluster: metrics on %s/metrics" % describe(self.metrics.sock)[0])
         self._install_signals()
         if config.pid:
             _write_atomically(config.pid, "%d\n" % os.getpid())
+        self._retitle()
         try:
             self._loop()
         finally:
             self._restore_signals()
             self.listener.close()
+            if self.metrics is not None:
+                self.metrics.close()
             self.selector.close()
             if config.pid:
                 for name in (config.pid, config.pid + ".json"):
@@ -162,6 +154,18 @@ class Master:
 
     def _say(self, line):
         worker.say(line)
+
+    def _start_metrics(self, address):
+        try:
+            sock = create_listener(address, 64)
+        except ConfigError as exc:
+            raise ConfigError("--metrics-bind: %s" % exc) from None
+        self.metrics = metrics.Endpoint(sock, self.selector, self.collect)
+
+    def _retitle(self):
+        set_title("fastcluster master [%s] workers=%d gen=%d" % (self.config.app or "demo", self.target,
+                                                                  self.generation),
+                  "fc master")
 
     def _install_signals(self):
         self.wake_r, self.wake_w = socket.socketpair()
@@ -188,14 +192,18 @@ class Master:
             timeout = max(0.0, min(self._next_deadline(), time.monotonic() + 1.0) - time.monotonic())
             ready = self.selector.select(timeout)
             self._read_signals()   # first: a stop must be known before exits are judged
-            for key, _ in ready:
-                if key.data is not None:
+            for key, events in ready:
+                if type(key.data) is WorkerRecord:
                     self._read_status(key.data)
+                elif key.data is not None:
+                    key.data(events)     # the metrics endpoint
             self._reap()
             self._check_deadlines()
+            if self.metrics is not None:
+                self.metrics.expire(time.monotonic())
             if self.config.pid and time.monotonic() >= self.next_status:
                 self.next_status = time.monotonic() + 1.0
-                _write_atomically(self.config.pid + ".json", json.dumps(self.status()))
+                _write_atomically(self.config.pid + ".json", json.dumps(self.collect()))
 
     def _read_signals(self):
         try:
@@ -231,7 +239,7 @@ class Master:
             elif kind == b"X" and not rec.recycling and not rec.expected_exit:
                 log.info("worker %d (pid %d) reached its %s limit; replacing it",
                          rec.slot, rec.pid, arg.decode("ascii", "replace"))
-                self._replace(rec)
+                self._replace(rec, "recycle")
 
     def _next_deadline(self):
         times = [t for t in self.respawn_at.values()]
@@ -258,9 +266,10 @@ class Master:
                           "then it is killed", rec.slot, rec.pid, timeout)
                 _kill(rec.pid, signal.SIGUSR2)
                 rec.kill_at = now + KILL_AFTER_STACK_DUMP
+                rec.cause = "timeout"
             elif rec.lifetime and now - rec.born_at > rec.lifetime and not rec.recycling:
                 log.info("worker %d (pid %d) reached its max-worker-lifetime; replacing it", rec.slot, rec.pid)
-                self._replace(rec)
+                self._replace(rec, "recycle")
         rep = self.replacing
         if rep is not None and rep.state == "spawning" and now >= rep.born_at + self.config.ready_timeout:
             self._abort_rollout("worker %d (pid %d) was not ready after %g s"
@@ -296,14 +305,16 @@ class Master:
             os.close(read_fd)
             inherited = [self.wake_r.fileno(), self.wake_w.fileno(), self.selector.fileno()]
             inherited.extend(w.status_fd for w in self.workers.values() if w.status_fd >= 0)
+            if self.metrics is not None:
+                inherited.extend(self.metrics.fds())
             worker.run(self.config, self.listener, write_fd, inherited, self.loop_name, os.getppid(), self.app,
-                       self.board.mem if board_index >= 0 else None, board_index)
+                       self.board.mem if board_index >= 0 else None, board_index, slot, self.generation)
         os.close(write_fd)
         os.set_blocking(read_fd, False)
         lifetime = self.config.max_worker_lifetime
         if lifetime:
             lifetime *= random.uniform(1.0, 1.1)   # so that workers started together do not all go at once
-        rec = WorkerRecord(slot, pid, read_fd, replaces, lifetime, board_index)
+        rec = WorkerRecord(slot, pid, read_fd, replaces, lifetime, board_index, self.generation)
         self.workers[pid] = rec
         self.selector.register(read_fd, selectors.EVENT_READ, rec)
         return rec
@@ -346,12 +357,17 @@ class Master:
             rec = self.workers.pop(pid, None)
             if rec is not None:
                 self.next_status = 0.0
+                if rec.board_index >= 0:   # its final counters stay with its slot
+                    board.add(self.retired.setdefault(rec.slot, board.empty()), self.board.read(rec.board_index))
                 self.board.release(rec.board_index)
                 self._unwatch(rec)
                 self._on_exit(rec, os.waitstatus_to_exitcode(status))
 
     def _on_exit(self, rec, code):
         how = "exited with code %d" % code if code >= 0 else "was killed by %s" % _signame(-code)
+        if not self.stopping and (rec.cause is not None or not rec.expected_exit):
+            counts = self.restarts.setdefault(rec.slot, dict.fromkeys(CAUSES, 0))
+            counts[rec.cause or "crash"] += 1
         if rec.expected_exit:
             log.info("worker %d (pid %d) stopped: %s", rec.slot, rec.pid, how)
             return
@@ -384,8 +400,9 @@ class Master:
 
     # --- rolling restart and recycling: one worker at a time, the new one ready before the old drains ---
 
-    def _replace(self, rec):
+    def _replace(self, rec, cause):
         rec.recycling = True
+        rec.cause = cause
         self.rollout.append(rec.pid)
         self._rollout_step()
 
@@ -404,26 +421,44 @@ class Master:
         for pid in self.rollout:
             if pid in self.workers:
                 self.workers[pid].recycling = False
+                self.workers[pid].cause = None
         self.rollout.clear()
         self.replacing = None
         self.rolling = False
 
-    def status(self):
-        """What `fastcluster status` shows: the master, each worker, a rollout in progress."""
+    def collect(self):
+        """Everything `fastcluster status` and /metrics show, read from the board without asking
+        any worker: each live process, and per slot the counters of all its processes ever."""
         now, wall = time.monotonic(), time.time()
+        rows, slots = [], {}
+        for rec in sorted(self.workers.values(), key=lambda w: (w.slot, w.born_at)):
+            numbers = self.board.read(rec.board_index)
+            beat = numbers.pop("beat_us") / 1e6 or rec.last_beat
+            rows.append(dict(numbers, slot=rec.slot, pid=rec.pid, generation=rec.generation,
+                             state="draining" if rec.expected_exit else rec.state,
+                             age=round(wall - rec.started, 1), last_heartbeat=round(max(0.0, now - beat), 1)))
+            total = slots.setdefault(rec.slot, _slot_total(self.retired.get(rec.slot)))
+            board.add(total, numbers, board.COUNTERS + board.GAUGES)
+            total["heartbeat"] = max(total["heartbeat"], wall - (now - beat))
+        for slot, retired in self.retired.items():
+            slots.setdefault(slot, _slot_total(retired))
+        for slot, total in slots.items():
+            total["restarts"] = dict(self.restarts.get(slot) or dict.fromkeys(CAUSES, 0))
+        replacing = self.replacing
         return {
             "master_pid": os.getpid(),
+            "started": self.started,
+            "generation": self.generation,
             "workers_wanted": self.target,
             "loop": self.loop_name,
             "stopping": self.stopping,
-            "rollout": {"in_progress": self.replacing is not None or bool(self.rollout),
-                        "waiting": len(self.rollout)},
-            "workers": [
-                {"slot": w.slot, "pid": w.pid, "state": "draining" if w.expected_exit else w.state,
-                 "age": round(wall - w.started, 1), "requests": w.requests,
-                 "last_heartbeat": round(now - w.last_beat, 1)}
-                for w in sorted(self.workers.values(), key=lambda w: (w.slot, w.born_at))
-            ],
+            "rollout": {"in_progress": replacing is not None or bool(self.rollout),
+                        "waiting": len(self.rollout),
+                        "replacing": None if replacing is None else
+                        {"slot": replacing.slot, "pid": replacing.pid, "replaces": replacing.replaces}},
+            "restarts": {cause: sum(counts[cause] for counts in self.restarts.values()) for cause in CAUSES},
+            "workers": rows,
+            "slots": sorted(slots.items()),
         }
 
     # --- signal handlers (called from the loop, never from the signal itself) ---
@@ -443,12 +478,16 @@ class Master:
     def on_sigusr2(self):
         if self.stopping or not self.booted:
             return
-        log.info("rolling restart of %d workers", len(self.workers))
+        self.generation += 1
+        log.info("rolling restart of %d workers (generation %d)", len(self.workers), self.generation)
         busy = self.replacing.pid if self.replacing is not None else 0
         self.rollout = deque(pid for pid, w in self.workers.items() if not w.expected_exit and pid != busy)
         for pid in self.rollout:
             self.workers[pid].recycling = True
+            self.workers[pid].cause = "rollout"
         self.rolling = True
+        self.next_status = 0.0
+        self._retitle()
         self._rollout_step()
 
     def on_sighup(self):
@@ -467,7 +506,8 @@ class Master:
         old = self.config
         if new.app is not None:
             check_app_string(new.app)
-        fixed = {name: getattr(old, name) for name in ("bind", "backlog", "pid", "log_file", "preload")}
+        fixed = {name: getattr(old, name) for name in ("bind", "backlog", "pid", "log_file", "preload",
+                                                       "metrics_bind")}
         changed = [name for name, value in fixed.items() if getattr(new, name) != value]
         if changed:
             log.warning("config reload: %s only change with a full restart; keeping the running values",
@@ -478,6 +518,7 @@ class Master:
         self.loop_name = loop.resolve(new.loop)
         self.config = dataclasses.replace(new, **fixed)
         self.target = self.config.workers
+        logs.setup(self.config.log_level, self.config.log_format)
         log.info("config reloaded from %s", new.config)
 
     def on_sigusr1(self):
@@ -490,11 +531,13 @@ class Master:
     def on_sigttin(self):
         if not self.stopping:
             self.target += 1
+            self._retitle()
             log.info("workers: %d", self.target)
 
     def on_sigttou(self):
         if not self.stopping and self.target > 1:
             self.target -= 1
+            self._retitle()
             log.info("workers: %d", self.target)
 
     def _stop(self, quick):
@@ -513,6 +556,14 @@ class Master:
             for rec in self.workers.values():
                 if not rec.expected_exit:
                     self._stop_worker(rec)
+
+
+def _slot_total(retired):
+    total = board.empty()
+    if retired is not None:
+        board.add(total, retired)
+    total["heartbeat"] = 0.0
+    return total
 
 
 def _write_atomically(path, text):

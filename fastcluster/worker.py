@@ -12,15 +12,17 @@ import faulthandler
 import logging
 import os
 import random
-import resource
 import signal
 import socket
 import sys
 import traceback
 
 from . import demo, loop
+from .board import rss_bytes
 from .errors import EXIT_APP_LOAD_ERROR, EXIT_BOOT_ERROR, EXIT_OK, EXIT_USAGE, AppImportError
 from .importer import import_app
+from .logs import AccessLog
+from .proctitle import set_title
 from .sockets import describe
 
 PR_SET_PDEATHSIG = 1
@@ -77,16 +79,19 @@ def reopen_log(path):
 
 
 class _Heartbeat:
-    """The loop's once-a-second tick: heartbeat to the master, recycling limits, log reopening."""
+    """The loop's once-a-second tick: heartbeat to the master, recycling limits, log reopening,
+    the process title."""
 
-    def __init__(self, status_fd, config):
+    def __init__(self, status_fd, config, slot=0, generation=1, access_log=None):
         self.status_fd = status_fd
         self.log_file = config.log_file
+        self.access_log = access_log
+        self.title = "fastcluster worker %d gen=%d req=%%d" % (slot, generation)
+        self.name = "fc worker %d" % slot
         self.max_requests = config.max_requests
         if self.max_requests and config.max_requests_jitter:
             self.max_requests += random.randint(0, config.max_requests_jitter)
         self.max_rss = config.max_worker_memory * 1024 * 1024
-        self.page = resource.getpagesize()
         self.asked = False
         self.reopen = False
 
@@ -99,7 +104,7 @@ class _Heartbeat:
             reason = None
             if self.max_requests and requests >= self.max_requests:
                 reason = b"max-requests"
-            elif self.max_rss and self._rss() > self.max_rss:
+            elif self.max_rss and rss_bytes() > self.max_rss:
                 reason = b"max-worker-memory"
             if reason is not None:
                 self.asked = True
@@ -108,15 +113,14 @@ class _Heartbeat:
             os.write(self.status_fd, message)
         except (BlockingIOError, BrokenPipeError):
             pass   # a busy master reads the next one; a gone master is noticed by the loop
+        set_title(self.title % requests, self.name)
         if self.reopen:
             self.reopen = False
             if self.log_file:
                 reopen_log(self.log_file)
                 logging.getLogger("fastcluster").info("log file reopened")
-
-    def _rss(self):
-        with open("/proc/self/statm", "rb") as f:
-            return int(f.read().split()[1]) * self.page
+            if self.access_log is not None:
+                self.access_log.reopen()
 
 
 def load_app(config):
@@ -135,10 +139,11 @@ def load_app(config):
 
 
 def run(config, listener, status_fd: int, close_fds, loop_name: str, master_pid: int, app=None, board=None,
-        board_index=-1):
+        board_index=-1, slot=0, generation=1):
     code = EXIT_BOOT_ERROR
     try:
-        code = _run(config, listener, status_fd, close_fds, loop_name, master_pid, app, board, board_index)
+        code = _run(config, listener, status_fd, close_fds, loop_name, master_pid, app, board, board_index,
+                    (slot, generation))
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else EXIT_OK
     except BaseException:
@@ -151,7 +156,7 @@ def run(config, listener, status_fd: int, close_fds, loop_name: str, master_pid:
             os._exit(code)
 
 
-def _run(config, listener, status_fd, close_fds, loop_name, master_pid, app, board, board_index):
+def _run(config, listener, status_fd, close_fds, loop_name, master_pid, app, board, board_index, where):
     for fd in close_fds:
         try:
             os.close(fd)
@@ -160,14 +165,17 @@ def _run(config, listener, status_fd, close_fds, loop_name, master_pid, app, boa
     stop = _Stop()
     wake_r, wake_w = socket.socketpair()
     try:
-        return _serve(config, listener, status_fd, loop_name, master_pid, app, board, board_index, stop,
+        return _serve(config, listener, status_fd, loop_name, master_pid, app, board, board_index, where, stop,
                       wake_r, wake_w)
     finally:
         wake_r.close()
         wake_w.close()
 
 
-def _serve(config, listener, status_fd, loop_name, master_pid, app, board, board_index, stop, wake_r, wake_w):
+def _serve(config, listener, status_fd, loop_name, master_pid, app, board, board_index, where, stop, wake_r,
+           wake_w):
+    slot, generation = where
+    set_title("fastcluster worker %d gen=%d req=0" % (slot, generation), "fc worker %d" % slot)
     wake_r.setblocking(False)
     wake_w.setblocking(False)
     signal.set_wakeup_fd(wake_w.fileno(), warn_on_full_buffer=False)
@@ -177,7 +185,8 @@ def _serve(config, listener, status_fd, loop_name, master_pid, app, board, board
     for signum in _MASTER_ONLY:
         signal.signal(signum, signal.SIG_IGN)
     os.set_blocking(status_fd, False)   # a heartbeat never waits for a busy master
-    heartbeat = _Heartbeat(status_fd, config)
+    access_log = AccessLog(config.access_log, config.access_log_format) if config.access_log else None
+    heartbeat = _Heartbeat(status_fd, config, slot, generation, access_log)
     signal.signal(signal.SIGUSR1, heartbeat.on_sigusr1)
     faulthandler.enable()                                    # a crash shows its Python stack
     faulthandler.register(signal.SIGUSR2, all_threads=True)  # so does a worker stuck past --timeout
@@ -190,7 +199,7 @@ def _serve(config, listener, status_fd, loop_name, master_pid, app, board, board
 
     impl = loop.load(loop_name)
     server = impl.Server(listener, app, config, wakeup_fd=wake_r.fileno(), master_pid=master_pid, tick=heartbeat,
-                         board=board, board_index=board_index)
+                         board=board, board_index=board_index, access_log=access_log)
     stop.server = server
     server.stop_requested = stop.requested
     _url, _name, _port, short = describe(listener)
@@ -200,4 +209,6 @@ def _serve(config, listener, status_fd, loop_name, master_pid, app, board, board
         os.write(status_fd, READY)
 
     server.serve(ready)
+    if access_log is not None:
+        access_log.close()
     return EXIT_OK

@@ -233,7 +233,7 @@ def test_pid_file_and_the_control_commands(tmp_path):
 
         out = control("status")
         assert out.returncode == 0, out.stderr
-        assert "master %d: 2 workers wanted" % server.proc.pid in out.stdout
+        assert "master %d: generation 1, 2 workers wanted" % server.proc.pid in out.stdout
         for pid in server.worker_pids:
             assert " %d " % pid in out.stdout and "online" in out.stdout
         old = set(server.worker_pids)

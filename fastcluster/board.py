@@ -1,0 +1,125 @@
+"""The board: shared memory on which every worker publishes its counters.
+
+The master maps it before the first fork, so every worker shares it. Each worker
+writes its own slot, and only its own: plain int64 stores, which the master (for
+`status` and `/metrics`) and the sibling workers (for accept balancing) read
+whenever they like, without asking anyone. Plain Python: the master imports it,
+and the two loops take the cell numbers from here.
+"""
+
+from __future__ import annotations
+
+import heapq
+import mmap
+
+HEADER = 8       # cells before slot 0; [0] = slots ever handed out (the readers' scan bound)
+STRIDE = 32      # cells per slot: 256 bytes, so no two workers write the same cache line
+SLOTS = 512
+
+# The cells of a slot. CONNS is -1 while the slot is free.
+CONNS = 0        # connections open (gauge)
+NOT_ACCEPTING = 1  # 0 while the listening socket is in the worker's epoll set, else 1
+REQUESTS = 2     # requests handed to the app
+IN_FLIGHT = 3    # requests read in full and not yet answered (gauge)
+BYTES_IN = 4     # bytes read from clients
+BYTES_OUT = 5    # bytes written to clients, sendfile included
+ACCEPTED = 6     # connections accepted
+RSS = 7          # resident set size in bytes, as of the last tick (gauge)
+BEAT = 8         # CLOCK_MONOTONIC of the last tick, in microseconds
+STATUS = 9       # 9..13: responses by class, 1xx..5xx (refusals included)
+REFUSED = 14     # 14..21: requests refused by the server itself, by status (REFUSALS order)
+REFUSALS = (400, 408, 413, 414, 431, 501, 505, 0)   # 0: any other status
+USED = REFUSED + len(REFUSALS)
+
+COUNTERS = ("requests", "bytes_in", "bytes_out", "accepted")   # summed over a slot's processes, ever
+GAUGES = ("conns", "in_flight", "rss")                          # summed over a slot's live processes
+CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
+_NAMED = {"conns": CONNS, "requests": REQUESTS, "in_flight": IN_FLIGHT, "bytes_in": BYTES_IN,
+          "bytes_out": BYTES_OUT, "accepted": ACCEPTED, "rss": RSS}
+
+
+def refusal_cell(status: int) -> int:
+    """The cell (offset in a slot) counting refusals with `status`."""
+    try:
+        return REFUSED + REFUSALS.index(status)
+    except ValueError:
+        return REFUSED + len(REFUSALS) - 1
+
+
+def private_cells():
+    """Cells for a Server with no master (tests, benchmarks): the same layout, shared with nobody."""
+    return memoryview(bytearray(8 * STRIDE)).cast("q")
+
+
+class Board:
+    def __init__(self, slots=SLOTS):
+        self.slots = slots
+        self.mem = mmap.mmap(-1, 8 * (HEADER + STRIDE * slots))   # MAP_SHARED | MAP_ANONYMOUS
+        self.cells = memoryview(self.mem).cast("q")
+        for index in range(slots):
+            self.cells[HEADER + STRIDE * index + CONNS] = -1
+        self.free = list(range(slots))
+
+    def take(self) -> int:
+        """A free slot for a new worker, zeroed; -1 when all are taken (that worker then
+        accepts without balancing and publishes nothing)."""
+        if not self.free:
+            return -1
+        index = heapq.heappop(self.free)
+        base = HEADER + STRIDE * index
+        for cell in range(STRIDE):
+            self.cells[base + cell] = 0
+        self.cells[base + NOT_ACCEPTING] = 1
+        self.cells[0] = max(self.cells[0], index + 1)
+        return index
+
+    def release(self, index: int) -> None:
+        if index >= 0:
+            self.cells[HEADER + STRIDE * index + CONNS] = -1
+            heapq.heappush(self.free, index)
+
+    def read(self, index: int) -> dict:
+        """One slot's numbers as a dict (all zero for -1: a worker without a slot)."""
+        if index < 0:
+            return empty()
+        base = HEADER + STRIDE * index
+        cells = self.cells[base:base + STRIDE].tolist()
+        numbers = {name: cells[cell] for name, cell in _NAMED.items()}
+        numbers["conns"] = max(numbers["conns"], 0)
+        numbers["beat_us"] = cells[BEAT]
+        numbers["responses"] = dict(zip(CLASSES, cells[STATUS:STATUS + 5]))
+        numbers["refused"] = {_reason(status): cells[REFUSED + i] for i, status in enumerate(REFUSALS)}
+        return numbers
+
+
+def empty() -> dict:
+    numbers = {name: 0 for name in _NAMED}
+    numbers["beat_us"] = 0
+    numbers["responses"] = dict.fromkeys(CLASSES, 0)
+    numbers["refused"] = {_reason(status): 0 for status in REFUSALS}
+    return numbers
+
+
+def add(total: dict, numbers: dict, names=COUNTERS) -> None:
+    """Add the counters of `numbers` into `total` (both as returned by Board.read)."""
+    for name in names:
+        total[name] += numbers[name]
+    for group in ("responses", "refused"):
+        for key, value in numbers[group].items():
+            total[group][key] += value
+
+
+def _reason(status: int) -> str:
+    return str(status) if status else "other"
+
+
+_PAGE = mmap.PAGESIZE
+
+
+def rss_bytes(pid="self") -> int:
+    """Resident set size of a process, from /proc (0 if it is gone)."""
+    try:
+        with open("/proc/%s/statm" % pid, "rb") as f:
+            return int(f.read().split()[1]) * _PAGE
+    except (OSError, IndexError, ValueError):
+        return 0

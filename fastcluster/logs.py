@@ -1,0 +1,258 @@
+"""The server's own log (levels, text or JSON lines) and the access log.
+
+The access log is written by each worker for the requests it answers: lines are
+gathered in memory and written in batches, at most ACCESS_BATCH lines or one
+second apart (on the loop's tick), and when the worker stops.  A batch never
+splits a line, and a batch for a pipe is cut into writes of at most PIPE_BUF
+bytes, so the lines of several workers sharing one pipe never interleave.
+"""
+
+from __future__ import annotations
+
+import datetime
+import errno
+import json
+import logging
+import os
+import re
+import select
+import stat
+import sys
+import time
+
+LEVELS = ("debug", "info", "warning", "error", "critical")
+FORMATS = ("text", "json")
+TEXT_FORMAT = "[%(asctime)s] [%(process)d] [%(levelname)s] %(message)s"
+
+ACCESS_BATCH = 256      # lines gathered before a write (the tick writes the rest once a second)
+
+# The combined log format, then the worker's pid and the request time in microseconds.
+DEFAULT_ACCESS_FORMAT = '%(h)s %(l)s %(u)s %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s" %(p)s %(D)s'
+
+# Access log fields: name -> (expression over env, status, size, secs, stamp, pid; escaped?, meaning)
+_FIELDS = {
+    "h": ('env.get("REMOTE_ADDR") or "-"', False, "client address"),
+    "l": ('"-"', False, "remote logname (always -)"),
+    "u": ('"-"', False, "remote user (always -)"),
+    "t": ("stamp", False, "time the line was written, [day/month/year:hour:minute:second zone]"),
+    "r": ('request_line(env)', True, 'request line, "GET /path?query HTTP/1.1" (- for a refused request)'),
+    "m": ('env.get("REQUEST_METHOD", "-")', True, "method"),
+    "U": ('env.get("PATH_INFO", "-")', True, "path, decoded"),
+    "q": ('env.get("QUERY_STRING", "")', True, "query string"),
+    "H": ('env.get("SERVER_PROTOCOL", "-")', True, "protocol"),
+    "s": ("status", False, "status code"),
+    "b": ('size or "-"', False, "response body bytes (- for none)"),
+    "B": ("size", False, "response body bytes"),
+    "f": ('env.get("HTTP_REFERER", "-")', True, "Referer header"),
+    "a": ('env.get("HTTP_USER_AGENT", "-")', True, "User-Agent header"),
+    "p": ("pid", False, "worker pid"),
+    "D": ("int(secs * 1000000)", False, "request time in microseconds"),
+    "T": ("int(secs)", False, "request time in whole seconds"),
+    "L": ('"%.6f" % secs', False, "request time in seconds, 6 decimals"),
+}
+_FIELD = re.compile(r"%\((\w+|\{[A-Za-z0-9-]+\}i)\)s")
+_UNSAFE = re.compile(r'[^\x20-\x7e]|["\\]')      # escaped as \xHH, \" and \\ (Apache's way)
+
+
+def access_fields_help() -> str:
+    """The field list for --help and the README."""
+    return ", ".join("%%(%s)s %s" % (name, meaning) for name, (_e, _s, meaning) in _FIELDS.items()) + \
+        ", %({header-name}i)s a request header"
+
+
+def _escape_char(match) -> str:
+    c = match.group()
+    return "\\" + c if c in '"\\' else "\\x%02x" % ord(c) if ord(c) < 256 else c.encode(
+        "unicode_escape").decode("ascii")
+
+
+def escape(text: str) -> str:
+    return _UNSAFE.sub(_escape_char, text)
+
+
+def request_line(env) -> str:
+    method = env.get("REQUEST_METHOD")
+    if method is None:
+        return "-"
+    return "%s %s %s" % (method, env.get("RAW_URI", ""), env.get("SERVER_PROTOCOL", ""))
+
+
+def compile_access_format(fmt: str):
+    """A function (env, status, size, secs, stamp, pid) -> the line, for an access log format.
+
+    The format uses %(name)s fields (see _FIELDS) and %% for a percent sign. Raises
+    ValueError for anything else. The function is generated once, so a line costs one
+    call and one %-format; fields that carry client bytes are checked together and
+    escaped only when one of them holds something unsafe.
+    """
+    exprs, escaped = [], []
+
+    def field(match):
+        name = match.group(1)
+        if name.startswith("{"):
+            key = "HTTP_" + name[1:-2].upper().replace("-", "_")
+            expr, unsafe = "env.get(%r, %r)" % (key, "-"), True
+        elif name in _FIELDS:
+            expr, unsafe = _FIELDS[name][:2]
+        else:
+            raise ValueError("unknown field %%(%s)s (fields: %s)" % (name, ", ".join(_FIELDS)))
+        if unsafe:
+            escaped.append(len(exprs))
+        exprs.append(expr)
+        return "%s"
+
+    template = _FIELD.sub(field, fmt)
+    try:
+        template % tuple("" for _ in exprs)
+    except (TypeError, ValueError):
+        raise ValueError("a lone %% in %r: write %%%% for a percent sign, %%(name)s for a field" % fmt) from None
+    names = ["v%d" % i for i in range(len(exprs))]
+    lines = ["def render(env, status, size, secs, stamp, pid):"]
+    lines.extend("    %s = %s" % (name, expr) for name, expr in zip(names, exprs))
+    if escaped:
+        checked = [names[i] for i in escaped]
+        lines.append("    if unsafe(%s):" % " + ".join(checked))
+        lines.extend("        %s = escape(%s)" % (name, name) for name in checked)
+    lines.append("    return %r %% (%s%s)" % (template + "\n", ", ".join(names), "," if len(names) == 1 else ""))
+    namespace = {"request_line": request_line, "unsafe": _UNSAFE.search, "escape": escape}
+    exec(compile("\n".join(lines), "<access log format>", "exec"), namespace)
+    return namespace["render"]
+
+
+def check_access_format(fmt: str) -> str:
+    """config.py's parser for --access-log-format."""
+    compile_access_format(fmt)
+    return fmt
+
+
+class AccessLog:
+    """One worker's access log: '-' is stdout, anything else a file opened for appending."""
+
+    def __init__(self, target: str, fmt: str = DEFAULT_ACCESS_FORMAT):
+        self.target = target
+        self.render = compile_access_format(fmt)
+        self.pid = os.getpid()
+        self.lines = []
+        self.stamp = ""
+        self.stamp_until = 0.0
+        self.fd = -1
+        self.owned = False
+        self.pipe = False
+        self.dropped = 0
+        self.open()
+
+    def open(self):
+        if self.target == "-":
+            self.fd, self.owned = sys.stdout.fileno(), False
+        else:
+            self.fd, self.owned = os.open(self.target, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC,
+                                          0o644), True
+        self.pipe = stat.S_ISFIFO(os.fstat(self.fd).st_mode)
+
+    def reopen(self):
+        """SIGUSR1 (log rotation): write what is gathered, then open the file anew."""
+        self.flush()
+        if self.owned:
+            os.close(self.fd)
+            self.open()
+
+    def log(self, env, status, size, secs):
+        now = time.time()
+        if now >= self.stamp_until:
+            self._restamp(now)
+        lines = self.lines
+        lines.append(self.render(env, status, size, secs, self.stamp, self.pid))
+        if len(lines) >= ACCESS_BATCH:
+            self.flush()
+
+    def _restamp(self, now):
+        second = int(now)
+        self.stamp_until = second + 1
+        self.stamp = datetime.datetime.fromtimestamp(second).astimezone().strftime("[%d/%b/%Y:%H:%M:%S %z]")
+
+    def flush(self):
+        if not self.lines:
+            return
+        lines, self.lines = self.lines, []
+        if self.pipe:
+            batch, size = [], 0
+            for line in lines:
+                if size + len(line) > select.PIPE_BUF and batch:
+                    self._write("".join(batch))
+                    batch, size = [], 0
+                batch.append(line)
+                size += len(line)
+            self._write("".join(batch))
+        else:
+            self._write("".join(lines))
+
+    def _write(self, text):
+        data = text.encode("utf-8", "backslashreplace")
+        view = memoryview(data)
+        deadline = 0.0
+        while view:
+            try:
+                view = view[os.write(self.fd, view):]
+            except InterruptedError:
+                continue
+            except BlockingIOError:    # a non-blocking stdout that is full: wait a little
+                deadline = deadline or time.monotonic() + 1.0
+                if time.monotonic() < deadline:
+                    select.select([], [self.fd], [], 0.05)
+                    continue
+                self._lost(text.count("\n"), "its reader is not reading")
+                return
+            except OSError as exc:
+                self._lost(text.count("\n"), os.strerror(exc.errno or errno.EIO))
+                return
+
+    def _lost(self, count, why):
+        if not self.dropped:
+            logging.getLogger("fastcluster").error("access log %s: %s; dropping lines", self.target, why)
+        self.dropped += count
+
+    def close(self):
+        self.flush()
+        if self.owned:
+            os.close(self.fd)
+            self.fd = -1
+
+
+def check_access_target(target: str) -> None:
+    """Fail early, in the master, with a clear message when the access log cannot be opened."""
+    if target and target != "-":
+        fd = os.open(target, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        os.close(fd)
+
+
+# --- the server's own log ---
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, pid, logger, message, and the traceback as one string."""
+
+    def format(self, record):
+        entry = {
+            "time": datetime.datetime.fromtimestamp(record.created).astimezone().isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "pid": record.process,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        elif record.exc_text:
+            entry["exception"] = record.exc_text
+        if record.stack_info:
+            entry["stack"] = record.stack_info
+        return json.dumps(entry, ensure_ascii=False)
+
+
+def setup(level: str = "info", fmt: str = "text") -> None:
+    """Configure the root logger on stderr (fd 2, which --log-file points at a file)."""
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(TEXT_FORMAT))
+    root.addHandler(handler)
+    root.setLevel(level.upper())
