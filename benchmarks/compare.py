@@ -165,11 +165,12 @@ def free_port():
 
 
 class Running:
-    def __init__(self, name, workers, pin, work_ms=0):
+    def __init__(self, name, workers, pin, work_ms=0, command=None):
+        """`command(port, tmp)` overrides the named server's command (benchmarks/overhead.py)."""
         self.name = name
         self.port = free_port()
         self.tmp = tempfile.mkdtemp(prefix="fc-bench-")
-        cmd = server_commands(name, self.port, workers)
+        cmd = command(self.port, self.tmp) if command else server_commands(name, self.port, workers)
         if cmd is None:
             raise LookupError("no %d-worker mode" % workers)
         if name == "nginx":

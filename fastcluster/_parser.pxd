@@ -25,6 +25,22 @@ cdef class Request:
 
 
 @cython.final
+cdef class AccessWriter:
+    # The default access log format, rendered in C into a buffer that goes to the AccessLog
+    # (logs.py) in blocks; same bytes as logs.compile_access_format(DEFAULT_ACCESS_FORMAT).
+    cdef:
+        object log              # logs.AccessLog: stamps, writing, other formats
+        char* buf
+        Py_ssize_t used
+        long second             # the second `stamp` is for
+        bytes stamp
+        bytes pid
+
+    cdef int line(self, dict env, int status, long long size, long long usecs) except -1
+    cdef int flush(self) except -1
+
+
+@cython.final
 cdef class Server:
     cdef:
         object listener         # the shared listening socket object (kept open by us)
@@ -64,6 +80,7 @@ cdef class Server:
         long long* cells        # this worker's cells (board.py layout): on the Board, or private ones
         object cells_mem        # keeps the memory behind `cells` alive
         public object access    # logs.AccessLog, or None (--access-log off)
+        AccessWriter writer     # the C renderer, when the access log has the default format
 
     cdef int _set_accepting(self, bint on) except -1
     cdef void _publish_count(self)

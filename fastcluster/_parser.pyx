@@ -13,15 +13,18 @@ shared WSGI pieces live in `wsgi.py`.
 """
 
 cimport cython
-from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.dict cimport PyDict_Copy
 from cpython.exc cimport PyErr_CheckSignals, PyErr_SetFromErrno
 from cpython.memoryview cimport PyMemoryView_FromMemory
 from cpython.buffer cimport PyBUF_READ
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
-from cpython.unicode cimport PyUnicode_DecodeLatin1
+from cpython.unicode cimport (PyUnicode_DATA, PyUnicode_DecodeLatin1, PyUnicode_GET_LENGTH, PyUnicode_KIND,
+                              PyUnicode_READ)
 from libc.errno cimport EAGAIN, EINTR, EMFILE, ENFILE, ENOBUFS, ENOMEM, errno
-from libc.string cimport memchr
+from libc.stdio cimport snprintf
+from libc.string cimport memchr, memcpy
+from libc.time cimport time as c_time
 from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 from posix.uio cimport iovec, writev
 from posix.unistd cimport close as c_close, getppid, read as c_read
@@ -198,6 +201,132 @@ cdef class Request:
         return req
 
 
+cdef Py_ssize_t ACCESS_BUF = 65536
+cdef char* HEX = b"0123456789abcdef"
+
+
+cdef Py_ssize_t escaped_size(object text):
+    """Room `text` may take once escaped (\\U0010ffff is the longest escape)."""
+    return 10 * PyUnicode_GET_LENGTH(text)
+
+
+cdef Py_ssize_t put_escaped(char* out, object text):
+    """Copy `text` as logs.escape() writes it: printable ASCII as is, \\" and \\\\, the rest as
+    \\xHH, \\uHHHH or \\UHHHHHHHH; returns the bytes written."""
+    cdef unsigned int kind = PyUnicode_KIND(text)
+    cdef void* data = PyUnicode_DATA(text)
+    cdef Py_ssize_t i, j = 0, n = PyUnicode_GET_LENGTH(text)
+    cdef unsigned int c
+    for i in range(n):
+        c = <unsigned int>PyUnicode_READ(kind, data, i)
+        if 0x20 <= c <= 0x7e and c != 34 and c != 92:
+            out[j] = <char>c
+            j += 1
+        elif c == 34 or c == 92:
+            out[j] = 92
+            out[j + 1] = <char>c
+            j += 2
+        elif c < 256:
+            out[j] = 92
+            out[j + 1] = 120        # x
+            out[j + 2] = HEX[c >> 4]
+            out[j + 3] = HEX[c & 15]
+            j += 4
+        else:
+            j += snprintf(out + j, 11, b"\\u%04x" if c < 0x10000 else b"\\U%08x", c)
+    return j
+
+
+cdef inline object env_text(dict env, str key, object missing):
+    value = env.get(key, missing)
+    return value if type(value) is str else str(value)
+
+
+@cython.final
+cdef class AccessWriter:
+    def __cinit__(self, log):
+        self.log = log
+        self.buf = <char*>PyMem_Malloc(ACCESS_BUF)
+        if self.buf is NULL:
+            raise MemoryError()
+        self.pid = str(log.pid).encode()
+        self.second = -1
+
+    def __dealloc__(self):
+        PyMem_Free(self.buf)
+
+    def add(self, env, status, size, usecs):
+        """line() for tests."""
+        self.line(env, status, size, usecs)
+
+    def flush_now(self):
+        self.flush()
+
+    cdef int line(self, dict env, int status, long long size, long long usecs) except -1:
+        cdef long now = c_time(NULL)
+        cdef char* p
+        cdef Py_ssize_t need
+        addr = env_text(env, "REMOTE_ADDR", "")
+        if not addr:
+            addr = "-"
+        method = env.get("REQUEST_METHOD")
+        if method is not None:
+            method = env_text(env, "REQUEST_METHOD", "")
+            uri = env_text(env, "RAW_URI", "")
+            protocol = env_text(env, "SERVER_PROTOCOL", "")
+        referer = env_text(env, "HTTP_REFERER", "-")
+        agent = env_text(env, "HTTP_USER_AGENT", "-")
+        if now != self.second:
+            self.second = now
+            self.stamp = self.log.stamp_for(now).encode()
+        need = escaped_size(addr) + escaped_size(referer) + escaped_size(agent) + 160 + PyBytes_GET_SIZE(self.stamp)
+        if method is not None:
+            need += escaped_size(method) + escaped_size(uri) + escaped_size(protocol)
+        if need > ACCESS_BUF - self.used:
+            self.flush()
+            if need > ACCESS_BUF:     # a giant line: rendered in Python instead, in order
+                self.log.log(env, status, size, usecs / 1e6)
+                return 0
+        p = self.buf + self.used
+        p += put_escaped(p, addr)
+        memcpy(p, b" - - ", 5)
+        p += 5
+        memcpy(p, PyBytes_AS_STRING(self.stamp), PyBytes_GET_SIZE(self.stamp))
+        p += PyBytes_GET_SIZE(self.stamp)
+        p[0] = 32
+        p[1] = 34
+        p += 2
+        if method is None:
+            p[0] = 45
+            p += 1
+        else:
+            p += put_escaped(p, method)
+            p[0] = 32
+            p += 1
+            p += put_escaped(p, uri)
+            p[0] = 32
+            p += 1
+            p += put_escaped(p, protocol)
+        if size:
+            p += snprintf(p, 48, b"\" %d %lld \"", status, size)
+        else:
+            p += snprintf(p, 48, b"\" %d - \"", status)
+        p += put_escaped(p, referer)
+        memcpy(p, b"\" \"", 3)
+        p += 3
+        p += put_escaped(p, agent)
+        p += snprintf(p, 64, b"\" %s %lld\n", PyBytes_AS_STRING(self.pid), usecs)
+        self.used = p - self.buf
+        return 0
+
+    cdef int flush(self) except -1:
+        if self.used:
+            block = PyBytes_FromStringAndSize(self.buf, self.used)
+            self.used = 0
+            self.log.write_block(block)
+        return 0
+
+
 @cython.final
 cdef class Server:
     def __cinit__(self):
@@ -249,6 +378,8 @@ cdef class Server:
         self.cells_mem = mine
         self.cells = &mine[0]
         self.access = access_log
+        if access_log is not None and access_log.default_format:
+            self.writer = AccessWriter(access_log)
 
     def __dealloc__(self):
         if self.epfd >= 0:
@@ -353,6 +484,8 @@ cdef class Server:
         finally:
             for obj in list(conns.values()):
                 (<Connection>obj).close()
+            if self.writer is not None:
+                self.writer.flush()
             if self.access is not None:
                 self.access.flush()
 
@@ -442,6 +575,8 @@ cdef class Server:
         self.date_line = self.date.get()
         self.cells[B_BEAT] = <long long>(self.now * 1e6)
         self.cells[B_RSS] = rss_bytes()
+        if self.writer is not None:
+            self.writer.flush()
         if self.access is not None:
             self.access.flush()
         if self.tick is not None:
@@ -702,7 +837,9 @@ cdef class Connection:
         if self.inflight:
             self.inflight -= 1
             self.server.cells[B_IN_FLIGHT] -= 1
-        if self.server.access is not None:
+        if self.server.writer is not None:
+            self.server.writer.line(req.environ, code, self.sent, <long long>((monotonic() - req.start) * 1e6))
+        elif self.server.access is not None:
             self.server.access.log(req.environ, code, self.sent, monotonic() - req.start)
         return 0
 
@@ -791,7 +928,9 @@ cdef class Connection:
             self.close_after = True
             cells[B_STATUS + 3] += 1
             cells[<Py_ssize_t>refusal_cell(first)] += 1
-            if self.server.access is not None:
+            if self.server.writer is not None:
+                self.server.writer.line(self.base_environ, first, 0, 0)
+            elif self.server.access is not None:
                 self.server.access.log(self.base_environ, first, 0, 0.0)
             return 0
         req = <Request>first

@@ -31,7 +31,7 @@ DEFAULT_ACCESS_FORMAT = '%(h)s %(l)s %(u)s %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(
 
 # Access log fields: name -> (expression over env, status, size, secs, stamp, pid; escaped?, meaning)
 _FIELDS = {
-    "h": ('env.get("REMOTE_ADDR") or "-"', False, "client address"),
+    "h": ('env.get("REMOTE_ADDR") or "-"', True, "client address"),
     "l": ('"-"', False, "remote logname (always -)"),
     "u": ('"-"', False, "remote user (always -)"),
     "t": ("stamp", False, "time the line was written, [day/month/year:hour:minute:second zone]"),
@@ -131,6 +131,7 @@ class AccessLog:
     def __init__(self, target: str, fmt: str = DEFAULT_ACCESS_FORMAT):
         self.target = target
         self.render = compile_access_format(fmt)
+        self.default_format = fmt == DEFAULT_ACCESS_FORMAT   # the compiled loop renders it in C
         self.pid = os.getpid()
         self.lines = []
         self.stamp = ""
@@ -159,35 +160,53 @@ class AccessLog:
     def log(self, env, status, size, secs):
         now = time.time()
         if now >= self.stamp_until:
-            self._restamp(now)
+            self.stamp_until = int(now) + 1
+            self.stamp = self.stamp_for(int(now))
+        try:
+            line = self.render(env, status, size, secs, self.stamp, self.pid)
+        except TypeError:   # the app put something other than a str into the environ
+            line = self.render({key: value if type(value) is str else str(value) for key, value in env.items()},
+                               status, size, secs, self.stamp, self.pid)
         lines = self.lines
-        lines.append(self.render(env, status, size, secs, self.stamp, self.pid))
+        lines.append(line)
         if len(lines) >= ACCESS_BATCH:
             self.flush()
 
-    def _restamp(self, now):
-        second = int(now)
-        self.stamp_until = second + 1
-        self.stamp = datetime.datetime.fromtimestamp(second).astimezone().strftime("[%d/%b/%Y:%H:%M:%S %z]")
+    @staticmethod
+    def stamp_for(second: int) -> str:
+        """%(t)s for a Unix second, in local time: [26/Nov/2026:10:52:44 +0000]."""
+        return datetime.datetime.fromtimestamp(second).astimezone().strftime("[%d/%b/%Y:%H:%M:%S %z]")
+
+    def write_block(self, block: bytes):
+        """Whole lines rendered elsewhere (the compiled loop), after the lines gathered here."""
+        self.flush()
+        if self.pipe and len(block) > select.PIPE_BUF:
+            self._write_lines(block.decode("utf-8").splitlines(True))
+        else:
+            self._write(block)
 
     def flush(self):
         if not self.lines:
             return
         lines, self.lines = self.lines, []
         if self.pipe:
-            batch, size = [], 0
-            for line in lines:
-                if size + len(line) > select.PIPE_BUF and batch:
-                    self._write("".join(batch))
-                    batch, size = [], 0
-                batch.append(line)
-                size += len(line)
-            self._write("".join(batch))
+            self._write_lines(lines)
         else:
-            self._write("".join(lines))
+            self._write("".join(lines).encode("utf-8", "backslashreplace"))
 
-    def _write(self, text):
-        data = text.encode("utf-8", "backslashreplace")
+    def _write_lines(self, lines):
+        """For a pipe: writes of whole lines, at most PIPE_BUF bytes each (a longer line alone),
+        which the kernel keeps whole even when other workers write to the same pipe."""
+        batch, size = [], 0
+        for line in lines:
+            if size + len(line) > select.PIPE_BUF and batch:
+                self._write("".join(batch).encode("utf-8", "backslashreplace"))
+                batch, size = [], 0
+            batch.append(line)
+            size += len(line)
+        self._write("".join(batch).encode("utf-8", "backslashreplace"))
+
+    def _write(self, data):
         view = memoryview(data)
         deadline = 0.0
         while view:
@@ -200,10 +219,10 @@ class AccessLog:
                 if time.monotonic() < deadline:
                     select.select([], [self.fd], [], 0.05)
                     continue
-                self._lost(text.count("\n"), "its reader is not reading")
+                self._lost(bytes(view).count(b"\n"), "its reader is not reading")
                 return
             except OSError as exc:
-                self._lost(text.count("\n"), os.strerror(exc.errno or errno.EIO))
+                self._lost(bytes(view).count(b"\n"), os.strerror(exc.errno or errno.EIO))
                 return
 
     def _lost(self, count, why):

@@ -1,0 +1,113 @@
+"""What the operability features cost: keep-alive CPU per request, before and after, side by side.
+
+    python benchmarks/overhead.py --baseline-python PATH [--rounds 5] [--seconds 5] [--loops cython,python]
+
+PATH is a Python with an older fastcluster installed (the "before"), for example:
+
+    git worktree add /tmp/fc-base e5dc4d3 && python -m venv /tmp/fc-base-venv \\
+        && /tmp/fc-base-venv/bin/pip install /tmp/fc-base
+
+For each loop it runs three servers with 1 worker pinned to CPU 0, wrk -t1 -c100 keep-alive pinned
+to CPU 1, in interleaved rounds (so drift on a shared machine hits all variants alike):
+
+  before   the baseline interpreter's fastcluster
+  off      this fastcluster, access log off (board counters always on; /metrics off)
+  access   this fastcluster with --access-log FILE (default format) and --metrics-bind
+
+and reports the median worker+master CPU microseconds per request and its ratio to "before".
+Results go to benchmarks/results/overhead.json and .md. Traffic stays on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+from compare import RESULTS, Running, free_port, run_wrk  # noqa: E402
+
+
+def variants(baseline, loop):
+    def serve(python, *extra):
+        def command(port, tmp):
+            return [python, "-m", "fastcluster", "serve", "bench_app:app", "--workers", "1", "--loop", loop,
+                    "--bind", "127.0.0.1:%d" % port, *[e.format(tmp=tmp, free=free_port()) for e in extra]]
+        return command
+    return {
+        "before": serve(baseline),
+        "off": serve(sys.executable),
+        "access": serve(sys.executable, "--access-log", "{tmp}/access.log", "--metrics-bind", "127.0.0.1:{free}"),
+    }
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--baseline-python", required=True)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--seconds", type=int, default=5)
+    ap.add_argument("--loops", default="cython,python")
+    args = ap.parse_args()
+    results = {}
+    started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    for loop in args.loops.split(","):
+        table = variants(args.baseline_python, loop)
+        runs = {name: [] for name in table}
+        for round_ in range(args.rounds):
+            for name, command in table.items():
+                server = Running("%s-%s" % (name, loop), 1, True, command=command)
+                try:
+                    cpu0 = server.cpu_seconds()
+                    result = run_wrk(server.port, args.seconds, True)
+                    cpu = server.cpu_seconds() - cpu0
+                    if name == "access":   # the log must really hold a line per request
+                        result["logged"] = _lines(os.path.join(server.tmp, "access.log"))
+                finally:
+                    server.stop()
+                result["us"] = cpu / max(result["requests"], 1) * 1e6
+                runs[name].append(result)
+                print("%s %s round %d: %.2f us/request, %d req/s, %d errors%s" % (
+                    loop, name, round_ + 1, result["us"], result["rps"], result["errors"],
+                    ", %d lines logged" % result["logged"] if "logged" in result else ""), flush=True)
+        base = statistics.median(r["us"] for r in runs["before"])
+        results[loop] = {name: {"median_us": round(statistics.median(r["us"] for r in rs), 2),
+                                "ratio": round(statistics.median(r["us"] for r in rs) / base, 3),
+                                "median_rps": round(statistics.median(r["rps"] for r in rs)),
+                                "runs_us": [round(r["us"], 2) for r in rs],
+                                "errors": sum(r["errors"] for r in rs)}
+                         for name, rs in runs.items()}
+    report = {"started": started, "machine": "%s, %d CPUs" % (platform.processor() or platform.machine(),
+                                                             os.cpu_count()),
+              "python": platform.python_version(), "rounds": args.rounds, "seconds": args.seconds,
+              "results": results}
+    os.makedirs(RESULTS, exist_ok=True)
+    with open(os.path.join(RESULTS, "overhead.json"), "w") as f:
+        json.dump(report, f, indent=2)
+    lines = ["| loop | variant | CPU us/request (median) | vs before | req/s (median) | runs (us) |",
+             "|---|---|---|---|---|---|"]
+    for loop, table in results.items():
+        for name, r in table.items():
+            lines.append("| %s | %s | %.2f | %.3f | %d | %s |" % (loop, name, r["median_us"], r["ratio"],
+                                                                   r["median_rps"], ", ".join(map(str, r["runs_us"]))))
+    with open(os.path.join(RESULTS, "overhead.md"), "w") as f:
+        f.write("Run %s, %s rounds of %d s, wrk -t1 -c100 keep-alive, 1 worker pinned.\n\n%s\n"
+                % (started, args.rounds, args.seconds, "\n".join(lines)))
+    print("\n".join(lines))
+
+
+def _lines(path):
+    try:
+        with open(path, "rb") as f:
+            return f.read().count(b"\n")
+    except FileNotFoundError:
+        return 0
+
+
+if __name__ == "__main__":
+    main()
