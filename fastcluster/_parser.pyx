@@ -237,6 +237,25 @@ cdef Py_ssize_t put_escaped(char* out, object text):
     return j
 
 
+cdef inline char* put_number(char* out, long long value):
+    """Write a non-negative integer in decimal; returns the end (snprintf costs 2,000 instructions)."""
+    cdef char digits[24]
+    cdef int n = 0
+    if value < 0:
+        value = 0
+    while True:
+        digits[n] = 48 + <char>(value % 10)
+        n += 1
+        value //= 10
+        if not value:
+            break
+    while n:
+        n -= 1
+        out[0] = digits[n]
+        out += 1
+    return out
+
+
 cdef inline object env_text(dict env, str key, object missing):
     value = env.get(key, missing)
     return value if type(value) is str else str(value)
@@ -307,16 +326,28 @@ cdef class AccessWriter:
             p[0] = 32
             p += 1
             p += put_escaped(p, protocol)
+        memcpy(p, b"\" ", 2)
+        p = put_number(p + 2, status)
+        p[0] = 32
         if size:
-            p += snprintf(p, 48, b"\" %d %lld \"", status, size)
+            p = put_number(p + 1, size)
         else:
-            p += snprintf(p, 48, b"\" %d - \"", status)
+            p[1] = 45
+            p += 2
+        memcpy(p, b" \"", 2)
+        p += 2
         p += put_escaped(p, referer)
         memcpy(p, b"\" \"", 3)
         p += 3
         p += put_escaped(p, agent)
-        p += snprintf(p, 64, b"\" %s %lld\n", PyBytes_AS_STRING(self.pid), usecs)
-        self.used = p - self.buf
+        memcpy(p, b"\" ", 2)
+        p += 2
+        memcpy(p, PyBytes_AS_STRING(self.pid), PyBytes_GET_SIZE(self.pid))
+        p += PyBytes_GET_SIZE(self.pid)
+        p[0] = 32
+        p = put_number(p + 1, usecs)
+        p[0] = 10
+        self.used = p + 1 - self.buf
         return 0
 
     cdef int flush(self) except -1:

@@ -231,6 +231,7 @@ class Master:
         for line in lines:
             kind, _, arg = line.partition(b" ")
             if kind == b"R" and rec.state == "spawning":
+                log.debug("worker %d (pid %d) is ready", rec.slot, rec.pid)
                 rec.state = "online"
                 self.next_status = 0.0
                 self._on_online(rec)
@@ -316,6 +317,8 @@ class Master:
             lifetime *= random.uniform(1.0, 1.1)   # so that workers started together do not all go at once
         rec = WorkerRecord(slot, pid, read_fd, replaces, lifetime, board_index, self.generation)
         self.workers[pid] = rec
+        log.debug("worker %d (pid %d) started, generation %d%s", slot, pid, self.generation,
+                  ", replacing pid %d" % replaces if replaces else "")
         self.selector.register(read_fd, selectors.EVENT_READ, rec)
         return rec
 

@@ -101,6 +101,7 @@ class Endpoint:
         self.selector = selector
         self.snapshot = snapshot          # () -> the dict render() takes
         self.clients = {}                 # socket -> [received bytes, bytes to send, deadline]
+        self.paused_until = 0.0           # accepting paused (out of descriptors) until then
         sock.setblocking(False)
         selector.register(sock, selectors.EVENT_READ, self._on_accept)
 
@@ -110,10 +111,14 @@ class Endpoint:
     def close(self):
         for client in list(self.clients):
             self._drop(client)
-        self.selector.unregister(self.sock)
+        if not self.paused_until:
+            self.selector.unregister(self.sock)
         self.sock.close()
 
     def expire(self, now: float) -> None:
+        if self.paused_until and now >= self.paused_until:
+            self.paused_until = 0.0
+            self.selector.register(self.sock, selectors.EVENT_READ, self._on_accept)
         for client, state in list(self.clients.items()):
             if now >= state[2]:
                 self._drop(client)
@@ -124,7 +129,11 @@ class Endpoint:
                 client, _addr = self.sock.accept()
             except (BlockingIOError, InterruptedError):
                 return
-            except OSError:    # out of descriptors, or the client went away: try again next time
+            except OSError:
+                # Out of descriptors (or the client went away): the socket stays readable, so
+                # stop watching it for a second instead of spinning on it.
+                self.selector.unregister(self.sock)
+                self.paused_until = time.monotonic() + 1.0
                 return
             client.setblocking(False)
             self.clients[client] = [b"", b"", time.monotonic() + CLIENT_TIMEOUT]
