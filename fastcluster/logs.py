@@ -35,7 +35,9 @@ _FIELDS = {
     "l": ('"-"', False, "remote logname (always -)"),
     "u": ('"-"', False, "remote user (always -)"),
     "t": ("stamp", False, "time the line was written, [day/month/year:hour:minute:second zone]"),
-    "r": ('request_line(env)', True, 'request line, "GET /path?query HTTP/1.1" (- for a refused request)'),
+    "r": ('"-" if (m := env.get("REQUEST_METHOD")) is None else '
+          'm + " " + env.get("RAW_URI", "") + " " + env.get("SERVER_PROTOCOL", "")', True,
+          'request line, "GET /path?query HTTP/1.1" (- for a refused request)'),
     "m": ('env.get("REQUEST_METHOD", "-")', True, "method"),
     "U": ('env.get("PATH_INFO", "-")', True, "path, decoded"),
     "q": ('env.get("QUERY_STRING", "")', True, "query string"),
@@ -50,7 +52,6 @@ _FIELDS = {
     "T": ("int(secs)", False, "request time in whole seconds"),
     "L": ('"%.6f" % secs', False, "request time in seconds, 6 decimals"),
 }
-_FIELD = re.compile(r"%\((\w+|\{[A-Za-z0-9-]+\}i)\)s")
 _UNSAFE = re.compile(r'[^\x20-\x7e]|["\\]')      # escaped as \xHH, \" and \\ (Apache's way)
 
 
@@ -70,25 +71,28 @@ def escape(text: str) -> str:
     return _UNSAFE.sub(_escape_char, text)
 
 
-def request_line(env) -> str:
-    method = env.get("REQUEST_METHOD")
-    if method is None:
-        return "-"
-    return "%s %s %s" % (method, env.get("RAW_URI", ""), env.get("SERVER_PROTOCOL", ""))
+_TOKEN = re.compile(r"%\((\w+|\{[A-Za-z0-9-]+\}i)\)s|%%|%")
 
 
 def compile_access_format(fmt: str):
     """A function (env, status, size, secs, stamp, pid) -> the line, for an access log format.
 
-    The format uses %(name)s fields (see _FIELDS) and %% for a percent sign. Raises
-    ValueError for anything else. The function is generated once, so a line costs one
-    call and one %-format; fields that carry client bytes are checked together and
-    escaped only when one of them holds something unsafe.
+    The format uses %(name)s fields (see _FIELDS) and %% for a percent sign; anything else
+    raises ValueError. The function is generated once, as one f-string, so a line costs one
+    call; fields that carry client bytes are checked together and escaped only when one of
+    them holds something unsafe. A value that is not a str (an app may write anything into
+    its environ) raises TypeError, and AccessLog.log() then renders from str() copies.
     """
-    exprs, escaped = [], []
-
-    def field(match):
+    names, exprs, escaped, pieces, literal, pos = [], [], [], [], "", 0
+    for match in _TOKEN.finditer(fmt):
+        literal += fmt[pos:match.start()]
+        pos = match.end()
         name = match.group(1)
+        if match.group(0) == "%%":
+            literal += "%"
+            continue
+        if name is None:
+            raise ValueError("a lone %% in %r: write %%%% for a percent sign, %%(name)s for a field" % fmt)
         if name.startswith("{"):
             key = "HTTP_" + name[1:-2].upper().replace("-", "_")
             expr, unsafe = "env.get(%r, %r)" % (key, "-"), True
@@ -96,25 +100,23 @@ def compile_access_format(fmt: str):
             expr, unsafe = _FIELDS[name][:2]
         else:
             raise ValueError("unknown field %%(%s)s (fields: %s)" % (name, ", ".join(_FIELDS)))
+        variable = "v%d" % len(names)
         if unsafe:
-            escaped.append(len(exprs))
+            escaped.append(variable)
+        names.append(variable)
         exprs.append(expr)
-        return "%s"
-
-    template = _FIELD.sub(field, fmt)
-    try:
-        template % tuple("" for _ in exprs)
-    except (TypeError, ValueError):
-        raise ValueError("a lone %% in %r: write %%%% for a percent sign, %%(name)s for a field" % fmt) from None
-    names = ["v%d" % i for i in range(len(exprs))]
+        pieces.append(repr(literal))
+        pieces.append("f'{%s}'" % variable)
+        literal = ""
+    pieces.append(repr(literal + fmt[pos:] + "\n"))
     lines = ["def render(env, status, size, secs, stamp, pid):"]
     lines.extend("    %s = %s" % (name, expr) for name, expr in zip(names, exprs))
     if escaped:
-        checked = [names[i] for i in escaped]
-        lines.append("    if unsafe(%s):" % " + ".join(checked))
-        lines.extend("        %s = escape(%s)" % (name, name) for name in checked)
-    lines.append("    return %r %% (%s%s)" % (template + "\n", ", ".join(names), "," if len(names) == 1 else ""))
-    namespace = {"request_line": request_line, "unsafe": _UNSAFE.search, "escape": escape}
+        lines.append("    text = %s" % " + ".join(escaped))
+        lines.append("    if not (text.isascii() and text.isprintable()) or '\"' in text or '\\\\' in text:")
+        lines.extend("        %s = escape(%s)" % (name, name) for name in escaped)
+    lines.append("    return " + " ".join(pieces))
+    namespace = {"escape": escape}
     exec(compile("\n".join(lines), "<access log format>", "exec"), namespace)
     return namespace["render"]
 
