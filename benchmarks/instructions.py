@@ -8,7 +8,8 @@ instructions a process executes, which is the same from run to run. Each variant
 `bench_app:app` in-process through `Server.adopt()` over a socketpair: the client sends one
 request, the connection handles the readiness event, the client reads the answer; the loop's
 epoll wait is the only part of the worker not run. It runs N1 and N2 requests under callgrind
-and reports (I(N2) - I(N1)) / (N2 - N1), so start-up costs cancel out.
+and reports (I(N2) - I(N1)) / (N2 - N1), so start-up costs cancel out. PYTHONHASHSEED is fixed,
+since string hashes change dict probing; what still moves between runs (memory layout) is about 1%.
 
 Variants: "before" (the fastcluster installed for --baseline-python), "off" (this fastcluster,
 counters on the board, access log off) and "access" (this fastcluster, access log to a file in the
@@ -61,7 +62,8 @@ def count_instructions(python, loop, requests, access):
             f.write(DRIVER % {"here": HERE})
         out = subprocess.run(["valgrind", "--tool=callgrind", "--callgrind-out-file=%s/cg.out" % tmp, python,
                               driver, loop, str(requests), access if access == "-" else os.path.join(tmp, "a.log")],
-                             capture_output=True, text=True, timeout=900, cwd=tmp)
+                             capture_output=True, text=True, timeout=900, cwd=tmp,
+                             env=dict(os.environ, PYTHONHASHSEED="0"))   # dict lookups the same each run
         match = re.search(r"Collected : (\d+)", out.stderr)
         if out.returncode != 0 or not match:
             raise RuntimeError("callgrind run failed: %s" % out.stderr[-2000:])

@@ -15,7 +15,8 @@ to CPU 1, in interleaved rounds (so drift on a shared machine hits all variants 
   access   this fastcluster with --access-log FILE (default format) and --metrics-bind
 
 and reports the median worker+master CPU microseconds per request and its ratio to "before".
-Results go to benchmarks/results/overhead.json and .md. Traffic stays on 127.0.0.1.
+Results go to benchmarks/results/overhead-LOOPS.json and .md (LOOPS as given, e.g.
+overhead-cython.md). Traffic stays on 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -87,7 +88,8 @@ def main():
               "python": platform.python_version(), "rounds": args.rounds, "seconds": args.seconds,
               "results": results}
     os.makedirs(RESULTS, exist_ok=True)
-    with open(os.path.join(RESULTS, "overhead.json"), "w") as f:
+    name = "overhead-%s" % args.loops.replace(",", "-")
+    with open(os.path.join(RESULTS, name + ".json"), "w") as f:
         json.dump(report, f, indent=2)
     lines = ["| loop | variant | CPU us/request (median) | vs before | req/s (median) | runs (us) |",
              "|---|---|---|---|---|---|"]
@@ -95,7 +97,7 @@ def main():
         for name, r in table.items():
             lines.append("| %s | %s | %.2f | %.3f | %d | %s |" % (loop, name, r["median_us"], r["ratio"],
                                                                    r["median_rps"], ", ".join(map(str, r["runs_us"]))))
-    with open(os.path.join(RESULTS, "overhead.md"), "w") as f:
+    with open(os.path.join(RESULTS, name + ".md"), "w") as f:
         f.write("Run %s, %s rounds of %d s, wrk -t1 -c100 keep-alive, 1 worker pinned.\n\n%s\n"
                 % (started, args.rounds, args.seconds, "\n".join(lines)))
     print("\n".join(lines))
