@@ -509,6 +509,11 @@ class Master:
         old = self.config
         if new.app is not None:
             check_app_string(new.app)
+        if new.access_log != old.access_log:
+            try:
+                logs.check_access_target(new.access_log)
+            except OSError as exc:
+                raise ConfigError("cannot open the access log %s: %s" % (new.access_log, exc.strerror)) from None
         fixed = {name: getattr(old, name) for name in ("bind", "backlog", "pid", "log_file", "preload",
                                                        "metrics_bind")}
         changed = [name for name, value in fixed.items() if getattr(new, name) != value]

@@ -356,3 +356,24 @@ def test_process_titles(impl):
         assert cmdline(master) == "fastcluster master [apps.suite:app] workers=2 gen=2"
         wait_until(lambda: all(cmdline(p).startswith("fastcluster worker ") and " gen=2 " in cmdline(p)
                                for p in server.worker_pids[2:]), what="gen=2 workers", server=server)
+
+
+def test_sighup_applies_logging_settings_and_refuses_a_bad_access_log(tmp_path):
+    cfg = tmp_path / "fastcluster.toml"
+    access = tmp_path / "access.log"
+    cfg.write_text('app = "apps.suite:app"\nworkers = 1\n')
+    with Server("--bind", "127.0.0.1:0", "--config", str(cfg)) as server:
+        cfg.write_text('app = "apps.suite:app"\nworkers = 1\nlog-format = "json"\naccess-log = "%s"\n' % access)
+        server.signal(signal.SIGHUP)
+        wait_until(lambda: len(server.worker_pids) == 2, timeout=20, what="the new worker", server=server)
+        wait_until(lambda: '"message": "rolling restart complete"' in server.stderr(), timeout=20,
+                   what="the reload, logged as JSON", server=server)
+        talk(server, get("/after-reload", close=True), 1)
+        wait_until(lambda: access.exists() and '"GET /after-reload HTTP/1.1" 404' in access.read_text(),
+                   what="the access log of the new worker", server=server)
+        cfg.write_text('app = "apps.suite:app"\nworkers = 1\naccess-log = "%s"\n' % (tmp_path / "nodir" / "a.log"))
+        server.signal(signal.SIGHUP)
+        wait_until(lambda: "cannot open the access log" in server.stderr(), what="the refusal", server=server)
+        line = [entry for entry in server.stderr().splitlines() if "cannot open the access log" in entry][0]
+        assert json.loads(line)["message"].startswith("config reload failed: cannot open the access log")
+        assert len(server.worker_pids) == 2   # nothing restarted
