@@ -257,6 +257,16 @@ def exchange(server, data, count=1, head=False, timeout=10.0):
     return responses, sock, f
 
 
+def read_to_eof(sock):
+    """Everything the server sends until it closes the connection."""
+    data = b""
+    while True:
+        chunk = sock.recv(65536)
+        if not chunk:
+            return data
+        data += chunk
+
+
 def at_eof(sock, f, timeout=5.0):
     """True when the server closed the connection (nothing more to read)."""
     sock.settimeout(timeout)

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from helpers import TESTS, Server, pid_alive, wait_until
+from helpers import Server, TESTS, pid_alive, read_to_eof, wait_until
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -77,12 +77,7 @@ def test_unix_socket_bind(impl):
         sock.settimeout(10)
         sock.connect(path)
         sock.sendall(b"GET /pid HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        data = b""
-        while True:
-            chunk = sock.recv(4096)
-            if not chunk:
-                break
-            data += chunk
+        data = read_to_eof(sock)
         sock.close()
         assert data.startswith(b"HTTP/1.1 200 OK\r\n")
     # the socket file left behind is stale; a new server takes it over

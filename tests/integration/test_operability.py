@@ -18,7 +18,7 @@ import urllib.request
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from helpers import Server, read_response, wait_until
+from helpers import Server, read_response, read_to_eof, wait_until
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -56,12 +56,7 @@ def talk(server, requests, expect):
     """Send raw `requests` on one connection, read `expect` responses and then EOF; bytes each way."""
     sock = socket.create_connection((server.host, server.port), timeout=10)
     sock.sendall(requests)
-    received = b""
-    while True:
-        chunk = sock.recv(65536)
-        if not chunk:
-            break
-        received += chunk
+    received = read_to_eof(sock)
     sock.close()
     assert received.count(b"HTTP/1.1 ") == expect, received[:500]
     return len(requests), len(received)
