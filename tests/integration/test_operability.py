@@ -18,7 +18,7 @@ import urllib.request
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from helpers import Server, read_response, read_to_eof, wait_until
+from helpers import TESTS, Server, read_response, read_to_eof, wait_until
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -372,3 +372,44 @@ def test_sighup_applies_logging_settings_and_refuses_a_bad_access_log(tmp_path):
         line = [entry for entry in server.stderr().splitlines() if "cannot open the access log" in entry][0]
         assert json.loads(line)["message"].startswith("config reload failed: cannot open the access log")
         assert len(server.worker_pids) == 2   # nothing restarted
+
+
+def test_without_setproctitle_only_the_process_name_changes(impl):
+    shim = os.path.join(TESTS, "shims", "no_setproctitle")
+    with Server("apps.suite:app", "--bind", "127.0.0.1:0", "--workers", "1", "--loop", impl,
+                env={"PYTHONPATH": os.pathsep.join((shim, TESTS, os.environ.get("PYTHONPATH", "")))}) as server:
+        assert comm(server.proc.pid) == "fc master"
+        assert comm(server.worker_pids[0]) == "fc worker 1"
+        assert " -m fastcluster serve apps.suite:app " in cmdline(server.proc.pid) + " "
+
+
+def test_counters_add_up_under_concurrent_load(impl):
+    """8 keep-alive clients on 2 workers: the sum of the counters is what the clients got."""
+    with Server("apps.suite:app", "--bind", "127.0.0.1:0", "--workers", "2", "--loop", impl,
+                "--metrics-bind", "127.0.0.1:0") as server:
+        counts, errors = [0] * 8, []
+
+        def client(i):
+            try:
+                conn = http.client.HTTPConnection(server.host, server.port, timeout=10)
+                for n in range(150 + i):
+                    conn.request("GET", "/pid" if n % 10 else "/nope")
+                    resp = conn.getresponse()
+                    resp.read()
+                    counts[i] += 1
+                conn.close()
+            except Exception as exc:    # reported below; a thread cannot fail the test itself
+                errors.append(exc)
+        threads = [threading.Thread(target=client, args=(i,)) for i in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert not errors and not any(t.is_alive() for t in threads)
+        sent = sum(counts)
+        m = scrape(server)
+        assert total(m, "fastcluster_requests_total") == sent == 8 * 150 + 28
+        assert total(m, "fastcluster_responses_total", **{"class": "4xx"}) == sum((150 + i + 9) // 10 for i in range(8))
+        assert total(m, "fastcluster_responses_total") == sent
+        per_worker = [total(m, "fastcluster_requests_total", worker=w) for w in ("1", "2")]
+        assert all(per_worker), per_worker     # both workers served (the accept balancing)
