@@ -88,8 +88,8 @@ def main():
               "python": platform.python_version(), "rounds": args.rounds, "seconds": args.seconds,
               "results": results}
     os.makedirs(RESULTS, exist_ok=True)
-    name = "overhead-%s" % args.loops.replace(",", "-")
-    with open(os.path.join(RESULTS, name + ".json"), "w") as f:
+    stem = "overhead-%s" % args.loops.replace(",", "-")
+    with open(os.path.join(RESULTS, stem + ".json"), "w") as f:
         json.dump(report, f, indent=2)
     lines = ["| loop | variant | CPU us/request (median) | vs before | req/s (median) | runs (us) |",
              "|---|---|---|---|---|---|"]
@@ -97,7 +97,7 @@ def main():
         for name, r in table.items():
             lines.append("| %s | %s | %.2f | %.3f | %d | %s |" % (loop, name, r["median_us"], r["ratio"],
                                                                    r["median_rps"], ", ".join(map(str, r["runs_us"]))))
-    with open(os.path.join(RESULTS, name + ".md"), "w") as f:
+    with open(os.path.join(RESULTS, stem + ".md"), "w") as f:
         f.write("Run %s, %s rounds of %d s, wrk -t1 -c100 keep-alive, 1 worker pinned.\n\n%s\n"
                 % (started, args.rounds, args.seconds, "\n".join(lines)))
     print("\n".join(lines))
