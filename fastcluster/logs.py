@@ -268,12 +268,28 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, ensure_ascii=False)
 
 
+class TextFormatter(logging.Formatter):
+    """`[time] [pid] [LEVEL] message`; a traceback's lines get the same prefix, so that every line
+    of the log names its process (grep by pid finds a whole event)."""
+
+    def __init__(self):
+        super().__init__(TEXT_FORMAT)
+
+    def format(self, record):
+        text = super().format(record)
+        if "\n" not in text:
+            return text
+        first, rest = text.split("\n", 1)
+        prefix = first[:len(first) - len(record.getMessage().split("\n", 1)[0])]
+        return first + "".join("\n" + prefix + line for line in rest.split("\n"))
+
+
 def setup(level: str = "info", fmt: str = "text") -> None:
     """Configure the root logger on stderr (fd 2, which --log-file points at a file)."""
     root = logging.getLogger()
     for handler in list(root.handlers):
         root.removeHandler(handler)
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(TEXT_FORMAT))
+    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     root.addHandler(handler)
     root.setLevel(level.upper())

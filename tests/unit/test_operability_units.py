@@ -210,3 +210,14 @@ def test_status_table_rows_and_rollout_line():
                                 "2xx", "4xx", "5xx", "refused", "rss", "beat"]
     assert lines[4].split() == ["1", "123", "3", "online", "12.5s", "5", "0", "0", "0", "B", "900", "B", "0", "0",
                                 "0", "0", "16.0", "MiB", "0.4s"]
+
+
+def test_text_log_lines_each_name_the_pid():
+    formatter = logs.TextFormatter()
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        record = logging.LogRecord("fastcluster", logging.ERROR, __file__, 1, "failed", (), sys.exc_info())
+    lines = formatter.format(record).splitlines()
+    assert len(lines) > 3 and lines[-1].endswith("] ValueError: boom")
+    assert all(re.match(r"^\[[\d :,-]+\] \[%d\] \[ERROR\] " % os.getpid(), line) for line in lines), lines
