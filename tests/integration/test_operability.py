@@ -413,3 +413,22 @@ def test_counters_add_up_under_concurrent_load(impl):
         assert total(m, "fastcluster_responses_total") == sent
         per_worker = [total(m, "fastcluster_requests_total", worker=w) for w in ("1", "2")]
         assert all(per_worker), per_worker     # both workers served (the accept balancing)
+
+
+def test_restarts_by_cause_recycle_and_timeout(impl):
+    with Server("apps.suite:app", "--bind", "127.0.0.1:0", "--workers", "1", "--loop", impl, "--timeout", "1",
+                "--max-requests", "20", "--metrics-bind", "127.0.0.1:0") as server:
+        first = server.worker_pids[0]
+        talk(server, get("/") * 24 + get("/", close=True), 25)       # past --max-requests: recycled
+        wait_until(lambda: not os.path.exists("/proc/%d" % first), what="the recycled worker to go", server=server)
+        assert len(server.worker_pids) == 2
+        with socket.create_connection((server.host, server.port), timeout=30) as sock:
+            sock.sendall(get("/sleep?s=30", close=True))               # stuck past --timeout: killed
+            server.wait_line(r"^Process \d+ listening on", timeout=15)
+            assert read_to_eof(sock) == b""                            # cut, not answered
+        m = scrape(server)
+        assert total(m, "fastcluster_worker_restarts_total", cause="recycle") == 1
+        assert total(m, "fastcluster_worker_restarts_total", cause="timeout") == 1
+        assert total(m, "fastcluster_worker_restarts_total", cause="crash") == 0
+        assert total(m, "fastcluster_worker_restarts_total", cause="rollout") == 0
+        assert total(m, "fastcluster_requests_total") == 26              # the stuck request reached the app
