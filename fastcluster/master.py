@@ -368,9 +368,12 @@ class Master:
 
     def _on_exit(self, rec, code):
         how = "exited with code %d" % code if code >= 0 else "was killed by %s" % _signame(-code)
-        if not self.stopping and (rec.cause is not None or not rec.expected_exit):
-            counts = self.restarts.setdefault(rec.slot, dict.fromkeys(CAUSES, 0))
-            counts[rec.cause or "crash"] += 1
+        # Why it went, for the restart counters: asked to (rollout, recycle; a scale-down counts
+        # as nothing), killed past --timeout, or any other death (crash), also while it waited
+        # for its turn in a rollout.
+        cause = rec.cause if rec.expected_exit else ("timeout" if rec.cause == "timeout" else "crash")
+        if cause is not None and not self.stopping:
+            self.restarts.setdefault(rec.slot, dict.fromkeys(CAUSES, 0))[cause] += 1
         if rec.expected_exit:
             log.info("worker %d (pid %d) stopped: %s", rec.slot, rec.pid, how)
             return
