@@ -432,3 +432,25 @@ def test_restarts_by_cause_recycle_and_timeout(impl):
         assert total(m, "fastcluster_worker_restarts_total", cause="crash") == 0
         assert total(m, "fastcluster_worker_restarts_total", cause="rollout") == 0
         assert total(m, "fastcluster_requests_total") == 26              # the stuck request reached the app
+
+
+def test_access_lines_of_two_workers_on_one_pipe_never_interleave(impl):
+    """stdout is a pipe here (the test reads it): every line must arrive whole, one per request."""
+    with Server("apps.suite:app", "--bind", "127.0.0.1:0", "--workers", "2", "--loop", impl,
+                "--access-log", "-") as server:
+        agent = "x" * 300      # long lines, so that a write of many lines passes PIPE_BUF (4096)
+        threads = [threading.Thread(target=talk, args=(server, get("/pid", agent=agent) * 399
+                                                       + get("/pid", close=True, agent=agent), 400))
+                   for _ in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+
+        def logged():
+            return [line for line in server.lines if '"GET /pid HTTP/1.1"' in line]
+        wait_until(lambda: len(logged()) >= 2400, what="2400 access lines", server=server)
+        lines = logged()
+        assert len(lines) == 2400
+        assert all(LINE.match(line) and line.endswith(tuple("0123456789")) for line in lines)
+        assert {LINE.match(line).group(8) for line in lines} <= {str(p) for p in server.worker_pids}
