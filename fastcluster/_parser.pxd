@@ -47,7 +47,7 @@ cdef class Server:
         int lfd
         int epfd
         public object app
-        object tick             # called once a second with the number of requests served
+        object tick             # called once a second with the number of requests served and the RSS
         public double keep_alive
         public double graceful_timeout
         double header_timeout

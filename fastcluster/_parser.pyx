@@ -591,14 +591,15 @@ cdef class Server:
         cdef double limit
         cdef Connection conn
         self.date_line = self.date.get()
+        rss = rss_bytes()
         self.cells[B_BEAT] = <long long>(self.now * 1e6)
-        self.cells[B_RSS] = rss_bytes()
+        self.cells[B_RSS] = rss
         if self.writer is not None:
             self.writer.flush()
         if self.access is not None:
             self.access.flush()
         if self.tick is not None:
-            self.tick(self.requests)
+            self.tick(self.requests, rss)
         if self.master_pid and getppid() != self.master_pid:
             self.stop_requested = True          # the master is gone: do not outlive it
         self.resume_accepting()

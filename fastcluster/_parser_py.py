@@ -74,7 +74,7 @@ class Server:
                  board_index=-1, access_log=None):
         config = config or Config()
         self.listener = listener
-        self.tick = tick            # called once a second with the number of requests served
+        self.tick = tick            # called once a second with the number of requests served and the RSS
         self.app = app
         self.keep_alive = config.keep_alive
         self.graceful_timeout = config.graceful_timeout
@@ -250,12 +250,13 @@ class Server:
     def _tick(self):
         self.date_line = self.date.get()
         now = self.now
+        rss = rss_bytes()
         self.cells[BEAT] = int(now * 1e6)
-        self.cells[RSS] = rss_bytes()
+        self.cells[RSS] = rss
         if self.access is not None:
             self.access.flush()
         if self.tick is not None:
-            self.tick(self.requests)
+            self.tick(self.requests, rss)
         if self.master_pid and os.getppid() != self.master_pid:
             self.stop_requested = True          # the master is gone: do not outlive it
         self.resume_accepting()

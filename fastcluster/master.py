@@ -39,8 +39,7 @@ class WorkerRecord:
     """One forked worker, in Node's vocabulary: spawning -> online -> dead."""
 
     __slots__ = ("slot", "pid", "state", "born_at", "started", "expected_exit", "status_fd", "replaces",
-                 "kill_at", "last_beat", "requests", "inbox", "recycling", "lifetime", "board_index", "generation",
-                 "cause")
+                 "kill_at", "last_beat", "inbox", "recycling", "lifetime", "board_index", "generation", "cause")
 
     def __init__(self, slot, pid, status_fd, replaces=0, lifetime=0.0, board_index=-1, generation=1):
         self.slot = slot
@@ -52,7 +51,6 @@ class WorkerRecord:
         self.status_fd = status_fd
         self.replaces = replaces     # pid of the worker this one takes over from in a rollout
         self.kill_at = 0.0           # SIGKILL deadline once asked to stop
-        self.requests = 0            # as of its last heartbeat
         self.inbox = b""             # a partial status line
         self.recycling = False       # queued for replacement (recycling or rollout)
         self.lifetime = lifetime     # replace after this many seconds (0: never)
@@ -235,8 +233,6 @@ class Master:
                 rec.state = "online"
                 self.next_status = 0.0
                 self._on_online(rec)
-            elif kind == b"H":
-                rec.requests = int(arg)
             elif kind == b"X" and not rec.recycling and not rec.expected_exit:
                 log.info("worker %d (pid %d) reached its %s limit; replacing it",
                          rec.slot, rec.pid, arg.decode("ascii", "replace"))

@@ -18,7 +18,6 @@ import sys
 import traceback
 
 from . import demo, loop
-from .board import rss_bytes
 from .errors import EXIT_APP_LOAD_ERROR, EXIT_BOOT_ERROR, EXIT_OK, EXIT_USAGE, AppImportError
 from .importer import import_app
 from .logs import AccessLog
@@ -29,7 +28,7 @@ PR_SET_PDEATHSIG = 1
 
 # Status pipe messages, one line each, worker -> master:
 READY = b"R\n"            # the app is loaded and the loop accepts
-HEARTBEAT = b"H %d\n"     # once a second from the loop, with the number of requests served
+HEARTBEAT = b"H\n"        # once a second from the loop (the counters themselves are on the board)
 RECYCLE = b"X %s\n"       # please replace me (max-requests, max-worker-memory)
 
 # In a worker: SIGUSR1 reopens the log file, SIGUSR2 dumps every thread's stack (faulthandler;
@@ -94,17 +93,18 @@ class _Heartbeat:
         self.max_rss = config.max_worker_memory * 1024 * 1024
         self.asked = False
         self.reopen = False
+        self.titled = 0         # the request count in the process title
 
     def on_sigusr1(self, signum, frame):
         self.reopen = True
 
-    def __call__(self, requests):
-        message = HEARTBEAT % requests
+    def __call__(self, requests, rss):
+        message = HEARTBEAT
         if not self.asked:
             reason = None
             if self.max_requests and requests >= self.max_requests:
                 reason = b"max-requests"
-            elif self.max_rss and rss_bytes() > self.max_rss:
+            elif self.max_rss and rss > self.max_rss:
                 reason = b"max-worker-memory"
             if reason is not None:
                 self.asked = True
@@ -113,7 +113,9 @@ class _Heartbeat:
             os.write(self.status_fd, message)
         except (BlockingIOError, BrokenPipeError):
             pass   # a busy master reads the next one; a gone master is noticed by the loop
-        set_title(self.title % requests, self.name)
+        if requests != self.titled:
+            self.titled = requests
+            set_title(self.title % requests, self.name)
         if self.reopen:
             self.reopen = False
             if self.log_file:
