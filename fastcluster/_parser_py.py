@@ -421,8 +421,7 @@ class Connection:
             if req.body is not None:
                 req.environ["wsgi.input"] = req.body.stream()
             self.pending.append(req)
-            self.inflight += 1                  # (inline: this is the hot path of the twin)
-            self.server.cells[IN_FLIGHT] += 1
+            self._received()
         if not req.keep_alive:
             self.reading = False
 
@@ -806,12 +805,7 @@ class Connection:
             self.keep = False   # the rest of the body was never read
         elif isinstance(req.body, BodyBuffer):
             req.body.discard()
-        server = self.server
-        if self.inflight:                       # _answered(), inline on the hot path
-            self.inflight -= 1
-            server.cells[IN_FLIGHT] -= 1
-        if server.access is not None:
-            server.access.log(req.environ, self.code, self.sent, _monotonic() - req.start)
+        self._answered(req)
         self._close_result()
         self.resp = None
         self.status = None
