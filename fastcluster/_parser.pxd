@@ -6,6 +6,8 @@ from ._syscalls cimport epoll_event
 
 include "_consts.pxi"
 
+cdef class Connection
+
 
 @cython.final
 cdef class Request:
@@ -87,6 +89,7 @@ cdef class Server:
     cdef bint _lighter_worker_available(self)
     cpdef resume_accepting(self)
     cdef int _accept(self) except -1
+    cdef Connection _add(self, int fd, dict env)
     cdef int _drain_wakeup(self) except -1
     cdef int _tick(self) except -1
     cdef int _begin_stop(self) except -1

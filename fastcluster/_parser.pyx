@@ -514,7 +514,6 @@ cdef class Server:
         cdef char host[INET6_ADDRSTRLEN + 1]
         cdef unsigned int port
         cdef epoll_event ev
-        cdef Connection conn
         for i in range(ACCEPT_BATCH):
             if len(self.conns) >= self.max_connections:
                 self._set_accepting(False)    # the kernel's backlog holds the rest meanwhile
@@ -546,12 +545,7 @@ cdef class Server:
                 env["REMOTE_PORT"] = str(port)
             else:
                 env["REMOTE_ADDR"] = ""
-            conn = Connection.__new__(Connection)
-            conn.setup(self, fd, env)
-            self.conns[fd] = conn
-            self._watch(fd, EPOLLIN)
-            self.cells[B_ACCEPTED] += 1
-            self._publish_count()
+            self._add(fd, env)
             if self.balanced and self._lighter_worker_available():
                 # Keep-alive connections stay where they land: leave the next ones to a lighter
                 # worker. (This one accepted the connection that woke it, and a worker only pauses
@@ -563,7 +557,6 @@ cdef class Server:
 
     def adopt(self, sock):
         """Serve an already-connected socket (fd passing, tests, benchmarks); takes ownership."""
-        cdef Connection conn
         env = PyDict_Copy(self.base_environ)
         if self.tcp:
             host, port = sock.getpeername()[:2]
@@ -573,7 +566,11 @@ cdef class Server:
             env["REMOTE_ADDR"] = ""
         fd = sock.detach()
         os.set_blocking(fd, False)
-        conn = Connection.__new__(Connection)
+        return self._add(fd, env)
+
+    cdef Connection _add(self, int fd, dict env):
+        """Serve a new connection: its object, its epoll registration, the board's counts."""
+        cdef Connection conn = Connection.__new__(Connection)
         conn.setup(self, fd, env)
         self.conns[fd] = conn
         self._watch(fd, EPOLLIN)

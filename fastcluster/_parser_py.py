@@ -216,11 +216,7 @@ class Server:
             sock.setblocking(False)
             if self.tcp:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            conn = Connection(self, sock, addr)
-            conns[conn.fd] = conn
-            self.ep.register(conn.fd, EPOLLIN)
-            self.cells[ACCEPTED] += 1
-            self._publish_count()
+            self._add(sock, addr)
             if self.board is not None and self._lighter_worker_available():
                 # Keep-alive connections stay where they land: leave the next ones to a lighter
                 # worker. (This one accepted the connection that woke it, and a worker only pauses
@@ -232,7 +228,10 @@ class Server:
     def adopt(self, sock):
         """Serve an already-connected socket (fd passing, tests, benchmarks); takes ownership."""
         sock.setblocking(False)
-        addr = sock.getpeername() if self.tcp else ""
+        return self._add(sock, sock.getpeername() if self.tcp else "")
+
+    def _add(self, sock, addr):
+        """Serve a new connection: its object, its epoll registration, the board's counts."""
         conn = Connection(self, sock, addr)
         self.conns[conn.fd] = conn
         self.ep.register(conn.fd, EPOLLIN)
