@@ -90,6 +90,7 @@ cdef class Server:
     cpdef resume_accepting(self)
     cdef int _accept(self) except -1
     cdef Connection _add(self, int fd, dict env)
+    cdef int _log_access(self, dict env, int status, long long size, double secs) except -1
     cdef int _drain_wakeup(self) except -1
     cdef int _tick(self) except -1
     cdef int _begin_stop(self) except -1

@@ -578,6 +578,14 @@ cdef class Server:
         self._publish_count()
         return conn
 
+    cdef int _log_access(self, dict env, int status, long long size, double secs) except -1:
+        """One access log line: rendered in C for the default format, by the AccessLog otherwise."""
+        if self.writer is not None:
+            self.writer.line(env, status, size, <long long>(secs * 1e6))
+        else:
+            self.access.log(env, status, size, secs)
+        return 0
+
     cdef int _drain_wakeup(self) except -1:
         cdef char buf[512]
         while c_read(self.wakeup_fd, buf, sizeof(buf)) > 0:
@@ -853,10 +861,8 @@ cdef class Connection:
         if self.inflight:
             self.inflight -= 1
             self.server.cells[B_IN_FLIGHT] -= 1
-        if self.server.writer is not None:
-            self.server.writer.line(req.environ, code, self.sent, <long long>((monotonic() - req.start) * 1e6))
-        elif self.server.access is not None:
-            self.server.access.log(req.environ, code, self.sent, monotonic() - req.start)
+        if self.server.access is not None:
+            self.server._log_access(req.environ, code, self.sent, monotonic() - req.start)
         return 0
 
     cdef int on_timeout(self) except -1:
@@ -944,10 +950,8 @@ cdef class Connection:
             self.close_after = True
             cells[B_STATUS + 3] += 1
             cells[<Py_ssize_t>refusal_cell(first)] += 1
-            if self.server.writer is not None:
-                self.server.writer.line(self.base_environ, first, 0, 0)
-            elif self.server.access is not None:
-                self.server.access.log(self.base_environ, first, 0, 0.0)
+            if self.server.access is not None:
+                self.server._log_access(self.base_environ, first, 0, 0.0)
             return 0
         req = <Request>first
         self.served += 1
