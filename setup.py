@@ -1,8 +1,15 @@
 """Build the compiled request loop; fall back to the pure-Python package when that is impossible.
 
+The compiled loop is four extension modules: `fastcluster._parser` (from `_parser.pyx`, the loop's
+I/O) and the compiled builds of the shared plain-Python sources `_server.py`, `_exchange.py` and
+`_http.py`, as `_server_c`, `_exchange_c` and `_http_c` (Cython's pure-Python mode, with the C
+types in `_<name>_c.pxd`). The pure-Python loop runs those same sources as they are. Cython takes
+a module's name from its file, so each is compiled from a copy named `_<name>_c.py`, written here
+at build time (generated, like the .c files, and never committed).
+
 Knobs (environment variables at build time):
   FASTCLUSTER_NO_EXTENSIONS=1   build no extension: the package runs the pure-Python loop
-  FASTCLUSTER_CYTHON_ANNOTATE=1 also write fastcluster/_parser.html (cython -a)
+  FASTCLUSTER_CYTHON_ANNOTATE=1 also write fastcluster/*.html (cython -a)
   FASTCLUSTER_DEBUG=1           linetrace + CYTHON_TRACE, for profilers and coverage
 """
 
@@ -11,6 +18,7 @@ import sys
 
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
+from setuptools.command.build_py import build_py
 
 
 def _flag(name):
@@ -39,6 +47,33 @@ class optional_build_ext(build_ext):
         )
 
 
+SHARED = ("_server", "_exchange", "_http")   # plain-Python sources compiled as <name>_c too
+
+
+def _shared_copy(name):
+    """fastcluster/<name>_c.py, the same bytes as <name>.py (so compiled line numbers match)."""
+    source, copy = "fastcluster/%s.py" % name, "fastcluster/%s_c.py" % name
+    with open(source, "rb") as f:
+        data = f.read()
+    try:
+        with open(copy, "rb") as f:
+            if f.read() == data:
+                return copy
+    except FileNotFoundError:
+        pass
+    with open(copy, "wb") as f:
+        f.write(data)
+    return copy
+
+
+class build_py_without_copies(build_py):
+    """The `_<name>_c.py` copies are only Cython's input: never installed as modules."""
+
+    def find_package_modules(self, package, package_dir):
+        return [entry for entry in super().find_package_modules(package, package_dir)
+                if not (entry[1].startswith("_") and entry[1][:-2] in SHARED and entry[1].endswith("_c"))]
+
+
 def extensions():
     if _flag("FASTCLUSTER_NO_EXTENSIONS") or sys.implementation.name != "cpython":
         return []
@@ -53,9 +88,11 @@ def extensions():
     if debug:
         directives.update(linetrace=True, profile=True)
         macros.append(("CYTHON_TRACE", "1"))
-    ext = Extension("fastcluster._parser", ["fastcluster/_parser.pyx"], define_macros=macros,
-                    extra_compile_args=["-O2"])
-    return cythonize([ext], compiler_directives=directives, annotate=_flag("FASTCLUSTER_CYTHON_ANNOTATE"))
+    exts = [Extension("fastcluster.%s_c" % name, [_shared_copy(name)], define_macros=macros,
+                      extra_compile_args=["-O2"]) for name in SHARED]
+    exts.append(Extension("fastcluster._parser", ["fastcluster/_parser.pyx"], define_macros=macros,
+                          extra_compile_args=["-O2"]))
+    return cythonize(exts, compiler_directives=directives, annotate=_flag("FASTCLUSTER_CYTHON_ANNOTATE"))
 
 
-setup(ext_modules=extensions(), cmdclass={"build_ext": optional_build_ext})
+setup(ext_modules=extensions(), cmdclass={"build_ext": optional_build_ext, "build_py": build_py_without_copies})

@@ -202,6 +202,9 @@ SETTINGS = (
             "largest header section in bytes (then 431)", "BYTES"),
     Setting("max_body", ("--max-body",), non_negative_int, 100 * 1024 * 1024,
             "largest request body in bytes, announced or chunked (then 413; 0: no limit)", "BYTES"),
+    Setting("max_spill", ("--max-spill",), non_negative_int, 1024 * 1024 * 1024,
+            "disk one worker may use for request bodies buffered in temporary files (then 503; 0: no limit)",
+            "BYTES"),
     Setting("ready_timeout", ("--ready-timeout",), non_negative_float, 60.0,
             "seconds a new worker may take to load the app in a rolling restart before the restart is aborted",
             "S"),
@@ -259,6 +262,7 @@ class Config:
     max_headers: int = 100
     max_header_bytes: int = 65536
     max_body: int = 100 * 1024 * 1024
+    max_spill: int = 1024 * 1024 * 1024
     ready_timeout: float = 60.0
     timeout: float = 0.0
     max_requests: int = 0

@@ -1,8 +1,9 @@
-"""WSGI (PEP 3333) pieces shared by both request loops.
+"""WSGI (PEP 3333) pieces shared by both request loops, in plain Python.
 
-Everything here is written once and used by the compiled loop and by its
-pure-Python twin: request body streams, `wsgi.file_wrapper`, the cached status
-line and Date header, header validation, and the request-target split.
+Request body streams (with the disk budget of spilled bodies), `wsgi.file_wrapper`, the cached
+status line and Date header, the request-head checks llhttp leaves to the server, header name
+rules, and the request-target split. The per-request work that gains from being compiled lives in
+the shared sources `_exchange.py` and `_http.py`, which use these.
 """
 
 from __future__ import annotations
@@ -71,6 +72,7 @@ class Reject(Exception):
         self.status = status
 
 
+PLAIN_HOST = re.compile(r"[A-Za-z0-9.\-]*(?::[0-9]*)?")   # needs no further check (see _http.plain_host)
 _HOST_RE = re.compile(r"(?:[A-Za-z0-9\-._~!$&'()*+;=%]*|\[[0-9A-Fa-f:.]+\])(?::[0-9]*)?")
 
 
@@ -101,7 +103,7 @@ def check_head(env, http10: bool, max_body: int) -> int:
 ERROR_STATUS = {
     400: "400 Bad Request", 408: "408 Request Timeout", 413: "413 Content Too Large",
     414: "414 URI Too Long", 431: "431 Request Header Fields Too Large", 501: "501 Not Implemented",
-    505: "505 HTTP Version Not Supported",
+    505: "505 HTTP Version Not Supported", 503: "503 Service Unavailable",
 }
 
 
@@ -129,26 +131,60 @@ class EmptyInput:
 EMPTY_INPUT = EmptyInput()
 
 
+class SpillBudget:
+    """The disk one worker's request bodies may take in temporary files (--max-spill)."""
+
+    __slots__ = ("left",)
+
+    def __init__(self, limit: int):
+        self.left = limit if limit else -1     # -1: no limit
+
+    def take(self, size: int) -> bool:
+        if self.left < 0:
+            return True
+        if size > self.left:
+            return False
+        self.left -= size
+        return True
+
+    def give(self, size: int) -> None:
+        if self.left >= 0:
+            self.left += size
+
+
+_NO_BUDGET = SpillBudget(0)
+
+
 class BodyBuffer:
-    """Collects a request body that arrives before the app runs; spills to disk when large."""
+    """Collects a request body that arrives before the app runs; spills to disk when large,
+    within the worker's SpillBudget (past it the request is refused with 503)."""
 
-    __slots__ = ("parts", "size", "file")
+    __slots__ = ("parts", "size", "file", "budget", "taken")
 
-    def __init__(self):
+    def __init__(self, budget: SpillBudget = _NO_BUDGET):
         self.parts = []
         self.size = 0
         self.file = None
+        self.budget = budget
+        self.taken = 0          # bytes of the budget this body holds
 
     def add(self, data: bytes) -> None:
         self.size += len(data)
         if self.file is not None:
+            self._take(len(data))
             self.file.write(data)
             return
         self.parts.append(data)
         if self.size > SPILL_BYTES:
+            self._take(self.size)
             self.file = tempfile.TemporaryFile(prefix="fastcluster-body-")
             self.file.writelines(self.parts)
             self.parts = None
+
+    def _take(self, size: int) -> None:
+        if not self.budget.take(size):
+            raise Reject(503)   # the worker's disk budget for bodies is spent: try again later
+        self.taken += size
 
     def stream(self):
         if self.file is not None:
@@ -160,6 +196,9 @@ class BodyBuffer:
         if self.file is not None:
             self.file.close()
             self.file = None
+        if self.taken:
+            self.budget.give(self.taken)
+            self.taken = 0
 
 
 class LazyInput:
@@ -256,7 +295,7 @@ class FileWrapper:
 # --- response side ---------------------------------------------------------------------------
 
 _STATUS_RE = re.compile(r"^[1-9]\d\d(?: [^\x00-\x08\x0a-\x1f\x7f]*)?$")
-_STATUS_LINES: dict = {}
+_STATUS_LINES: dict = {}    # status str -> status line bytes
 
 
 def status_line(status) -> bytes:
@@ -277,68 +316,22 @@ H_PLAIN, H_CONTENT_LENGTH, H_DATE, H_SERVER, H_CONNECTION, H_HOP = range(6)
 _TOKEN_RE = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 _SPECIAL = {"content-length": H_CONTENT_LENGTH, "date": H_DATE, "server": H_SERVER,
             "connection": H_CONNECTION, "transfer-encoding": H_HOP, "keep-alive": H_HOP}
-_HEADER_NAMES: dict = {}   # name str -> (prefix str "Name: ", kind)
 
-# HeaderInfo flags
+# the flags _exchange.encode_headers returns
 HAS_DATE, HAS_SERVER, WANTS_CLOSE = 1, 2, 4
 
 
-def _learn_name(name):
+def learn_name(name):
+    """("Name: ", kind) for a response header name; ValueError when it is not a token."""
     if type(name) is not str or not _TOKEN_RE.match(name):
         raise ValueError("invalid header name %r" % (name,))
-    entry = (name + ": ", _SPECIAL.get(name.lower(), H_PLAIN))
-    if len(_HEADER_NAMES) < 512:
-        _HEADER_NAMES[name] = entry
-    return entry
+    return name + ": ", _SPECIAL.get(name.lower(), H_PLAIN)
 
 
-def encode_headers(headers):
-    """Validate the app's headers and encode them.
-
-    Returns (block, content_length, flags): `block` is the latin-1 bytes of the
-    header lines the server passes on, content_length is -1 when the app gave none.
-    Hop-by-hop headers are the server's business: Connection: close is honoured
-    (as the WANTS_CLOSE flag) and the others are dropped.  Raises ValueError or
-    TypeError for anything that could split the response or is not latin-1.
-    """
-    parts = []
-    clen = -1
-    flags = 0
-    lines = 0
-    names = _HEADER_NAMES
-    for name, value in headers:
-        entry = names.get(name)
-        if entry is None:
-            entry = _learn_name(name)
-        kind = entry[1]
-        if kind:
-            if type(value) is not str:
-                raise TypeError("header %s value must be str, not %s" % (name, type(value).__name__))
-            if kind == H_CONTENT_LENGTH:
-                text = value.strip()
-                if not (text.isascii() and text.isdigit()) or (clen >= 0 and int(text) != clen):
-                    raise ValueError("invalid Content-Length %r" % value)
-                if clen >= 0:
-                    continue
-                clen = int(text)
-            elif kind == H_DATE:
-                flags |= HAS_DATE
-            elif kind == H_SERVER:
-                flags |= HAS_SERVER
-            elif kind == H_CONNECTION:
-                if "close" in value.lower():
-                    flags |= WANTS_CLOSE
-                continue
-            else:
-                continue
-        parts.append(entry[0])
-        parts.append(value)
-        parts.append("\r\n")
-        lines += 1
-    block = "".join(parts)
-    if block.count("\n") != lines or block.count("\r") != lines or "\0" in block:
-        raise ValueError("header value contains CR, LF or NUL")
-    return block.encode("latin-1"), clen, flags
+def has_token(value: str, token: str) -> bool:
+    """Whether a comma-separated header value (Connection: keep-alive, close) holds `token`,
+    compared without case: "close" is a token of "Close" but not of "closed"."""
+    return any(part.strip().lower() == token for part in value.split(","))
 
 
 class DateHeader:

@@ -130,13 +130,16 @@ def test_header_keys():
 
 
 def _encoders():
+    """The shared source's encoder run as plain Python, and its compiled build."""
     import importlib.util
 
-    yield pytest.param(wsgi.encode_headers, id="python")
-    if importlib.util.find_spec("fastcluster._parser") is not None:
-        from fastcluster import _parser
+    from fastcluster import _exchange
 
-        yield pytest.param(_parser.encode_headers, id="cython")
+    yield pytest.param(_exchange.encode_headers, id="python")
+    if importlib.util.find_spec("fastcluster._exchange_c") is not None:
+        from fastcluster import _exchange_c
+
+        yield pytest.param(_exchange_c.encode_headers, id="cython")
 
 
 @pytest.mark.parametrize("encode", list(_encoders()))
@@ -148,6 +151,16 @@ def test_encode_headers_flags_and_length(encode):
     assert flags == wsgi.HAS_DATE | wsgi.WANTS_CLOSE
     assert encode([("Content-Length", "3"), ("Content-Length", " 3 ")])[:2] == (b"Content-Length: 3\r\n", 3)
     assert encode([("X-Latin", "caf\u00e9")])[0] == b"X-Latin: caf\xe9\r\n"
+
+
+@pytest.mark.parametrize("encode", list(_encoders()))
+@pytest.mark.parametrize("value, closes", [
+    ("close", True), ("Close", True), ("keep-alive, close", True), (" upgrade ,CLOSE ", True),
+    ("keep-alive", False), ("x-enclosed", False), ("closed", False), ("close-later", False),
+])
+def test_connection_close_is_a_token_not_a_substring(encode, value, closes):
+    _block, _clen, flags = encode([("Connection", value)])
+    assert bool(flags & wsgi.WANTS_CLOSE) is closes
 
 
 @pytest.mark.parametrize("encode", list(_encoders()))

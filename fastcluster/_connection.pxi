@@ -1,0 +1,187 @@
+# The compiled loop's Connection (included by _parser.pyx): recv into the server's buffer, one
+# writev for the queued output, sendfile, epoll interest, shutdown and close, under the shared
+# HttpConnection (_http.py), which parses, answers in order and decides how the connection ends.
+
+
+cdef class Connection(HttpConnection):
+    cdef setup(self, Server server, int fd, dict env):
+        self._setup(server, fd, env)
+        self.out = []
+        self.mask = EPOLLIN
+
+    cdef int _on_event(self) except -1:
+        cdef ssize_t n
+        cdef Server server = <Server>self.server
+        if self.state == LINGERING:
+            self._drop_input()
+            return 0
+        if self.mask == EPOLLOUT:
+            self._pump()
+            return 0
+        n = recv(self.fd, server.rbuf, RECV_SIZE, 0)
+        if n < 0:
+            if errno == EAGAIN or errno == EINTR:
+                return 0
+            self.close()
+            return 0
+        if n:
+            server.cells[B_BYTES_IN] += n
+            self._feed(PyMemoryView_FromMemory(server.rbuf, n, PyBUF_READ), n)
+        else:
+            self._stop_reading(PEER_CLOSED)
+        self._pump()
+        return 0
+
+    cdef bint _read_more(self) except -1:
+        """For a 100-continue body the app is reading: wait (poll) for the client, then feed."""
+        cdef Server server = <Server>self.server
+        cdef ssize_t n
+        if not wait_fd(self.fd, POLLIN, server.body_timeout):
+            return False
+        n = recv(self.fd, server.rbuf, RECV_SIZE, 0)
+        if n < 0 and (errno == EAGAIN or errno == EINTR):
+            return True
+        if n <= 0:
+            self._stop_reading(PEER_CLOSED)   # closed, or broken: nothing more can come
+            return False
+        server.cells[B_BYTES_IN] += n
+        self._feed(PyMemoryView_FromMemory(server.rbuf, n, PyBUF_READ), n)
+        return True
+
+    # --- writing ---
+
+    cdef int _queue(self, bytes data) except -1:
+        if self.state != CLOSED:
+            self.out.append(data)
+            self.out_size += PyBytes_GET_SIZE(data)
+        return 0
+
+    cdef bint _flush(self) except -1:
+        """Send queued output; False when the socket is full (EPOLLOUT armed) or the peer is gone."""
+        cdef iovec iov[MAX_IOV]
+        cdef list out = self.out
+        cdef Py_ssize_t count, i, size
+        cdef ssize_t n
+        cdef bytes item
+        while out:
+            count = min(len(out), MAX_IOV)
+            item = <bytes>out[0]
+            if count == 1:
+                n = send(self.fd, PyBytes_AS_STRING(item) + self.out_off,
+                         PyBytes_GET_SIZE(item) - self.out_off, MSG_NOSIGNAL)
+            else:
+                iov[0].iov_base = PyBytes_AS_STRING(item) + self.out_off
+                iov[0].iov_len = PyBytes_GET_SIZE(item) - self.out_off
+                for i in range(1, count):
+                    item = <bytes>out[i]
+                    iov[i].iov_base = PyBytes_AS_STRING(item)
+                    iov[i].iov_len = PyBytes_GET_SIZE(item)
+                n = writev(self.fd, iov, <int>count)
+            if n < 0:
+                if errno == EINTR:
+                    PyErr_CheckSignals()
+                    continue
+                if errno == EAGAIN:
+                    self._want_write()
+                    return False
+                self.close()
+                return False
+            self.out_size -= n
+            self.server.cells[B_BYTES_OUT] += n
+            i = 0
+            while n:
+                size = PyBytes_GET_SIZE(<bytes>out[i]) - self.out_off
+                if size <= n:
+                    n -= size
+                    self.out_off = 0
+                    i += 1
+                else:
+                    self.out_off += n
+                    n = 0
+            del out[:i]
+        return True
+
+    cdef int _wait_writable(self) except -1:
+        """Send the queued output, waiting (poll) up to --write-timeout at a time for room."""
+        while not self._flush():
+            if self.state == CLOSED:
+                raise OSError(32, "client disconnected")
+            if not wait_fd(self.fd, POLLOUT, self.server.write_timeout):
+                self.close()
+                raise OSError(110, "client stopped reading")
+        return 0
+
+    cdef bint _sendfile_step(self) except -1:
+        cdef Exchange ex = self.resp
+        cdef ssize_t n
+        cdef off_t off = ex.file_off
+        while ex.file_left > 0:
+            n = sendfile(self.fd, ex.file_fd, &off, min(ex.file_left, SENDFILE_CHUNK))
+            if n < 0:
+                if errno == EAGAIN or errno == EINTR:
+                    ex.file_off = off
+                    if errno == EAGAIN:
+                        self._want_write()
+                        return False
+                    continue
+                self.close()
+                return False
+            if n == 0:
+                break  # the file shrank: the body is short, so the connection must end
+            ex.file_left -= n
+            ex.sent += n
+            self.server.cells[B_BYTES_OUT] += n
+        ex.file_off = off
+        ex.sending_file = False
+        ex.finish()
+        return True
+
+    cdef int _want_write(self) except -1:
+        self.write_deadline = self.server.now + self.server.write_timeout
+        if self.mask != EPOLLOUT:
+            self._set_mask(EPOLLOUT)
+        return 0
+
+    cdef int _want_read(self) except -1:
+        self.write_deadline = 0.0
+        if self.mask != EPOLLIN:
+            self._set_mask(EPOLLIN)
+        return 0
+
+    cdef int _set_mask(self, unsigned int mask) except -1:
+        cdef epoll_event ev
+        self.mask = mask
+        ev.events = mask
+        ev.data.u64 = 0
+        ev.data.fd = self.fd
+        if epoll_ctl((<Server>self.server).epfd, EPOLL_CTL_MOD, self.fd, &ev) < 0:
+            PyErr_SetFromErrno(OSError)
+        return 0
+
+    # --- ending ---
+
+    cdef bint _shutdown_write(self) except -1:
+        return shutdown(self.fd, SHUT_WR) == 0
+
+    cdef int _drop_input(self) except -1:
+        cdef Server server = <Server>self.server
+        cdef ssize_t n
+        while True:
+            n = recv(self.fd, server.rbuf, RECV_SIZE, 0)
+            if n < 0 and (errno == EAGAIN or errno == EINTR):
+                return 0
+            if n <= 0:
+                break
+            server.cells[B_BYTES_IN] += n
+        self.close()
+        return 0
+
+    cdef int _close_fd(self) except -1:
+        c_close(self.fd)
+        return 0
+
+    cdef int _drop_output(self) except -1:
+        self.out.clear()
+        self.out_off = 0
+        self.out_size = 0
+        return 0

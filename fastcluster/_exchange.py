@@ -1,0 +1,420 @@
+"""One request and its response, the same for both request loops (and, later, both interfaces).
+
+Written once, run two ways: as plain Python by the pure-Python loop, and compiled by Cython as
+`fastcluster._exchange_c` for the compiled loop, with its C types in `_exchange_c.pxd` (Cython's
+pure-Python mode; where the compiled build wants a C loop and plain Python a builtin, a function
+says `if not cython.compiled:` and gives the builtin first, a branch Cython drops).
+
+- `Exchange`: one request and the response to it: the WSGI call, start_response and write, the
+  framing of the body (status line, headers, Content-Length or chunked, HEAD, 204 and 304). A new
+  one for every request (from a free list), so nothing of one response leaks into the next.
+- `Channel`: what an exchange needs of its connection: where its bytes go, whom it tells that the
+  response is complete. `HttpConnection` (`_http.py`) is the one implementation.
+- `encode_headers`: a WSGI app's response headers, checked and encoded.
+"""
+
+import os
+import stat as _stat
+
+try:
+    import cython
+except ImportError:   # plain Python without Cython installed
+    from . import _pure as cython
+
+from . import board as _board
+from . import wsgi as _wsgi
+
+if not cython.compiled:   # the compiled build has these as a C enum (_exchange_c.pxd)
+    # how a connection ends (Channel.state); a state only ever moves to a later one
+    OPEN = 0          # reading and answering requests
+    LAST_IN = 1       # the client's last request is in (it asked to close); nothing unexpected followed
+    UNREAD = 2        # reading stopped with input left: a refused request, bytes after the last one,
+                      # or a response that ends the connection while the client may still be sending
+    PEER_CLOSED = 3   # the client closed its side; what it sent before is still answered
+    LINGERING = 4     # our FIN is out; input is read and dropped until the client closes or LINGER passes
+    CLOSED = 5
+
+HIGH_WATER = 1 << 20        # output queued before a streamed body is paused
+SMALL_CHUNK = 8192          # chunked body pieces below this are framed with one copy
+FAILED_BODY = b"Internal Server Error\n"
+B_STATUS = _board.STATUS    # the board's responses-by-class cells
+
+# Python objects used per request, bound once (C globals in the compiled build)
+BodyBuffer = _wsgi.BodyBuffer
+FileWrapper = _wsgi.FileWrapper
+status_line = _wsgi.status_line
+simple_response = _wsgi.simple_response
+log_app_error = _wsgi.log_app_error
+SERVER_HEADER = _wsgi.SERVER_HEADER
+HAS_DATE, HAS_SERVER, WANTS_CLOSE = _wsgi.HAS_DATE, _wsgi.HAS_SERVER, _wsgi.WANTS_CLOSE
+H_CONTENT_LENGTH, H_DATE = _wsgi.H_CONTENT_LENGTH, _wsgi.H_DATE
+H_SERVER, H_CONNECTION = _wsgi.H_SERVER, _wsgi.H_CONNECTION
+HEADER_NAMES = {}   # an app's header name -> (b"Name: ", kind)
+STATUSES = {}       # an app's status -> (its status line, its code)
+
+
+# --- response headers --------------------------------------------------------------------
+
+def encode_headers(headers):
+    """Validate a WSGI app's response headers and encode them.
+
+    Returns (block, content_length, flags): `block` is the latin-1 bytes of the header lines
+    passed on, `content_length` is -1 when the app gave none, `flags` holds HAS_DATE, HAS_SERVER
+    and WANTS_CLOSE. Hop-by-hop headers are the server's business: Connection: close is honoured
+    (as WANTS_CLOSE) and the others are dropped. Raises ValueError or TypeError for anything that
+    could split the response or is not latin-1.
+    """
+    parts = []
+    clen = -1
+    flags = 0
+    for name, value in headers:
+        entry = HEADER_NAMES.get(name)
+        if entry is None:
+            prefix, kind = _wsgi.learn_name(name)       # validates the name; ValueError otherwise
+            entry = (prefix.encode("latin-1"), kind)
+            if len(HEADER_NAMES) < 512:
+                HEADER_NAMES[name] = entry
+        kind = entry[1]
+        if type(value) is not str:
+            raise TypeError("header %s value must be str, not %s" % (name, type(value).__name__))
+        if kind:
+            if kind == H_CONTENT_LENGTH:
+                text = value.strip()
+                if not (text.isascii() and text.isdigit()) or (clen >= 0 and int(text) != clen):
+                    raise ValueError("invalid Content-Length %r" % value)
+                if clen >= 0:
+                    continue
+                clen = int(text)
+            elif kind == H_DATE:
+                flags |= HAS_DATE
+            elif kind == H_SERVER:
+                flags |= HAS_SERVER
+            elif kind == H_CONNECTION:
+                if _wsgi.has_token(value, "close"):
+                    flags |= WANTS_CLOSE
+                continue
+            else:
+                continue
+        data = cython.cast(str, value).encode("latin-1")      # UnicodeEncodeError (a ValueError) if not latin-1
+        if b"\r" in data or b"\n" in data or b"\0" in data:
+            raise ValueError("header value contains CR, LF or NUL")
+        parts.append(entry[0])
+        parts.append(data)
+        parts.append(b"\r\n")
+    return b"".join(parts), clen, flags
+
+
+# --- what an exchange needs of its connection ---------------------------------------------
+
+@cython.cclass
+class Channel:
+    """The connection as an Exchange sees it (fields: _exchange_c.pxd); HttpConnection is the
+    implementation, and each loop's Connection adds the I/O (`_queue`, `_wait_writable`)."""
+
+    if not cython.compiled:   # plain Python: the values a compiled object starts with
+        state = OPEN
+        out_size = 0
+
+    def _queue(self, data):
+        """Send `data` after everything queued before it."""
+        raise NotImplementedError
+
+    def _wait_writable(self):
+        """Wait until the queued output is below HIGH_WATER (write() of a fast producer)."""
+        raise NotImplementedError
+
+    def _answered(self, ex):
+        """`ex`'s response is complete (or failed)."""
+        raise NotImplementedError
+
+    def _close_after(self):
+        """Answer nothing after the current response; end the connection once its output is out."""
+        raise NotImplementedError
+
+
+# --- one request and its response --------------------------------------------------------
+
+@cython.freelist(64)
+@cython.cclass
+class Exchange:
+    """One request and the response to it (fields: _http_c.pxd)."""
+
+    if not cython.compiled:   # plain Python: the values a compiled object starts with
+        head = http10 = complete = early = sent_continue = False
+        body = status = result = iter = None
+        headers = b""
+        start = 0.0
+        hflags = code = 0
+        sent = file_off = file_left = 0
+        headers_sent = chunked = no_body = sending_file = False
+        file_fd = -1
+
+    # --- WSGI ---
+
+    def run(self, app):
+        """Call the app and start on its response; what is left of the body, the loop pulls
+        (`next_chunk`, or the connection's sendfile)."""
+        conn = self.conn
+        try:
+            result = app(self.environ, conn.start_response)
+        except Exception:
+            self.failed()
+            return 0
+        self.result = result
+        if conn.state == CLOSED:
+            self.close_result()
+            return 0
+        try:
+            if type(result) is list or type(result) is tuple:
+                self.respond_sequence(result)
+                return 0
+            if type(result) is FileWrapper and self.start_sendfile(result):
+                return 0
+            self.iter = iter(result)
+        except Exception:
+            self.failed()
+        return 0
+
+    def respond_sequence(self, items):
+        total = 0
+        if self.status is None:
+            raise RuntimeError("the application returned without calling start_response()")
+        for item in items:
+            if type(item) is not bytes:
+                raise TypeError("response body items must be bytes, not %s" % type(item).__name__)
+            total += len(item)
+        if not self.headers_sent:
+            self.send_headers(total)
+        for item in items:
+            self.send_body(item)
+        self.finish()
+        return 0
+
+    def start_sendfile(self, wrapper):
+        """Answer with a regular file through sendfile: True when the connection takes it over."""
+        try:
+            fd = wrapper.filelike.fileno()
+            offset = wrapper.filelike.tell()
+            st = os.fstat(fd)
+        except (AttributeError, OSError, ValueError):
+            return False
+        if not _stat.S_ISREG(st.st_mode) or self.status is None:
+            return False
+        size = st.st_size - offset
+        if self.headers_sent:
+            if self.clen < 0:
+                return False
+        else:
+            self.send_headers(size)
+        if self.no_body:
+            self.finish()
+            return True
+        self.sending_file = True
+        self.file_fd = fd
+        self.file_off = offset
+        self.file_left = max(0, min(size, self.clen - self.sent))
+        return True
+
+    def next_chunk(self):
+        """Take one piece of a streamed body from the app's iterable."""
+        try:
+            data = next(self.iter)
+        except StopIteration:
+            self.finish()
+            return 0
+        except Exception:
+            self.failed()
+            return 0
+        try:
+            if type(data) is not bytes:
+                raise TypeError("response body items must be bytes, not %s" % type(data).__name__)
+            if not self.headers_sent:
+                if not data:
+                    return 0
+                if self.status is None:
+                    raise RuntimeError("the application yielded a body before calling start_response()")
+                self.send_headers(-1)
+                if self.no_body:
+                    self.finish()
+                    return 0
+            self.send_body(data)
+        except Exception:
+            self.failed()
+        return 0
+
+    def set_status(self, status, headers, exc_info):
+        """WSGI's start_response (through HttpConnection.start_response)."""
+        if exc_info is not None:
+            try:
+                if self.headers_sent:
+                    raise exc_info[1].with_traceback(exc_info[2])
+            finally:
+                exc_info = None
+        elif self.status is not None:
+            raise RuntimeError("start_response() called a second time without exc_info")
+        known = STATUSES.get(status)
+        if known is None:
+            known = (status_line(status), int(status[:3]))     # status_line validates
+            if len(STATUSES) < 256:
+                STATUSES[status] = known
+        block, clen, flags = encode_headers(headers)
+        self.status = known[0]
+        self.code = known[1]
+        self.headers = block
+        self.clen = clen
+        self.hflags = flags
+        return 0
+
+    def write(self, data):
+        """WSGI's legacy write() (through HttpConnection.write)."""
+        if self.status is None:
+            raise RuntimeError("write() called before start_response()")
+        if type(data) is not bytes:
+            raise TypeError("write() takes bytes, not %s" % type(data).__name__)
+        if not self.headers_sent:
+            self.send_headers(-1)
+        self.send_body(data)
+        conn = self.conn
+        if conn.out_size >= HIGH_WATER:
+            conn._wait_writable()
+        return 0
+
+    # --- framing ---
+
+    def send_headers(self, known_length):
+        """The status line and headers, with the framing the body needs: Content-Length when it
+        is known, chunked on HTTP/1.1 otherwise, and a close on HTTP/1.0."""
+        conn = self.conn
+        server = conn.server
+        code = self.code
+        flags = self.hflags
+        bodiless_status = code < 200 or code == 204 or code == 304
+        parts = [self.status, self.headers]
+        if not flags & HAS_DATE:
+            parts.append(server.date_line)
+        if not flags & HAS_SERVER:
+            parts.append(SERVER_HEADER)
+        if flags & WANTS_CLOSE or (self.early and not self.complete):
+            self.keep = False   # (an unread 100-continue body cannot be skipped)
+        if 100 <= code < 600:
+            server.cells[B_STATUS + code // 100 - 1] += 1
+        self.no_body = self.head or bodiless_status
+        if self.clen < 0 and not bodiless_status:
+            if known_length >= 0:
+                self.clen = known_length
+                parts.append(b"Content-Length: %d\r\n" % known_length)
+            elif self.head:
+                pass
+            elif not self.http10:
+                self.chunked = True
+                parts.append(b"Transfer-Encoding: chunked\r\n")
+            else:
+                self.keep = False  # HTTP/1.0 without a length: the close ends the body
+        if not self.keep:
+            parts.append(b"Connection: close\r\n\r\n")
+        elif self.http10:
+            parts.append(b"Connection: keep-alive\r\n\r\n")
+        else:
+            parts.append(b"\r\n")
+        conn._queue(b"".join(parts))
+        self.headers_sent = True
+        return 0
+
+    def send_body(self, data):
+        size = len(data)
+        if not size or self.no_body:
+            return 0
+        conn = self.conn
+        if self.clen >= 0:
+            room = self.clen - self.sent
+            if size > room:
+                size = room   # never more than the announced length
+                if not size:
+                    return 0
+                data = data[:size]
+            self.sent += size
+            conn._queue(data)
+        elif self.chunked:
+            self.sent += size
+            if size < SMALL_CHUNK:
+                conn._queue(b"%x\r\n%b\r\n" % (size, data))
+            else:
+                conn._queue(b"%x\r\n" % size)
+                conn._queue(data)
+                conn._queue(b"\r\n")
+        else:
+            self.sent += size
+            conn._queue(data)
+        return 0
+
+    def finish(self):
+        """The app's body is complete: end the framing, close the iterable, account for it."""
+        conn = self.conn
+        if not self.headers_sent:
+            self.send_headers(0)
+        if self.chunked:
+            conn._queue(b"0\r\n\r\n")
+        elif self.clen >= 0 and self.sent < self.clen and not self.no_body:
+            self.keep = False   # short body: closing is the only way not to desync the client
+        if self.early and not self.complete:
+            self.keep = False   # the rest of the body was never read
+        self.discard_body()
+        self.close_result()
+        conn._answered(self)
+        if not self.keep:
+            conn._close_after()
+        return 0
+
+    def failed(self):
+        """The app raised: a 500 if nothing went out yet, otherwise a cut connection."""
+        conn = self.conn
+        log_app_error(self.environ)
+        self.close_result()
+        self.sending_file = False
+        self.discard_body()
+        if self.headers_sent:
+            # Part of the response is out: end the connection without a clean end of body,
+            # so the client sees that it failed.
+            self.keep = False
+        else:
+            self.keep = self.keep and (self.complete or not self.early)
+            conn._queue(simple_response("500 Internal Server Error", FAILED_BODY, not self.keep,
+                                        conn.server.date_line))
+            conn.server.cells[B_STATUS + 4] += 1
+            self.code = 500
+            self.sent = len(FAILED_BODY)
+        conn._answered(self)
+        if not self.keep:
+            conn._close_after()
+        return 0
+
+    def close_result(self):
+        """Call the iterable's close(), as PEP 3333 asks, whatever happened to the response."""
+        result = self.result
+        self.result = None
+        self.iter = None
+        if result is not None and hasattr(result, "close"):
+            try:
+                result.close()
+            except Exception:
+                log_app_error(self.environ, "error closing the response iterable")
+        return 0
+
+    def discard_body(self):
+        """Let go of the request body (a spilled one's temporary file is closed)."""
+        body = self.body
+        if type(body) is BodyBuffer:
+            body.discard()
+        return 0
+
+
+def new_exchange(conn, environ):
+    ex = Exchange.__new__(Exchange)
+    ex.conn = conn
+    ex.environ = environ
+    ex.keep_alive = True
+    ex.keep = True
+    ex.clen = -1
+    return ex
+
+

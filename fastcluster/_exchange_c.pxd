@@ -1,0 +1,95 @@
+# The C side of _exchange.py: Cython compiles that plain-Python file as fastcluster._exchange_c
+# with these declarations (pure-Python mode with an augmenting .pxd).
+
+cimport cython
+from fastcluster._server_c cimport HttpServer
+
+# how a connection ends (Channel.state); a state only ever moves to a later one
+cdef enum:
+    OPEN = 0          # reading and answering requests
+    LAST_IN = 1       # the client's last request is in (it asked to close); nothing unexpected followed
+    UNREAD = 2        # reading stopped with input left (refusal, bytes after the last request, ...)
+    PEER_CLOSED = 3   # the client closed its side; what it sent before is still answered
+    LINGERING = 4     # our FIN is out; input is dropped until the client closes or LINGER passes
+    CLOSED = 5
+
+cdef Py_ssize_t HIGH_WATER, SMALL_CHUNK, B_STATUS
+cdef bytes FAILED_BODY, SERVER_HEADER
+cdef object BodyBuffer, FileWrapper, status_line, simple_response, log_app_error
+cdef dict STATUSES, HEADER_NAMES
+cdef int HAS_DATE, HAS_SERVER, WANTS_CLOSE, H_CONTENT_LENGTH, H_DATE, H_SERVER, H_CONNECTION
+
+@cython.locals(parts=list, clen=cython.longlong, flags=int, kind=int, data=bytes, entry=tuple)
+cpdef tuple encode_headers(object headers)
+
+
+cdef class Channel:
+    cdef:
+        public HttpServer server
+        public int state        # OPEN ... CLOSED: how the connection ends
+        public Py_ssize_t out_size     # bytes queued and not sent yet
+        public object start_response   # bound once: the app's start_response
+
+    cdef int _queue(self, bytes data) except -1
+    cdef int _wait_writable(self) except -1
+    cdef int _answered(self, Exchange ex) except -1
+    cdef int _close_after(self) except -1
+
+
+@cython.final
+cdef class Exchange:
+    cdef:
+        public Channel conn
+        public dict environ
+        # the request
+        public bint keep_alive      # the client allows another request after this one
+        public bint head
+        public bint http10          # HTTP/1.0 (or older): no chunked, no 100-continue
+        public bint complete        # the parser has seen the end of the message
+        public bint early           # dispatched at headers-complete (Expect: 100-continue)
+        public bint sent_continue
+        public object body          # BodyBuffer, LazyInput or None
+        public double start         # monotonic time of the read that brought its first byte
+        # the response
+        public object status        # the status line (bytes), None until start_response
+        public bytes headers        # the app's header lines, encoded
+        public int hflags
+        public int code
+        public long long clen       # -1: no Content-Length
+        public long long sent       # body bytes queued
+        public bint headers_sent
+        public bint chunked
+        public bint no_body
+        public bint keep            # the connection stays open after this response
+        public object result        # what the app returned
+        public object iter          # its iterator, while a streamed body is pulled
+        public bint sending_file
+        public int file_fd
+        public long long file_off
+        public long long file_left
+
+    @cython.locals(conn=Channel)
+    cpdef int run(self, object app) except -1
+    @cython.locals(total=Py_ssize_t)
+    cpdef int respond_sequence(self, object items) except -1
+    @cython.locals(size=cython.longlong, offset=cython.longlong)
+    cpdef bint start_sendfile(self, object wrapper) except -1
+    cpdef int next_chunk(self) except -1
+    @cython.locals(known=tuple)
+    cpdef int set_status(self, object status, object headers, object exc_info) except -1
+    @cython.locals(conn=Channel)
+    cpdef int write(self, object data) except -1
+    @cython.locals(conn=Channel, server=HttpServer, code=int, flags=int, bodiless_status=bint)
+    cpdef int send_headers(self, long long known_length) except -1
+    @cython.locals(size=cython.longlong, room=cython.longlong, conn=Channel)
+    cpdef int send_body(self, bytes data) except -1
+    @cython.locals(conn=Channel)
+    cpdef int finish(self) except -1
+    @cython.locals(conn=Channel)
+    cpdef int failed(self) except -1
+    cpdef int close_result(self) except -1
+    cpdef int discard_body(self) except -1
+
+
+@cython.locals(ex=Exchange)
+cpdef Exchange new_exchange(Channel conn, dict environ)

@@ -1,0 +1,556 @@
+"""One HTTP/1.1 client connection, the same for both request loops.
+
+Written once, run two ways: as plain Python by the pure-Python loop (`_parser_py.py`), and compiled
+by Cython as `fastcluster._http_c` for the compiled loop (`_parser.pyx`), with its C types in
+`_http_c.pxd` (Cython's pure-Python mode). Each loop's `Connection` subclasses `HttpConnection`
+with its I/O (`_on_event`, `_queue`, `_flush`, ...); nothing in this file touches a socket itself.
+
+httptools calls the `on_*` methods, which build each request as an `Exchange` (`_exchange.py`);
+`_pump()` answers the requests strictly in order; how the connection ends is one `state`, which
+only moves forward (OPEN -> ... -> CLOSED), and what its deadline is for is one `wait`.
+"""
+
+from collections import deque
+
+from httptools import HttpParserError, HttpParserUpgrade, HttpRequestParser
+
+try:
+    import cython
+except ImportError:   # plain Python without Cython installed
+    from . import _pure as cython
+
+if not cython.compiled:   # the compiled build reads CLOCK_MONOTONIC itself (_clock.pxd)
+    from time import monotonic
+
+from . import board as _board
+from . import wsgi as _wsgi
+
+if not cython.compiled:   # the compiled build cimports these (_http_c.pxd)
+    from ._exchange import (CLOSED, HIGH_WATER, LAST_IN, LINGERING, OPEN, PEER_CLOSED, UNREAD, Channel,
+                           new_exchange)
+    # what the read-side deadline is for (HttpConnection.wait)
+    W_NONE = 0        # a request is complete and being answered: no read deadline
+    W_HEADERS = 1     # a request's headers, from the accept or the request's first byte
+    W_BODY = 2        # the next piece of a request body
+    W_IDLE = 3        # the next request on a kept-alive connection
+    W_LINGER = 4      # the client's close after our FIN
+
+HEAD_SLACK = 4096           # request line, CRLFs and colons around the counted header bytes
+LINGER = 2.0                # a connection we end keeps reading (and dropping) input this long after our FIN
+
+# the board's cells (board.py), offsets in a worker's slot
+B_REQUESTS, B_IN_FLIGHT, B_STATUS = _board.REQUESTS, _board.IN_FLIGHT, _board.STATUS
+
+# Python objects used per request, bound once (C globals in the compiled build)
+BodyBuffer = _wsgi.BodyBuffer
+LazyInput = _wsgi.LazyInput
+EMPTY_INPUT = _wsgi.EMPTY_INPUT
+HEADER_KEYS = _wsgi.HEADER_KEYS
+header_key = _wsgi.header_key
+split_target = _wsgi.split_target
+check_head = _wsgi.check_head
+error_response = _wsgi.error_response
+Reject = _wsgi.Reject
+log = _wsgi.log
+refusal_cell = _board.refusal_cell
+CONTINUE_LINE = _wsgi.CONTINUE_LINE
+METHODS = {}
+PROTOCOLS = {"1.1": "HTTP/1.1", "1.0": "HTTP/1.0"}
+HTTP11 = PROTOCOLS["1.1"]
+
+
+def plain_host(host):
+    """True for a Host made only of letters, digits, '.', '-' and an optional :port, which needs
+    no further check; anything else goes through wsgi.check_head's full rule."""
+    if not cython.compiled:
+        return _wsgi.PLAIN_HOST.fullmatch(host) is not None
+    port = False
+    for c in host:
+        if port:
+            if not (c >= "0" and c <= "9"):
+                return False
+        elif c == ":":
+            port = True
+        elif not (("a" <= c <= "z") or ("A" <= c <= "Z") or ("0" <= c <= "9") or c == "." or c == "-"):
+            return False
+    return True
+
+
+def _query_at(uri):
+    """Where the '?' of an origin-form target is (-1: none), or -2 when the target needs
+    wsgi.split_target (not origin-form, or with '%' or '#')."""
+    if not cython.compiled:
+        if uri[:1] != "/" or "%" in uri or "#" in uri:
+            return -2
+        return uri.find("?")
+    n = len(uri)
+    if n == 0 or uri[0] != "/":
+        return -2
+    query = -1
+    for i in range(n):
+        c = uri[i]
+        if c == "%" or c == "#":
+            return -2
+        if c == "?" and query < 0:
+            query = i
+    return query
+
+
+@cython.cclass
+class HttpConnection(Channel):
+    """One client connection: parsing, answering in order, and how it ends (fields: _http_c.pxd).
+
+    The loop's subclass provides the I/O: _on_event, _queue, _flush, _wait_writable, _read_more,
+    _sendfile_step, _want_read, _shutdown_write, _close_fd, _drop_output.
+    """
+
+    if not cython.compiled:   # plain Python: the values a compiled object starts with
+        cur = resp = None
+        url = b""
+        wait = W_HEADERS
+        deadline = write_deadline = 0.0
+        served = inflight = head_bytes = nheaders = header_bytes = 0
+        body_bytes = 0
+        in_head = head_done = False
+
+    def _setup(self, server, fd, env):
+        self.server = server
+        self.app = server.app
+        self.fd = fd
+        self.base_environ = env
+        self.parser = HttpRequestParser(self)
+        self.url = b""
+        self.pending = deque()
+        self.state = OPEN
+        self._arm(W_HEADERS, server.header_timeout)
+        self.start_response = self._start_response
+        self.write = self._write
+        return 0
+
+    def _start_response(self, status, headers, exc_info=None):
+        ex = self.resp
+        if ex is None:
+            raise RuntimeError("start_response() called outside of a request")
+        ex.set_status(status, headers, exc_info)
+        return self.write
+
+    def _write(self, data):
+        """The legacy write() callable that start_response returns."""
+        ex = self.resp
+        if ex is None:
+            raise RuntimeError("write() called outside of a request")
+        ex.write(data)
+
+    # --- httptools callbacks ---
+
+    def on_message_begin(self):
+        server = self.server
+        ex = new_exchange(self, self.base_environ.copy())
+        ex.start = server.now
+        self.cur = ex
+        self.url = b""
+        self.in_head = True
+        self.nheaders = 0
+        self.header_bytes = 0
+        if self.served or self.wait == W_NONE:
+            # a kept-alive connection, or one behind a request being answered: the header
+            # deadline runs from the request's first byte (the first one's from the accept)
+            self._arm(W_HEADERS, server.header_timeout)
+
+    def on_url(self, url):
+        if self.url:
+            self.url += url
+        else:
+            self.url = url
+        if len(self.url) > self.server.max_request_line:
+            raise Reject(414)
+
+    def on_header(self, name, value):
+        server = self.server
+        self.nheaders += 1
+        self.header_bytes += len(name) + len(value) + 4
+        if self.nheaders > server.max_headers or self.header_bytes > server.max_header_bytes:
+            raise Reject(431)
+        key = HEADER_KEYS.get(name)
+        if key is None:
+            key = header_key(name)
+            if key is None:
+                return
+        start = 0
+        end = len(value)
+        while start < end and (value[start] == 32 or value[start] == 9):
+            start += 1
+        while end > start and (value[end - 1] == 32 or value[end - 1] == 9):
+            end -= 1
+        text = value[start:end].decode("latin-1")
+        env = self.cur.environ
+        old = env.get(key)
+        if old is None:
+            env[key] = text
+        else:
+            env[key] = old + "," + text
+
+    def on_headers_complete(self):
+        ex = self.cur
+        env = ex.environ
+        server = self.server
+        parser = self.parser
+        raw = parser.get_method()
+        method = METHODS.get(raw)
+        if method is None:
+            method = raw.decode("ascii")
+            METHODS[raw] = method
+        env["REQUEST_METHOD"] = method
+        version = parser.get_http_version()
+        protocol = PROTOCOLS.get(version)
+        env["SERVER_PROTOCOL"] = protocol if protocol is not None else "HTTP/" + version
+        url = self.url
+        uri = url.decode("latin-1")
+        env["RAW_URI"] = uri
+        query = _query_at(uri)
+        if query == -2:
+            env["PATH_INFO"], env["QUERY_STRING"] = split_target(url)
+        elif query < 0:
+            env["PATH_INFO"] = uri
+            env["QUERY_STRING"] = ""
+        else:
+            env["PATH_INFO"] = uri[:query]
+            env["QUERY_STRING"] = uri[query + 1:]
+        ex.keep_alive = parser.should_keep_alive() and server.keep_alive > 0
+        ex.head = method == "HEAD"
+        ex.http10 = version != "1.1"
+        self.in_head = False
+        self.head_done = True
+        self.head_bytes = 0
+        host = env.get("HTTP_HOST")
+        if not (protocol is HTTP11 and host is not None and plain_host(host)
+                and "HTTP_TRANSFER_ENCODING" not in env and "CONTENT_LENGTH" not in env):
+            status = check_head(env, ex.http10, server.max_body)   # the general case
+            if status:
+                raise Reject(status)
+        if "CONTENT_LENGTH" in env or "HTTP_TRANSFER_ENCODING" in env:
+            self.body_bytes = 0
+            self._arm(W_BODY, server.body_timeout)
+            expect = env.get("HTTP_EXPECT")
+            if expect is not None and expect.lower() == "100-continue" and not ex.http10:
+                ex.body = LazyInput(self._fill_body)
+                env["wsgi.input"] = ex.body
+                ex.early = True
+                self.pending.append(ex)
+                self._received(ex)
+            else:
+                ex.body = BodyBuffer(server.spill)
+        else:
+            env["wsgi.input"] = EMPTY_INPUT
+            self.wait = W_NONE
+
+    def on_body(self, data):
+        server = self.server
+        self.body_bytes += len(data)
+        if server.max_body and self.body_bytes > server.max_body:
+            raise Reject(413)
+        self._arm(W_BODY, server.body_timeout)
+        self.cur.body.add(data)
+
+    def on_message_complete(self):
+        ex = self.cur
+        self.cur = None
+        self.wait = W_NONE
+        ex.complete = True
+        if ex.early:
+            ex.body.finish()
+        else:
+            if ex.body is not None:
+                ex.environ["wsgi.input"] = ex.body.stream()
+            self.pending.append(ex)
+            self._received(ex)
+        if not ex.keep_alive:
+            self._stop_reading(LAST_IN)
+
+    # --- reading ---
+
+    def parse_only(self, data):
+        """Run `data` through the parser and the request callbacks, answering nothing
+        (the `parse` benchmark); returns how many requests it completed."""
+        self.parser.feed_data(data)
+        count = len(self.pending)
+        self.pending.clear()
+        self.server.cells[B_IN_FLIGHT] -= self.inflight
+        self.inflight = 0
+        return count
+
+    def on_readable(self):
+        """Handle one readiness event now (what the loop does when epoll reports this fd)."""
+        self.server.now = monotonic()
+        self._on_event()
+
+    def _feed(self, data, n):
+        """Give `n` bytes just read to the parser; a bad request is refused here."""
+        self.head_done = False
+        try:
+            self.parser.feed_data(data)
+        except HttpParserUpgrade:
+            # Upgrade/CONNECT: answered as a plain request, then the connection ends.
+            if self.pending:
+                last = self.pending[-1]
+                if type(last) is not int:
+                    last.keep_alive = False
+            self._stop_reading(LAST_IN)
+            return 0
+        except HttpParserError as exc:
+            if self.state != OPEN:
+                self._stop_reading(UNREAD)   # bytes after a request that ends the connection: ignored
+                return 0
+            cause = exc.__context__
+            if cause is not None and not isinstance(cause, Reject):
+                log.error("request callback failed", exc_info=cause)
+            self._reject(cause.status if isinstance(cause, Reject) else 400)
+            return 0
+        if self.in_head:
+            # A header section still open: count its bytes so that a header which never ends
+            # cannot grow httptools' buffer without bound. (A feed that also finished another
+            # head is not counted; the next one is.)
+            self.head_bytes = 0 if self.head_done else self.head_bytes + n
+            server = self.server
+            if self.head_bytes > server.max_header_bytes + server.max_request_line + HEAD_SLACK:
+                self._reject(431)
+        return 0
+
+    def _fill_body(self):
+        """LazyInput's fill (Expect: 100-continue): the interim 100 Continue the first time, then
+        more of the body; False when no more can come."""
+        ex = self.resp
+        if not ex.sent_continue and not ex.headers_sent:
+            ex.sent_continue = True
+            self._queue(CONTINUE_LINE)
+            self._wait_writable()
+        if self.state != OPEN:
+            return False
+        return self._read_more()
+
+    def _stop_reading(self, state):
+        """Move the connection on to `state` (never back)."""
+        if state > self.state:
+            self.state = state
+        return 0
+
+    def _reject(self, status):
+        """Stop parsing; after the responses already queued, answer `status` and close."""
+        self._stop_reading(UNREAD)
+        self.in_head = False
+        cur = self.cur
+        if cur is not None:
+            cur.discard_body()
+            self.cur = None
+        self.pending.append(status)
+        return 0
+
+    def _received(self, ex):
+        self.inflight += 1
+        self.server.cells[B_IN_FLIGHT] += 1
+        return 0
+
+    def _answered(self, ex):
+        """The response to `ex` is complete (or failed): in-flight count, access log."""
+        server = self.server
+        if self.inflight:
+            self.inflight -= 1
+            server.cells[B_IN_FLIGHT] -= 1
+        if server.access is not None:
+            server._log_access(ex.environ, ex.code, ex.sent, monotonic() - ex.start)
+        self.resp = None
+        return 0
+
+    def _close_after(self):
+        """Answer nothing after the current response: drop what is queued behind it; the
+        connection ends once its output is out."""
+        self._drop_pending()
+        self._stop_reading(UNREAD)
+        return 0
+
+    def _drop_pending(self):
+        server = self.server
+        pending = self.pending
+        while pending:
+            first = pending.popleft()
+            if type(first) is not int:
+                first.discard_body()
+                if self.inflight:
+                    self.inflight -= 1
+                    server.cells[B_IN_FLIGHT] -= 1
+        return 0
+
+    def _arm(self, wait, seconds):
+        """The read-side deadline: `seconds` from now, for `wait`."""
+        self.wait = wait
+        self.deadline = self.server.now + seconds
+        return 0
+
+    def tick(self, now):
+        """Once a second, from the server: act on a deadline that passed; when the worker is
+        stopping, end the connection cleanly once it stays idle. All of its timeouts are here."""
+        if self.state == LINGERING:
+            if now >= self.deadline:
+                self.close()                 # the client did not close after our FIN
+        elif self.write_deadline and now >= self.write_deadline:
+            self.close()                     # the client stopped reading our response
+        elif self.wait != W_NONE and now >= self.deadline:
+            if (self.wait == W_HEADERS or self.wait == W_BODY) and self.resp is None and not self.pending:
+                self._reject(408)            # headers (or a body) too slow to arrive
+                self._pump()
+            else:
+                self.close()                 # an idle keep-alive connection
+        elif self.server.stopping and self.idle():
+            self._end()     # after DRAIN_LINGER: a clean (lingering) close of what stayed idle
+        return 0
+
+    # --- answering ---
+
+    def _pump(self):
+        """Produce and send responses until done, or until the socket is full."""
+        pending = self.pending
+        while self.state != CLOSED:
+            ex = self.resp
+            if self.out_size >= HIGH_WATER:
+                if not self._flush():
+                    return 0
+            elif ex is not None and ex.sending_file:
+                if self.out_size:
+                    if not self._flush():
+                        return 0
+                elif not self._sendfile_step():
+                    return 0
+            elif ex is not None and ex.iter is not None:
+                ex.next_chunk()
+            elif pending:
+                first = pending[0]
+                if type(first) is not int:
+                    ex = first
+                    if not (ex.complete or ex.early):
+                        break
+                pending.popleft()
+                self._respond(first)
+            else:
+                break
+        if self.state == CLOSED:
+            return 0
+        if self.out_size and not self._flush():
+            return 0
+        if self.resp is not None:
+            return 0
+        if self.state != OPEN or (self.server.stopping and self.cur is None and not pending):
+            self._end()
+            return 0
+        self._want_read()
+        if self.cur is None:      # between requests: the keep-alive timeout runs
+            self._arm(W_IDLE, self.server.keep_alive)
+        return 0
+
+    def _respond(self, first):
+        server = self.server
+        if type(first) is int:     # a request we refused: its status
+            self._queue(error_response(first, server.date_line))
+            self._close_after()
+            server.cells[B_STATUS + 3] += 1
+            server.cells[refusal_cell(first)] += 1
+            if server.access is not None:
+                server._log_access(self.base_environ, first, 0, 0.0)
+            return 0
+        ex = first
+        self.served += 1
+        server.requests += 1
+        server.cells[B_REQUESTS] += 1
+        self.resp = ex
+        ex.keep = ex.keep_alive and not server.stopping
+        ex.run(self.app)
+        return 0
+
+    # --- state ---
+
+    def idle(self):
+        return self.cur is None and not self.pending and not self.out_size and self.resp is None
+
+    def _end(self):
+        """Close after the last response: at once if nothing more can come from the client (it
+        closed, or its last request ended the connection and nothing followed it), else a
+        lingering close."""
+        if self.state == PEER_CLOSED or self.state == LAST_IN:
+            self.close()
+            return 0
+        # Closing with unread input makes the kernel send a reset, which can destroy the
+        # response still on its way to the client. So: FIN first, then drop whatever the
+        # client still sends until it closes too, or LINGER runs out (the tick closes then).
+        self._release()
+        if not self._shutdown_write():
+            self.close()
+            return 0
+        self.state = LINGERING
+        self._arm(W_LINGER, LINGER)
+        self._want_read()
+        return 0
+
+    def close(self):
+        if self.state == CLOSED:
+            return
+        self.state = CLOSED
+        server = self.server
+        server.conns.pop(self.fd, None)
+        self._release()
+        self._close_fd()
+        server._publish_count()
+        if not server.accepting:
+            server.resume_accepting()
+
+    def _release(self):
+        """Let go of everything the connection holds for requests and responses."""
+        ex = self.resp
+        if ex is not None:
+            ex.close_result()
+            ex.discard_body()
+            ex.sending_file = False
+        self._drop_pending()
+        cur = self.cur
+        if cur is not None:
+            cur.discard_body()
+            self.cur = None
+        self.server.cells[B_IN_FLIGHT] -= self.inflight
+        self.inflight = 0
+        self._drop_output()
+        self.start_response = None  # break the cycles self -> bound method -> self
+        self.write = None
+        return 0
+
+    # --- the loop's I/O: each loop's Connection provides these ---
+
+    def _on_event(self):
+        """Read what the client sent and answer what can be answered."""
+        raise NotImplementedError
+
+    def _flush(self):
+        """Send queued output; False when the socket is full (write interest armed) or the peer
+        is gone."""
+        raise NotImplementedError
+
+    def _read_more(self):
+        """Wait (up to --body-timeout) for more of a request body and feed it; False when none
+        can come."""
+        raise NotImplementedError
+
+    def _sendfile_step(self):
+        """Send more of the exchange's file; False while the socket is full."""
+        raise NotImplementedError
+
+    def _want_read(self):
+        """Wait for input (and no longer for room to write)."""
+        raise NotImplementedError
+
+    def _shutdown_write(self):
+        """Send our FIN; False if the socket is already gone."""
+        raise NotImplementedError
+
+    def _close_fd(self):
+        raise NotImplementedError
+
+    def _drop_output(self):
+        """Forget the queued output (the connection is ending)."""
+        raise NotImplementedError

@@ -1,0 +1,102 @@
+# The C side of _http.py: Cython compiles that plain-Python file as fastcluster._http_c with these
+# declarations (pure-Python mode with an augmenting .pxd). _parser.pyx subclasses HttpConnection
+# with the compiled loop's I/O.
+
+cimport cython
+from fastcluster._clock cimport monotonic
+from fastcluster._server_c cimport HttpServer
+from fastcluster._exchange_c cimport (Channel, Exchange, new_exchange, OPEN, LAST_IN, UNREAD, PEER_CLOSED,
+                                      LINGERING, CLOSED, HIGH_WATER)
+
+# what the read-side deadline is for (HttpConnection.wait)
+cdef enum:
+    W_NONE = 0        # a request is complete and being answered: no read deadline
+    W_HEADERS = 1     # a request's headers, from the accept or the request's first byte
+    W_BODY = 2        # the next piece of a request body
+    W_IDLE = 3        # the next request on a kept-alive connection
+    W_LINGER = 4      # the client's close after our FIN
+
+cdef Py_ssize_t HEAD_SLACK, B_REQUESTS, B_IN_FLIGHT, B_STATUS
+cdef double LINGER
+cdef bytes CONTINUE_LINE
+cdef object BodyBuffer, LazyInput, EMPTY_INPUT, header_key, split_target, check_head, error_response
+cdef object Reject, log, refusal_cell
+cdef dict HEADER_KEYS, METHODS, PROTOCOLS
+cdef str HTTP11
+
+@cython.locals(port=bint, c=Py_UCS4)
+cpdef bint plain_host(str host)
+@cython.locals(n=Py_ssize_t, i=Py_ssize_t, query=Py_ssize_t, c=Py_UCS4)
+cdef Py_ssize_t _query_at(str uri) except -3
+
+
+cdef class HttpConnection(Channel):
+    cdef:
+        object app
+        public int fd
+        dict base_environ       # the server's environ plus this client's address
+        object parser           # httptools.HttpRequestParser driving our on_* methods
+        public Exchange cur     # the request being parsed
+        bytes url
+        public object pending   # deque of Exchange (or the int status of a refused request), in order
+        public Exchange resp    # the request being answered
+        public int wait         # W_NONE ... W_LINGER: what `deadline` is for
+        public double deadline
+        public double write_deadline   # 0, or when a client that stopped reading is dropped
+        public Py_ssize_t served       # requests answered on this connection
+        Py_ssize_t inflight     # its requests read in full and not answered yet (on the board too)
+        bint in_head            # between a request's first byte and the end of its headers
+        bint head_done          # a header section ended during the current feed
+        Py_ssize_t head_bytes   # bytes read while in_head (bounds what httptools buffers)
+        Py_ssize_t nheaders
+        Py_ssize_t header_bytes
+        long long body_bytes
+        public object write            # the write() start_response returns (bound once)
+
+    cdef int _setup(self, HttpServer server, int fd, dict env) except -1
+    @cython.locals(server=HttpServer, ex=Exchange)
+    cpdef on_message_begin(self)
+    @cython.locals(start=Py_ssize_t, end=Py_ssize_t, server=HttpServer, env=dict)
+    cpdef on_header(self, bytes name, bytes value)
+    @cython.locals(ex=Exchange, env=dict, server=HttpServer, uri=str, url=bytes, query=Py_ssize_t,
+                   protocol=str, method=str)
+    cpdef on_headers_complete(self)
+    @cython.locals(server=HttpServer)
+    cpdef on_body(self, bytes data)
+    @cython.locals(ex=Exchange)
+    cpdef on_message_complete(self)
+    @cython.locals(server=HttpServer)
+    cdef int _feed(self, object data, Py_ssize_t n) except -1
+    @cython.locals(ex=Exchange)
+    cpdef bint _fill_body(self) except -1
+    cdef int _stop_reading(self, int state) except -1
+    @cython.locals(cur=Exchange)
+    cdef int _reject(self, int status) except -1
+    cdef int _received(self, Exchange ex) except -1
+    @cython.locals(server=HttpServer)
+    cdef int _answered(self, Exchange ex) except -1
+    cdef int _close_after(self) except -1
+    @cython.locals(server=HttpServer, ex=Exchange)
+    cdef int _drop_pending(self) except -1
+    cdef int _arm(self, int wait, double seconds) except -1
+    cpdef int tick(self, double now) except -1
+    @cython.locals(ex=Exchange)
+    cdef int _pump(self) except -1
+    @cython.locals(server=HttpServer, ex=Exchange)
+    cdef int _respond(self, object first) except -1
+    cpdef bint idle(self)
+    cdef int _end(self) except -1
+    @cython.locals(server=HttpServer)
+    cpdef close(self)
+    @cython.locals(ex=Exchange, cur=Exchange)
+    cdef int _release(self) except -1
+
+    # the loop's I/O (_parser.pyx)
+    cdef int _on_event(self) except -1
+    cdef bint _flush(self) except -1
+    cdef bint _read_more(self) except -1
+    cdef bint _sendfile_step(self) except -1
+    cdef int _want_read(self) except -1
+    cdef bint _shutdown_write(self) except -1
+    cdef int _close_fd(self) except -1
+    cdef int _drop_output(self) except -1

@@ -1,0 +1,175 @@
+# The compiled loop's Server (included by _parser.pyx): the epoll wait, accept4 and adopt, under
+# the shared HttpServer (_server.py), which holds the settings, counters, timers and balancing.
+
+
+cdef class Server(HttpServer):
+    def __cinit__(self):
+        self.epfd = -1
+        self.rbuf = NULL
+
+    def __init__(self, listener, app, config=None, wakeup_fd=-1, master_pid=0, tick=None, board=None,
+                 board_index=-1, access_log=None):
+        self._configure(listener, app, config, wakeup_fd, master_pid, tick, board, board_index, access_log)
+        self.lfd = listener.fileno()
+        self.rbuf = <char*>PyMem_Malloc(RECV_SIZE)
+        if self.rbuf is NULL:
+            raise MemoryError()
+        self.epfd = epoll_create1(EPOLL_CLOEXEC)
+        if self.epfd < 0:
+            PyErr_SetFromErrno(OSError)
+        self.now = monotonic()
+        if access_log is not None and access_log.default_format:
+            self.writer = AccessWriter(access_log)
+
+    def __dealloc__(self):
+        if self.epfd >= 0:
+            c_close(self.epfd)
+        PyMem_Free(self.rbuf)
+
+    def serve(self, ready=None):
+        """Run until stopped; `ready()` is called once the listening socket is watched."""
+        cdef epoll_event events[MAX_EVENTS]
+        cdef int n, i, fd, timeout
+        cdef double next_tick
+        cdef dict conns = self.conns
+        self.listener.setblocking(False)
+        self._set_accepting(True)
+        if self.wakeup_fd >= 0:
+            self._watch(self.wakeup_fd, EPOLLIN)
+        self._serve_start(ready)
+        next_tick = self.now + 1.0
+        try:
+            while True:
+                timeout = <int>((self._next_wake(next_tick) - self.now) * 1000) + 1
+                if timeout < 0:
+                    timeout = 0
+                with nogil:
+                    n = epoll_wait(self.epfd, events, MAX_EVENTS, timeout)
+                if n < 0:
+                    if errno != EINTR:
+                        PyErr_SetFromErrno(OSError)
+                    n = 0
+                    PyErr_CheckSignals()
+                self._woke(monotonic())
+                for i in range(n):
+                    fd = events[i].data.fd
+                    obj = conns.get(fd)
+                    if obj is not None:
+                        (<Connection>obj)._on_event()
+                    elif fd == self.lfd:
+                        self._accept()
+                    else:
+                        self._drain_wakeup()
+                if self.stop_requested and not self.stopping:
+                    self._begin_stop()
+                    next_tick = self.now + DRAIN_LINGER
+                if self.now >= next_tick:
+                    next_tick = self.now + 1.0
+                    self._tick()
+                if self._done():
+                    break
+        finally:
+            self._serve_end()
+
+    cdef int _set_accepting(self, bint on) except -1:
+        """Watch the listening socket or not: off when stopping, full, or out of descriptors."""
+        cdef epoll_event ev
+        if on != self.accepting:
+            self.accepting = on
+            if on:
+                self._watch(self.lfd, EPOLLIN | EPOLLEXCLUSIVE)
+            else:
+                epoll_ctl(self.epfd, EPOLL_CTL_DEL, self.lfd, &ev)
+            self.cells[B_NOT_ACCEPTING] = 0 if on else 1
+        return 0
+
+    cdef int _watch(self, int fd, unsigned int events) except -1:
+        cdef epoll_event ev
+        ev.events = events
+        ev.data.u64 = 0
+        ev.data.fd = fd
+        if epoll_ctl(self.epfd, EPOLL_CTL_ADD, fd, &ev) < 0:
+            PyErr_SetFromErrno(OSError)
+        return 0
+
+    cdef int _accept(self) except -1:
+        cdef sockaddr_storage addr
+        cdef socklen_t addrlen
+        cdef int fd, i, one = 1
+        cdef char host[INET6_ADDRSTRLEN + 1]
+        cdef unsigned int port
+        for i in range(ACCEPT_BATCH):
+            if len(self.conns) >= self.max_connections:
+                self._set_accepting(False)    # the kernel's backlog holds the rest meanwhile
+                return 0
+            addrlen = sizeof(addr)
+            fd = accept4(self.lfd, <sockaddr*>&addr, &addrlen, SOCK_NONBLOCK | SOCK_CLOEXEC)
+            if fd < 0:
+                if errno == EAGAIN or errno == EINTR:
+                    return 0
+                if errno == EMFILE or errno == ENFILE or errno == ENOBUFS or errno == ENOMEM:
+                    self._accept_failed(errno)
+                    return 0
+                continue  # ECONNABORTED and friends: that client is gone, take the next
+            self.accept_error_logged = False
+            env = PyDict_Copy(self.base_environ)
+            if self.tcp:
+                setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one))
+                if addr.ss_family == AF_INET6:
+                    inet_ntop(AF_INET6, &(<sockaddr_in6*>&addr).sin6_addr, host, sizeof(host))
+                    port = ntohs((<sockaddr_in6*>&addr).sin6_port)
+                else:
+                    inet_ntop(AF_INET, &(<sockaddr_in*>&addr).sin_addr, host, sizeof(host))
+                    port = ntohs((<sockaddr_in*>&addr).sin_port)
+                env["REMOTE_ADDR"] = host.decode("ascii")
+                env["REMOTE_PORT"] = str(port)
+            else:
+                env["REMOTE_ADDR"] = ""
+            self._add(fd, env)
+            if self._accepted():
+                return 0
+        return 0
+
+    def adopt(self, sock):
+        """Serve an already-connected socket (fd passing, tests, benchmarks); takes ownership."""
+        env = PyDict_Copy(self.base_environ)
+        if self.tcp:
+            host, port = sock.getpeername()[:2]
+            env["REMOTE_ADDR"] = host
+            env["REMOTE_PORT"] = str(port)
+        else:
+            env["REMOTE_ADDR"] = ""
+        fd = sock.detach()
+        os.set_blocking(fd, False)
+        return self._add(fd, env)
+
+    cdef Connection _add(self, int fd, dict env):
+        """Serve a new connection: its object, its epoll registration, the board's counts."""
+        cdef Connection conn = Connection.__new__(Connection)
+        conn.setup(self, fd, env)
+        self.conns[fd] = conn
+        self._watch(fd, EPOLLIN)
+        self.cells[B_ACCEPTED] += 1
+        self._publish_count()
+        return conn
+
+    cdef int _log_access(self, dict env, int status, long long size, double secs) except -1:
+        """One access log line: rendered in C for the default format, by the AccessLog otherwise."""
+        if self.writer is not None:
+            self.writer.line(env, status, size, <long long>(secs * 1e6))
+        else:
+            self.access.log(env, status, size, secs)
+        return 0
+
+    cdef int _flush_access(self) except -1:
+        if self.writer is not None:
+            self.writer.flush()
+        if self.access is not None:
+            self.access.flush()
+        return 0
+
+    cdef int _drain_wakeup(self) except -1:
+        cdef char buf[512]
+        while c_read(self.wakeup_fd, buf, sizeof(buf)) > 0:
+            pass
+        return 0

@@ -1,0 +1,70 @@
+# The C side of _server.py: Cython compiles that plain-Python file as fastcluster._server_c with
+# these declarations (pure-Python mode with an augmenting .pxd). _parser.pyx subclasses HttpServer.
+
+cimport cython
+from fastcluster._clock cimport monotonic
+
+cdef double DRAIN_LINGER, BALANCE_PAUSE
+cdef Py_ssize_t BALANCE_SLACK
+cdef Py_ssize_t B_HEADER, B_STRIDE, B_CONNS, B_NOT_ACCEPTING, B_RSS, B_BEAT
+cdef object rss_bytes, log
+
+
+cdef class HttpServer:
+    cdef:
+        public object listener  # the shared listening socket (kept open by us)
+        public object app
+        object tick             # called once a second with the number of requests served and the RSS
+        public double keep_alive
+        public double graceful_timeout
+        public double header_timeout
+        public double body_timeout
+        public double write_timeout
+        public Py_ssize_t max_connections
+        public Py_ssize_t max_request_line
+        public Py_ssize_t max_headers
+        public Py_ssize_t max_header_bytes
+        public long long max_body      # 0: no limit
+        public object spill            # wsgi.SpillBudget: the disk request bodies may take
+        int wakeup_fd
+        int master_pid
+        public bint stop_requested     # set from a signal handler; the loop acts on it
+        public bint stopping
+        double deadline
+        public dict conns              # fd -> Connection
+        bint tcp                # a TCP listener (client addresses, TCP_NODELAY)
+        public unsigned long long requests
+        public dict base_environ
+        object date
+        public bytes date_line
+        public double now
+        public bint accepting          # the listening socket is in our epoll set
+        double accept_paused_until
+        bint accept_error_logged
+        bint balanced           # reads its peers' cells on the master's Board (accept balancing)
+        long long[::1] board
+        Py_ssize_t board_index
+        public long long[::1] cells    # this worker's cells (board.py layout): on the Board, or private
+        public object access           # logs.AccessLog, or None (--access-log off)
+
+    cdef int _configure(self, object listener, object app, object config, int wakeup_fd, int master_pid,
+                        object tick, object board, Py_ssize_t board_index, object access_log) except -1
+    cpdef resume_accepting(self)
+    cdef int _publish_count(self) except -1
+    @cython.locals(i=Py_ssize_t, base=Py_ssize_t, count=cython.longlong, mine=cython.longlong)
+    cdef bint _lighter_worker_available(self) except -1
+    cdef bint _accepted(self) except -1
+    cdef int _accept_failed(self, int err) except -1
+    cdef double _next_wake(self, double next_tick)
+    cdef int _woke(self, double now) except -1
+    @cython.locals(now=double)
+    cdef int _tick(self) except -1
+    cdef int _begin_stop(self) except -1
+    cdef bint _done(self)
+    cdef int _log_access(self, dict env, int status, long long size, double secs) except -1
+    cdef int _flush_access(self) except -1
+    cdef int _serve_start(self, object ready) except -1
+    cdef int _serve_end(self) except -1
+
+    # the loop's I/O (_parser.pyx)
+    cdef int _set_accepting(self, bint on) except -1
