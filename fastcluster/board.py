@@ -9,6 +9,7 @@ and the two loops take the cell numbers from here.
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 import mmap
 
@@ -78,38 +79,46 @@ class Board:
             self.cells[HEADER + STRIDE * index + CONNS] = -1
             heapq.heappush(self.free, index)
 
-    def read(self, index: int) -> dict:
-        """One slot's numbers as a dict (all zero for -1: a worker without a slot)."""
+    def read(self, index: int):
+        """One slot's numbers and its last tick (CLOCK_MONOTONIC microseconds); all zero for -1,
+        a worker without a slot."""
         if index < 0:
-            return empty()
+            return Counts(), 0
         base = HEADER + STRIDE * index
         cells = self.cells[base:base + STRIDE].tolist()
-        numbers = {name: cells[cell] for name, cell in _NAMED.items()}
-        numbers["conns"] = max(numbers["conns"], 0)
-        numbers["beat_us"] = cells[BEAT]
-        numbers["responses"] = dict(zip(CLASSES, cells[STATUS:STATUS + 5]))
-        numbers["refused"] = {_reason(status): cells[REFUSED + i] for i, status in enumerate(REFUSALS)}
-        return numbers
+        counts = Counts(**{name: cells[cell] for name, cell in _NAMED.items()})
+        counts.conns = max(counts.conns, 0)
+        counts.responses = dict(zip(CLASSES, cells[STATUS:STATUS + 5]))
+        counts.refused = {reason(status): cells[REFUSED + i] for i, status in enumerate(REFUSALS)}
+        return counts, cells[BEAT]
 
 
-def empty() -> dict:
-    numbers = {name: 0 for name in _NAMED}
-    numbers["beat_us"] = 0
-    numbers["responses"] = dict.fromkeys(CLASSES, 0)
-    numbers["refused"] = {_reason(status): 0 for status in REFUSALS}
-    return numbers
+@dataclasses.dataclass
+class Counts:
+    """A worker process's numbers on the board, or a slot's summed over its processes."""
+
+    conns: int = 0
+    requests: int = 0
+    in_flight: int = 0
+    bytes_in: int = 0
+    bytes_out: int = 0
+    accepted: int = 0
+    rss: int = 0
+    responses: dict = dataclasses.field(default_factory=lambda: dict.fromkeys(CLASSES, 0))    # by class
+    refused: dict = dataclasses.field(default_factory=lambda: {reason(status): 0 for status in REFUSALS})
+
+    def add(self, other: "Counts", names=COUNTERS) -> None:
+        """Add `other`'s counters (and, given their names, gauges) into these."""
+        for name in names:
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        for group in ("responses", "refused"):
+            mine = getattr(self, group)
+            for key, value in getattr(other, group).items():
+                mine[key] += value
 
 
-def add(total: dict, numbers: dict, names=COUNTERS) -> None:
-    """Add the counters of `numbers` into `total` (both as returned by Board.read)."""
-    for name in names:
-        total[name] += numbers[name]
-    for group in ("responses", "refused"):
-        for key, value in numbers[group].items():
-            total[group][key] += value
-
-
-def _reason(status: int) -> str:
+def reason(status: int) -> str:
+    """The `reason` label of a refusal status."""
     return str(status) if status else "other"
 
 

@@ -1,8 +1,11 @@
-"""Settings: one table drives the command line, the FASTCLUSTER_* environment and the README.
+"""Settings: one table drives the command line, the FASTCLUSTER_* environment, the config file and
+the README.
 
-Each `Setting` is stated once.  `build_parser()` turns the table into argparse
-options and `Config.from_args()` resolves every value in the order
-command line > environment > default, validating as it goes.
+Each `Setting` is stated once, its default included: `Config`'s fields take their defaults from
+the table, so `Config()` and the command line agree. `add_settings()` turns the table into
+argparse options (cli.py builds the parser), `Config.from_args()` resolves every value in the
+order command line > environment > config file > default, validating as it goes, and
+`options_table()` writes the README's table.
 """
 
 from __future__ import annotations
@@ -244,40 +247,50 @@ SETTINGS = (
 )
 
 
+_BY_NAME = {setting.name: setting for setting in SETTINGS}
+
+
+def _default(name: str) -> Any:
+    """A Config field whose default is its Setting's."""
+    return dataclasses.field(default_factory=_BY_NAME[name].default_value)
+
+
 @dataclasses.dataclass(frozen=True)
 class Config:
+    """Every setting, resolved; one field per SETTINGS entry (a test keeps the two in step)."""
+
     app: Optional[str] = None      # "module:attribute"; None serves the built-in demo app
-    config: Optional[str] = None
-    bind: BindAddress = parse_bind("127.0.0.1:8000")
-    workers: int = 1
-    loop: str = "auto"
-    backlog: int = 2048
-    keep_alive: float = 75.0
-    graceful_timeout: float = 30.0
-    header_timeout: float = 10.0
-    body_timeout: float = 30.0
-    write_timeout: float = 30.0
-    max_connections: int = 1000
-    max_request_line: int = 8190
-    max_headers: int = 100
-    max_header_bytes: int = 65536
-    max_body: int = 100 * 1024 * 1024
-    max_spill: int = 1024 * 1024 * 1024
-    ready_timeout: float = 60.0
-    timeout: float = 0.0
-    max_requests: int = 0
-    max_requests_jitter: int = 0
-    max_worker_memory: int = 0
-    max_worker_lifetime: float = 0.0
-    preload: bool = False
-    pid: Optional[str] = None
-    log_file: Optional[str] = None
-    log_level: str = "info"
-    log_format: str = "text"
-    access_log: Optional[str] = None
-    access_log_format: str = logs.DEFAULT_ACCESS_FORMAT
-    metrics_bind: Optional[BindAddress] = None
-    demo_work_ms: int = 0
+    config: Optional[str] = _default("config")
+    bind: BindAddress = _default("bind")
+    workers: int = _default("workers")
+    loop: str = _default("loop")
+    backlog: int = _default("backlog")
+    keep_alive: float = _default("keep_alive")
+    graceful_timeout: float = _default("graceful_timeout")
+    header_timeout: float = _default("header_timeout")
+    body_timeout: float = _default("body_timeout")
+    write_timeout: float = _default("write_timeout")
+    max_connections: int = _default("max_connections")
+    max_request_line: int = _default("max_request_line")
+    max_headers: int = _default("max_headers")
+    max_header_bytes: int = _default("max_header_bytes")
+    max_body: int = _default("max_body")
+    max_spill: int = _default("max_spill")
+    ready_timeout: float = _default("ready_timeout")
+    timeout: float = _default("timeout")
+    max_requests: int = _default("max_requests")
+    max_requests_jitter: int = _default("max_requests_jitter")
+    max_worker_memory: int = _default("max_worker_memory")
+    max_worker_lifetime: float = _default("max_worker_lifetime")
+    preload: bool = _default("preload")
+    pid: Optional[str] = _default("pid")
+    log_file: Optional[str] = _default("log_file")
+    log_level: str = _default("log_level")
+    log_format: str = _default("log_format")
+    access_log: Optional[str] = _default("access_log")
+    access_log_format: str = _default("access_log_format")
+    metrics_bind: Optional[BindAddress] = _default("metrics_bind")
+    demo_work_ms: int = _default("demo_work_ms")
 
     @classmethod
     def from_args(cls, args: argparse.Namespace, environ=os.environ) -> "Config":

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import sys
 import time
 
 from .errors import EXIT_USAGE
+from .status import Snapshot
 
 
 def _fail(message):
@@ -62,52 +62,52 @@ def run(args) -> int:
 def _status(pid, path, raw=False):
     try:
         with open(path) as f:
-            status = json.load(f)
-    except (FileNotFoundError, ValueError):
+            status = Snapshot.from_json(f.read())
+    except (FileNotFoundError, ValueError, TypeError, KeyError):
         return _fail("no status in %s yet" % path)
     if raw:
-        print(json.dumps(status, indent=2))
+        print(status.to_json())
         return 0
     print(format_status(pid, status))
     return 0
 
 
-_COLUMNS = (  # heading, width, value of a worker row
-    ("slot", 4, lambda w: w["slot"]),
-    ("pid", 8, lambda w: w["pid"]),
-    ("gen", 4, lambda w: w["generation"]),
-    ("state", 9, lambda w: w["state"]),
-    ("age", 8, lambda w: _seconds(w["age"])),
-    ("requests", 10, lambda w: w["requests"]),
-    ("inflight", 8, lambda w: w["in_flight"]),
-    ("conns", 6, lambda w: w["conns"]),
-    ("in", 8, lambda w: _bytes(w["bytes_in"])),
-    ("out", 8, lambda w: _bytes(w["bytes_out"])),
-    ("2xx", 9, lambda w: w["responses"]["2xx"]),
-    ("4xx", 7, lambda w: w["responses"]["4xx"]),
-    ("5xx", 7, lambda w: w["responses"]["5xx"]),
-    ("refused", 7, lambda w: sum(w["refused"].values())),
-    ("rss", 8, lambda w: _bytes(w["rss"])),
-    ("beat", 6, lambda w: _seconds(w["last_heartbeat"])),
+_COLUMNS = (  # heading, width, value of a status.WorkerRow
+    ("slot", 4, lambda w: w.slot),
+    ("pid", 8, lambda w: w.pid),
+    ("gen", 4, lambda w: w.generation),
+    ("state", 9, lambda w: w.state),
+    ("age", 8, lambda w: _seconds(w.age)),
+    ("requests", 10, lambda w: w.requests),
+    ("inflight", 8, lambda w: w.in_flight),
+    ("conns", 6, lambda w: w.conns),
+    ("in", 8, lambda w: _bytes(w.bytes_in)),
+    ("out", 8, lambda w: _bytes(w.bytes_out)),
+    ("2xx", 9, lambda w: w.responses["2xx"]),
+    ("4xx", 7, lambda w: w.responses["4xx"]),
+    ("5xx", 7, lambda w: w.responses["5xx"]),
+    ("refused", 7, lambda w: sum(w.refused.values())),
+    ("rss", 8, lambda w: _bytes(w.rss)),
+    ("beat", 6, lambda w: _seconds(w.last_heartbeat)),
 )
 
 
 def format_status(pid, status) -> str:
-    """The table `fastcluster status` prints: the master, then one row per worker process."""
-    rollout = status["rollout"]
+    """The table `fastcluster status` prints from a status.Snapshot: the master, then one row per
+    worker process."""
+    rollout = status.rollout
     lines = ["master %d: generation %d, %d workers wanted, loop %s%s" % (
-        pid, status["generation"], status["workers_wanted"], status["loop"],
-        ", stopping" if status["stopping"] else "")]
-    if rollout["in_progress"]:
-        rep = rollout["replacing"]
+        pid, status.generation, status.workers_wanted, status.loop, ", stopping" if status.stopping else "")]
+    if rollout.in_progress:
+        rep = rollout.replacing
         lines.append("rolling restart in progress: %s, %d more waiting" % (
-            "starting pid %d for slot %d (replaces pid %d)" % (rep["pid"], rep["slot"], rep["replaces"])
-            if rep else "between workers", rollout["waiting"]))
+            "starting pid %d for slot %d (replaces pid %d)" % (rep.pid, rep.slot, rep.replaces)
+            if rep else "between workers", rollout.waiting))
     else:
         lines.append("no rolling restart in progress")
-    lines.append("restarts: " + ", ".join("%s %d" % item for item in status["restarts"].items()))
+    lines.append("restarts: " + ", ".join("%s %d" % item for item in status.restarts.items()))
     lines.append(" ".join(heading.rjust(width) for heading, width, _ in _COLUMNS))
-    for row in status["workers"]:
+    for row in status.workers:
         lines.append(" ".join(str(value(row)).rjust(width) for _, width, value in _COLUMNS))
     return "\n".join(lines)
 

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import importlib
 import re
+import sys
+import traceback
 
-from .errors import AppImportError
+from .errors import EXIT_APP_LOAD_ERROR, EXIT_USAGE, AppImportError
 
 _DOTTED = r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*"
 _APP_RE = re.compile(r"^%s:%s$" % (_DOTTED, _DOTTED))
@@ -43,3 +45,21 @@ def import_app(app: str):
     if not callable(obj):
         raise AppImportError('APP %r is a %s, not a WSGI callable' % (app, type(obj).__name__))
     return obj
+
+
+def load_app(config):
+    """The app `config` names (the demo app when none), or an exit code: EXIT_USAGE for a bad APP
+    (one line printed), EXIT_APP_LOAD_ERROR for an app that raised while imported (traceback
+    printed). Used by each worker after the fork, and by the master for --preload."""
+    from . import demo
+
+    try:
+        return demo.make_app(config.demo_work_ms) if config.app is None else import_app(config.app)
+    except AppImportError as exc:
+        print("fastcluster: error: %s" % exc, file=sys.stderr, flush=True)
+        return EXIT_USAGE
+    except BaseException:
+        print("fastcluster: error: the app %s raised while it was imported:" % config.app, file=sys.stderr)
+        traceback.print_exc()
+        sys.stderr.flush()
+        return EXIT_APP_LOAD_ERROR

@@ -293,3 +293,20 @@ def setup(level: str = "info", fmt: str = "text") -> None:
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     root.addHandler(handler)
     root.setLevel(level.upper())
+
+
+# --- lines and files of any process ---
+
+def say(line):
+    """One line on stdout in one write(), so lines from several processes never interleave."""
+    sys.stdout.flush()
+    os.write(sys.stdout.fileno(), (line + "\n").encode())
+
+
+def reopen_log(path):
+    """Point fd 2 (stderr, and so every log line and traceback) at `path`, opened anew."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.dup2(fd, 2)
+    finally:
+        os.close(fd)

@@ -4,12 +4,15 @@ Plain Python, one thread, one loop.  Signal handlers do nothing: Python writes
 each signal's number to a wake-up socket, and the loop reads those numbers and
 dispatches them through an explicit table.  The loop waits on that socket and on
 every worker's status pipe, with a timeout set by the next deadline.
+
+Its parts: `WorkerRecord` (one forked worker), `Rollout` (rollout.py: replacing workers one at a
+time), the board (board.py: every worker's counters, in shared memory), and the `Snapshot` it
+builds from them for `status` and `/metrics` (status.py).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 import random
@@ -18,13 +21,14 @@ import signal
 import socket
 import sys
 import time
-from collections import deque
 
-from . import __version__, board, logs, loop, metrics, worker
+from . import __version__, board, logs, loop, metrics
 from .errors import BOOT_EXIT_CODES, EXIT_OK, AppImportError, ConfigError
-from .importer import check_app_string
+from .importer import check_app_string, load_app
 from .proctitle import set_title
+from .rollout import Rollout
 from .sockets import create_listener, describe
+from .status import CAUSES, SlotTotals, Snapshot, WorkerRow, no_restarts, write_atomically
 
 log = logging.getLogger("fastcluster")
 
@@ -32,7 +36,7 @@ QUICK_STOP_GRACE = 1.0       # seconds a quick stop waits before SIGKILL
 STABLE_AFTER = 5.0           # a worker that lived this long resets its slot's failure count
 MAX_BACKOFF = 10.0
 KILL_AFTER_STACK_DUMP = 0.5  # a stuck worker gets this long to write its stack before SIGKILL
-CAUSES = ("crash", "recycle", "rollout", "timeout")   # why a worker was replaced (restart counters)
+FIXED_ON_RELOAD = ("bind", "backlog", "pid", "log_file", "preload", "metrics_bind")   # need a full restart
 
 
 class WorkerRecord:
@@ -67,12 +71,13 @@ class Master:
         self.board = board.Board()
         self.generation = 1               # +1 for each rolling restart begun
         self.started = time.time()
-        self.retired = {}                 # slot -> counters of its processes that exited (board.read form)
+        self.retired = {}                 # slot -> board.Counts of its processes that exited
         self.restarts = {}                # slot -> {cause: count}
         self.metrics = None               # metrics.Endpoint, with --metrics-bind
         self.loop_name = loop.resolve(config.loop)
         self.target = config.workers
         self.workers = {}                 # pid -> WorkerRecord
+        self.rollout = Rollout(self.workers, self._spawn, self._stop_worker)
         self.listener = None
         self.selector = None
         self.wake_r = self.wake_w = None
@@ -82,10 +87,7 @@ class Master:
         self.booted = False               # a first worker loaded the app
         self.announced = False            # the listening line was printed
         self.respawn_at = {}              # slot -> monotonic time of the next start
-        self.failures = {}                # slot -> consecutive early deaths
-        self.rollout = deque()            # pids still to be replaced by the rolling restart
-        self.replacing = None             # the replacement WorkerRecord being waited for
-        self.rolling = False              # a SIGUSR2/SIGHUP rollout is in progress
+        self.failures = {}                # slot -> consecutive early deaths (or failed forks)
         self.handlers = {
             signal.SIGCHLD: self.on_sigchld,
             signal.SIGTERM: self.on_sigterm,
@@ -104,13 +106,13 @@ class Master:
     def run(self) -> int:
         config = self.config
         if config.log_file:
-            worker.reopen_log(config.log_file)
+            logs.reopen_log(config.log_file)
         try:
             logs.check_access_target(config.access_log)
         except OSError as exc:
             raise ConfigError("cannot open the access log %s: %s" % (config.access_log, exc.strerror)) from None
         if config.preload:
-            self.app = worker.load_app(config)
+            self.app = load_app(config)
             if isinstance(self.app, int):
                 return self.app
         self.listener = create_listener(config.bind, config.backlog)
@@ -125,14 +127,14 @@ class Master:
                 raise
         app = config.app or "the built-in demo app (fastcluster.demo)"
         kind = "compiled Cython loop" if self.loop_name == "cython" else "pure-Python loop"
-        self._say("fastcluster %s: serving %s with the %s (--loop %s)" % (__version__, app, kind, self.loop_name))
-        self._say("Forking for %d" % self.target)
-        self._say("Master PID: %d" % os.getpid())
+        logs.say("fastcluster %s: serving %s with the %s (--loop %s)" % (__version__, app, kind, self.loop_name))
+        logs.say("Forking for %d" % self.target)
+        logs.say("Master PID: %d" % os.getpid())
         if self.metrics is not None:
-            self._say("fastcluster: metrics on %s/metrics" % describe(self.metrics.sock)[0])
+            logs.say("fastcluster: metrics on %s/metrics" % describe(self.metrics.sock)[0])
         self._install_signals()
         if config.pid:
-            _write_atomically(config.pid, "%d\n" % os.getpid())
+            write_atomically(config.pid, "%d\n" % os.getpid())
         self._retitle()
         try:
             self._loop()
@@ -149,9 +151,6 @@ class Master:
                     except FileNotFoundError:
                         pass
         return self.exit_code
-
-    def _say(self, line):
-        worker.say(line)
 
     def _start_metrics(self, address):
         try:
@@ -201,7 +200,7 @@ class Master:
                 self.metrics.expire(time.monotonic())
             if self.config.pid and time.monotonic() >= self.next_status:
                 self.next_status = time.monotonic() + 1.0
-                _write_atomically(self.config.pid + ".json", json.dumps(self.collect()))
+                write_atomically(self.config.pid + ".json", self.collect().to_json())
 
     def _read_signals(self):
         try:
@@ -209,9 +208,13 @@ class Master:
         except (BlockingIOError, InterruptedError):
             return
         for signum in data:
-            handler = self.handlers.get(signum)
-            if handler is not None:
-                handler()
+            self.dispatch(signum)
+
+    def dispatch(self, signum):
+        """Act on one signal the wake-up socket delivered (the loop's, and the tests', entry)."""
+        handler = self.handlers.get(signum)
+        if handler is not None:
+            handler()
 
     def _read_status(self, rec):
         if rec.status_fd < 0:  # reaped (and its pipe closed) earlier in this round
@@ -223,6 +226,10 @@ class Master:
         if not data:
             self._unwatch(rec)
             return
+        self.on_status(rec, data)
+
+    def on_status(self, rec, data):
+        """Bytes from a worker's status pipe: READY, heartbeats, requests to be replaced."""
         rec.last_beat = time.monotonic()
         lines = (rec.inbox + data).split(b"\n")
         rec.inbox = lines.pop()
@@ -236,14 +243,13 @@ class Master:
             elif kind == b"X" and not rec.recycling and not rec.expected_exit:
                 log.info("worker %d (pid %d) reached its %s limit; replacing it",
                          rec.slot, rec.pid, arg.decode("ascii", "replace"))
-                self._replace(rec, "recycle")
+                self.rollout.replace(rec, "recycle")
 
     def _next_deadline(self):
-        times = [t for t in self.respawn_at.values()]
+        times = list(self.respawn_at.values())
         times.extend(w.kill_at for w in self.workers.values() if w.kill_at)
-        if self.replacing is not None:
-            times.append(self.replacing.born_at + self.config.ready_timeout)
-        return min(times, default=float("inf"))
+        times.append(self.rollout.deadline(self.config.ready_timeout))
+        return min(times)
 
     def _check_deadlines(self):
         now = time.monotonic()
@@ -266,12 +272,10 @@ class Master:
                 rec.cause = "timeout"
             elif rec.lifetime and now - rec.born_at > rec.lifetime and not rec.recycling:
                 log.info("worker %d (pid %d) reached its max-worker-lifetime; replacing it", rec.slot, rec.pid)
-                self._replace(rec, "recycle")
-        rep = self.replacing
-        if rep is not None and rep.state == "spawning" and now >= rep.born_at + self.config.ready_timeout:
-            self._abort_rollout("worker %d (pid %d) was not ready after %g s"
-                                % (rep.slot, rep.pid, self.config.ready_timeout))
-            self._stop_worker(rep, signal.SIGKILL)
+                self.rollout.replace(rec, "recycle")
+        late = self.rollout.overdue(now, self.config.ready_timeout)
+        if late is not None:
+            self._stop_worker(late, signal.SIGKILL)
 
     # --- workers ---
 
@@ -293,19 +297,41 @@ class Master:
             del self.respawn_at[slot]
 
     def _spawn(self, slot, replaces=0):
-        read_fd, write_fd = os.pipe()
+        """Fork a worker for `slot`; its WorkerRecord, or None when the fork failed (then the slot
+        is tried again later, with backoff)."""
         board_index = self.board.take()
         sys.stdout.flush()
         sys.stderr.flush()
-        pid = os.fork()
+        # Every signal we handle stays blocked across the fork: a signal sent to the new worker
+        # before its own handlers are in place waits for them (worker.py lifts the block).
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, self.handlers)
+        try:
+            read_fd, write_fd = os.pipe()
+            try:
+                pid = os.fork()
+            except OSError:
+                os.close(read_fd)
+                os.close(write_fd)
+                raise
+        except OSError as exc:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+            self.board.release(board_index)
+            self._fork_failed(slot, exc, replaces)
+            return None
         if pid == 0:  # the child: never returns
+            from . import worker
+
             os.close(read_fd)
             inherited = [self.wake_r.fileno(), self.wake_w.fileno(), self.selector.fileno()]
             inherited.extend(w.status_fd for w in self.workers.values() if w.status_fd >= 0)
             if self.metrics is not None:
                 inherited.extend(self.metrics.fds())
-            worker.run(self.config, self.listener, write_fd, inherited, self.loop_name, os.getppid(), self.app,
-                       self.board.mem if board_index >= 0 else None, board_index, slot, self.generation)
+            worker.run(worker.WorkerSpec(
+                config=self.config, listener=self.listener, status_fd=write_fd, master_pid=os.getppid(),
+                loop_name=self.loop_name, slot=slot, generation=self.generation,
+                board=self.board.mem if board_index >= 0 else None, board_index=board_index, app=self.app,
+                close_fds=tuple(inherited), sigmask=mask))
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         os.close(write_fd)
         os.set_blocking(read_fd, False)
         lifetime = self.config.max_worker_lifetime
@@ -317,6 +343,16 @@ class Master:
                   ", replacing pid %d" % replaces if replaces else "")
         self.selector.register(read_fd, selectors.EVENT_READ, rec)
         return rec
+
+    def _fork_failed(self, slot, exc, replaces):
+        if replaces:   # a replacement in a rollout: the rollout is aborted, the old worker serves on
+            log.error("cannot start a replacement for worker %d: %s", slot, exc.strerror or exc)
+            return
+        failures = self.failures[slot] = self.failures.get(slot, 0) + 1
+        delay = min(0.1 * 2 ** (failures - 1), MAX_BACKOFF)
+        log.error("cannot start worker %d: %s; trying again in %.1f s, serving with the workers running",
+                  slot, exc.strerror or exc, delay)
+        self.respawn_at[slot] = time.monotonic() + delay
 
     def _unwatch(self, rec):
         if rec.status_fd >= 0:
@@ -332,18 +368,12 @@ class Master:
 
     def _on_online(self, rec):
         self.booted = True
-        if rec.replaces:
-            old = self.workers.get(rec.replaces)
-            if old is not None and not old.expected_exit:
-                self._stop_worker(old)
-            if self.replacing is rec:
-                self.replacing = None
-                self._rollout_step()
+        self.rollout.online(rec)
         if not self.announced:
             online = sum(1 for w in self.workers.values() if w.state == "online" and not w.expected_exit)
             if online >= self.target:
                 self.announced = True
-                self._say("fastcluster: listening on %s" % self.url)
+                logs.say("fastcluster: listening on %s" % self.url)
 
     def _reap(self):
         while True:
@@ -353,28 +383,29 @@ class Master:
                 return
             if pid == 0:
                 return
-            rec = self.workers.pop(pid, None)
-            if rec is not None:
-                self.next_status = 0.0
-                if rec.board_index >= 0:   # its final counters stay with its slot
-                    board.add(self.retired.setdefault(rec.slot, board.empty()), self.board.read(rec.board_index))
-                self.board.release(rec.board_index)
-                self._unwatch(rec)
-                self._on_exit(rec, os.waitstatus_to_exitcode(status))
+            self.on_exit(pid, os.waitstatus_to_exitcode(status))
 
-    def _on_exit(self, rec, code):
+    def on_exit(self, pid, code):
+        """A child exited with `code` (negative: killed by that signal)."""
+        rec = self.workers.pop(pid, None)
+        if rec is None:
+            return
+        self.next_status = 0.0
+        if rec.board_index >= 0:   # its final counters stay with its slot
+            self.retired.setdefault(rec.slot, board.Counts()).add(self.board.read(rec.board_index)[0])
+        self.board.release(rec.board_index)
+        self._unwatch(rec)
         how = "exited with code %d" % code if code >= 0 else "was killed by %s" % _signame(-code)
         # Why it went, for the restart counters: asked to (rollout, recycle; a scale-down counts
         # as nothing), killed past --timeout, or any other death (crash), also while it waited
         # for its turn in a rollout.
         cause = rec.cause if rec.expected_exit else ("timeout" if rec.cause == "timeout" else "crash")
         if cause is not None and not self.stopping:
-            self.restarts.setdefault(rec.slot, dict.fromkeys(CAUSES, 0))[cause] += 1
+            self.restarts.setdefault(rec.slot, no_restarts())[cause] += 1
         if rec.expected_exit:
             log.info("worker %d (pid %d) stopped: %s", rec.slot, rec.pid, how)
             return
-        if self.replacing is rec:
-            self._abort_rollout("its replacement worker %d (pid %d) %s" % (rec.slot, rec.pid, how))
+        if self.rollout.exited(rec, how):
             return
         if rec.state == "spawning" and not self.booted:
             # The first worker could not load the app: every other would fail the same way.
@@ -400,68 +431,34 @@ class Master:
                       rec.slot, failures, STABLE_AFTER, delay)
             self.respawn_at[rec.slot] = now + delay
 
-    # --- rolling restart and recycling: one worker at a time, the new one ready before the old drains ---
-
-    def _replace(self, rec, cause):
-        rec.recycling = True
-        rec.cause = cause
-        self.rollout.append(rec.pid)
-        self._rollout_step()
-
-    def _rollout_step(self):
-        while self.replacing is None and self.rollout:
-            old = self.workers.get(self.rollout.popleft())
-            if old is not None and not old.expected_exit:
-                self.replacing = self._spawn(old.slot, replaces=old.pid)
-                return
-        if self.replacing is None and self.rolling:
-            self.rolling = False
-            log.info("rolling restart complete")
-
-    def _abort_rollout(self, why):
-        log.error("rolling restart aborted: %s; the old workers keep serving", why)
-        for pid in self.rollout:
-            if pid in self.workers:
-                self.workers[pid].recycling = False
-                self.workers[pid].cause = None
-        self.rollout.clear()
-        self.replacing = None
-        self.rolling = False
-
-    def collect(self):
+    def collect(self) -> Snapshot:
         """Everything `fastcluster status` and /metrics show, read from the board without asking
         any worker: each live process, and per slot the counters of all its processes ever."""
         now, wall = time.monotonic(), time.time()
         rows, slots = [], {}
         for rec in sorted(self.workers.values(), key=lambda w: (w.slot, w.born_at)):
-            numbers = self.board.read(rec.board_index)
-            beat = numbers.pop("beat_us") / 1e6 or rec.last_beat
-            rows.append(dict(numbers, slot=rec.slot, pid=rec.pid, generation=rec.generation,
-                             state="draining" if rec.expected_exit else rec.state,
-                             age=round(wall - rec.started, 1), last_heartbeat=round(max(0.0, now - beat), 1)))
-            total = slots.setdefault(rec.slot, _slot_total(self.retired.get(rec.slot)))
-            board.add(total, numbers, board.COUNTERS + board.GAUGES)
-            total["heartbeat"] = max(total["heartbeat"], wall - (now - beat))
-        for slot, retired in self.retired.items():
-            slots.setdefault(slot, _slot_total(retired))
-        for slot, total in slots.items():
-            total["restarts"] = dict(self.restarts.get(slot) or dict.fromkeys(CAUSES, 0))
-        replacing = self.replacing
-        return {
-            "master_pid": os.getpid(),
-            "started": self.started,
-            "generation": self.generation,
-            "workers_wanted": self.target,
-            "loop": self.loop_name,
-            "stopping": self.stopping,
-            "rollout": {"in_progress": replacing is not None or bool(self.rollout),
-                        "waiting": len(self.rollout),
-                        "replacing": None if replacing is None else
-                        {"slot": replacing.slot, "pid": replacing.pid, "replaces": replacing.replaces}},
-            "restarts": {cause: sum(counts[cause] for counts in self.restarts.values()) for cause in CAUSES},
-            "workers": rows,
-            "slots": sorted(slots.items()),
-        }
+            counts, beat_us = self.board.read(rec.board_index)
+            beat = beat_us / 1e6 or rec.last_beat
+            rows.append(WorkerRow(**dataclasses.asdict(counts), slot=rec.slot, pid=rec.pid,
+                                  generation=rec.generation, state="draining" if rec.expected_exit else rec.state,
+                                  age=round(wall - rec.started, 1), last_heartbeat=round(max(0.0, now - beat), 1)))
+            total = slots.setdefault(rec.slot, self._slot_total(rec.slot))
+            total.add(counts, board.COUNTERS + board.GAUGES)
+            total.heartbeat = max(total.heartbeat, wall - (now - beat))
+        for slot in self.retired:
+            slots.setdefault(slot, self._slot_total(slot))
+        return Snapshot(
+            master_pid=os.getpid(), started=self.started, generation=self.generation, workers_wanted=self.target,
+            loop=self.loop_name, stopping=self.stopping, rollout=self.rollout.state(),
+            restarts={cause: sum(counts[cause] for counts in self.restarts.values()) for cause in CAUSES},
+            workers=rows, slots=sorted(slots.items()))
+
+    def _slot_total(self, slot):
+        total = SlotTotals(restarts=dict(self.restarts.get(slot) or no_restarts()))
+        retired = self.retired.get(slot)
+        if retired is not None:
+            total.add(retired)
+        return total
 
     # --- signal handlers (called from the loop, never from the signal itself) ---
 
@@ -482,15 +479,9 @@ class Master:
             return
         self.generation += 1
         log.info("rolling restart of %d workers (generation %d)", len(self.workers), self.generation)
-        busy = self.replacing.pid if self.replacing is not None else 0
-        self.rollout = deque(pid for pid, w in self.workers.items() if not w.expected_exit and pid != busy)
-        for pid in self.rollout:
-            self.workers[pid].recycling = True
-            self.workers[pid].cause = "rollout"
-        self.rolling = True
         self.next_status = 0.0
         self._retitle()
-        self._rollout_step()
+        self.rollout.restart_all()
 
     def on_sighup(self):
         if self.stopping or not self.booted:
@@ -513,8 +504,7 @@ class Master:
                 logs.check_access_target(new.access_log)
             except OSError as exc:
                 raise ConfigError("cannot open the access log %s: %s" % (new.access_log, exc.strerror)) from None
-        fixed = {name: getattr(old, name) for name in ("bind", "backlog", "pid", "log_file", "preload",
-                                                       "metrics_bind")}
+        fixed = {name: getattr(old, name) for name in FIXED_ON_RELOAD}
         changed = [name for name, value in fixed.items() if getattr(new, name) != value]
         if changed:
             log.warning("config reload: %s only change with a full restart; keeping the running values",
@@ -530,7 +520,7 @@ class Master:
 
     def on_sigusr1(self):
         if self.config.log_file:
-            worker.reopen_log(self.config.log_file)
+            logs.reopen_log(self.config.log_file)
             log.info("log file reopened")
         for rec in self.workers.values():
             _kill(rec.pid, signal.SIGUSR1)
@@ -563,21 +553,6 @@ class Master:
             for rec in self.workers.values():
                 if not rec.expected_exit:
                     self._stop_worker(rec)
-
-
-def _slot_total(retired):
-    total = board.empty()
-    if retired is not None:
-        board.add(total, retired)
-    total["heartbeat"] = 0.0
-    return total
-
-
-def _write_atomically(path, text):
-    tmp = "%s.%d.tmp" % (path, os.getpid())
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 def _no_op(signum, frame):

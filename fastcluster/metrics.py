@@ -33,8 +33,8 @@ _SLOT_METRICS = (
 )
 
 
-def render(snapshot: dict) -> str:
-    """The Prometheus text exposition (format 0.0.4) of a Master.collect() snapshot."""
+def render(snapshot) -> str:
+    """The Prometheus text exposition (format 0.0.4) of a status.Snapshot."""
     out = []
 
     def family(name, kind, help_text):
@@ -46,41 +46,41 @@ def render(snapshot: dict) -> str:
         out.append("fastcluster_%s{%s} %s" % (name, text, _number(value)) if text else
                    "fastcluster_%s %s" % (name, _number(value)))
 
-    slots = snapshot["slots"]
+    slots = snapshot.slots
     for name, kind, help_text, key in _SLOT_METRICS:
         family(name, kind, help_text)
-        for slot, numbers in slots:
-            sample(name, (("worker", slot),), numbers[key])
+        for slot, totals in slots:
+            sample(name, (("worker", slot),), getattr(totals, key))
     family("responses_total", "counter", "Responses by status class, the server's own refusals included.")
-    for slot, numbers in slots:
+    for slot, totals in slots:
         for cls in CLASSES:
-            sample("responses_total", (("worker", slot), ("class", cls)), numbers["responses"][cls])
+            sample("responses_total", (("worker", slot), ("class", cls)), totals.responses[cls])
     family("refused_requests_total", "counter",
            "Requests the server refused itself (malformed, too large, too slow), by status.")
-    for slot, numbers in slots:
-        for reason, value in numbers["refused"].items():
+    for slot, totals in slots:
+        for reason, value in totals.refused.items():
             sample("refused_requests_total", (("worker", slot), ("reason", reason)), value)
     family("worker_restarts_total", "counter", "Worker processes replaced, by cause.")
-    for slot, numbers in slots:
-        for cause, value in numbers["restarts"].items():
+    for slot, totals in slots:
+        for cause, value in totals.restarts.items():
             sample("worker_restarts_total", (("worker", slot), ("cause", cause)), value)
     family("worker_last_heartbeat_timestamp_seconds", "gauge",
            "Unix time of the newest heartbeat from the slot's processes.")
-    for slot, numbers in slots:
-        if numbers["heartbeat"]:
-            sample("worker_last_heartbeat_timestamp_seconds", (("worker", slot),), round(numbers["heartbeat"], 3))
+    for slot, totals in slots:
+        if totals.heartbeat:
+            sample("worker_last_heartbeat_timestamp_seconds", (("worker", slot),), round(totals.heartbeat, 3))
     family("worker_info", "gauge", "One series per live worker process: its slot, pid, generation and state.")
-    for row in snapshot["workers"]:
-        sample("worker_info", (("worker", row["slot"]), ("pid", row["pid"]), ("generation", row["generation"]),
-                               ("state", row["state"])), 1)
+    for row in snapshot.workers:
+        sample("worker_info", (("worker", row.slot), ("pid", row.pid), ("generation", row.generation),
+                               ("state", row.state)), 1)
     family("workers_wanted", "gauge", "Workers the master keeps running.")
-    sample("workers_wanted", (), snapshot["workers_wanted"])
+    sample("workers_wanted", (), snapshot.workers_wanted)
     family("generation", "gauge", "Rolling restarts begun since the master started, plus one.")
-    sample("generation", (), snapshot["generation"])
+    sample("generation", (), snapshot.generation)
     family("rollout_in_progress", "gauge", "1 while a rolling restart or a recycling is replacing workers.")
-    sample("rollout_in_progress", (), int(snapshot["rollout"]["in_progress"]))
+    sample("rollout_in_progress", (), int(snapshot.rollout.in_progress))
     family("master_start_time_seconds", "gauge", "Unix time the master started.")
-    sample("master_start_time_seconds", (), round(snapshot["started"], 3))
+    sample("master_start_time_seconds", (), round(snapshot.started, 3))
     out.append("")
     return "\n".join(out)
 
@@ -99,7 +99,7 @@ class Endpoint:
     def __init__(self, sock: socket.socket, selector, snapshot):
         self.sock = sock
         self.selector = selector
-        self.snapshot = snapshot          # () -> the dict render() takes
+        self.snapshot = snapshot          # () -> the status.Snapshot render() takes
         self.clients = {}                 # socket -> [received bytes, bytes to send, deadline]
         self.paused_until = 0.0           # accepting paused (out of descriptors) until then
         sock.setblocking(False)

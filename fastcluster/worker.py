@@ -3,11 +3,16 @@
 It never returns into the master's code: `run()` always ends in `os._exit()`.
 Failures before the loop runs are reported through the exit code (errors.py),
 so the master can tell a broken APP from a crash.
+
+The master forks with every signal it handles blocked (WorkerSpec.sigmask holds the mask to go
+back to), so a signal sent before the worker's own handlers are in place waits for them instead
+of reaching the master's do-nothing handlers.
 """
 
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import faulthandler
 import logging
 import os
@@ -16,11 +21,12 @@ import signal
 import socket
 import sys
 import traceback
+from typing import Any, Optional
 
-from . import demo, loop
-from .errors import EXIT_APP_LOAD_ERROR, EXIT_BOOT_ERROR, EXIT_OK, EXIT_USAGE, AppImportError
-from .importer import import_app
-from .logs import AccessLog
+from . import loop
+from .errors import EXIT_BOOT_ERROR, EXIT_OK
+from .importer import load_app
+from .logs import AccessLog, reopen_log, say
 from .proctitle import set_title
 from .sockets import describe
 
@@ -36,10 +42,22 @@ RECYCLE = b"X %s\n"       # please replace me (max-requests, max-worker-memory)
 _MASTER_ONLY = (signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU, signal.SIGINT)
 
 
-def say(line):
-    """One line on stdout in one write(), so lines from several processes never interleave."""
-    sys.stdout.flush()
-    os.write(sys.stdout.fileno(), (line + "\n").encode())
+@dataclasses.dataclass
+class WorkerSpec:
+    """Everything a new worker process is given by the master that forked it."""
+
+    config: Any                   # config.Config
+    listener: socket.socket       # the shared listening socket
+    status_fd: int                # write end of its status pipe (READY, heartbeats, recycle requests)
+    master_pid: int
+    loop_name: str                # "cython" or "python"
+    slot: int = 0                 # 1..N, what status and /metrics call it
+    generation: int = 1           # the master's generation when it was started
+    board: Any = None             # the master's shared Board memory, or None
+    board_index: int = -1         # its cells there (-1: none)
+    app: Any = None               # the app, when the master preloaded it
+    close_fds: tuple = ()         # the master's descriptors the worker must not keep
+    sigmask: Optional[set] = None  # the signal mask to restore once the handlers are set
 
 
 class _Stop:
@@ -66,15 +84,6 @@ def _die_with_parent(master_pid: int) -> None:
 
 def _quick_exit(signum, frame):
     raise SystemExit(EXIT_OK)
-
-
-def reopen_log(path):
-    """Point fd 2 (stderr, and so every log line and traceback) at `path`, opened anew."""
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        os.dup2(fd, 2)
-    finally:
-        os.close(fd)
 
 
 class _Heartbeat:
@@ -125,27 +134,11 @@ class _Heartbeat:
                 self.access_log.reopen()
 
 
-def load_app(config):
-    """The WSGI callable, or an exit code: EXIT_USAGE for a bad APP (one line printed),
-    EXIT_APP_LOAD_ERROR for an app that raised while imported (traceback printed)."""
-    try:
-        return demo.make_app(config.demo_work_ms) if config.app is None else import_app(config.app)
-    except AppImportError as exc:
-        print("fastcluster: error: %s" % exc, file=sys.stderr, flush=True)
-        return EXIT_USAGE
-    except BaseException:
-        print("fastcluster: error: the app %s raised while it was imported:" % config.app, file=sys.stderr)
-        traceback.print_exc()
-        sys.stderr.flush()
-        return EXIT_APP_LOAD_ERROR
-
-
-def run(config, listener, status_fd: int, close_fds, loop_name: str, master_pid: int, app=None, board=None,
-        board_index=-1, slot=0, generation=1):
+def run(spec: WorkerSpec):
+    """The child's whole life; ends the process with an exit code (errors.py)."""
     code = EXIT_BOOT_ERROR
     try:
-        code = _run(config, listener, status_fd, close_fds, loop_name, master_pid, app, board, board_index,
-                    (slot, generation))
+        code = _run(spec)
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else EXIT_OK
     except BaseException:
@@ -158,8 +151,8 @@ def run(config, listener, status_fd: int, close_fds, loop_name: str, master_pid:
             os._exit(code)
 
 
-def _run(config, listener, status_fd, close_fds, loop_name, master_pid, app, board, board_index, where):
-    for fd in close_fds:
+def _run(spec):
+    for fd in spec.close_fds:
         try:
             os.close(fd)
         except OSError:
@@ -167,18 +160,14 @@ def _run(config, listener, status_fd, close_fds, loop_name, master_pid, app, boa
     stop = _Stop()
     wake_r, wake_w = socket.socketpair()
     try:
-        return _serve(config, listener, status_fd, loop_name, master_pid, app, board, board_index, where, stop,
-                      wake_r, wake_w)
+        return _serve(spec, stop, wake_r, wake_w)
     finally:
         wake_r.close()
         wake_w.close()
 
 
-def _serve(config, listener, status_fd, loop_name, master_pid, app, board, board_index, where, stop, wake_r,
-           wake_w):
-    slot, generation = where
-    set_title("fastcluster worker %d gen=%d req=0" % (slot, generation), "fc worker %d" % slot)
-    wake_r.setblocking(False)
+def _install_signals(spec, stop, wake_w, heartbeat):
+    """The worker's handlers; then the signals blocked across the fork are let through."""
     wake_w.setblocking(False)
     signal.set_wakeup_fd(wake_w.fileno(), warn_on_full_buffer=False)
     signal.signal(signal.SIGTERM, stop)
@@ -186,29 +175,39 @@ def _serve(config, listener, status_fd, loop_name, master_pid, app, board, board
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     for signum in _MASTER_ONLY:
         signal.signal(signum, signal.SIG_IGN)
-    os.set_blocking(status_fd, False)   # a heartbeat never waits for a busy master
-    access_log = AccessLog(config.access_log, config.access_log_format) if config.access_log else None
-    heartbeat = _Heartbeat(status_fd, config, slot, generation, access_log)
     signal.signal(signal.SIGUSR1, heartbeat.on_sigusr1)
     faulthandler.enable()                                    # a crash shows its Python stack
     faulthandler.register(signal.SIGUSR2, all_threads=True)  # so does a worker stuck past --timeout
-    _die_with_parent(master_pid)
+    if spec.sigmask is not None:
+        signal.pthread_sigmask(signal.SIG_SETMASK, spec.sigmask)
 
+
+def _serve(spec, stop, wake_r, wake_w):
+    config = spec.config
+    set_title("fastcluster worker %d gen=%d req=0" % (spec.slot, spec.generation), "fc worker %d" % spec.slot)
+    wake_r.setblocking(False)
+    os.set_blocking(spec.status_fd, False)   # a heartbeat never waits for a busy master
+    access_log = AccessLog(config.access_log, config.access_log_format) if config.access_log else None
+    heartbeat = _Heartbeat(spec.status_fd, config, spec.slot, spec.generation, access_log)
+    _install_signals(spec, stop, wake_w, heartbeat)
+    _die_with_parent(spec.master_pid)
+
+    app = spec.app
     if app is None:       # not preloaded by the master
         app = load_app(config)
         if isinstance(app, int):
             return app
 
-    impl = loop.load(loop_name)
-    server = impl.Server(listener, app, config, wakeup_fd=wake_r.fileno(), master_pid=master_pid, tick=heartbeat,
-                         board=board, board_index=board_index, access_log=access_log)
+    impl = loop.load(spec.loop_name)
+    server = impl.Server(spec.listener, app, config, wakeup_fd=wake_r.fileno(), master_pid=spec.master_pid,
+                         tick=heartbeat, board=spec.board, board_index=spec.board_index, access_log=access_log)
     stop.server = server
     server.stop_requested = stop.requested
-    _url, _name, _port, short = describe(listener)
+    _url, _name, _port, short = describe(spec.listener)
 
     def ready():   # the app is loaded and the loop watches the socket: the master may count on us
         say("Process %d listening on %s" % (os.getpid(), short))
-        os.write(status_fd, READY)
+        os.write(spec.status_fd, READY)
 
     server.serve(ready)
     if access_log is not None:

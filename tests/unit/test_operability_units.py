@@ -13,6 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from fastcluster import board, logs, metrics
 from fastcluster.control import format_status
+from fastcluster.status import Replacing, RolloutState, SlotTotals, Snapshot, WorkerRow
 from helpers import IMPLS, NO_EXTENSIONS, HAS_EXTENSION
 
 
@@ -27,17 +28,17 @@ def test_board_slots_start_zeroed_and_keep_their_counters_apart():
     b.cells[base + board.STATUS + 1] = 6
     b.cells[base + board.refusal_cell(431)] = 1
     b.cells[base + board.refusal_cell(418)] = 2       # not a status of ours: "other"
-    numbers = b.read(first)
-    assert numbers["requests"] == 7 and numbers["responses"]["2xx"] == 6
-    assert numbers["refused"]["431"] == 1 and numbers["refused"]["other"] == 2
-    assert b.read(second)["requests"] == 0
+    numbers, _beat = b.read(first)
+    assert numbers.requests == 7 and numbers.responses["2xx"] == 6
+    assert numbers.refused["431"] == 1 and numbers.refused["other"] == 2
+    assert b.read(second)[0].requests == 0
     b.release(first)
-    assert b.read(first)["conns"] == 0 and b.cells[base + board.CONNS] == -1
-    assert b.take() == first and b.read(first)["requests"] == 0     # handed out again, zeroed
-    total = board.empty()
-    board.add(total, numbers)
-    board.add(total, numbers)
-    assert total["requests"] == 14 and total["refused"]["431"] == 2 and total["rss"] == 0
+    assert b.read(first)[0].conns == 0 and b.cells[base + board.CONNS] == -1
+    assert b.take() == first and b.read(first)[0].requests == 0     # handed out again, zeroed
+    total = board.Counts()
+    total.add(numbers)
+    total.add(numbers)
+    assert total.requests == 14 and total.refused["431"] == 2 and total.rss == 0
     assert board.USED <= board.STRIDE
 
 
@@ -63,12 +64,12 @@ def test_a_worker_counts_on_its_own_board_slot(tmp_path):
         theirs.sendall(request * 3)
         conn.on_readable()
         answer = theirs.recv(65536)
-        numbers = b.read(index)
-        assert numbers["requests"] == 3 and numbers["responses"]["2xx"] == 3, name
-        assert numbers["bytes_in"] == 3 * len(request) and numbers["bytes_out"] == len(answer), name
-        assert numbers["accepted"] == 1 and numbers["conns"] == 1 and numbers["in_flight"] == 0, name
+        numbers, _beat = b.read(index)
+        assert numbers.requests == 3 and numbers.responses["2xx"] == 3, name
+        assert numbers.bytes_in == 3 * len(request) and numbers.bytes_out == len(answer), name
+        assert numbers.accepted == 1 and numbers.conns == 1 and numbers.in_flight == 0, name
         conn.close()
-        assert b.read(index)["conns"] == 0
+        assert b.read(index)[0].conns == 0
         theirs.close()
         listener.close()
 
@@ -170,19 +171,24 @@ def test_json_log_lines_are_one_object_each(capsys):
 # --- /metrics and status ---
 
 def snapshot():
-    slot = board.empty()
-    slot.update(requests=5, bytes_in=100, bytes_out=900, accepted=2, conns=1, in_flight=0, rss=1 << 24,
-                heartbeat=1.8e9, restarts={"crash": 1, "recycle": 0, "rollout": 2, "timeout": 0})
-    slot["responses"]["2xx"] = 4
-    slot["responses"]["4xx"] = 1
-    slot["refused"]["400"] = 1
-    worker = dict(board.empty(), slot=1, pid=123, generation=3, state="online", age=12.5, last_heartbeat=0.4,
-                  requests=5, bytes_out=900, rss=1 << 24)
-    return {"master_pid": 1, "started": 1.79e9, "generation": 3, "workers_wanted": 1, "loop": "cython",
-            "stopping": False, "rollout": {"in_progress": True, "waiting": 0,
-                                           "replacing": {"slot": 1, "pid": 124, "replaces": 123}},
-            "restarts": {"crash": 1, "recycle": 0, "rollout": 2, "timeout": 0}, "workers": [worker],
-            "slots": [(1, slot)]}
+    slot = SlotTotals(requests=5, bytes_in=100, bytes_out=900, accepted=2, conns=1, in_flight=0, rss=1 << 24,
+                      heartbeat=1.8e9, restarts={"crash": 1, "recycle": 0, "rollout": 2, "timeout": 0})
+    slot.responses["2xx"] = 4
+    slot.responses["4xx"] = 1
+    slot.refused["400"] = 1
+    worker = WorkerRow(slot=1, pid=123, generation=3, state="online", age=12.5, last_heartbeat=0.4,
+                       requests=5, bytes_out=900, rss=1 << 24)
+    return Snapshot(master_pid=1, started=1.79e9, generation=3, workers_wanted=1, loop="cython", stopping=False,
+                    rollout=RolloutState(in_progress=True, waiting=0, replacing=Replacing(slot=1, pid=124, replaces=123)),
+                    restarts={"crash": 1, "recycle": 0, "rollout": 2, "timeout": 0}, workers=[worker],
+                    slots=[(1, slot)])
+
+
+def test_the_snapshot_survives_its_json_form():
+    before = snapshot()
+    after = Snapshot.from_json(before.to_json())
+    assert after == before
+    assert json.loads(before.to_json())["slots"][0][1]["responses"]["2xx"] == 4
 
 
 def test_metrics_text_parses_with_the_prometheus_parser():

@@ -2,6 +2,7 @@
 
 import re
 import io
+import os
 
 import pytest
 
@@ -289,3 +290,16 @@ def test_config_file_errors(tmp_path, text, message):
 def test_missing_config_file():
     with pytest.raises(ConfigError, match="cannot read config file /nonexistent.toml"):
         _config(["--config", "/nonexistent.toml"])
+
+
+def test_config_has_one_field_per_setting_with_its_default():
+    import dataclasses
+
+    from fastcluster.config import SETTINGS, Config
+
+    names = [field.name for field in dataclasses.fields(Config)]
+    assert names == ["app"] + [setting.name for setting in SETTINGS]
+    plain = Config()
+    for setting in SETTINGS:
+        assert getattr(plain, setting.name) == setting.default_value(), setting.name
+    assert plain.workers == len(os.sched_getaffinity(0))   # as on the command line

@@ -1,0 +1,89 @@
+"""What the master knows of itself and its workers, as one typed snapshot.
+
+The master builds a `Snapshot` (Master.collect()) from the board and its worker records, without
+asking any worker. `/metrics` renders it (metrics.py), `fastcluster status` prints it (control.py),
+and the `--pid FILE` master writes it to FILE.json, so every reader works from these fields.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import List, Optional, Tuple
+
+from .board import Counts
+
+CAUSES = ("crash", "recycle", "rollout", "timeout")   # why a worker was replaced (restart counters)
+
+
+def no_restarts() -> dict:
+    return dict.fromkeys(CAUSES, 0)
+
+
+@dataclasses.dataclass
+class WorkerRow(Counts):
+    """One live worker process."""
+
+    slot: int = 0
+    pid: int = 0
+    generation: int = 1
+    state: str = "spawning"       # spawning, online or draining
+    age: float = 0.0              # seconds since it was forked
+    last_heartbeat: float = 0.0   # seconds since its last tick
+
+
+@dataclasses.dataclass
+class SlotTotals(Counts):
+    """One slot, 1..N: the counters of every process it ever had, the gauges of its live ones."""
+
+    heartbeat: float = 0.0        # Unix time of the newest tick of its processes (0: none yet)
+    restarts: dict = dataclasses.field(default_factory=no_restarts)   # by cause
+
+
+@dataclasses.dataclass
+class Replacing:
+    slot: int
+    pid: int                      # the new worker, not ready yet
+    replaces: int                 # the pid it takes over from
+
+
+@dataclasses.dataclass
+class RolloutState:
+    in_progress: bool = False     # a rolling restart or a recycling is replacing workers
+    waiting: int = 0              # workers still to be replaced after the current one
+    replacing: Optional[Replacing] = None
+
+
+@dataclasses.dataclass
+class Snapshot:
+    master_pid: int
+    started: float                # Unix time the master started
+    generation: int               # 1, plus one per rolling restart begun
+    workers_wanted: int
+    loop: str
+    stopping: bool = False
+    rollout: RolloutState = dataclasses.field(default_factory=RolloutState)
+    restarts: dict = dataclasses.field(default_factory=no_restarts)      # summed over the slots
+    workers: List[WorkerRow] = dataclasses.field(default_factory=list)
+    slots: List[Tuple[int, SlotTotals]] = dataclasses.field(default_factory=list)
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> "Snapshot":
+        data = json.loads(text)
+        rollout = data.pop("rollout")
+        replacing = rollout.pop("replacing")
+        return cls(rollout=RolloutState(replacing=Replacing(**replacing) if replacing else None, **rollout),
+                   workers=[WorkerRow(**row) for row in data.pop("workers")],
+                   slots=[(slot, SlotTotals(**totals)) for slot, totals in data.pop("slots")], **data)
+
+
+def write_atomically(path: str, text: str) -> None:
+    """Replace `path` with `text` in one rename, so a reader never sees half a file."""
+    tmp = "%s.%d.tmp" % (path, os.getpid())
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
