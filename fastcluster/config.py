@@ -318,6 +318,28 @@ class Config:
         return cls(app=app, **values)
 
 
+FIXED_ON_RELOAD = ("bind", "backlog", "pid", "log_file", "preload", "metrics_bind")   # need a full restart
+
+
+def reloaded(old: Config, new: Config):
+    """The settings a running master takes from a re-read config (SIGHUP), and a warning for each
+    change it cannot take: the socket, the pid file and the log file stay as they are, and so does
+    a preloaded app. Raises AppImportError for a malformed new APP."""
+    if new.app is not None:
+        from .importer import check_app_string
+
+        check_app_string(new.app)
+    fixed = {name: getattr(old, name) for name in FIXED_ON_RELOAD}
+    warnings = []
+    changed = [name for name, value in fixed.items() if getattr(new, name) != value]
+    if changed:
+        warnings.append("%s only change with a full restart; keeping the running values" % ", ".join(changed))
+    if new.app != old.app and old.preload:
+        warnings.append("the app was preloaded; a new APP needs a full restart")
+        fixed["app"] = old.app
+    return dataclasses.replace(new, **fixed), warnings
+
+
 def load_file(path: str) -> dict:
     """Read a TOML config file into {setting name: text}; keys may use '-' or '_'."""
     try:

@@ -12,7 +12,6 @@ builds from them for `status` and `/metrics` (status.py).
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import random
@@ -24,11 +23,12 @@ import time
 
 from . import __version__, board, logs, loop, metrics
 from .errors import BOOT_EXIT_CODES, EXIT_OK, AppImportError, ConfigError
-from .importer import check_app_string, load_app
+from .config import reloaded
+from .importer import load_app
 from .proctitle import set_title
 from .rollout import Rollout
 from .sockets import create_listener, describe
-from .status import CAUSES, SlotTotals, Snapshot, WorkerRow, no_restarts, write_atomically
+from .status import Snapshot, no_restarts, snapshot, write_atomically
 
 log = logging.getLogger("fastcluster")
 
@@ -36,7 +36,6 @@ QUICK_STOP_GRACE = 1.0       # seconds a quick stop waits before SIGKILL
 STABLE_AFTER = 5.0           # a worker that lived this long resets its slot's failure count
 MAX_BACKOFF = 10.0
 KILL_AFTER_STACK_DUMP = 0.5  # a stuck worker gets this long to write its stack before SIGKILL
-FIXED_ON_RELOAD = ("bind", "backlog", "pid", "log_file", "preload", "metrics_bind")   # need a full restart
 
 
 class WorkerRecord:
@@ -432,33 +431,8 @@ class Master:
             self.respawn_at[rec.slot] = now + delay
 
     def collect(self) -> Snapshot:
-        """Everything `fastcluster status` and /metrics show, read from the board without asking
-        any worker: each live process, and per slot the counters of all its processes ever."""
-        now, wall = time.monotonic(), time.time()
-        rows, slots = [], {}
-        for rec in sorted(self.workers.values(), key=lambda w: (w.slot, w.born_at)):
-            counts, beat_us = self.board.read(rec.board_index)
-            beat = beat_us / 1e6 or rec.last_beat
-            rows.append(WorkerRow(**dataclasses.asdict(counts), slot=rec.slot, pid=rec.pid,
-                                  generation=rec.generation, state="draining" if rec.expected_exit else rec.state,
-                                  age=round(wall - rec.started, 1), last_heartbeat=round(max(0.0, now - beat), 1)))
-            total = slots.setdefault(rec.slot, self._slot_total(rec.slot))
-            total.add(counts, board.COUNTERS + board.GAUGES)
-            total.heartbeat = max(total.heartbeat, wall - (now - beat))
-        for slot in self.retired:
-            slots.setdefault(slot, self._slot_total(slot))
-        return Snapshot(
-            master_pid=os.getpid(), started=self.started, generation=self.generation, workers_wanted=self.target,
-            loop=self.loop_name, stopping=self.stopping, rollout=self.rollout.state(),
-            restarts={cause: sum(counts[cause] for counts in self.restarts.values()) for cause in CAUSES},
-            workers=rows, slots=sorted(slots.items()))
-
-    def _slot_total(self, slot):
-        total = SlotTotals(restarts=dict(self.restarts.get(slot) or no_restarts()))
-        retired = self.retired.get(slot)
-        if retired is not None:
-            total.add(retired)
-        return total
+        """Everything `fastcluster status` and /metrics show (status.snapshot)."""
+        return snapshot(self)
 
     # --- signal handlers (called from the loop, never from the signal itself) ---
 
@@ -496,24 +470,15 @@ class Master:
 
     def _apply(self, new):
         """Take the settings of a re-read config; the socket and files stay as they are."""
-        old = self.config
-        if new.app is not None:
-            check_app_string(new.app)
-        if new.access_log != old.access_log:
+        if new.access_log != self.config.access_log:
             try:
                 logs.check_access_target(new.access_log)
             except OSError as exc:
                 raise ConfigError("cannot open the access log %s: %s" % (new.access_log, exc.strerror)) from None
-        fixed = {name: getattr(old, name) for name in FIXED_ON_RELOAD}
-        changed = [name for name, value in fixed.items() if getattr(new, name) != value]
-        if changed:
-            log.warning("config reload: %s only change with a full restart; keeping the running values",
-                        ", ".join(changed))
-        if new.app != old.app and old.preload:
-            log.warning("config reload: the app was preloaded; a new APP needs a full restart")
-            fixed["app"] = old.app
-        self.loop_name = loop.resolve(new.loop)
-        self.config = dataclasses.replace(new, **fixed)
+        self.config, warnings = reloaded(self.config, new)
+        for warning in warnings:
+            log.warning("config reload: %s", warning)
+        self.loop_name = loop.resolve(self.config.loop)
         self.target = self.config.workers
         logs.setup(self.config.log_level, self.config.log_format)
         log.info("config reloaded from %s", new.config)

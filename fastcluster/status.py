@@ -10,8 +10,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import time
 from typing import List, Optional, Tuple
 
+from . import board
 from .board import Counts
 
 CAUSES = ("crash", "recycle", "rollout", "timeout")   # why a worker was replaced (restart counters)
@@ -79,6 +81,38 @@ class Snapshot:
         return cls(rollout=RolloutState(replacing=Replacing(**replacing) if replacing else None, **rollout),
                    workers=[WorkerRow(**row) for row in data.pop("workers")],
                    slots=[(slot, SlotTotals(**totals)) for slot, totals in data.pop("slots")], **data)
+
+
+def snapshot(master) -> Snapshot:
+    """What a Master knows, read from the board without asking any worker: each live process, and
+    per slot the counters of all its processes ever (its retired ones' and its live ones')."""
+    now, wall = time.monotonic(), time.time()
+    rows, slots = [], {}
+
+    def slot_total(slot):
+        total = SlotTotals(restarts=dict(master.restarts.get(slot) or no_restarts()))
+        retired = master.retired.get(slot)
+        if retired is not None:
+            total.add(retired)
+        return total
+
+    for rec in sorted(master.workers.values(), key=lambda w: (w.slot, w.born_at)):
+        counts, beat_us = master.board.read(rec.board_index)
+        beat = beat_us / 1e6 or rec.last_beat
+        rows.append(WorkerRow(**dataclasses.asdict(counts), slot=rec.slot, pid=rec.pid, generation=rec.generation,
+                              state="draining" if rec.expected_exit else rec.state,
+                              age=round(wall - rec.started, 1), last_heartbeat=round(max(0.0, now - beat), 1)))
+        total = slots.setdefault(rec.slot, slot_total(rec.slot))
+        total.add(counts, board.COUNTERS + board.GAUGES)
+        total.heartbeat = max(total.heartbeat, wall - (now - beat))
+    for slot in master.retired:
+        slots.setdefault(slot, slot_total(slot))
+    return Snapshot(
+        master_pid=os.getpid(), started=master.started, generation=master.generation,
+        workers_wanted=master.target, loop=master.loop_name, stopping=master.stopping,
+        rollout=master.rollout.state(),
+        restarts={cause: sum(counts[cause] for counts in master.restarts.values()) for cause in CAUSES},
+        workers=rows, slots=sorted(slots.items()))
 
 
 def write_atomically(path: str, text: str) -> None:

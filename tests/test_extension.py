@@ -77,3 +77,22 @@ def test_master_side_never_imports_the_extension():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out
     assert out.stdout.strip() == "[]", out
+
+
+def test_the_stub_types_what_the_compiled_loop_exports():
+    """fastcluster/_parser.pyi: every class and public method it names exists, and every public
+    class and method of the twin is in it."""
+    import ast
+
+    path = os.path.join(os.path.dirname(loop.__file__), "_parser.pyi")
+    with open(path) as f:
+        tree = ast.parse(f.read())
+    stub = {node.name: {item.name for item in node.body if isinstance(item, ast.FunctionDef)
+                        and not item.name.startswith("_")}
+            for node in tree.body if isinstance(node, ast.ClassDef)}
+    python = importlib.import_module("fastcluster._parser_py")
+    for name, cls in _defined(python).items():
+        assert stub.get(name) == set(_public_methods(cls)), name
+    if loop.has_extension():
+        compiled = importlib.import_module("fastcluster._parser")
+        assert set(stub) == set(_defined(compiled))

@@ -1,6 +1,7 @@
 """In-process tests of the pure-Python pieces: config, importer, and the shared WSGI helpers."""
 
 import re
+import dataclasses
 import io
 import os
 
@@ -303,3 +304,18 @@ def test_config_has_one_field_per_setting_with_its_default():
     for setting in SETTINGS:
         assert getattr(plain, setting.name) == setting.default_value(), setting.name
     assert plain.workers == len(os.sched_getaffinity(0))   # as on the command line
+
+
+def test_a_reloaded_config_keeps_what_needs_a_full_restart():
+    from fastcluster.config import reloaded
+
+    old = Config(app="a:app", bind=parse_bind("127.0.0.1:8000"), workers=2, preload=True)
+    new = Config(app="b:app", bind=parse_bind("127.0.0.1:9000"), workers=4, timeout=3.0, preload=True)
+    config, warnings = reloaded(old, new)
+    assert (config.workers, config.timeout) == (4, 3.0)                    # taken
+    assert config.bind == old.bind and config.app == "a:app"              # kept
+    assert warnings == ["bind only change with a full restart; keeping the running values",
+                        "the app was preloaded; a new APP needs a full restart"]
+    assert reloaded(old, dataclasses.replace(old, workers=3)) == (dataclasses.replace(old, workers=3), [])
+    with pytest.raises(AppImportError):
+        reloaded(old, dataclasses.replace(old, app="not an app"))
