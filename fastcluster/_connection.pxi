@@ -32,22 +32,6 @@ cdef class Connection(HttpConnection):
         self._pump()
         return 0
 
-    cdef bint _read_more(self) except -1:
-        """For a 100-continue body the app is reading: wait (poll) for the client, then feed."""
-        cdef Server server = <Server>self.server
-        cdef ssize_t n
-        if not wait_fd(self.fd, POLLIN, server.body_timeout):
-            return False
-        n = recv(self.fd, server.rbuf, RECV_SIZE, 0)
-        if n < 0 and (errno == EAGAIN or errno == EINTR):
-            return True
-        if n <= 0:
-            self._stop_reading(PEER_CLOSED)   # closed, or broken: nothing more can come
-            return False
-        server.cells[B_BYTES_IN] += n
-        self._feed(PyMemoryView_FromMemory(server.rbuf, n, PyBUF_READ), n)
-        return True
-
     # --- writing ---
 
     cdef int _queue(self, bytes data) except -1:
@@ -100,16 +84,6 @@ cdef class Connection(HttpConnection):
                     n = 0
             del out[:i]
         return True
-
-    cdef int _wait_writable(self) except -1:
-        """Send the queued output, waiting (poll) up to --write-timeout at a time for room."""
-        while not self._flush():
-            if self.state == CLOSED:
-                raise OSError(32, "client disconnected")
-            if not wait_fd(self.fd, POLLOUT, self.server.write_timeout):
-                self.close()
-                raise OSError(110, "client stopped reading")
-        return 0
 
     cdef bint _sendfile_step(self) except -1:
         cdef Exchange ex = self.resp

@@ -21,7 +21,6 @@ try:
 except ImportError:   # plain Python without Cython installed
     from . import _pure as cython
 
-from . import board as _board
 from . import wsgi as _wsgi
 
 if not cython.compiled:   # the compiled build has these as a C enum (_exchange_c.pxd)
@@ -37,7 +36,6 @@ if not cython.compiled:   # the compiled build has these as a C enum (_exchange_
 HIGH_WATER = 1 << 20        # output queued before a streamed body is paused
 SMALL_CHUNK = 8192          # chunked body pieces below this are framed with one copy
 FAILED_BODY = b"Internal Server Error\n"
-B_STATUS = _board.STATUS    # the board's responses-by-class cells
 
 # Python objects used per request, bound once (C globals in the compiled build)
 BodyBuffer = _wsgi.BodyBuffer
@@ -108,8 +106,12 @@ def encode_headers(headers):
 
 @cython.cclass
 class Channel:
-    """The connection as an Exchange sees it (fields: _exchange_c.pxd); HttpConnection is the
-    implementation, and each loop's Connection adds the I/O (`_queue`, `_wait_writable`)."""
+    """The connection as an Exchange sees it (fields: _exchange_c.pxd): where its bytes go.
+    HttpConnection is the implementation; each loop's Connection adds `_queue`.
+
+    An exchange's response is produced by one thread at a time: the loop's, or (--threads > 1)
+    the app thread its call runs on. That thread queues the bytes and, when the body is done, sets
+    `done`; the loop sends them and does the accounting (HttpConnection._complete)."""
 
     if not cython.compiled:   # plain Python: the values a compiled object starts with
         state = OPEN
@@ -120,15 +122,12 @@ class Channel:
         raise NotImplementedError
 
     def _wait_writable(self):
-        """Wait until the queued output is below HIGH_WATER (write() of a fast producer)."""
+        """Wait until the queued output is below HIGH_WATER (a producer faster than its client);
+        False when the client is gone or stopped reading."""
         raise NotImplementedError
 
-    def _answered(self, ex):
-        """`ex`'s response is complete (or failed)."""
-        raise NotImplementedError
-
-    def _close_after(self):
-        """Answer nothing after the current response; end the connection once its output is out."""
+    def _produced(self):
+        """Output was queued from inside an app call: have the loop send it soon."""
         raise NotImplementedError
 
 
@@ -147,13 +146,14 @@ class Exchange:
         hflags = code = 0
         sent = file_off = file_left = 0
         headers_sent = chunked = no_body = sending_file = False
+        in_app = done = returned = False
         file_fd = -1
 
     # --- WSGI ---
 
     def run(self, app):
-        """Call the app and start on its response; what is left of the body, the loop pulls
-        (`next_chunk`, or the connection's sendfile)."""
+        """Call the app and start on its response; what is left of the body is pulled by
+        `next_chunk` (by the loop; with app threads, `stream`) or sent by the connection's sendfile."""
         conn = self.conn
         try:
             result = app(self.environ, conn.start_response)
@@ -215,6 +215,19 @@ class Exchange:
         self.file_left = max(0, min(size, self.clen - self.sent))
         return True
 
+    def stream(self):
+        """--threads > 1: pull the whole streamed body on the app thread, each piece sent as it
+        comes, and wait whenever the client is 1 MiB behind."""
+        conn = self.conn
+        while self.iter is not None:
+            self.next_chunk()
+            if conn.out_size:
+                conn._produced()
+                if conn.out_size >= HIGH_WATER and not conn._wait_writable():
+                    self.close_result()      # the client is gone or stopped reading
+                    self.done = True
+        return 0
+
     def next_chunk(self):
         """Take one piece of a streamed body from the app's iterable."""
         try:
@@ -275,8 +288,10 @@ class Exchange:
             self.send_headers(-1)
         self.send_body(data)
         conn = self.conn
-        if conn.out_size >= HIGH_WATER:
-            conn._wait_writable()
+        if conn.out_size:
+            conn._produced()
+            if conn.out_size >= HIGH_WATER and not conn._wait_writable():
+                raise OSError("the client is gone or stopped reading")
         return 0
 
     # --- framing ---
@@ -294,10 +309,8 @@ class Exchange:
             parts.append(server.date_line)
         if not flags & HAS_SERVER:
             parts.append(SERVER_HEADER)
-        if flags & WANTS_CLOSE or (self.early and not self.complete):
-            self.keep = False   # (an unread 100-continue body cannot be skipped)
-        if 100 <= code < 600:
-            server.cells[B_STATUS + code // 100 - 1] += 1
+        if flags & WANTS_CLOSE or (self.early and not self.complete) or server.stopping:
+            self.keep = False   # (an unread 100-continue body cannot be skipped; a draining worker closes)
         self.no_body = self.head or bodiless_status
         if self.clen < 0 and not bodiless_status:
             if known_length >= 0:
@@ -348,7 +361,8 @@ class Exchange:
         return 0
 
     def finish(self):
-        """The app's body is complete: end the framing, close the iterable, account for it."""
+        """The app's body is complete: end the framing, close the iterable; then the loop accounts
+        for it (`done`)."""
         conn = self.conn
         if not self.headers_sent:
             self.send_headers(0)
@@ -360,9 +374,7 @@ class Exchange:
             self.keep = False   # the rest of the body was never read
         self.discard_body()
         self.close_result()
-        conn._answered(self)
-        if not self.keep:
-            conn._close_after()
+        self.done = True
         return 0
 
     def failed(self):
@@ -380,12 +392,10 @@ class Exchange:
             self.keep = self.keep and (self.complete or not self.early)
             conn._queue(simple_response("500 Internal Server Error", FAILED_BODY, not self.keep,
                                         conn.server.date_line))
-            conn.server.cells[B_STATUS + 4] += 1
+            self.headers_sent = True
             self.code = 500
             self.sent = len(FAILED_BODY)
-        conn._answered(self)
-        if not self.keep:
-            conn._close_after()
+        self.done = True
         return 0
 
     def close_result(self):

@@ -13,7 +13,7 @@ cdef enum:
     LINGERING = 4     # our FIN is out; input is dropped until the client closes or LINGER passes
     CLOSED = 5
 
-cdef Py_ssize_t HIGH_WATER, SMALL_CHUNK, B_STATUS
+cdef Py_ssize_t HIGH_WATER, SMALL_CHUNK
 cdef bytes FAILED_BODY, SERVER_HEADER
 cdef object BodyBuffer, FileWrapper, status_line, simple_response, log_app_error
 cdef dict STATUSES, HEADER_NAMES
@@ -31,9 +31,8 @@ cdef class Channel:
         public object start_response   # bound once: the app's start_response
 
     cdef int _queue(self, bytes data) except -1
-    cdef int _wait_writable(self) except -1
-    cdef int _answered(self, Exchange ex) except -1
-    cdef int _close_after(self) except -1
+    cdef bint _wait_writable(self) except -1
+    cdef int _produced(self) except -1
 
 
 @cython.final
@@ -64,6 +63,9 @@ cdef class Exchange:
         public object result        # what the app returned
         public object iter          # its iterator, while a streamed body is pulled
         public bint sending_file
+        public bint in_app          # an app call (the call, or --threads 1's next piece) is producing it
+        public bint done            # its body is complete: the loop accounts for it (HttpConnection._complete)
+        public bint returned        # --threads > 1: its app thread lost the loop and handed it back (_post)
         public int file_fd
         public long long file_off
         public long long file_left
@@ -74,6 +76,8 @@ cdef class Exchange:
     cpdef int respond_sequence(self, object items) except -1
     @cython.locals(size=cython.longlong, offset=cython.longlong)
     cpdef bint start_sendfile(self, object wrapper) except -1
+    @cython.locals(conn=Channel)
+    cpdef int stream(self) except -1
     cpdef int next_chunk(self) except -1
     @cython.locals(known=tuple)
     cpdef int set_status(self, object status, object headers, object exc_info) except -1

@@ -10,6 +10,7 @@ httptools calls the `on_*` methods, which build each request as an `Exchange` (`
 only moves forward (OPEN -> ... -> CLOSED), and what its deadline is for is one `wait`.
 """
 
+import threading
 from collections import deque
 
 from httptools import HttpParserError, HttpParserUpgrade, HttpRequestParser
@@ -24,6 +25,7 @@ if not cython.compiled:   # the compiled build reads CLOCK_MONOTONIC itself (_cl
 
 from . import board as _board
 from . import wsgi as _wsgi
+from .errors import Demoted
 
 if not cython.compiled:   # the compiled build cimports these (_http_c.pxd)
     from ._exchange import (CLOSED, HIGH_WATER, LAST_IN, LINGERING, OPEN, PEER_CLOSED, UNREAD, Channel,
@@ -35,6 +37,7 @@ if not cython.compiled:   # the compiled build cimports these (_http_c.pxd)
     W_IDLE = 3        # the next request on a kept-alive connection
     W_LINGER = 4      # the client's close after our FIN
 
+AWAIT_BODY, AWAIT_DRAINED = 1, 2   # what an app call waits for (HttpServer._await)
 HEAD_SLACK = 4096           # request line, CRLFs and colons around the counted header bytes
 LINGER = 2.0                # a connection we end keeps reading (and dropping) input this long after our FIN
 
@@ -100,8 +103,8 @@ def _query_at(uri):
 class HttpConnection(Channel):
     """One client connection: parsing, answering in order, and how it ends (fields: _http_c.pxd).
 
-    The loop's subclass provides the I/O: _on_event, _queue, _flush, _wait_writable, _read_more,
-    _sendfile_step, _want_read, _shutdown_write, _close_fd, _drop_output.
+    The loop's subclass provides the I/O: _on_event, _queue, _flush, _sendfile_step, _want_read,
+    _shutdown_write, _close_fd, _drop_output.
     """
 
     if not cython.compiled:   # plain Python: the values a compiled object starts with
@@ -111,7 +114,8 @@ class HttpConnection(Channel):
         deadline = write_deadline = 0.0
         served = inflight = head_bytes = nheaders = header_bytes = 0
         body_bytes = 0
-        in_head = head_done = False
+        in_head = head_done = waiting = False
+        cond = None
 
     def _setup(self, server, fd, env):
         self.server = server
@@ -251,6 +255,7 @@ class HttpConnection(Channel):
             raise Reject(413)
         self._arm(W_BODY, server.body_timeout)
         self.cur.body.add(data)
+        self._notify()
 
     def on_message_complete(self):
         ex = self.cur
@@ -259,6 +264,7 @@ class HttpConnection(Channel):
         ex.complete = True
         if ex.early:
             ex.body.finish()
+            self._notify()
         else:
             if ex.body is not None:
                 ex.environ["wsgi.input"] = ex.body.stream()
@@ -323,10 +329,11 @@ class HttpConnection(Channel):
         if not ex.sent_continue and not ex.headers_sent:
             ex.sent_continue = True
             self._queue(CONTINUE_LINE)
-            self._wait_writable()
+            if self.server.pool is None:
+                self._flush()
         if self.state != OPEN:
             return False
-        return self._read_more()
+        return self.server._await(self, AWAIT_BODY)
 
     def _stop_reading(self, state):
         """Move the connection on to `state` (never back)."""
@@ -350,15 +357,21 @@ class HttpConnection(Channel):
         self.server.cells[B_IN_FLIGHT] += 1
         return 0
 
-    def _answered(self, ex):
-        """The response to `ex` is complete (or failed): in-flight count, access log."""
+    def _complete(self, ex):
+        """The response to `ex` is produced (or failed): the loop's accounting (responses by class,
+        in flight, the access log), and the end of the connection if the response asked for it."""
         server = self.server
+        code = ex.code
+        if ex.headers_sent and 100 <= code < 600:
+            server.cells[B_STATUS + code // 100 - 1] += 1
         if self.inflight:
             self.inflight -= 1
             server.cells[B_IN_FLIGHT] -= 1
         if server.access is not None:
-            server._log_access(ex.environ, ex.code, ex.sent, monotonic() - ex.start)
+            server._log_access(ex.environ, code, ex.sent, monotonic() - ex.start)
         self.resp = None
+        if not ex.keep:
+            self._close_after()
         return 0
 
     def _close_after(self):
@@ -399,7 +412,7 @@ class HttpConnection(Channel):
                 self._reject(408)            # headers (or a body) too slow to arrive
                 self._pump()
             else:
-                self.close()                 # an idle keep-alive connection
+                self.close()     # an idle keep-alive connection, or a body an app call waits for
         elif self.server.stopping and self.idle():
             self._end()     # after DRAIN_LINGER: a clean (lingering) close of what stayed idle
         return 0
@@ -408,10 +421,17 @@ class HttpConnection(Channel):
 
     def _pump(self):
         """Produce and send responses until done, or until the socket is full."""
+        server = self.server
         pending = self.pending
         while self.state != CLOSED:
             ex = self.resp
-            if self.out_size >= HIGH_WATER:
+            if ex is not None and ex.in_app:
+                if self.out_size and not self._flush():
+                    return 0
+                break                        # an app call produces this one: send what it queued
+            if ex is not None and ex.done:
+                self._complete(ex)
+            elif self.out_size >= HIGH_WATER:
                 if not self._flush():
                     return 0
             elif ex is not None and ex.sending_file:
@@ -421,29 +441,41 @@ class HttpConnection(Channel):
                 elif not self._sendfile_step():
                     return 0
             elif ex is not None and ex.iter is not None:
-                ex.next_chunk()
+                self._produce(ex, False)
             elif pending:
                 first = pending[0]
                 if type(first) is not int:
                     ex = first
                     if not (ex.complete or ex.early):
                         break
+                    if server.nested or (server.pool is not None and not server.pool._can_call()):
+                        server._defer(self)  # an app call may not start now: later, in turn
+                        break
                 pending.popleft()
                 self._respond(first)
             else:
                 break
+        self._notify()
         if self.state == CLOSED:
             return 0
         if self.out_size and not self._flush():
             return 0
         if self.resp is not None:
+            self._want_read()                # more of its body, or the next request, may come
             return 0
-        if self.state != OPEN or (self.server.stopping and self.cur is None and not pending):
+        if self.state != OPEN:
             self._end()
             return 0
+        # (when the worker is stopping, a connection left open by a response that went out before
+        # the stop is ended by the tick once it stays idle, DRAIN_LINGER after the stop began)
         self._want_read()
         if self.cur is None:      # between requests: the keep-alive timeout runs
-            self._arm(W_IDLE, self.server.keep_alive)
+            self._arm(W_IDLE, server.keep_alive)
+        return 0
+
+    def _pump_now(self):
+        """_pump() for the server: a deferred request may start now."""
+        self._pump()
         return 0
 
     def _respond(self, first):
@@ -462,7 +494,113 @@ class HttpConnection(Channel):
         server.cells[B_REQUESTS] += 1
         self.resp = ex
         ex.keep = ex.keep_alive and not server.stopping
+        self._produce(ex, True)
+        return 0
+
+    def _produce(self, ex, first):
+        """Run the app's code for `ex`: its call (`first`), or with --threads 1 the next piece of
+        its body. With app threads, the whole body is produced on this thread, with the loop let
+        go (AppPool.enter); if another thread took the loop over meanwhile, this one hands the
+        connection back (_post) and leaves the loop's code (Demoted) to become a spare thread."""
+        server = self.server
+        pool = server.pool
+        ex.in_app = True
+        if pool is None:
+            if first:
+                ex.run(self.app)
+            else:
+                ex.next_chunk()
+            ex.in_app = False
+            return 0
+        server._call_started(ex)
+        pool._enter()
         ex.run(self.app)
+        if ex.iter is not None:
+            ex.stream()
+        if pool._leave():
+            server._call_ended(ex)
+            ex.in_app = False
+            pool._returned()
+            return 0
+        ex.returned = True
+        server._post(self)
+        raise Demoted()
+
+    def _handed_back(self):
+        """From the server: an app thread handed this connection back (or asked for a flush)."""
+        ex = self.resp
+        if ex is not None and ex.returned:
+            ex.returned = False
+            ex.in_app = False
+            self.server._call_ended(ex)
+            self.server.pool._returned()
+            if self.state == CLOSED and ex.done:
+                self._complete(ex)           # its access log line; nothing more can be sent
+        if self.state != CLOSED:
+            self._pump()
+        return 0
+
+    # --- app calls that wait ---
+
+    def _wait_writable(self):
+        """write() (or a streamed body) ran 1 MiB ahead of the client: wait until the loop has
+        sent it below that; False when the client is gone or stopped reading (--write-timeout)."""
+        if self.server.pool is None and self._flush():
+            return True
+        return self.server._await(self, AWAIT_DRAINED)
+
+    def _produced(self):
+        """Inside an app call with app threads: the loop (whichever thread runs it) sends this."""
+        if self.server.pool is not None:
+            self.server._post(self)
+        return 0
+
+    def _mark(self, what):
+        """Where the connection stands now, for _ready()."""
+        ex = self.resp
+        if what == AWAIT_BODY and ex is not None and type(ex.body) is LazyInput:
+            return ex.body.received
+        return 0
+
+    def _ready(self, what, mark):
+        """1: what an app call waits for is here; 0: it cannot come any more; -1: not yet."""
+        if self.state == CLOSED:
+            return 0
+        if what == AWAIT_DRAINED:
+            return 1 if self.out_size < HIGH_WATER else -1
+        ex = self.resp
+        if ex is None or type(ex.body) is not LazyInput:
+            return 0
+        body = ex.body
+        if body.received != mark or body.done:
+            return 1
+        if self.state != OPEN or ex.complete:
+            return 0
+        return -1
+
+    def _wait_in_thread(self, what):
+        """--threads > 1: wait on this connection's condition until the loop has what an app call
+        waits for (the loop calls _notify when anything changes)."""
+        if self.cond is None:
+            self.cond = threading.Condition()
+        mark = self._mark(what)
+        self.server._post(self)      # the loop sends what is queued (a 100 Continue, body pieces)
+        with self.cond:
+            self.waiting = True
+            try:
+                while True:
+                    ready = self._ready(what, mark)
+                    if ready >= 0:
+                        return ready == 1
+                    self.cond.wait(1.0)
+            finally:
+                self.waiting = False
+
+    def _notify(self):
+        """Wake an app thread waiting on this connection, if one is."""
+        if self.waiting:
+            with self.cond:
+                self.cond.notify_all()
         return 0
 
     # --- state ---
@@ -498,13 +636,14 @@ class HttpConnection(Channel):
         self._release()
         self._close_fd()
         server._publish_count()
+        self._notify()
         if not server.accepting:
             server.resume_accepting()
 
     def _release(self):
         """Let go of everything the connection holds for requests and responses."""
         ex = self.resp
-        if ex is not None:
+        if ex is not None and not ex.in_app:   # (an app thread's exchange is ended by that thread)
             ex.close_result()
             ex.discard_body()
             ex.sending_file = False
@@ -516,8 +655,9 @@ class HttpConnection(Channel):
         self.server.cells[B_IN_FLIGHT] -= self.inflight
         self.inflight = 0
         self._drop_output()
-        self.start_response = None  # break the cycles self -> bound method -> self
-        self.write = None
+        if ex is None or not ex.in_app:
+            self.start_response = None  # break the cycles self -> bound method -> self
+            self.write = None
         return 0
 
     # --- the loop's I/O: each loop's Connection provides these ---
@@ -529,11 +669,6 @@ class HttpConnection(Channel):
     def _flush(self):
         """Send queued output; False when the socket is full (write interest armed) or the peer
         is gone."""
-        raise NotImplementedError
-
-    def _read_more(self):
-        """Wait (up to --body-timeout) for more of a request body and feed it; False when none
-        can come."""
         raise NotImplementedError
 
     def _sendfile_step(self):

@@ -4,7 +4,7 @@
 
 cimport cython
 from fastcluster._clock cimport monotonic
-from fastcluster._server_c cimport HttpServer
+from fastcluster._server_c cimport HttpServer, AppPool
 from fastcluster._exchange_c cimport (Channel, Exchange, new_exchange, OPEN, LAST_IN, UNREAD, PEER_CLOSED,
                                       LINGERING, CLOSED, HIGH_WATER)
 
@@ -16,11 +16,12 @@ cdef enum:
     W_IDLE = 3        # the next request on a kept-alive connection
     W_LINGER = 4      # the client's close after our FIN
 
+cdef int AWAIT_BODY, AWAIT_DRAINED
 cdef Py_ssize_t HEAD_SLACK, B_REQUESTS, B_IN_FLIGHT, B_STATUS
 cdef double LINGER
 cdef bytes CONTINUE_LINE
 cdef object BodyBuffer, LazyInput, EMPTY_INPUT, header_key, split_target, check_head, error_response
-cdef object Reject, log, refusal_cell
+cdef object Reject, log, refusal_cell, Demoted
 cdef dict HEADER_KEYS, METHODS, PROTOCOLS
 cdef str HTTP11
 
@@ -52,6 +53,8 @@ cdef class HttpConnection(Channel):
         Py_ssize_t header_bytes
         long long body_bytes
         public object write            # the write() start_response returns (bound once)
+        public bint waiting            # an app thread waits on `cond` for this connection
+        object cond                    # threading.Condition, made the first time one waits
 
     cdef int _setup(self, HttpServer server, int fd, dict env) except -1
     @cython.locals(server=HttpServer, ex=Exchange)
@@ -73,17 +76,30 @@ cdef class HttpConnection(Channel):
     @cython.locals(cur=Exchange)
     cdef int _reject(self, int status) except -1
     cdef int _received(self, Exchange ex) except -1
-    @cython.locals(server=HttpServer)
-    cdef int _answered(self, Exchange ex) except -1
+    @cython.locals(server=HttpServer, code=int)
+    cdef int _complete(self, Exchange ex) except -1
     cdef int _close_after(self) except -1
     @cython.locals(server=HttpServer, ex=Exchange)
     cdef int _drop_pending(self) except -1
     cdef int _arm(self, int wait, double seconds) except -1
     cpdef int tick(self, double now) except -1
-    @cython.locals(ex=Exchange)
+    @cython.locals(ex=Exchange, server=HttpServer)
     cdef int _pump(self) except -1
+    cpdef _pump_now(self)
     @cython.locals(server=HttpServer, ex=Exchange)
     cdef int _respond(self, object first) except -1
+    @cython.locals(server=HttpServer, pool=AppPool)
+    cdef int _produce(self, Exchange ex, bint first) except -1
+    @cython.locals(ex=Exchange)
+    cpdef _handed_back(self)
+    cdef bint _wait_writable(self) except -1
+    cdef int _produced(self) except -1
+    @cython.locals(ex=Exchange)
+    cpdef long long _mark(self, int what) except? -1
+    @cython.locals(ex=Exchange)
+    cpdef int _ready(self, int what, long long mark) except? -2
+    cpdef bint _wait_in_thread(self, int what) except -1
+    cdef int _notify(self) except -1
     cpdef bint idle(self)
     cdef int _end(self) except -1
     @cython.locals(server=HttpServer)
@@ -94,7 +110,6 @@ cdef class HttpConnection(Channel):
     # the loop's I/O (_parser.pyx)
     cdef int _on_event(self) except -1
     cdef bint _flush(self) except -1
-    cdef bint _read_more(self) except -1
     cdef bint _sendfile_step(self) except -1
     cdef int _want_read(self) except -1
     cdef bint _shutdown_write(self) except -1

@@ -4,7 +4,8 @@
 
 cimport cython
 from ._syscalls cimport epoll_event
-from fastcluster._server_c cimport HttpServer
+from fastcluster._server_c cimport HttpServer, AppPool
+from fastcluster._threads cimport fc_pool_t, pthread_t
 from fastcluster._exchange_c cimport Exchange
 from fastcluster._http_c cimport HttpConnection
 
@@ -27,20 +28,40 @@ cdef class AccessWriter:
     cdef int flush(self) except -1
 
 
+cdef class Pool(AppPool):
+    cdef:
+        fc_pool_t* st           # the token, the spare threads' semaphore, the monitor's state
+        pthread_t monitor
+        bint monitoring
+
+    cdef int _start(self) except -1
+    cdef int _stop_monitor(self) noexcept
+    cdef int _release(self) except -1
+    cdef bint _reclaim(self) except -1
+    cpdef block(self)
+    cpdef bint follow(self) except -1
+    cpdef finish(self)
+    cpdef _spawn(self)
+
+
 cdef class Server(HttpServer):
     cdef:
         int lfd                 # the listening socket's descriptor
         int epfd
+        int efd                 # an eventfd: app threads wake the loop's wait with it (_signal)
         char* rbuf              # every connection's recv() lands here, then goes to httptools
         AccessWriter writer     # the C renderer, when the access log has the default format
 
     cdef int _set_accepting(self, bint on) except -1
+    cpdef _iterate(self, double limit)
+    cpdef _signal(self)
     cdef int _watch(self, int fd, unsigned int events) except -1
     cdef int _accept(self) except -1
     cdef Connection _add(self, int fd, dict env)
     cdef int _log_access(self, dict env, int status, long long size, double secs) except -1
     cdef int _flush_access(self) except -1
     cdef int _drain_wakeup(self) except -1
+    cdef int _drain_eventfd(self) except -1
 
 
 cdef class Connection(HttpConnection):
@@ -51,10 +72,8 @@ cdef class Connection(HttpConnection):
 
     cdef setup(self, Server server, int fd, dict env)
     cdef int _on_event(self) except -1
-    cdef bint _read_more(self) except -1
     cdef int _queue(self, bytes data) except -1
     cdef bint _flush(self) except -1
-    cdef int _wait_writable(self) except -1
     cdef bint _sendfile_step(self) except -1
     cdef int _want_write(self) except -1
     cdef int _want_read(self) except -1

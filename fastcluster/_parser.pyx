@@ -9,6 +9,7 @@ module's classes subclass (compiled, as `_server_c`, `_exchange_c` and `_http_c`
 their I/O, in three included files:
 
 - `_server.pxi`: `Server`, the epoll wait, accept and adopt;
+- `_pool.pxi`: `Pool`, the app threads' primitives (with the C side in `_threads.pxd`);
 - `_connection.pxi`: `Connection`, recv into one buffer, one writev for the queued output,
   sendfile, epoll interest, shutdown and close;
 - `_access.pxi`: `AccessWriter`, the default access log format rendered in C.
@@ -29,17 +30,22 @@ from libc.stdio cimport snprintf
 from libc.string cimport memcpy
 from libc.time cimport time as c_time
 from posix.uio cimport iovec, writev
-from posix.unistd cimport close as c_close, read as c_read
+from posix.unistd cimport close as c_close, read as c_read, write as c_write
+from libc.string cimport memset
 from posix.types cimport off_t
 
 from ._syscalls cimport *
 from fastcluster._clock cimport monotonic
 from fastcluster._server_c cimport DRAIN_LINGER
 from fastcluster._exchange_c cimport LINGERING, CLOSED, PEER_CLOSED
+from fastcluster._threads cimport *
 
 import os
+import signal as _signal_module
+import threading as _threading
 
 from . import board as _board
+from .errors import Demoted
 
 IMPLEMENTATION = "cython"
 # the sizes above (_consts.pxi), as the twin states them too (tests/test_extension.py compares)
@@ -49,27 +55,10 @@ SIZES = {"RECV_SIZE": RECV_SIZE, "MAX_IOV": MAX_IOV, "ACCEPT_BATCH": ACCEPT_BATC
 # This worker's cells on the board (board.py): offsets in its slot
 cdef Py_ssize_t B_NOT_ACCEPTING = _board.NOT_ACCEPTING, B_ACCEPTED = _board.ACCEPTED
 cdef Py_ssize_t B_BYTES_IN = _board.BYTES_IN, B_BYTES_OUT = _board.BYTES_OUT
-
-
-cdef bint wait_fd(int fd, short events, double timeout) except -1:
-    """Block until fd is ready (poll), running signal handlers on EINTR."""
-    cdef pollfd p
-    cdef int rc
-    cdef double end = monotonic() + timeout
-    p.fd = fd
-    p.events = events
-    while True:
-        with nogil:
-            rc = poll(&p, 1, <int>((end - monotonic()) * 1000))
-        if rc >= 0:
-            return rc > 0
-        if errno != EINTR:
-            PyErr_SetFromErrno(OSError)
-        PyErr_CheckSignals()
-        if monotonic() >= end:
-            return False
+cdef int SIGTERM_NUMBER = _signal_module.SIGTERM
 
 
 include "_access.pxi"
+include "_pool.pxi"
 include "_server.pxi"
 include "_connection.pxi"

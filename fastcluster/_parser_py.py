@@ -12,13 +12,17 @@ from __future__ import annotations
 import errno
 import os
 import select
+import signal
 import socket
+import threading
+import time
 from time import monotonic
 
 from . import board as _board
 from ._exchange import CLOSED, PEER_CLOSED, LINGERING
 from ._http import HttpConnection
-from ._server import DRAIN_LINGER, HttpServer
+from ._server import AppPool, HttpServer
+from .errors import Demoted
 
 IMPLEMENTATION = "python"
 
@@ -36,6 +40,64 @@ B_NOT_ACCEPTING, B_ACCEPTED = _board.NOT_ACCEPTING, _board.ACCEPTED
 B_BYTES_IN, B_BYTES_OUT = _board.BYTES_IN, _board.BYTES_OUT
 
 
+class Pool(AppPool):
+    """The app threads' primitives (the twin of _pool.pxi and _threads.pxd): the token is a Lock
+    held by the thread that runs the loop, a spare thread waits on a Semaphore, and the monitor is
+    a Python thread that looks every millisecond (every 0.1 ms for a second after a handover)."""
+
+    def __init__(self, server, limit):
+        self._setup(server, limit)
+        self.token = threading.Lock()
+        self.token.acquire()            # the thread that calls serve() runs the loop
+        self.promote = threading.Semaphore(0)
+        self.seq = 0                    # app calls begun
+        self.hot = 0                    # looks left at the short interval
+        self.finished = False
+
+    def _start(self):
+        threading.Thread(target=self._watch, name="fastcluster-monitor", daemon=True).start()
+
+    def _release(self):
+        self.seq += 1
+        self.token.release()
+
+    def _reclaim(self):
+        return self.token.acquire(False)
+
+    def block(self):
+        if self.token.acquire(False):
+            self._hand_over()
+
+    def _hand_over(self):          # with the token just taken
+        self.hot = 10000
+        self.promote.release()
+
+    def follow(self):
+        self.promote.acquire()
+        return not self.finished
+
+    def finish(self):
+        if not self.finished:
+            self.finished = True
+            for _ in range(self.total + 1):
+                self.promote.release()
+
+    def _spawn(self):
+        threading.Thread(target=self.server._follower, name="fastcluster-app", daemon=True).start()
+
+    def _watch(self):
+        signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
+        last = -1
+        while not self.finished:
+            time.sleep(0.0001 if self.hot > 0 else 0.001)
+            if self.hot > 0:
+                self.hot -= 1
+            seq = self.seq
+            if seq == last and self.token.acquire(False):
+                self._hand_over()
+            last = seq
+
+
 class Server(HttpServer):
     def __init__(self, listener, app, config=None, wakeup_fd=-1, master_pid=0, tick=None, board=None,
                  board_index=-1, access_log=None):
@@ -44,39 +106,79 @@ class Server(HttpServer):
         self.rbuf = bytearray(RECV_SIZE)
         self.rview = memoryview(self.rbuf)
         self.ep = select.epoll()
+        self.efd, self.efd_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)   # app threads wake the wait (_signal)
+        if self.threads > 1:
+            self.pool = Pool(self, self.threads)
 
     def serve(self, ready=None):
         """Run until stopped; `ready()` is called once the listening socket is watched."""
-        ep, conns, lfd = self.ep, self.conns, self.lfd
         self.listener.setblocking(False)
         self._set_accepting(True)
         if self.wakeup_fd >= 0:
-            ep.register(self.wakeup_fd, EPOLLIN)
+            self.ep.register(self.wakeup_fd, select.EPOLLIN)
+        self.ep.register(self.efd, select.EPOLLIN)
         self._serve_start(ready)
-        next_tick = self.now + 1.0
+        if self.pool is not None:
+            self.pool._start()
         try:
-            while True:
-                events = ep.poll(max(0.0, self._next_wake(next_tick) - self.now) + 0.001, MAX_EVENTS)
-                self._woke(monotonic())
-                for fd, _ev in events:
-                    conn = conns.get(fd)
-                    if conn is not None:
-                        conn._on_event()
-                    elif fd == lfd:
-                        self._accept()
-                    else:
-                        self._drain_wakeup()
-                if self.stop_requested and not self.stopping:
-                    self._begin_stop()
-                    next_tick = self.now + DRAIN_LINGER
-                if self.now >= next_tick:
-                    next_tick = self.now + 1.0
-                    self._tick()
-                if self._done():
-                    break
+            self._member(True)
         finally:
+            if self.pool is not None:
+                self.pool.finish()
             self._serve_end()
-            ep.close()
+            self.ep.close()
+            os.close(self.efd)
+            os.close(self.efd_w)
+
+    def _member(self, leading):
+        """A loop thread's life (the serve() caller's, and each app thread's): run the loop while
+        it holds it; when an app call of its own lost it (Demoted), wait as a spare to get it back."""
+        while True:
+            if not leading and not self.pool.follow():
+                return
+            leading = False
+            try:
+                while not self.finished:
+                    if self._done():
+                        self.finished = True
+                        break
+                    self._iterate(1.0)
+                if self.pool is not None:
+                    self.pool.finish()       # the other threads stop waiting
+                return
+            except Demoted:
+                if self.posted:
+                    self._signal()           # the thread that runs the loop now has them to do
+
+    def _follower(self):
+        """An app thread: signals stay the main thread's; it waits as a spare until needed."""
+        signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
+        self._member(False)
+
+    def _iterate(self, limit):
+        conns = self.conns
+        events = self.ep.poll(self._wait_ms(limit) / 1000.0, MAX_EVENTS)
+        self._woke(monotonic())
+        for fd, _ev in events:
+            conn = conns.get(fd)
+            if conn is not None:
+                conn._on_event()
+            elif fd == self.lfd:
+                self._accept()
+            elif fd == self.efd:
+                try:
+                    os.read(self.efd, 512)
+                except BlockingIOError:
+                    pass
+            else:
+                self._drain_wakeup()
+        self._after_events()
+
+    def _signal(self):
+        try:
+            os.write(self.efd_w, b"\0")
+        except BlockingIOError:
+            pass            # the pipe is full: the wait is woken already
 
     def _set_accepting(self, on):
         """Watch the listening socket or not: off when stopping, full, or out of descriptors."""
@@ -132,9 +234,16 @@ class Server(HttpServer):
         return conn
 
     def _drain_wakeup(self):
+        """The signals that arrived (their numbers, from Python's wake-up fd). A SIGTERM is acted on
+        here as well as in its Python handler, which only the main thread runs, and that thread may
+        be inside an app call or waiting as a spare."""
         try:
-            while os.read(self.wakeup_fd, 512):
-                pass
+            while True:
+                data = os.read(self.wakeup_fd, 512)
+                if not data:
+                    return
+                if signal.SIGTERM in data:
+                    self.stop_requested = True
         except (BlockingIOError, InterruptedError):
             pass
 
@@ -168,24 +277,6 @@ class Connection(HttpConnection):
             self._stop_reading(PEER_CLOSED)
         self._pump()
 
-    def _read_more(self):
-        """For a 100-continue body the app is reading: wait (poll) for the client, then feed."""
-        server = self.server
-        if not _wait(self.fd, select.POLLIN, server.body_timeout):
-            return False
-        try:
-            n = self.sock.recv_into(server.rbuf)
-        except BlockingIOError:
-            return True
-        except OSError:
-            n = 0
-        if not n:
-            self._stop_reading(PEER_CLOSED)   # closed, or broken: nothing more can come
-            return False
-        server.cells[B_BYTES_IN] += n
-        self._feed(server.rview[:n], n)
-        return True
-
     # --- writing ---
 
     def _queue(self, data):
@@ -218,15 +309,6 @@ class Connection(HttpConnection):
                     n = 0
             del out[:i]
         return True
-
-    def _wait_writable(self):
-        """Send the queued output, waiting (poll) up to --write-timeout at a time for room."""
-        while not self._flush():
-            if self.state == CLOSED:
-                raise OSError(errno.EPIPE, "client disconnected")
-            if not _wait(self.fd, select.POLLOUT, self.server.write_timeout):
-                self.close()
-                raise OSError(errno.ETIMEDOUT, "client stopped reading")
 
     def _sendfile_step(self):
         ex = self.resp
@@ -298,8 +380,3 @@ class Connection(HttpConnection):
         self.out.clear()
         self.out_size = 0
 
-
-def _wait(fd, event, timeout):
-    poller = select.poll()
-    poller.register(fd, event)
-    return bool(poller.poll(timeout * 1000))

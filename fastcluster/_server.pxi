@@ -5,6 +5,7 @@
 cdef class Server(HttpServer):
     def __cinit__(self):
         self.epfd = -1
+        self.efd = -1
         self.rbuf = NULL
 
     def __init__(self, listener, app, config=None, wakeup_fd=-1, master_pid=0, tick=None, board=None,
@@ -17,59 +18,96 @@ cdef class Server(HttpServer):
         self.epfd = epoll_create1(EPOLL_CLOEXEC)
         if self.epfd < 0:
             PyErr_SetFromErrno(OSError)
+        self.efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)
+        if self.efd < 0:
+            PyErr_SetFromErrno(OSError)
         self.now = monotonic()
         if access_log is not None and access_log.default_format:
             self.writer = AccessWriter(access_log)
+        if self.threads > 1:
+            self.pool = Pool(self, self.threads)
 
     def __dealloc__(self):
         if self.epfd >= 0:
             c_close(self.epfd)
+        if self.efd >= 0:
+            c_close(self.efd)
         PyMem_Free(self.rbuf)
 
     def serve(self, ready=None):
         """Run until stopped; `ready()` is called once the listening socket is watched."""
-        cdef epoll_event events[MAX_EVENTS]
-        cdef int n, i, fd, timeout
-        cdef double next_tick
-        cdef dict conns = self.conns
         self.listener.setblocking(False)
         self._set_accepting(True)
         if self.wakeup_fd >= 0:
             self._watch(self.wakeup_fd, EPOLLIN)
+        self._watch(self.efd, EPOLLIN)
         self._serve_start(ready)
-        next_tick = self.now + 1.0
+        if self.pool is not None:
+            (<Pool>self.pool)._start()
         try:
-            while True:
-                timeout = <int>((self._next_wake(next_tick) - self.now) * 1000) + 1
-                if timeout < 0:
-                    timeout = 0
-                with nogil:
-                    n = epoll_wait(self.epfd, events, MAX_EVENTS, timeout)
-                if n < 0:
-                    if errno != EINTR:
-                        PyErr_SetFromErrno(OSError)
-                    n = 0
-                    PyErr_CheckSignals()
-                self._woke(monotonic())
-                for i in range(n):
-                    fd = events[i].data.fd
-                    obj = conns.get(fd)
-                    if obj is not None:
-                        (<Connection>obj)._on_event()
-                    elif fd == self.lfd:
-                        self._accept()
-                    else:
-                        self._drain_wakeup()
-                if self.stop_requested and not self.stopping:
-                    self._begin_stop()
-                    next_tick = self.now + DRAIN_LINGER
-                if self.now >= next_tick:
-                    next_tick = self.now + 1.0
-                    self._tick()
-                if self._done():
-                    break
+            self._member(True)
         finally:
+            if self.pool is not None:
+                self.pool.finish()
             self._serve_end()
+
+    def _member(self, leading):
+        """A loop thread's life (the serve() caller's, and each app thread's): run the loop while
+        it holds it; when an app call of its own lost it (Demoted), wait as a spare to get it back."""
+        while True:
+            if not leading and not self.pool.follow():
+                return
+            leading = False
+            try:
+                while not self.finished:
+                    if self._done():
+                        self.finished = True
+                        break
+                    self._iterate(1.0)
+                if self.pool is not None:
+                    self.pool.finish()       # the other threads stop waiting
+                return
+            except Demoted:
+                if self.posted:
+                    self._signal()           # the thread that runs the loop now has them to do
+
+    def _follower(self):
+        """An app thread: signals stay the main thread's; it waits as a spare until needed."""
+        _signal_module.pthread_sigmask(_signal_module.SIG_BLOCK, _signal_module.valid_signals())
+        self._member(False)
+
+    cpdef _iterate(self, double limit):
+        cdef epoll_event events[MAX_EVENTS]
+        cdef int n, i, fd
+        cdef int timeout = self._wait_ms(limit)
+        cdef dict conns = self.conns
+        if timeout:
+            with nogil:
+                n = epoll_wait(self.epfd, events, MAX_EVENTS, timeout)
+        else:
+            n = epoll_wait(self.epfd, events, MAX_EVENTS, 0)
+        if n < 0:
+            if errno != EINTR:
+                PyErr_SetFromErrno(OSError)
+            n = 0
+            PyErr_CheckSignals()
+        self._woke(monotonic())
+        for i in range(n):
+            fd = events[i].data.fd
+            obj = conns.get(fd)
+            if obj is not None:
+                (<Connection>obj)._on_event()
+            elif fd == self.lfd:
+                self._accept()
+            elif fd == self.efd:
+                self._drain_eventfd()
+            else:
+                self._drain_wakeup()
+        self._after_events()
+
+    cpdef _signal(self):
+        cdef unsigned long long one = 1
+        c_write(self.efd, &one, sizeof(one))
 
     cdef int _set_accepting(self, bint on) except -1:
         """Watch the listening socket or not: off when stopping, full, or out of descriptors."""
@@ -169,7 +207,20 @@ cdef class Server(HttpServer):
         return 0
 
     cdef int _drain_wakeup(self) except -1:
-        cdef char buf[512]
-        while c_read(self.wakeup_fd, buf, sizeof(buf)) > 0:
-            pass
+        """The signals that arrived (their numbers, from Python's wake-up fd). A SIGTERM is acted on
+        here as well as in its Python handler, which only the main thread runs, and that thread may
+        be inside an app call or waiting as a spare."""
+        cdef unsigned char buf[512]
+        cdef ssize_t n, i
+        while True:
+            n = c_read(self.wakeup_fd, buf, sizeof(buf))
+            if n <= 0:
+                return 0
+            for i in range(n):
+                if buf[i] == SIGTERM_NUMBER:
+                    self.stop_requested = True
+
+    cdef int _drain_eventfd(self) except -1:
+        cdef unsigned long long count
+        c_read(self.efd, &count, sizeof(count))
         return 0

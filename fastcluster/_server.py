@@ -3,15 +3,27 @@
 Written once, run two ways: as plain Python by the pure-Python loop (`_parser_py.py`), and compiled
 by Cython as `fastcluster._server_c` for the compiled loop (`_parser.pyx`), with its C types in
 `_server_c.pxd` (Cython's pure-Python mode). `HttpServer` holds a worker's settings, its counters
-(its cells on the master's board), accept balancing, the once-a-second tick over its connections and
-the start of a graceful stop. Each loop's `Server` subclass adds the I/O: the wait, accept, adopt.
+(its cells on the master's board), accept balancing, the once-a-second tick over its connections,
+the start of a graceful stop, and what lets app calls wait without stopping the loop. Each loop's
+`Server` subclass adds the I/O: the wait, accept, adopt.
+
+App calls and the loop (--threads):
+- `--threads 1`: the app runs on the loop's own thread. When it must wait inside the call (for more
+  of a 100-continue body, or for a slow client to take its output), `_await()` runs the loop
+  (`_iterate()`) nested, with no app call dispatched, until the wait is over: other connections are
+  still read, written, accepted and timed out; their requests wait for the call to end.
+- `--threads N`, N > 1: an `AppPool` (each loop has its own) runs the app on the loop's thread too,
+  but releases the loop while it does; when a call blocks, another thread takes the loop over, and
+  the thread whose call blocked finishes that response on its own, hands the connection back through
+  `_post()`, and becomes a spare. A call that waits inside (body, output) hands the loop over at once.
 
 The connection classes build on this one (`_exchange.py`, `_http.py`); this module knows them only
-through their Python-visible methods (`tick`, `close`), so that nothing here depends on them.
+through their Python-visible methods, so that nothing here depends on them.
 """
 
 import os
 import socket as _socket
+from collections import deque
 
 try:
     import cython
@@ -29,27 +41,100 @@ from .sockets import describe as _describe
 DRAIN_LINGER = 1.0          # on stop, idle connections get this long for a request already on its way
 BALANCE_SLACK = 1           # a worker this many connections above an accepting peer leaves the next ones to it
 BALANCE_PAUSE = 0.01        # by not accepting for this long (the kernel hands them to the peer instead)
+NESTED_WAIT = 0.05          # a nested iteration waits at most this long, then looks at its condition again
 
 # the board's cells (board.py), offsets in a worker's slot
 B_HEADER, B_STRIDE = _board.HEADER, _board.STRIDE
 B_CONNS, B_NOT_ACCEPTING, B_RSS, B_BEAT = _board.CONNS, _board.NOT_ACCEPTING, _board.RSS, _board.BEAT
+B_BUSY = _board.BUSY
 rss_bytes = _board.rss_bytes
 log = _wsgi.log
 
 
 @cython.cclass
-class HttpServer:
-    """One worker's settings, counters and connection timers (fields: _http_c.pxd).
+class AppPool:
+    """The threads that run one worker's app calls when --threads is above 1 (fields: _server_c.pxd).
 
-    The loop's subclass provides serve(), accepting (_set_accepting, _accept) and adopt().
+    Each loop subclasses it with the primitives: a token (which thread runs the loop), a way to
+    wake a spare thread, and a monitor that hands the loop over when an app call has blocked for a
+    while. The policy is here: at most `limit` app calls at once, and always one spare thread while
+    a call runs, so that the loop can be handed over at any moment.
+    """
+
+    if not cython.compiled:
+        busy = total = 0
+
+    def _setup(self, server, limit):
+        self.server = server
+        self.limit = limit          # app calls at once (--threads)
+        self.total = 1              # threads in the pool, the one that called serve() included
+        self.busy = 0               # app calls begun and not handed back to the loop yet
+        return 0
+
+    def _can_call(self):
+        return self.busy < self.limit
+
+    def _enter(self):
+        """An app call begins on this thread, which runs the loop: account for it, keep a spare
+        thread, then let the loop go (`_release`), so that the monitor may hand it over."""
+        self.busy += 1
+        self.server.cells[B_BUSY] = self.busy
+        if self.total - self.busy < 1:
+            self.total += 1
+            self._spawn()
+        self._release()
+        return 0
+
+    def _leave(self):
+        """The app call returned: True when this thread takes the loop back, False when another
+        thread has been running it meanwhile."""
+        return self._reclaim()
+
+    def _returned(self):
+        """The loop is done with an app call that `_enter()` counted."""
+        self.busy -= 1
+        self.server.cells[B_BUSY] = self.busy
+        return 0
+
+    # the loop's primitives
+
+    def _release(self):
+        raise NotImplementedError
+
+    def _reclaim(self):
+        raise NotImplementedError
+
+    def block(self):
+        """This thread, inside an app call, is about to wait: if no thread runs the loop, one
+        must, now (not at the monitor's next look)."""
+        raise NotImplementedError
+
+    def follow(self):
+        """Wait, as a spare thread, until this thread is given the loop; False when the loop is over."""
+        raise NotImplementedError
+
+    def finish(self):
+        """The loop is over: every spare thread and the monitor are let go."""
+        raise NotImplementedError
+
+    def _spawn(self):
+        raise NotImplementedError
+
+
+@cython.cclass
+class HttpServer:
+    """One worker's settings, counters and connection timers (fields: _server_c.pxd).
+
+    The loop's subclass provides serve(), one iteration of the loop (_iterate), accepting
+    (_set_accepting, _accept), adopt(), and the signal of _post (_signal).
     """
 
     if not cython.compiled:   # plain Python: the values a compiled object starts with
-        stop_requested = stopping = accepting = balanced = accept_error_logged = False
-        deadline = accept_paused_until = now = 0.0
-        requests = 0
+        stop_requested = stopping = accepting = balanced = accept_error_logged = finished = False
+        deadline = accept_paused_until = now = next_tick = stuck_since = 0.0
+        requests = nested = 0
         board_index = -1
-        board = None
+        board = pool = None
 
     def _configure(self, listener, app, config, wakeup_fd, master_pid, tick, board, board_index, access_log):
         config = config or _Config()
@@ -66,13 +151,18 @@ class HttpServer:
         self.max_headers = config.max_headers
         self.max_header_bytes = config.max_header_bytes
         self.max_body = config.max_body
+        self.timeout = config.timeout
+        self.threads = config.threads
         self.spill = _wsgi.SpillBudget(config.max_spill)
         self.wakeup_fd = wakeup_fd
         self.master_pid = master_pid
         self.conns = {}
+        self.posted = deque()       # connections an app thread hands back (or wants flushed)
+        self.deferred = deque()     # connections with a request to dispatch once an app call may start
+        self.calls = {}             # Exchange -> monotonic time its app call began (--threads > 1)
         self.tcp = listener.family in (_socket.AF_INET, _socket.AF_INET6)
         _url, name, port, _short = _describe(listener)
-        self.base_environ = _wsgi.base_environ(name, port, config.workers > 1)
+        self.base_environ = _wsgi.base_environ(name, port, config.workers > 1, config.threads > 1)
         self.date = _wsgi.DateHeader()
         self.date_line = self.date.get()
         self.now = monotonic()
@@ -101,13 +191,17 @@ class HttpServer:
 
     def _lighter_worker_available(self):
         """True when a worker whose listening socket is registered (so the kernel hands it new
-        connections while this one pauses) holds more than BALANCE_SLACK fewer connections."""
+        connections while this one pauses) is lighter: holds more than BALANCE_SLACK fewer
+        connections, or has an app thread free while all of this one's are busy."""
         mine = len(self.conns) - BALANCE_SLACK
+        saturated = self.pool is not None and self.pool.busy >= self.threads
         for i in range(self.board[0]):
             if i != self.board_index:
                 base = B_HEADER + B_STRIDE * i
                 count = self.board[base + B_CONNS]
-                if 0 <= count < mine and self.board[base + B_NOT_ACCEPTING] == 0:
+                if count < 0 or self.board[base + B_NOT_ACCEPTING] != 0:
+                    continue
+                if count < mine or (saturated and self.board[base + B_BUSY] < self.threads):
                     return True
         return False
 
@@ -130,17 +224,80 @@ class HttpServer:
         self.accept_paused_until = self.now + 0.5
         return 0
 
-    def _next_wake(self, next_tick):
-        """When the loop must wake at the latest: the tick, or the end of an accept pause."""
-        if not self.accepting and self.accept_paused_until and self.accept_paused_until < next_tick:
-            return self.accept_paused_until
-        return next_tick
+    def _wait_ms(self, limit):
+        """How long the next wait may last, in ms: to the tick or the end of an accept pause,
+        at most `limit` seconds; 0 when handed-back connections are waiting."""
+        if self.posted:
+            return 0
+        wake = self.next_tick
+        if not self.accepting and self.accept_paused_until and self.accept_paused_until < wake:
+            wake = self.accept_paused_until
+        wait = min(wake - self.now, limit)
+        return int(wait * 1000) + 1 if wait > 0 else 0
 
     def _woke(self, now):
         """Right after the wait: the clock, and accepts paused for balancing or errors."""
         self.now = now
         if not self.accepting and self.accept_paused_until and self.now >= self.accept_paused_until:
             self.resume_accepting()
+        return 0
+
+    def _after_events(self):
+        """The rest of one loop iteration, after its events: connections handed back by app
+        threads, requests that waited for an app thread, a stop, the tick."""
+        while self.posted:
+            self.posted.popleft()._handed_back()
+        if self.deferred and not self.nested:
+            for _ in range(len(self.deferred)):
+                if self.pool is not None and not self.pool._can_call():
+                    break
+                self.deferred.popleft()._pump_now()
+        if self.stop_requested and not self.stopping:
+            self._begin_stop()
+            self.next_tick = self.now + DRAIN_LINGER
+        if self.now >= self.next_tick:
+            self.next_tick = self.now + 1.0
+            self._tick()
+        return 0
+
+    def _post(self, conn):
+        """From an app thread: hand `conn` back to the loop (its call returned), or ask the loop to
+        look at it (output to flush, a 100 Continue to send)."""
+        self.posted.append(conn)
+        self._signal()
+        return 0
+
+    def _defer(self, conn):
+        """`conn` has a request to dispatch once an app call may start (after a nested wait, or
+        when an app thread is free)."""
+        self.deferred.append(conn)
+        return 0
+
+    def _await(self, conn, what):
+        """Inside an app call: wait until `conn` has what the call waits for (conn._ready); False
+        when it cannot come any more. The loop goes on serving everything else meanwhile."""
+        if self.pool is not None:
+            self.pool.block()
+            return conn._wait_in_thread(what)
+        mark = conn._mark(what)
+        self.nested += 1
+        try:
+            while True:
+                ready = conn._ready(what, mark)
+                if ready >= 0:
+                    return ready == 1
+                self._iterate(NESTED_WAIT)
+        finally:
+            self.nested -= 1
+
+    def _call_started(self, ex):
+        if self.pool is not None:
+            self.calls[ex] = self.now
+        return 0
+
+    def _call_ended(self, ex):
+        if self.pool is not None:
+            self.calls.pop(ex, None)
         return 0
 
     def _tick(self):
@@ -152,13 +309,20 @@ class HttpServer:
         self.cells[B_RSS] = rss
         self._flush_access()
         if self.tick is not None:
-            self.tick(self.requests, rss)
+            self.tick(self.requests, rss, self._stuck(now))
         if self.master_pid and os.getppid() != self.master_pid:
             self.stop_requested = True          # the master is gone: do not outlive it
         self.resume_accepting()
         for conn in list(self.conns.values()):
             conn.tick(now)      # its deadlines; when stopping, a clean close of what stayed idle
         return 0
+
+    def _stuck(self, now):
+        """With app threads the loop goes on ticking while a call hangs: True once one call has
+        run past --timeout (the master then dumps every thread's stack and replaces the worker)."""
+        if not self.timeout or not self.calls:
+            return False
+        return now - min(self.calls.values()) > self.timeout
 
     def _begin_stop(self):
         master_gone = self.master_pid and os.getppid() != self.master_pid
@@ -188,6 +352,7 @@ class HttpServer:
         """What serve() does before its first wait: counters, and `ready()` once watched."""
         self.cells[B_BEAT] = int(self.now * 1e6)
         self.cells[B_RSS] = rss_bytes()
+        self.next_tick = self.now + 1.0
         if ready is not None:
             ready()
         return 0
@@ -198,7 +363,16 @@ class HttpServer:
         self._flush_access()
         return 0
 
-    # --- the loop's I/O: each loop's Server provides this ---
+    # --- the loop's I/O: each loop's Server provides these ---
 
     def _set_accepting(self, on):
+        raise NotImplementedError
+
+    def _iterate(self, limit):
+        """One turn of the loop: wait (at most `limit` seconds) for events, handle them, then
+        _after_events()."""
+        raise NotImplementedError
+
+    def _signal(self):
+        """Wake the loop's wait (from another thread)."""
         raise NotImplementedError

@@ -4,10 +4,33 @@
 cimport cython
 from fastcluster._clock cimport monotonic
 
-cdef double DRAIN_LINGER, BALANCE_PAUSE
+cdef double DRAIN_LINGER, BALANCE_PAUSE, NESTED_WAIT
 cdef Py_ssize_t BALANCE_SLACK
-cdef Py_ssize_t B_HEADER, B_STRIDE, B_CONNS, B_NOT_ACCEPTING, B_RSS, B_BEAT
+cdef Py_ssize_t B_HEADER, B_STRIDE, B_CONNS, B_NOT_ACCEPTING, B_RSS, B_BEAT, B_BUSY
 cdef object rss_bytes, log
+
+cdef class HttpServer
+
+
+cdef class AppPool:
+    cdef:
+        public HttpServer server
+        public int limit        # app calls at once (--threads)
+        public int total        # threads in the pool, the serve() caller's included
+        public int busy         # app calls begun and not handed back to the loop yet
+
+    cdef int _setup(self, HttpServer server, int limit) except -1
+    cdef bint _can_call(self)
+    cdef int _enter(self) except -1
+    cdef bint _leave(self) except -1
+    cdef int _returned(self) except -1
+    # the loop's primitives (_pool.pxi)
+    cdef int _release(self) except -1
+    cdef bint _reclaim(self) except -1
+    cpdef block(self)
+    cpdef bint follow(self) except -1
+    cpdef finish(self)
+    cpdef _spawn(self)
 
 
 cdef class HttpServer:
@@ -25,6 +48,15 @@ cdef class HttpServer:
         public Py_ssize_t max_headers
         public Py_ssize_t max_header_bytes
         public long long max_body      # 0: no limit
+        public double timeout          # --timeout: an app call longer than this means a stuck worker
+        public int threads             # --threads
+        public AppPool pool            # None with --threads 1
+        public object posted           # deque of connections app threads hand back (or want flushed)
+        public object deferred         # deque of connections with a request waiting for an app call
+        public dict calls              # Exchange -> when its app call began (--threads > 1)
+        public int nested              # depth of nested loop runs (an app call waiting, --threads 1)
+        public double next_tick
+        public bint finished           # the loop is over (--threads > 1: the last thread ended it)
         public object spill            # wsgi.SpillBudget: the disk request bodies may take
         int wakeup_fd
         int master_pid
@@ -55,8 +87,15 @@ cdef class HttpServer:
     cdef bint _lighter_worker_available(self) except -1
     cdef bint _accepted(self) except -1
     cdef int _accept_failed(self, int err) except -1
-    cdef double _next_wake(self, double next_tick)
+    cdef int _wait_ms(self, double limit) except? -1
     cdef int _woke(self, double now) except -1
+    cdef int _after_events(self) except -1
+    cpdef _post(self, object conn)
+    cdef int _defer(self, object conn) except -1
+    cpdef bint _await(self, object conn, int what) except -1
+    cdef int _call_started(self, object ex) except -1
+    cdef int _call_ended(self, object ex) except -1
+    cpdef bint _stuck(self, double now) except -1
     @cython.locals(now=double)
     cdef int _tick(self) except -1
     cdef int _begin_stop(self) except -1
@@ -68,3 +107,5 @@ cdef class HttpServer:
 
     # the loop's I/O (_parser.pyx)
     cdef int _set_accepting(self, bint on) except -1
+    cpdef _iterate(self, double limit)
+    cpdef _signal(self)

@@ -81,3 +81,9 @@ cdef extern from "<poll.h>" nogil:
     enum:
         POLLIN
         POLLOUT
+
+cdef extern from "<sys/eventfd.h>" nogil:
+    int eventfd(unsigned int initval, int flags)
+    enum:
+        EFD_NONBLOCK
+        EFD_CLOEXEC

@@ -30,13 +30,14 @@ BEAT = 8         # CLOCK_MONOTONIC of the last tick, in microseconds
 STATUS = 9       # 9..13: responses by class, 1xx..5xx (refusals included)
 REFUSED = 14     # 14..21: requests refused by the server itself, by status (REFUSALS order)
 REFUSALS = (400, 408, 413, 414, 431, 501, 505, 0)   # 0: any other status
-USED = REFUSED + len(REFUSALS)
+BUSY = REFUSED + len(REFUSALS)   # app calls in progress (gauge); with --threads N, N means all are busy
+USED = BUSY + 1
 
 COUNTERS = ("requests", "bytes_in", "bytes_out", "accepted")   # summed over a slot's processes, ever
-GAUGES = ("conns", "in_flight", "rss")                          # summed over a slot's live processes
+GAUGES = ("conns", "in_flight", "rss", "busy")                  # summed over a slot's live processes
 CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
 _NAMED = {"conns": CONNS, "requests": REQUESTS, "in_flight": IN_FLIGHT, "bytes_in": BYTES_IN,
-          "bytes_out": BYTES_OUT, "accepted": ACCEPTED, "rss": RSS}
+          "bytes_out": BYTES_OUT, "accepted": ACCEPTED, "rss": RSS, "busy": BUSY}
 
 
 def refusal_cell(status: int) -> int:
@@ -104,6 +105,7 @@ class Counts:
     bytes_out: int = 0
     accepted: int = 0
     rss: int = 0
+    busy: int = 0       # app calls in progress
     responses: dict = dataclasses.field(default_factory=lambda: dict.fromkeys(CLASSES, 0))    # by class
     refused: dict = dataclasses.field(default_factory=lambda: {reason(status): 0 for status in REFUSALS})
 

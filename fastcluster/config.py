@@ -179,6 +179,10 @@ SETTINGS = (
             "ADDRESS"),
     Setting("workers", ("-w", "--workers"), positive_int, _default_workers,
             "number of worker processes (default: one per CPU)", "N"),
+    Setting("threads", ("--threads",), positive_int, 32,
+            "app calls each worker runs at once: the app runs on the loop's thread, and when a call waits "
+            "(a database, an API, a slow upload) another thread takes the loop over; 1 runs every call "
+            "inline, one at a time (CPU-bound apps)", "N"),
     Setting("loop", ("--loop",), loop_name, "auto",
             "request loop: cython (compiled), python (pure-Python twin) or auto (compiled when built)",
             "{auto,cython,python}"),
@@ -263,6 +267,7 @@ class Config:
     config: Optional[str] = _default("config")
     bind: BindAddress = _default("bind")
     workers: int = _default("workers")
+    threads: int = _default("threads")
     loop: str = _default("loop")
     backlog: int = _default("backlog")
     keep_alive: float = _default("keep_alive")

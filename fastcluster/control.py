@@ -80,6 +80,7 @@ _COLUMNS = (  # heading, width, value of a status.WorkerRow
     ("age", 8, lambda w: _seconds(w.age)),
     ("requests", 10, lambda w: w.requests),
     ("inflight", 8, lambda w: w.in_flight),
+    ("busy", 5, lambda w: w.busy),
     ("conns", 6, lambda w: w.conns),
     ("in", 8, lambda w: _bytes(w.bytes_in)),
     ("out", 8, lambda w: _bytes(w.bytes_out)),

@@ -22,3 +22,8 @@ class ConfigError(FastclusterError):
 
 class AppImportError(FastclusterError):
     """The APP string is malformed or names a module/attribute that does not exist."""
+
+
+class Demoted(Exception):
+    """Not an error: raised in a worker thread whose app call returned after another thread took
+    the loop over; it unwinds the loop's code on that thread, which then waits as a spare."""

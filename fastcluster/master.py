@@ -36,6 +36,7 @@ QUICK_STOP_GRACE = 1.0       # seconds a quick stop waits before SIGKILL
 STABLE_AFTER = 5.0           # a worker that lived this long resets its slot's failure count
 MAX_BACKOFF = 10.0
 KILL_AFTER_STACK_DUMP = 0.5  # a stuck worker gets this long to write its stack before SIGKILL
+HEARTBEAT_PERIOD = 1.0       # a worker's loop beats once a second
 
 
 class WorkerRecord:
@@ -239,10 +240,20 @@ class Master:
                 rec.state = "online"
                 self.next_status = 0.0
                 self._on_online(rec)
+            elif kind == b"S" and rec.state == "online" and not rec.expected_exit and not rec.kill_at:
+                self._stuck(rec, "an app call has run for over %g s (--timeout)" % self.config.timeout)
             elif kind == b"X" and not rec.recycling and not rec.expected_exit:
                 log.info("worker %d (pid %d) reached its %s limit; replacing it",
                          rec.slot, rec.pid, arg.decode("ascii", "replace"))
                 self.rollout.replace(rec, "recycle")
+
+    def _stuck(self, rec, why):
+        """A worker stuck in one request: every thread's stack goes to the log (faulthandler), then
+        it is killed and, as an unexpected exit, replaced."""
+        log.error("worker %d (pid %d) %s; its stack follows, then it is killed", rec.slot, rec.pid, why)
+        _kill(rec.pid, signal.SIGUSR2)
+        rec.kill_at = time.monotonic() + KILL_AFTER_STACK_DUMP
+        rec.cause = "timeout"
 
     def _next_deadline(self):
         times = list(self.respawn_at.values())
@@ -261,14 +272,10 @@ class Master:
                 _kill(rec.pid, signal.SIGKILL)
             elif rec.expected_exit or rec.state != "online":
                 continue
-            elif timeout and now - rec.last_beat > timeout:
-                # Stuck in one request: its stack goes to the log (faulthandler), then it is killed
-                # and, as an unexpected exit, replaced.
-                log.error("worker %d (pid %d) has been stuck for over %g s (--timeout); its stack follows, "
-                          "then it is killed", rec.slot, rec.pid, timeout)
-                _kill(rec.pid, signal.SIGUSR2)
-                rec.kill_at = now + KILL_AFTER_STACK_DUMP
-                rec.cause = "timeout"
+            elif timeout and now - rec.last_beat > timeout + HEARTBEAT_PERIOD:
+                # no heartbeat (the loop itself is stuck, as a --threads 1 call stops it); one
+                # period of slack, since beats come once a second
+                self._stuck(rec, "has been stuck for over %g s (--timeout)" % timeout)
             elif rec.lifetime and now - rec.born_at > rec.lifetime and not rec.recycling:
                 log.info("worker %d (pid %d) reached its max-worker-lifetime; replacing it", rec.slot, rec.pid)
                 self.rollout.replace(rec, "recycle")

@@ -29,6 +29,8 @@ _SLOT_METRICS = (
     ("connections_total", "counter", "Connections accepted.", "accepted"),
     ("requests_in_flight", "gauge", "Requests read in full and not answered yet.", "in_flight"),
     ("connections_open", "gauge", "Connections open.", "conns"),
+    ("app_threads_busy", "gauge", "App calls in progress (with --threads N, N means every app thread is busy).",
+     "busy"),
     ("worker_rss_bytes", "gauge", "Resident memory of the slot's live processes, sampled each second.", "rss"),
 )
 

@@ -36,6 +36,7 @@ PR_SET_PDEATHSIG = 1
 READY = b"R\n"            # the app is loaded and the loop accepts
 HEARTBEAT = b"H\n"        # once a second from the loop (the counters themselves are on the board)
 RECYCLE = b"X %s\n"       # please replace me (max-requests, max-worker-memory)
+STUCK = b"S\n"            # an app call has run past --timeout (with app threads the loop goes on ticking)
 
 # In a worker: SIGUSR1 reopens the log file, SIGUSR2 dumps every thread's stack (faulthandler;
 # the master sends it to a worker stuck past --timeout). These the master alone acts on:
@@ -107,8 +108,8 @@ class _Heartbeat:
     def on_sigusr1(self, signum, frame):
         self.reopen = True
 
-    def __call__(self, requests, rss):
-        message = HEARTBEAT
+    def __call__(self, requests, rss, stuck=False):
+        message = STUCK if stuck else HEARTBEAT
         if not self.asked:
             reason = None
             if self.max_requests and requests >= self.max_requests:

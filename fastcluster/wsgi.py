@@ -212,19 +212,21 @@ class LazyInput:
     def __init__(self, fill):
         self._fill = fill
         self._buf = bytearray()
-        self._done = False
+        self.done = False
+        self.received = 0       # body bytes added so far (what a waiting fill() watches)
 
     def add(self, data: bytes) -> None:
         self._buf += data
+        self.received += len(data)
 
     def finish(self) -> None:
-        self._done = True
+        self.done = True
 
     def _more(self) -> bool:
-        if self._done:
+        if self.done:
             return False
         if not self._fill():
-            if not self._done:
+            if not self.done:
                 raise OSError("client disconnected before the request body was complete")
             return False
         return True
@@ -368,7 +370,7 @@ def log_app_error(environ, message="error handling request") -> None:
     log.error("%s %s", message, line.encode("unicode_escape").decode("ascii"), exc_info=True)
 
 
-def base_environ(server_name: str, server_port: str, multiprocess: bool) -> dict:
+def base_environ(server_name: str, server_port: str, multiprocess: bool, multithread: bool = False) -> dict:
     """The keys every request of this worker shares; each request starts from a copy."""
     return {
         "SCRIPT_NAME": "",
@@ -378,7 +380,7 @@ def base_environ(server_name: str, server_port: str, multiprocess: bool) -> dict
         "wsgi.version": (1, 0),
         "wsgi.url_scheme": "http",
         "wsgi.errors": sys.stderr,
-        "wsgi.multithread": False,
+        "wsgi.multithread": multithread,
         "wsgi.multiprocess": multiprocess,
         "wsgi.run_once": False,
         "wsgi.input_terminated": True,

@@ -167,6 +167,12 @@ class Client:
             f.close()
         self.sock.close()
 
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
     def __getattr__(self, name):
         return getattr(self.sock, name)
 

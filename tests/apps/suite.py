@@ -112,6 +112,26 @@ def inner(environ, start_response):
             open(q["marker"], "w").close()
         time.sleep(float(q.get("s", "1")))
         return _text(start_response, b"slept %d\n" % os.getpid())
+    if path == "/upload":    # reads the whole body, answers its size and digest
+        import hashlib
+        stream, digest, size = environ["wsgi.input"], hashlib.sha256(), 0
+        while True:
+            data = stream.read(65536)
+            if not data:
+                break
+            size += len(data)
+            digest.update(data)
+        return _text(start_response, b"%d %s" % (size, digest.hexdigest().encode()))
+    if path == "/write-big":   # write() MB pieces of 1 MiB as fast as it can
+        write = start_response("200 OK", [("Content-Type", "application/octet-stream"),
+                                          ("Content-Length", str(int(q["mb"]) << 20))])
+        piece = b"w" * (1 << 20)
+        for _ in range(int(q["mb"])):
+            write(piece)
+        return []
+    if path == "/thread":    # the name of the thread that runs the call
+        import threading
+        return _text(start_response, threading.current_thread().name.encode())
     if path == "/hog":   # keeps memory allocated for the life of the worker
         _HOG.append(bytearray(int(q.get("mb", "64")) * 1024 * 1024))
         return _text(start_response, b"%d" % os.getpid())

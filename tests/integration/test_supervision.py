@@ -154,7 +154,10 @@ def test_max_worker_memory_replaces_a_worker_that_grew():
 
 
 def test_timeout_dumps_the_stack_and_replaces_a_stuck_worker():
-    with Server("apps.suite:app", "--bind", "127.0.0.1:0", "--workers", "1", "--timeout", "1") as server:
+    """--threads 1: the call stops the loop, so the heartbeats stop (with app threads the loop goes
+    on; test_threads.py has that case)."""
+    with Server("apps.suite:app", "--bind", "127.0.0.1:0", "--workers", "1", "--timeout", "1",
+                "--threads", "1") as server:
         stuck = server.worker_pids[0]
         result = {}
 

@@ -177,7 +177,7 @@ def snapshot():
     slot.responses["4xx"] = 1
     slot.refused["400"] = 1
     worker = WorkerRow(slot=1, pid=123, generation=3, state="online", age=12.5, last_heartbeat=0.4,
-                       requests=5, bytes_out=900, rss=1 << 24)
+                       requests=5, bytes_out=900, rss=1 << 24, busy=3)
     return Snapshot(master_pid=1, started=1.79e9, generation=3, workers_wanted=1, loop="cython", stopping=False,
                     rollout=RolloutState(in_progress=True, waiting=0, replacing=Replacing(slot=1, pid=124, replaces=123)),
                     restarts={"crash": 1, "recycle": 0, "rollout": 2, "timeout": 0}, workers=[worker],
@@ -203,6 +203,7 @@ def test_metrics_text_parses_with_the_prometheus_parser():
     assert families["fastcluster_worker_info"].samples[0].labels == {"worker": "1", "pid": "123",
                                                                       "generation": "3", "state": "online"}
     assert families["fastcluster_rollout_in_progress"].samples[0].value == 1
+    assert families["fastcluster_app_threads_busy"].type == "gauge"
     assert all(name.startswith("fastcluster_") for name in families)
 
 
@@ -212,9 +213,9 @@ def test_status_table_rows_and_rollout_line():
     assert lines[0] == "master 1: generation 3, 1 workers wanted, loop cython"
     assert lines[1] == "rolling restart in progress: starting pid 124 for slot 1 (replaces pid 123), 0 more waiting"
     assert lines[2] == "restarts: crash 1, recycle 0, rollout 2, timeout 0"
-    assert lines[3].split() == ["slot", "pid", "gen", "state", "age", "requests", "inflight", "conns", "in", "out",
-                                "2xx", "4xx", "5xx", "refused", "rss", "beat"]
-    assert lines[4].split() == ["1", "123", "3", "online", "12.5s", "5", "0", "0", "0", "B", "900", "B", "0", "0",
+    assert lines[3].split() == ["slot", "pid", "gen", "state", "age", "requests", "inflight", "busy", "conns", "in",
+                                "out", "2xx", "4xx", "5xx", "refused", "rss", "beat"]
+    assert lines[4].split() == ["1", "123", "3", "online", "12.5s", "5", "0", "3", "0", "0", "B", "900", "B", "0", "0",
                                 "0", "0", "16.0", "MiB", "0.4s"]
 
 

@@ -1,0 +1,72 @@
+# The compiled loop's app threads (included by _parser.pyx): the primitives under the shared
+# AppPool (_server.py), over the C side in _threads.pxd. Its twin is Pool in _parser_py.py.
+#
+# A token says whether a thread runs the loop: the thread that does lets it go for each app call
+# (an atomic store) and takes it back after (a compare-and-swap); the monitor hands it to a spare
+# thread when a call blocks.
+
+cdef class Pool(AppPool):
+    def __cinit__(self):
+        self.st = <fc_pool_t*>PyMem_Malloc(sizeof(fc_pool_t))
+        if self.st is NULL:
+            raise MemoryError()
+        memset(self.st, 0, sizeof(fc_pool_t))
+        self.st.token = 1               # the thread that calls serve() runs the loop
+        if sem_init(&self.st.promote, 0, 0) != 0:
+            PyErr_SetFromErrno(OSError)
+
+    def __init__(self, server, limit):
+        self._setup(server, limit)
+
+    def __dealloc__(self):
+        if self.st is not NULL:
+            self._stop_monitor()
+            sem_destroy(&self.st.promote)
+            PyMem_Free(self.st)
+
+    cdef int _start(self) except -1:
+        if fc_pool_start(self.st, &self.monitor) != 0:
+            raise OSError("cannot start the app threads' monitor")
+        self.monitoring = True
+        return 0
+
+    cdef int _stop_monitor(self) noexcept:
+        self.st.finished = 1
+        if self.monitoring:
+            self.monitoring = False
+            with nogil:
+                pthread_join(self.monitor, NULL)
+        return 0
+
+    cdef int _release(self) except -1:
+        fc_pool_release(self.st)
+        return 0
+
+    cdef bint _reclaim(self) except -1:
+        return fc_pool_take(self.st)
+
+    cpdef block(self):
+        if fc_pool_take(self.st):
+            fc_pool_hand_over(self.st)
+
+    cpdef bint follow(self) except -1:
+        cdef int rc
+        while True:
+            with nogil:
+                rc = sem_wait(&self.st.promote)
+            if rc == 0:
+                return not self.st.finished
+            if errno != EINTR:
+                PyErr_SetFromErrno(OSError)
+            PyErr_CheckSignals()        # the main thread waits here too: its signal handlers run
+
+    cpdef finish(self):
+        cdef int i
+        if self.st.finished:
+            return
+        self._stop_monitor()
+        for i in range(self.total + 1):
+            sem_post(&self.st.promote)
+
+    cpdef _spawn(self):
+        _threading.Thread(target=self.server._follower, name="fastcluster-app", daemon=True).start()

@@ -1,0 +1,83 @@
+# The C side of the compiled loop's app threads (--threads > 1): the token that says which thread
+# runs the loop, the semaphore a spare thread waits on, and the monitor thread. The monitor never
+# takes the GIL: it looks every millisecond (every 0.1 ms for a second after a handover), and when
+# the token has been free through one whole look with no new app call begun, the call has blocked;
+# it takes the token then and wakes a spare thread with it, which runs the loop from then on.
+# Pool in _pool.pxi drives it; its twin is Pool in _parser_py.py.
+
+cdef extern from *:
+    """
+    #include <errno.h>
+    #include <pthread.h>
+    #include <semaphore.h>
+    #include <signal.h>
+    #include <time.h>
+
+    typedef struct {
+        int token;           /* 1: a thread runs the loop; 0: the one that did is in an app call */
+        unsigned long seq;   /* app calls begun */
+        int finished;
+        int hot;             /* looks left at the short interval */
+        sem_t promote;       /* a spare thread waits here to be given the loop */
+    } fc_pool_t;
+
+    static int fc_pool_take(fc_pool_t *p) {
+        int expected = 0;
+        return __atomic_compare_exchange_n(&p->token, &expected, 1, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE);
+    }
+
+    static void fc_pool_release(fc_pool_t *p) {
+        __atomic_add_fetch(&p->seq, 1, __ATOMIC_RELAXED);
+        __atomic_store_n(&p->token, 0, __ATOMIC_RELEASE);
+    }
+
+    static void fc_pool_hand_over(fc_pool_t *p) {   /* with the token just taken */
+        __atomic_store_n(&p->hot, 10000, __ATOMIC_RELAXED);
+        sem_post(&p->promote);
+    }
+
+    static void *fc_pool_monitor(void *arg) {
+        fc_pool_t *p = (fc_pool_t *)arg;
+        sigset_t all;
+        struct timespec ts;
+        unsigned long last = (unsigned long)-1, seq;
+        int hot;
+        sigfillset(&all);
+        pthread_sigmask(SIG_BLOCK, &all, NULL);   /* signals are the main thread's business */
+        while (!__atomic_load_n(&p->finished, __ATOMIC_ACQUIRE)) {
+            hot = __atomic_load_n(&p->hot, __ATOMIC_RELAXED);
+            ts.tv_sec = 0;
+            ts.tv_nsec = hot > 0 ? 100000 : 1000000;
+            if (hot > 0)
+                __atomic_store_n(&p->hot, hot - 1, __ATOMIC_RELAXED);
+            nanosleep(&ts, NULL);
+            seq = __atomic_load_n(&p->seq, __ATOMIC_ACQUIRE);
+            if (seq == last && __atomic_load_n(&p->token, __ATOMIC_ACQUIRE) == 0 && fc_pool_take(p))
+                fc_pool_hand_over(p);
+            last = seq;
+        }
+        return NULL;
+    }
+
+    static int fc_pool_start(fc_pool_t *p, pthread_t *thread) {
+        return pthread_create(thread, NULL, fc_pool_monitor, p);
+    }
+    """
+    ctypedef unsigned long pthread_t
+    ctypedef struct sem_t:
+        pass
+    ctypedef struct fc_pool_t:
+        int token
+        unsigned long seq
+        int finished
+        int hot
+        sem_t promote
+    int sem_init(sem_t* sem, int pshared, unsigned int value) nogil
+    int sem_wait(sem_t* sem) nogil
+    int sem_post(sem_t* sem) nogil
+    int sem_destroy(sem_t* sem) nogil
+    int pthread_join(pthread_t thread, void** result) nogil
+    bint fc_pool_take(fc_pool_t* p) nogil
+    void fc_pool_release(fc_pool_t* p) nogil
+    void fc_pool_hand_over(fc_pool_t* p) nogil
+    int fc_pool_start(fc_pool_t* p, pthread_t* thread) nogil

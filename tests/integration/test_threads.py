@@ -1,0 +1,268 @@
+"""App calls that wait (--threads), on both loops: a slow call, a trickling upload or a slow reader
+never holds up the worker's other clients; responses on one connection stay in order; restarts
+wait for calls in flight; --timeout still finds a stuck call. And --threads 1: one call at a time,
+inline, while the loop still reads, refuses and times out other connections."""
+
+import hashlib
+import http.client
+import json
+import os
+import re
+import signal
+import socket
+import threading
+import time
+
+import pytest
+
+from helpers import Server, read_response, read_to_eof, rss_kib, wait_until
+
+pytestmark = pytest.mark.timeout(120)
+
+H = b"Host: t\r\n"
+
+
+def get(server, path, timeout=30):
+    conn = http.client.HTTPConnection(server.host, server.port, timeout=timeout)
+    try:
+        conn.request("GET", path)
+        resp = conn.getresponse()
+        return resp.status, resp.read()
+    finally:
+        conn.close()
+
+
+class Looper(threading.Thread):
+    """A keep-alive client sending `path` over and over, noting each request's latency."""
+
+    def __init__(self, server, path, until):
+        super().__init__(daemon=True)
+        self.server, self.path, self.until = server, path, until
+        self.latencies, self.errors = [], []
+
+    def run(self):
+        conn = http.client.HTTPConnection(self.server.host, self.server.port, timeout=30)
+        try:
+            while time.monotonic() < self.until:
+                start = time.monotonic()
+                try:
+                    conn.request("GET", self.path)
+                    resp = conn.getresponse()
+                    resp.read()
+                    assert resp.status == 200
+                except Exception as exc:   # noted, and the test fails on it
+                    self.errors.append(exc)
+                    return
+                self.latencies.append(time.monotonic() - start)
+        finally:
+            conn.close()
+
+
+def test_a_slow_endpoint_does_not_hold_up_other_keep_alive_clients(impl):
+    with Server("apps.suite:app", "--bind", "127.0.0.1:0", "--workers", "1", "--loop", impl) as server:
+        until = time.monotonic() + 3.0
+        slow = [Looper(server, "/sleep?s=1", until) for _ in range(2)]
+        fast = [Looper(server, "/pid", until) for _ in range(4)]
+        for client in slow + fast:
+            client.start()
+        for client in slow + fast:
+            client.join(30)
+        assert not any(client.errors for client in slow + fast)
+        latencies = sorted(lat for client in fast for lat in client.latencies)
+        assert len(latencies) > 100, "the fast clients were held up"
+        assert latencies[-1] < 0.5, latencies[-5:]          # never a slow call's second
+        assert all(len(client.latencies) >= 2 for client in slow)
+
+
+def test_calls_that_wait_run_side_by_side(impl):
+    """40 clients, 5 calls each of 50 ms of waiting: one at a time would take 10 s."""
+    with Server("apps.suite:app", "--bind", "127.0.0.1:0", "--workers", "1", "--loop", impl) as server:
+        statuses = []
+
+        def client():
+            for _ in range(5):
+                statuses.append(get(server, "/sleep?s=0.05")[0])
+
+        start = time.monotonic()
+        clients = [threading.Thread(target=client) for _ in range(40)]
+        for t in clients:
+            t.start()
+        for t in clients:
+            t.join(60)
+        elapsed = time.monotonic() - start
+        assert statuses == [200] * 200
+        assert elapsed < 3.0, elapsed
+
+
+def trickle_upload(server, body, results, key, pause=0.3):
+    """Expect: 100-continue, then the body a few bytes at a time."""
+    sock = server.connect(30)
+    try:
+        sock.sendall(b"POST /upload HTTP/1.1\r\n" + H + b"Content-Length: %d\r\nExpect: 100-continue\r\n\r\n"
+                     % len(body))
+        f = sock.makefile("rb")
+        interim = f.readline()
+        assert interim == b"HTTP/1.1 100 Continue\r\n", interim
+        assert f.readline() == b"\r\n"
+        for i in range(0, len(body), 4):
+            sock.sendall(body[i:i + 4])
+            time.sleep(pause)
+        results[key] = read_response(f)
+    finally:
+        sock.close()
+
+
+def test_a_trickling_upload_holds_up_no_one_and_arrives_whole(impl):
+    with Server("apps.suite:app", "--bind", "127.0.0.1:0", "--workers", "1", "--loop", impl) as server:
+        body = os.urandom(12)
+        results = {}
+        uploads = [threading.Thread(target=trickle_upload, args=(server, body, results, n)) for n in range(2)]
+        for t in uploads:
+            t.start()
+        time.sleep(0.2)     # the uploads are under way (this only paces the test; nothing waits on it)
+        worst = 0.0
+        for _ in range(50):  # new connections meanwhile
+            start = time.monotonic()
+            assert get(server, "/pid", timeout=10)[0] == 200
+            worst = max(worst, time.monotonic() - start)
+        for t in uploads:
+            t.join(30)
+        assert worst < 0.5, worst
+        expected = b"%d %s" % (len(body), hashlib.sha256(body).hexdigest().encode())
+        assert results[0].status == 200 and results[0].body == expected
+        assert results[1].status == 200 and results[1].body == expected
+
+
+def test_pipelined_requests_are_answered_in_order_while_earlier_ones_wait(impl):
+    with Server("apps.suite:app", "--bind", "127.0.0.1:0", "--workers", "1", "--loop", impl) as server:
+        sock = server.connect(30)
+        paths = [b"/sleep?s=0.4", b"/pid", b"/sleep?s=0.2", b"/thread", b"/stream?n=3&size=2"]
+        sock.sendall(b"".join(b"GET %s HTTP/1.1\r\n" % p + H + b"\r\n" for p in paths))
+        start = time.monotonic()
+        assert get(server, "/pid")[0] == 200       # another connection, answered meanwhile
+        assert time.monotonic() - start < 0.3
+        f = sock.makefile("rb")
+        responses = [read_response(f) for _ in paths]
+        sock.close()
+        assert [r.status for r in responses] == [200] * 5
+        assert responses[0].body.startswith(b"slept") and responses[2].body.startswith(b"slept")
+        assert responses[1].body.isdigit() and responses[4].body == b"aabbcc"
+
+
+def test_a_large_write_stream_to_a_slow_reader_is_paced_not_buffered(impl):
+    """write() of 64 MiB to a client that reads slowly: the app thread waits for the loop to send
+    each MiB, the worker's memory stays flat, and other clients are served meanwhile."""
+    with Server("apps.suite:app", "--bind", "127.0.0.1:0", "--workers", "1", "--loop", impl) as server:
+        pid = server.worker_pids[0]
+        before = rss_kib(pid)
+        sock = server.connect(60)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+        sock.sendall(b"GET /write-big?mb=64 HTTP/1.1\r\n" + H + b"Connection: close\r\n\r\n")
+        got, peak = 0, 0
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            data = sock.recv(1 << 20)
+            if not data:
+                break
+            got += len(data)
+            if got < 8 << 20:
+                time.sleep(0.002)               # slow at first
+                peak = max(peak, rss_kib(pid) - before)
+                if got % (1 << 20) < 65536:
+                    assert get(server, "/pid", timeout=10)[0] == 200
+        sock.close()
+        assert (64 << 20) < got < (64 << 20) + 400          # the body, and one head
+        assert peak < 16 * 1024, "the worker buffered the stream: +%d KiB" % peak
+
+
+def test_a_rolling_restart_with_busy_app_threads_fails_nothing(impl):
+    with Server("apps.suite:app", "--bind", "127.0.0.1:0", "--workers", "2", "--loop", impl) as server:
+        until = time.monotonic() + 4.0
+        clients = [Looper(server, "/sleep?s=0.2", until) for _ in range(12)]
+        for client in clients:
+            client.start()
+        time.sleep(0.5)
+        server.signal(signal.SIGUSR2)
+        wait_until(lambda: "rolling restart complete" in server.stderr(), timeout=20, what="the rollout",
+                   server=server)
+        for client in clients:
+            client.join(30)
+        assert not any(client.errors for client in clients), [c.errors for c in clients if c.errors]
+        assert sum(len(client.latencies) for client in clients) > 12 * 5
+
+
+def test_timeout_dumps_every_threads_stack_and_replaces_the_worker(impl):
+    with Server("apps.suite:app", "--bind", "127.0.0.1:0", "--workers", "1", "--loop", impl,
+                "--timeout", "1") as server:
+        stuck = server.worker_pids[0]
+        result = {}
+
+        def call():
+            try:
+                result["status"] = get(server, "/sleep?s=30")[0]
+            except (OSError, http.client.HTTPException) as exc:
+                result["error"] = exc
+
+        client = threading.Thread(target=call)
+        client.start()
+        for _ in range(20):          # the loop still serves while the call hangs
+            assert get(server, "/pid", timeout=5)[0] == 200
+        server.wait_line(r"^Process \d+ listening on", timeout=15)
+        client.join(10)
+        assert "error" in result, "the stuck request is cut, not answered"
+        log = server.stderr()
+        assert "an app call has run for over 1 s (--timeout)" in log
+        assert "in inner" in log and "suite.py" in log, "the stuck call's stack"
+        assert len(re.findall(r"^Thread 0x[0-9a-f]+", log, re.M)) >= 2, "every thread's stack"
+        wait_until(lambda: not os.path.exists("/proc/%d" % stuck) or "Z" in open("/proc/%d/stat" % stuck).read(),
+                   timeout=10, what="the stuck worker to go")
+
+
+def test_wsgi_multithread_says_the_truth(impl):
+    for threads, expected in (("1", False), ("4", True)):
+        with Server("apps.suite:app", "--bind", "127.0.0.1:0", "--workers", "1", "--loop", impl,
+                    "--threads", threads) as server:
+            status, body = get(server, "/environ")
+            assert status == 200 and json.loads(body)["wsgi.multithread"] is expected
+
+
+def test_threads_1_runs_calls_one_at_a_time_inline(impl):
+    with Server("apps.suite:app", "--bind", "127.0.0.1:0", "--workers", "1", "--loop", impl,
+                "--threads", "1") as server:
+        assert get(server, "/thread")[1] == b"MainThread"
+        start = time.monotonic()
+        slow = threading.Thread(target=get, args=(server, "/sleep?s=0.6"))
+        slow.start()
+        time.sleep(0.1)
+        assert get(server, "/pid")[0] == 200
+        assert time.monotonic() - start >= 0.55          # it waited for the slow call: one at a time
+        slow.join(10)
+
+
+def test_threads_1_a_trickling_upload_holds_one_call_but_not_the_loop(impl):
+    """With --threads 1 the upload holds the one app call, but the loop still reads and refuses a
+    bad request, times out a slow client, and answers the waiting request once the call ends."""
+    with Server("apps.suite:app", "--bind", "127.0.0.1:0", "--workers", "1", "--loop", impl, "--threads", "1",
+                "--header-timeout", "1") as server:
+        body = os.urandom(24)       # 6 pieces, 0.5 s apart: 3 s of upload
+        results = {}
+        upload = threading.Thread(target=trickle_upload, args=(server, body, results, 0, 0.5))
+        upload.start()
+        time.sleep(0.3)
+        start = time.monotonic()
+        with server.connect(10) as bad:
+            bad.sendall(b"GET / HTTP/1.1\r\n\r\n")           # no Host: refused by the loop itself
+            assert read_to_eof(bad).startswith(b"HTTP/1.1 400 ")
+        with server.connect(10) as slow:
+            slow.sendall(b"GET / HTTP/1.1\r\n")              # headers never finished
+            assert read_to_eof(slow).startswith(b"HTTP/1.1 408 ")
+        assert time.monotonic() - start < 1.9              # both while the upload is still trickling
+        assert upload.is_alive()
+        waiting = {}
+        later = threading.Thread(target=lambda: waiting.update(r=get(server, "/pid")))
+        later.start()
+        upload.join(30)
+        later.join(30)
+        assert results[0].status == 200
+        assert results[0].body == b"%d %s" % (len(body), hashlib.sha256(body).hexdigest().encode())
+        assert waiting["r"][0] == 200
