@@ -142,7 +142,7 @@ class Exchange:
         head = http10 = complete = early = sent_continue = False
         body = status = result = iter = None
         headers = b""
-        start = 0.0
+        start = called = 0.0
         hflags = code = 0
         sent = file_off = file_left = 0
         headers_sent = chunked = no_body = sending_file = False

@@ -49,6 +49,7 @@ cdef class Exchange:
         public bint sent_continue
         public object body          # BodyBuffer, LazyInput or None
         public double start         # monotonic time of the read that brought its first byte
+        public double called        # monotonic time its app call began on an app thread (--timeout)
         # the response
         public object status        # the status line (bytes), None until start_response
         public bytes headers        # the app's header lines, encoded

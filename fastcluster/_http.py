@@ -473,6 +473,13 @@ class HttpConnection(Channel):
             self._arm(W_IDLE, server.keep_alive)
         return 0
 
+    def _call_age(self, now):
+        """How long the app call of the request being answered has been running (0: none)."""
+        ex = self.resp
+        if ex is not None and ex.in_app and ex.called:
+            return now - ex.called
+        return 0.0
+
     def _pump_now(self):
         """_pump() for the server: a deferred request may start now."""
         self._pump()
@@ -512,13 +519,13 @@ class HttpConnection(Channel):
                 ex.next_chunk()
             ex.in_app = False
             return 0
-        server._call_started(ex)
-        pool._enter()
-        ex.run(self.app)
+        began = pool._enter()
+        ex.called = began
+        if first:
+            ex.run(self.app)
         if ex.iter is not None:
             ex.stream()
-        if pool._leave():
-            server._call_ended(ex)
+        if pool._leave(began):
             ex.in_app = False
             pool._returned()
             return 0
@@ -532,7 +539,6 @@ class HttpConnection(Channel):
         if ex is not None and ex.returned:
             ex.returned = False
             ex.in_app = False
-            self.server._call_ended(ex)
             self.server.pool._returned()
             if self.state == CLOSED and ex.done:
                 self._complete(ex)           # its access log line; nothing more can be sent

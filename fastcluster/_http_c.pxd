@@ -86,9 +86,11 @@ cdef class HttpConnection(Channel):
     @cython.locals(ex=Exchange, server=HttpServer)
     cdef int _pump(self) except -1
     cpdef _pump_now(self)
+    @cython.locals(ex=Exchange)
+    cpdef double _call_age(self, double now) except -1
     @cython.locals(server=HttpServer, ex=Exchange)
     cdef int _respond(self, object first) except -1
-    @cython.locals(server=HttpServer, pool=AppPool)
+    @cython.locals(server=HttpServer, pool=AppPool, began=double)
     cdef int _produce(self, Exchange ex, bint first) except -1
     @cython.locals(ex=Exchange)
     cpdef _handed_back(self)

@@ -49,10 +49,13 @@ cdef class Server(HttpServer):
         int lfd                 # the listening socket's descriptor
         int epfd
         int efd                 # an eventfd: app threads wake the loop's wait with it (_signal)
+        tuple bells             # the workers' bells (eventfds from the master), by board index
+        int bell_fd             # this worker's own bell, or -1
         char* rbuf              # every connection's recv() lands here, then goes to httptools
         AccessWriter writer     # the C renderer, when the access log has the default format
 
     cdef int _set_accepting(self, bint on) except -1
+    cdef int _ring(self, Py_ssize_t index) except -1
     cpdef _iterate(self, double limit)
     cpdef _signal(self)
     cdef int _watch(self, int fd, unsigned int events) except -1
@@ -62,6 +65,7 @@ cdef class Server(HttpServer):
     cdef int _flush_access(self) except -1
     cdef int _drain_wakeup(self) except -1
     cdef int _drain_eventfd(self) except -1
+    cdef int _drain_bell(self) except -1
 
 
 cdef class Connection(HttpConnection):

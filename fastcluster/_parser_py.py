@@ -21,7 +21,7 @@ from time import monotonic
 from . import board as _board
 from ._exchange import CLOSED, PEER_CLOSED, LINGERING
 from ._http import HttpConnection
-from ._server import AppPool, HttpServer
+from ._server import AppPool, HttpServer, _fail_worker
 from .errors import Demoted
 
 IMPLEMENTATION = "python"
@@ -43,7 +43,8 @@ B_BYTES_IN, B_BYTES_OUT = _board.BYTES_IN, _board.BYTES_OUT
 class Pool(AppPool):
     """The app threads' primitives (the twin of _pool.pxi and _threads.pxd): the token is a Lock
     held by the thread that runs the loop, a spare thread waits on a Semaphore, and the monitor is
-    a Python thread that looks every millisecond (every 0.1 ms for a second after a handover)."""
+    a Python thread at idle priority that looks every millisecond (every 0.1 ms for a second after
+    a handover)."""
 
     def __init__(self, server, limit):
         self._setup(server, limit)
@@ -87,6 +88,10 @@ class Pool(AppPool):
 
     def _watch(self):
         signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
+        try:   # idle priority: it never preempts the loop's thread (it matters when that one blocks)
+            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+        except (AttributeError, OSError):
+            pass
         last = -1
         while not self.finished:
             time.sleep(0.0001 if self.hot > 0 else 0.001)
@@ -100,13 +105,15 @@ class Pool(AppPool):
 
 class Server(HttpServer):
     def __init__(self, listener, app, config=None, wakeup_fd=-1, master_pid=0, tick=None, board=None,
-                 board_index=-1, access_log=None):
+                 board_index=-1, access_log=None, bells=None):
         self._configure(listener, app, config, wakeup_fd, master_pid, tick, board, board_index, access_log)
+        self.bells = tuple(bells) if bells is not None and self.balanced else ()
+        self.bell = self.bells[board_index] if 0 <= board_index < len(self.bells) else -1   # this worker's
         self.lfd = listener.fileno()
         self.rbuf = bytearray(RECV_SIZE)
         self.rview = memoryview(self.rbuf)
         self.ep = select.epoll()
-        self.efd, self.efd_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)   # app threads wake the wait (_signal)
+        self.efd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)   # app threads wake the wait (_signal)
         if self.threads > 1:
             self.pool = Pool(self, self.threads)
 
@@ -117,6 +124,8 @@ class Server(HttpServer):
         if self.wakeup_fd >= 0:
             self.ep.register(self.wakeup_fd, select.EPOLLIN)
         self.ep.register(self.efd, select.EPOLLIN)
+        if self.bell >= 0:
+            self.ep.register(self.bell, select.EPOLLIN)
         self._serve_start(ready)
         if self.pool is not None:
             self.pool._start()
@@ -128,7 +137,6 @@ class Server(HttpServer):
             self._serve_end()
             self.ep.close()
             os.close(self.efd)
-            os.close(self.efd_w)
 
     def _member(self, leading):
         """A loop thread's life (the serve() caller's, and each app thread's): run the loop while
@@ -151,9 +159,14 @@ class Server(HttpServer):
                     self._signal()           # the thread that runs the loop now has them to do
 
     def _follower(self):
-        """An app thread: signals stay the main thread's; it waits as a spare until needed."""
+        """An app thread: signals stay the main thread's; it waits as a spare until needed. If the
+        loop's code fails on it (a bug), the worker ends, as it would on the main thread, and the
+        master replaces it: a thread dying with the loop in hand would leave nobody to run it."""
         signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
-        self._member(False)
+        try:
+            self._member(False)
+        except BaseException:
+            _fail_worker()
 
     def _iterate(self, limit):
         conns = self.conns
@@ -167,18 +180,22 @@ class Server(HttpServer):
                 self._accept()
             elif fd == self.efd:
                 try:
-                    os.read(self.efd, 512)
+                    os.eventfd_read(self.efd)
                 except BlockingIOError:
                     pass
-            else:
+            elif fd == self.bell:
+                try:
+                    os.eventfd_read(self.bell)
+                except BlockingIOError:
+                    pass
+                self._rung()
+            elif fd == self.wakeup_fd:
                 self._drain_wakeup()
+            # else: a connection closed earlier in this batch
         self._after_events()
 
     def _signal(self):
-        try:
-            os.write(self.efd_w, b"\0")
-        except BlockingIOError:
-            pass            # the pipe is full: the wait is woken already
+        os.eventfd_write(self.efd, 1)
 
     def _set_accepting(self, on):
         """Watch the listening socket or not: off when stopping, full, or out of descriptors."""
@@ -189,6 +206,10 @@ class Server(HttpServer):
             else:
                 self.ep.unregister(self.lfd)
             self.cells[B_NOT_ACCEPTING] = 0 if on else 1
+
+    def _ring(self, index):
+        if 0 <= index < len(self.bells):
+            os.eventfd_write(self.bells[index], 1)
 
     def _accept(self):
         listener, conns = self.listener, self.conns
@@ -249,8 +270,14 @@ class Server(HttpServer):
 
 
 class Connection(HttpConnection):
+    # out_size is two counters here, each written by one thread: what the producer queued (the
+    # loop, or an app thread) and what the loop sent. (In the compiled loop both sides are C code
+    # under the GIL, so one field is enough.)
+    out_size = property(lambda self: self.queued - self.sent_bytes)
+
     def __init__(self, server, sock, env):
         self.sock = sock
+        self.queued = self.sent_bytes = 0
         self._setup(server, sock.fileno(), env)
         self.out = []               # bytes-like objects waiting to be sent, in order
         self.mask = EPOLLIN
@@ -282,7 +309,7 @@ class Connection(HttpConnection):
     def _queue(self, data):
         if self.state != CLOSED:
             self.out.append(data)
-            self.out_size += len(data)
+            self.queued += len(data)
 
     def _flush(self):
         """Send queued output; False when the socket is full (EPOLLOUT armed) or the peer is gone."""
@@ -296,7 +323,7 @@ class Connection(HttpConnection):
             except OSError:
                 self.close()
                 return False
-            self.out_size -= n
+            self.sent_bytes += n
             self.server.cells[B_BYTES_OUT] += n
             i = 0
             while n:
@@ -378,5 +405,5 @@ class Connection(HttpConnection):
 
     def _drop_output(self):
         self.out.clear()
-        self.out_size = 0
+        self.sent_bytes = self.queued
 

@@ -6,11 +6,15 @@ cdef class Server(HttpServer):
     def __cinit__(self):
         self.epfd = -1
         self.efd = -1
+        self.bells = ()
+        self.bell_fd = -1
         self.rbuf = NULL
 
     def __init__(self, listener, app, config=None, wakeup_fd=-1, master_pid=0, tick=None, board=None,
-                 board_index=-1, access_log=None):
+                 board_index=-1, access_log=None, bells=None):
         self._configure(listener, app, config, wakeup_fd, master_pid, tick, board, board_index, access_log)
+        self.bells = tuple(bells) if bells is not None and self.balanced else ()
+        self.bell_fd = self.bells[self.board_index] if 0 <= self.board_index < len(self.bells) else -1
         self.lfd = listener.fileno()
         self.rbuf = <char*>PyMem_Malloc(RECV_SIZE)
         if self.rbuf is NULL:
@@ -41,6 +45,8 @@ cdef class Server(HttpServer):
         if self.wakeup_fd >= 0:
             self._watch(self.wakeup_fd, EPOLLIN)
         self._watch(self.efd, EPOLLIN)
+        if self.bell_fd >= 0:
+            self._watch(self.bell_fd, EPOLLIN)
         self._serve_start(ready)
         if self.pool is not None:
             (<Pool>self.pool)._start()
@@ -72,9 +78,14 @@ cdef class Server(HttpServer):
                     self._signal()           # the thread that runs the loop now has them to do
 
     def _follower(self):
-        """An app thread: signals stay the main thread's; it waits as a spare until needed."""
+        """An app thread: signals stay the main thread's; it waits as a spare until needed. If the
+        loop's code fails on it (a bug), the worker ends, as it would on the main thread, and the
+        master replaces it: a thread dying with the loop in hand would leave nobody to run it."""
         _signal_module.pthread_sigmask(_signal_module.SIG_BLOCK, _signal_module.valid_signals())
-        self._member(False)
+        try:
+            self._member(False)
+        except BaseException:
+            _fail_worker()
 
     cpdef _iterate(self, double limit):
         cdef epoll_event events[MAX_EVENTS]
@@ -101,8 +112,11 @@ cdef class Server(HttpServer):
                 self._accept()
             elif fd == self.efd:
                 self._drain_eventfd()
-            else:
+            elif fd == self.bell_fd:
+                self._drain_bell()
+            elif fd == self.wakeup_fd:
                 self._drain_wakeup()
+            # else: a connection closed earlier in this batch
         self._after_events()
 
     cpdef _signal(self):
@@ -119,6 +133,12 @@ cdef class Server(HttpServer):
             else:
                 epoll_ctl(self.epfd, EPOLL_CTL_DEL, self.lfd, &ev)
             self.cells[B_NOT_ACCEPTING] = 0 if on else 1
+        return 0
+
+    cdef int _ring(self, Py_ssize_t index) except -1:
+        cdef unsigned long long one = 1
+        if 0 <= index < len(self.bells):
+            c_write(self.bells[index], &one, sizeof(one))
         return 0
 
     cdef int _watch(self, int fd, unsigned int events) except -1:
@@ -219,6 +239,12 @@ cdef class Server(HttpServer):
             for i in range(n):
                 if buf[i] == SIGTERM_NUMBER:
                     self.stop_requested = True
+
+    cdef int _drain_bell(self) except -1:
+        cdef unsigned long long count
+        c_read(self.bell_fd, &count, sizeof(count))
+        self._rung()
+        return 0
 
     cdef int _drain_eventfd(self) except -1:
         cdef unsigned long long count

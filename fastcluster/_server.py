@@ -39,8 +39,9 @@ from .config import Config as _Config
 from .sockets import describe as _describe
 
 DRAIN_LINGER = 1.0          # on stop, idle connections get this long for a request already on its way
+BALANCE_PAUSE = 0.01        # a worker that leaves connections to a lighter one stops accepting this long
 BALANCE_SLACK = 1           # a worker this many connections above an accepting peer leaves the next ones to it
-BALANCE_PAUSE = 0.01        # by not accepting for this long (the kernel hands them to the peer instead)
+LONG_CALL = 0.001           # an app call this long probably waits: most of them so, and the loop is handed over up front
 NESTED_WAIT = 0.05          # a nested iteration waits at most this long, then looks at its condition again
 
 # the board's cells (board.py), offsets in a worker's slot
@@ -49,6 +50,16 @@ B_CONNS, B_NOT_ACCEPTING, B_RSS, B_BEAT = _board.CONNS, _board.NOT_ACCEPTING, _b
 B_BUSY = _board.BUSY
 rss_bytes = _board.rss_bytes
 log = _wsgi.log
+
+
+def _fail_worker():
+    """The loop's code failed on an app thread: log it and end the worker (exit code 1, a crash
+    to the master, which replaces it)."""
+    import sys
+
+    log.critical("the loop failed on an app thread; the worker stops", exc_info=True)
+    sys.stderr.flush()
+    os._exit(1)
 
 
 @cython.cclass
@@ -63,6 +74,7 @@ class AppPool:
 
     if not cython.compiled:
         busy = total = 0
+        waits = 0.0
 
     def _setup(self, server, limit):
         self.server = server
@@ -76,19 +88,26 @@ class AppPool:
 
     def _enter(self):
         """An app call begins on this thread, which runs the loop: account for it, keep a spare
-        thread, then let the loop go (`_release`), so that the monitor may hand it over."""
+        thread, then let the loop go (`_release`), so that the monitor may hand it over. When most
+        recent calls waited, hand it over now: the next request need not wait for the monitor's
+        look. Returns the time the call began, for _leave()."""
         self.busy += 1
         self.server.cells[B_BUSY] = self.busy
         if self.total - self.busy < 1:
             self.total += 1
             self._spawn()
         self._release()
-        return 0
+        if self.waits > 0.5:
+            self.block()
+        return monotonic()
 
-    def _leave(self):
+    def _leave(self, began):
         """The app call returned: True when this thread takes the loop back, False when another
-        thread has been running it meanwhile."""
-        return self._reclaim()
+        thread has been running it meanwhile. The call's length goes into `waits`, the moving
+        share of calls that took more than LONG_CALL."""
+        took = self._reclaim()
+        self.waits += ((1.0 if monotonic() - began > LONG_CALL else 0.0) - self.waits) * 0.1
+        return took
 
     def _returned(self):
         """The loop is done with an app call that `_enter()` counted."""
@@ -159,7 +178,6 @@ class HttpServer:
         self.conns = {}
         self.posted = deque()       # connections an app thread hands back (or wants flushed)
         self.deferred = deque()     # connections with a request to dispatch once an app call may start
-        self.calls = {}             # Exchange -> monotonic time its app call began (--threads > 1)
         self.tcp = listener.family in (_socket.AF_INET, _socket.AF_INET6)
         _url, name, port, _short = _describe(listener)
         self.base_environ = _wsgi.base_environ(name, port, config.workers > 1, config.threads > 1)
@@ -189,31 +207,54 @@ class HttpServer:
         self.cells[B_CONNS] = len(self.conns)
         return 0
 
-    def _lighter_worker_available(self):
-        """True when a worker whose listening socket is registered (so the kernel hands it new
-        connections while this one pauses) is lighter: holds more than BALANCE_SLACK fewer
-        connections, or has an app thread free while all of this one's are busy."""
+    def _lighter_worker(self):
+        """The board index of another worker that takes connections (its listening socket
+        registered, or paused for balance: a ring brings it back) and is lighter than this one:
+        holds more than BALANCE_SLACK fewer connections, or has an app thread free while all of
+        this one's are busy; the lightest, when several are; -1 when there is none."""
         mine = len(self.conns) - BALANCE_SLACK
         saturated = self.pool is not None and self.pool.busy >= self.threads
+        best = -1
+        fewest = mine
         for i in range(self.board[0]):
             if i != self.board_index:
                 base = B_HEADER + B_STRIDE * i
                 count = self.board[base + B_CONNS]
-                if count < 0 or self.board[base + B_NOT_ACCEPTING] != 0:
-                    continue
-                if count < mine or (saturated and self.board[base + B_BUSY] < self.threads):
-                    return True
-        return False
+                if count < 0 or self.board[base + B_NOT_ACCEPTING] == 1:
+                    continue        # (gone, full or stopping)
+                if count < fewest:
+                    best = i
+                    fewest = count
+                elif best < 0 and saturated and self.board[base + B_BUSY] < self.threads:
+                    best = i
+        return best
 
     def _accepted(self):
         """After each accept: leave the next connections to a lighter worker? (Keep-alive
-        connections stay where they land. This one accepted the connection that woke it, and a
-        worker only pauses while another is registered, so some worker always takes new ones.)"""
-        if self.balanced and self._lighter_worker_available():
-            self._set_accepting(False)
-            self.accept_paused_until = self.now + BALANCE_PAUSE
-            return True
-        return False
+        connections stay where they land.) This one stops accepting for BALANCE_PAUSE and rings
+        the lighter worker's bell: that one takes the connections already queued, which no new
+        event would announce to it (with EPOLLEXCLUSIVE the kernel gave the listening socket's
+        event to this worker), and a ring ends a pause of its own. True ends this batch."""
+        if not self.balanced:
+            return False
+        lighter = self._lighter_worker()
+        if lighter < 0:
+            return False
+        self._set_accepting(False)
+        self.cells[B_NOT_ACCEPTING] = 2
+        self.accept_paused_until = self.now + BALANCE_PAUSE
+        self._ring(lighter)
+        return True
+
+    def _rung(self):
+        """Another worker rang this one's bell: it left connections to this one. A pause of its
+        own ends, and it accepts now (its epoll does not know the listening socket is ready)."""
+        if not self.accepting and not self.stopping and self.accept_paused_until:
+            self.accept_paused_until = 0.0
+            self.resume_accepting()
+        if self.accepting:
+            self._accept()
+        return 0
 
     def _accept_failed(self, err):
         """accept() ran out of descriptors or memory: pause accepting for half a second."""
@@ -245,13 +286,16 @@ class HttpServer:
     def _after_events(self):
         """The rest of one loop iteration, after its events: connections handed back by app
         threads, requests that waited for an app thread, a stop, the tick."""
+        # (an app call started from here may lose the loop to another thread and get it back
+        # later: these loops look at the queues afresh each time round)
         while self.posted:
             self.posted.popleft()._handed_back()
-        if self.deferred and not self.nested:
-            for _ in range(len(self.deferred)):
-                if self.pool is not None and not self.pool._can_call():
-                    break
-                self.deferred.popleft()._pump_now()
+        turns = len(self.deferred)
+        while turns > 0 and self.deferred and not self.nested:
+            if self.pool is not None and not self.pool._can_call():
+                break
+            turns -= 1
+            self.deferred.popleft()._pump_now()
         if self.stop_requested and not self.stopping:
             self._begin_stop()
             self.next_tick = self.now + DRAIN_LINGER
@@ -290,39 +334,28 @@ class HttpServer:
         finally:
             self.nested -= 1
 
-    def _call_started(self, ex):
-        if self.pool is not None:
-            self.calls[ex] = self.now
-        return 0
-
-    def _call_ended(self, ex):
-        if self.pool is not None:
-            self.calls.pop(ex, None)
-        return 0
-
     def _tick(self):
-        """Once a second: heartbeat and counters, logs, the master's health, the timers."""
+        """Once a second: heartbeat and counters, logs, the master's health, the timers. With app
+        threads the loop goes on ticking while a call hangs, so the heartbeat says `stuck` once a
+        call has run past --timeout (the master then dumps every thread's stack and replaces the
+        worker)."""
         now = self.now
         self.date_line = self.date.get()
         rss = rss_bytes()
         self.cells[B_BEAT] = int(now * 1e6)
         self.cells[B_RSS] = rss
         self._flush_access()
+        stuck = False
+        for conn in list(self.conns.values()):
+            conn.tick(now)      # its deadlines; when stopping, a clean close of what stayed idle
+            if self.timeout and self.pool is not None and conn._call_age(now) > self.timeout:
+                stuck = True
         if self.tick is not None:
-            self.tick(self.requests, rss, self._stuck(now))
+            self.tick(self.requests, rss, stuck)
         if self.master_pid and os.getppid() != self.master_pid:
             self.stop_requested = True          # the master is gone: do not outlive it
         self.resume_accepting()
-        for conn in list(self.conns.values()):
-            conn.tick(now)      # its deadlines; when stopping, a clean close of what stayed idle
         return 0
-
-    def _stuck(self, now):
-        """With app threads the loop goes on ticking while a call hangs: True once one call has
-        run past --timeout (the master then dumps every thread's stack and replaces the worker)."""
-        if not self.timeout or not self.calls:
-            return False
-        return now - min(self.calls.values()) > self.timeout
 
     def _begin_stop(self):
         master_gone = self.master_pid and os.getppid() != self.master_pid
@@ -366,6 +399,14 @@ class HttpServer:
     # --- the loop's I/O: each loop's Server provides these ---
 
     def _set_accepting(self, on):
+        raise NotImplementedError
+
+    def _ring(self, index):
+        """Ring the bell of the worker at board index `index`, if this one has it."""
+        raise NotImplementedError
+
+    def _accept(self):
+        """Accept what the listening socket has queued (a batch, with the balancing rule)."""
         raise NotImplementedError
 
     def _iterate(self, limit):

@@ -4,10 +4,11 @@
 cimport cython
 from fastcluster._clock cimport monotonic
 
-cdef double DRAIN_LINGER, BALANCE_PAUSE, NESTED_WAIT
+cdef double DRAIN_LINGER, BALANCE_PAUSE, NESTED_WAIT, LONG_CALL
 cdef Py_ssize_t BALANCE_SLACK
 cdef Py_ssize_t B_HEADER, B_STRIDE, B_CONNS, B_NOT_ACCEPTING, B_RSS, B_BEAT, B_BUSY
 cdef object rss_bytes, log
+cpdef _fail_worker()
 
 cdef class HttpServer
 
@@ -18,11 +19,12 @@ cdef class AppPool:
         public int limit        # app calls at once (--threads)
         public int total        # threads in the pool, the serve() caller's included
         public int busy         # app calls begun and not handed back to the loop yet
+        public double waits     # moving share of recent calls that took more than LONG_CALL
 
     cdef int _setup(self, HttpServer server, int limit) except -1
     cdef bint _can_call(self)
-    cdef int _enter(self) except -1
-    cdef bint _leave(self) except -1
+    cdef double _enter(self) except -1
+    cdef bint _leave(self, double began) except -1
     cdef int _returned(self) except -1
     # the loop's primitives (_pool.pxi)
     cdef int _release(self) except -1
@@ -53,7 +55,6 @@ cdef class HttpServer:
         public AppPool pool            # None with --threads 1
         public object posted           # deque of connections app threads hand back (or want flushed)
         public object deferred         # deque of connections with a request waiting for an app call
-        public dict calls              # Exchange -> when its app call began (--threads > 1)
         public int nested              # depth of nested loop runs (an app call waiting, --threads 1)
         public double next_tick
         public bint finished           # the loop is over (--threads > 1: the last thread ended it)
@@ -83,9 +84,11 @@ cdef class HttpServer:
                         object tick, object board, Py_ssize_t board_index, object access_log) except -1
     cpdef resume_accepting(self)
     cdef int _publish_count(self) except -1
-    @cython.locals(i=Py_ssize_t, base=Py_ssize_t, count=cython.longlong, mine=cython.longlong)
-    cdef bint _lighter_worker_available(self) except -1
+    @cython.locals(i=Py_ssize_t, base=Py_ssize_t, count=cython.longlong, mine=cython.longlong,
+                   fewest=cython.longlong, best=Py_ssize_t, saturated=bint)
+    cdef Py_ssize_t _lighter_worker(self) except -2
     cdef bint _accepted(self) except -1
+    cdef int _rung(self) except -1
     cdef int _accept_failed(self, int err) except -1
     cdef int _wait_ms(self, double limit) except? -1
     cdef int _woke(self, double now) except -1
@@ -93,10 +96,8 @@ cdef class HttpServer:
     cpdef _post(self, object conn)
     cdef int _defer(self, object conn) except -1
     cpdef bint _await(self, object conn, int what) except -1
-    cdef int _call_started(self, object ex) except -1
-    cdef int _call_ended(self, object ex) except -1
-    cpdef bint _stuck(self, double now) except -1
-    @cython.locals(now=double)
+
+    @cython.locals(now=double, stuck=bint)
     cdef int _tick(self) except -1
     cdef int _begin_stop(self) except -1
     cdef bint _done(self)
@@ -107,5 +108,7 @@ cdef class HttpServer:
 
     # the loop's I/O (_parser.pyx)
     cdef int _set_accepting(self, bint on) except -1
+    cdef int _ring(self, Py_ssize_t index) except -1
+    cdef int _accept(self) except -1
     cpdef _iterate(self, double limit)
     cpdef _signal(self)

@@ -1,14 +1,16 @@
 # The C side of the compiled loop's app threads (--threads > 1): the token that says which thread
 # runs the loop, the semaphore a spare thread waits on, and the monitor thread. The monitor never
-# takes the GIL: it looks every millisecond (every 0.1 ms for a second after a handover), and when
-# the token has been free through one whole look with no new app call begun, the call has blocked;
-# it takes the token then and wakes a spare thread with it, which runs the loop from then on.
+# takes the GIL and runs at idle priority: it looks every millisecond (every 0.1 ms for a second
+# after a handover), and when the token has been free through one whole look with no new app call
+# begun, the call has blocked; it takes the token then and wakes a spare thread with it, which
+# runs the loop from then on.
 # Pool in _pool.pxi drives it; its twin is Pool in _parser_py.py.
 
 cdef extern from *:
     """
     #include <errno.h>
     #include <pthread.h>
+    #include <sched.h>
     #include <semaphore.h>
     #include <signal.h>
     #include <time.h>
@@ -42,8 +44,12 @@ cdef extern from *:
         struct timespec ts;
         unsigned long last = (unsigned long)-1, seq;
         int hot;
+        struct sched_param idle = {0};
         sigfillset(&all);
         pthread_sigmask(SIG_BLOCK, &all, NULL);   /* signals are the main thread's business */
+        /* Idle priority: the monitor never preempts the thread that runs the loop. It only has
+           something to do when that thread is blocked in an app call, and then the CPU is idle. */
+        pthread_setschedparam(pthread_self(), SCHED_IDLE, &idle);
         while (!__atomic_load_n(&p->finished, __ATOMIC_ACQUIRE)) {
             hot = __atomic_load_n(&p->hot, __ATOMIC_RELAXED);
             ts.tv_sec = 0;

@@ -79,6 +79,7 @@ class Master:
         self.workers = {}                 # pid -> WorkerRecord
         self.rollout = Rollout(self.workers, self._spawn, self._stop_worker)
         self.listener = None
+        self.bells = []
         self.selector = None
         self.wake_r = self.wake_w = None
         self.stopping = False
@@ -117,6 +118,9 @@ class Master:
                 return self.app
         self.listener = create_listener(config.bind, config.backlog)
         self.url, _name, _port, _short = describe(self.listener)
+        # the workers' bells, one per board index a worker may use (twice the workers, for a rolling
+        # restart): a worker rings a lighter one's to hand it the connections queued (_server.py)
+        self._more_bells(2 * self.target + 2)
         self.selector = selectors.DefaultSelector()
         if config.metrics_bind is not None:
             try:
@@ -141,6 +145,8 @@ class Master:
         finally:
             self._restore_signals()
             self.listener.close()
+            for fd in self.bells:
+                os.close(fd)
             if self.metrics is not None:
                 self.metrics.close()
             self.selector.close()
@@ -306,6 +312,7 @@ class Master:
         """Fork a worker for `slot`; its WorkerRecord, or None when the fork failed (then the slot
         is tried again later, with backoff)."""
         board_index = self.board.take()
+        self._more_bells(board_index + 1)
         sys.stdout.flush()
         sys.stderr.flush()
         # Every signal we handle stays blocked across the fork: a signal sent to the new worker
@@ -336,7 +343,7 @@ class Master:
                 config=self.config, listener=self.listener, status_fd=write_fd, master_pid=os.getppid(),
                 loop_name=self.loop_name, slot=slot, generation=self.generation,
                 board=self.board.mem if board_index >= 0 else None, board_index=board_index, app=self.app,
-                close_fds=tuple(inherited), sigmask=mask))
+                close_fds=tuple(inherited), sigmask=mask, bells=tuple(self.bells)))
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         os.close(write_fd)
         os.set_blocking(read_fd, False)
@@ -349,6 +356,12 @@ class Master:
                   ", replacing pid %d" % replaces if replaces else "")
         self.selector.register(read_fd, selectors.EVENT_READ, rec)
         return rec
+
+    def _more_bells(self, count):
+        """Bells up to `count` board indexes (workers forked earlier lack the new ones, and ring
+        those workers no more)."""
+        while len(self.bells) < count:
+            self.bells.append(os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC))
 
     def _fork_failed(self, slot, exc, replaces):
         if replaces:   # a replacement in a rollout: the rollout is aborted, the old worker serves on

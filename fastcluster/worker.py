@@ -58,6 +58,7 @@ class WorkerSpec:
     board_index: int = -1         # its cells there (-1: none)
     app: Any = None               # the app, when the master preloaded it
     close_fds: tuple = ()         # the master's descriptors the worker must not keep
+    bells: tuple = ()             # the workers' bells (eventfds), by board index (accept balancing)
     sigmask: Optional[set] = None  # the signal mask to restore once the handlers are set
 
 
@@ -201,7 +202,8 @@ def _serve(spec, stop, wake_r, wake_w):
 
     impl = loop.load(spec.loop_name)
     server = impl.Server(spec.listener, app, config, wakeup_fd=wake_r.fileno(), master_pid=spec.master_pid,
-                         tick=heartbeat, board=spec.board, board_index=spec.board_index, access_log=access_log)
+                         tick=heartbeat, board=spec.board, board_index=spec.board_index, access_log=access_log,
+                         bells=spec.bells)
     stop.server = server
     server.stop_requested = stop.requested
     _url, _name, _port, short = describe(spec.listener)

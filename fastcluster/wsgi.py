@@ -13,6 +13,7 @@ import logging
 import re
 import sys
 import tempfile
+import threading
 import time
 from email.utils import formatdate
 from urllib.parse import unquote_to_bytes
@@ -132,24 +133,28 @@ EMPTY_INPUT = EmptyInput()
 
 
 class SpillBudget:
-    """The disk one worker's request bodies may take in temporary files (--max-spill)."""
+    """The disk one worker's request bodies may take in temporary files (--max-spill). The loop
+    takes from it as bodies arrive; an app thread may give back (a request it answered)."""
 
-    __slots__ = ("left",)
+    __slots__ = ("left", "lock")
 
     def __init__(self, limit: int):
         self.left = limit if limit else -1     # -1: no limit
+        self.lock = threading.Lock()
 
     def take(self, size: int) -> bool:
         if self.left < 0:
             return True
-        if size > self.left:
-            return False
-        self.left -= size
-        return True
+        with self.lock:
+            if size > self.left:
+                return False
+            self.left -= size
+            return True
 
     def give(self, size: int) -> None:
         if self.left >= 0:
-            self.left += size
+            with self.lock:
+                self.left += size
 
 
 _NO_BUDGET = SpillBudget(0)

@@ -137,6 +137,10 @@ def test_counters_carry_over_restarts_by_cause(impl):
         wait_until(lambda: "rolling restart complete" in server.stderr(), timeout=20, what="the rollout",
                    server=server)
         talk(server, get("/") * 2 + get("/", close=True), 3)
+        # "complete" is logged once the last replacement is ready; the worker it replaced is
+        # counted when it has drained and exited
+        wait_until(lambda: total(scrape(server), "fastcluster_worker_restarts_total", cause="rollout") == 2,
+                   what="the replaced workers to exit", server=server)
         m = scrape(server)
         assert total(m, "fastcluster_requests_total") == 18
         assert total(m, "fastcluster_responses_total", **{"class": "2xx"}) == 18
