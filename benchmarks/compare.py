@@ -1,6 +1,7 @@
 """One command: fastcluster against its pure-Python twin and the peers, on this machine.
 
     python benchmarks/compare.py [--quick] [--only NAME,NAME]
+    python benchmarks/compare.py --waits [--quick]     # apps that wait (benchmarks/waits.py)
 
 It installs what it needs (apt: wrk, apache2-utils, nginx, libev-dev; PyPI, into
 benchmarks/.venv-peers: gunicorn, uvicorn, uvloop, granian, fastpysgi, bjoern, matplotlib and
@@ -183,21 +184,30 @@ class Running:
         env = dict(os.environ, PYTHONPATH=HERE, BENCH_WORK_MS=str(work_ms), BENCH_WORKERS=str(workers),
                    BENCH_PORT=str(self.port), FASTCLUSTER_NO_EXTENSIONS="")
         self.err = open(os.path.join(self.tmp, "stderr"), "wb")
-        self.proc = subprocess.Popen(cmd, cwd=HERE, env=env, stdout=subprocess.DEVNULL, stderr=self.err,
+        self.out = open(os.path.join(self.tmp, "stdout"), "wb")
+        self.proc = subprocess.Popen(cmd, cwd=HERE, env=env, stdout=self.out, stderr=self.err,
                                      start_new_session=True)
-        self._wait_ready(workers)
+        self._wait_ready(workers, fastcluster="fastcluster" in " ".join(cmd))
 
-    def _wait_ready(self, workers, timeout=30.0):
-        """Ready when it answers a request (and, for a multi-process server, all processes exist)."""
+    def _wait_ready(self, workers, fastcluster=False, timeout=30.0):
+        """Ready when it answers a request and every process exists: with several workers, a
+        master and its workers. fastcluster says when all of its workers are ready (its
+        "listening on" line): a burst of connections before that would all go to the first."""
         deadline = time.monotonic() + timeout
+        processes = workers + 1 if workers > 1 else workers
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError("exited with %s: %s" % (self.proc.returncode, self.stderr()[-400:]))
+            if fastcluster:
+                with open(os.path.join(self.tmp, "stdout"), "rb") as f:
+                    if b"fastcluster: listening on" not in f.read():
+                        time.sleep(0.05)
+                        continue
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
                     s.sendall(b"GET / HTTP/1.0\r\n\r\n")
                     if s.recv(100).startswith(b"HTTP/1."):
-                        if len(self.pids()) >= workers:
+                        if len(self.pids()) >= processes:
                             return
             except OSError:
                 pass
@@ -263,6 +273,7 @@ class Running:
             pass
         self.proc.wait(timeout=10)
         self.err.close()
+        self.out.close()
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 
@@ -407,6 +418,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="3 s per run instead of 10 (ab) and 5 (wrk)")
     ap.add_argument("--only", default="", help="comma-separated server names (default: all)")
+    ap.add_argument("--waits", action="store_true",
+                    help="the waiting workloads instead (head-of-line, a 20 ms app, trickling uploads)")
     ap.add_argument("--installed", default=None, help=argparse.SUPPRESS)   # set by the re-exec below
     args = ap.parse_args()
     if args.installed is None:
@@ -420,6 +433,8 @@ def main():
     state = json.loads(args.installed)
     missing = state["missing"]
     started = time.monotonic() - (time.time() - state["started"])
+    if args.waits:
+        return compare_waits(args, missing, started)
     names = [n for n in SERVERS if not args.only or n in args.only.split(",")]
     if shutil.which("node") is None and "node-cluster" in names:
         missing.append("node: not installed, node-cluster skipped")
@@ -468,6 +483,75 @@ def main():
     log("wrote %s (%d s)" % (os.path.relpath(os.path.join(RESULTS, "compare.md"), ROOT), report["elapsed_s"]))
     for m in missing:
         log("missing: %s" % m)
+
+
+def compare_waits(args, missing, started):
+    """--waits: benchmarks/waits.py's workloads, each server fresh for each, 2 workers, unpinned."""
+    import waits
+
+    seconds = 5 if args.quick else 10
+    report = {
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "command": "python benchmarks/compare.py --waits" + (" --quick" if args.quick else ""),
+        "machine": "%d CPUs, %s, Linux %s, Python %s" % (os.cpu_count(), _cpu_name(), platform.release(),
+                                                        platform.python_version()),
+        "versions": versions(), "missing": missing, "seconds": seconds, "runs": {},
+    }
+    bin_ = os.path.join(VENV, "bin")
+    for workload, names in waits.PLAN:
+        report["runs"][workload] = {}
+        for name in names:
+            if args.only and name not in args.only.split(","):
+                continue
+            log("%-20s %s" % (name, workload))
+            if workload == "cpu-bound":
+                try:
+                    report["runs"][workload][name] = r = {str(w): _cpu_bound_waits(name, w, seconds, bin_)
+                                                          for w in (1, 2)}
+                    log("    %.2fx" % (r["2"]["rps"] / r["1"]["rps"]))
+                except Exception as exc:
+                    report["runs"][workload][name] = {"error": "%s: %s" % (type(exc).__name__, exc)}
+                continue
+            server = None
+            try:
+                server = Running(name, 2, False, command=lambda port, tmp, n=name: waits.commands(n, port, bin_))
+                cpu0 = server.cpu_seconds()
+                result = waits.WORKLOADS[workload](server.port, seconds)
+                result["server_cpu_s"] = round(server.cpu_seconds() - cpu0, 2)
+                result["rss_mib"], result["rss_max_process_mib"] = server.rss_mib()
+                report["runs"][workload][name] = result
+                log("    %s" % json.dumps({k: v for k, v in result.items() if k in ("rps", "p99_ms", "errors")}
+                                         if "rps" in result else {"fast_p99_ms": result["fast"]["p99_ms"],
+                                                                  "errors": result["errors"]}))
+            except Exception as exc:   # one server failing must not stop the comparison
+                report["runs"][workload][name] = {"error": "%s: %s" % (type(exc).__name__, exc)}
+                log("    failed: %s" % report["runs"][workload][name]["error"][:200])
+            finally:
+                if server is not None:
+                    server.stop()
+    report["elapsed_s"] = round(time.monotonic() - started)
+    os.makedirs(RESULTS, exist_ok=True)
+    with open(os.path.join(RESULTS, "compare-waits.json"), "w") as f:
+        json.dump(report, f, indent=1, sort_keys=True)
+    with open(os.path.join(RESULTS, "compare-waits.md"), "w") as f:
+        f.write("# Apps that wait: fastcluster and its peers\n\nMachine: %s. Run %s, %s, %d s per run. Versions: %s.\n\n"
+                % (report["machine"], report["date"], report["command"], seconds,
+                   ", ".join("%s %s" % kv for kv in sorted(report["versions"].items()))))
+        f.write(waits.markdown(report["runs"]))
+        if missing:
+            f.write("\n## Missing\n\n" + "\n".join("- %s" % m for m in missing) + "\n")
+    log("wrote %s (%d s)" % (os.path.relpath(os.path.join(RESULTS, "compare-waits.md"), ROOT), report["elapsed_s"]))
+
+
+def _cpu_bound_waits(name, workers, seconds, bin_):
+    import waits
+
+    server = Running(name, workers, False, work_ms=5,
+                     command=lambda port, tmp: waits.commands(name, port, bin_, str(workers), "bench_app:app"))
+    try:
+        return run_wrk(server.port, seconds, False, connections=50)
+    finally:
+        server.stop()
 
 
 def _cpu_bound(name, workers, seconds):

@@ -1,16 +1,18 @@
 # The C side of the compiled loop's app threads (--threads > 1): the token that says which thread
 # runs the loop, the semaphore a spare thread waits on, and the monitor thread. The monitor never
-# takes the GIL and runs at idle priority: it looks every millisecond (every 0.1 ms for a second
-# after a handover), and when the token has been free through one whole look with no new app call
-# begun, the call has blocked; it takes the token then and wakes a spare thread with it, which
-# runs the loop from then on.
+# takes the GIL. When the token has been free through one whole look with no new app call begun,
+# the call has blocked; it takes the token then and wakes a spare thread with it, which runs the
+# loop from then on. It looks every 0.1 ms for a second after a handover; otherwise the time
+# between looks doubles from 1 ms up to 10 ms (as Go's sysmon backs off): waking on the loop's
+# CPU a thousand times a second cost the hello app about 7% of its CPU per request. (At SCHED_IDLE
+# it would never preempt the loop, but under load it starved for milliseconds before a handover:
+# the fast clients' p99 next to a blocking endpoint went from 0.4-1.7 ms to 3.2-3.7 ms.)
 # Pool in _pool.pxi drives it; its twin is Pool in _parser_py.py.
 
 cdef extern from *:
     """
     #include <errno.h>
     #include <pthread.h>
-    #include <sched.h>
     #include <semaphore.h>
     #include <signal.h>
     #include <time.h>
@@ -44,18 +46,21 @@ cdef extern from *:
         struct timespec ts;
         unsigned long last = (unsigned long)-1, seq;
         int hot;
-        struct sched_param idle = {0};
         sigfillset(&all);
         pthread_sigmask(SIG_BLOCK, &all, NULL);   /* signals are the main thread's business */
-        /* Idle priority: the monitor never preempts the thread that runs the loop. It only has
-           something to do when that thread is blocked in an app call, and then the CPU is idle. */
-        pthread_setschedparam(pthread_self(), SCHED_IDLE, &idle);
+        long period = 1000000;   /* ns; doubles up to 10 ms while no call blocks */
         while (!__atomic_load_n(&p->finished, __ATOMIC_ACQUIRE)) {
             hot = __atomic_load_n(&p->hot, __ATOMIC_RELAXED);
             ts.tv_sec = 0;
-            ts.tv_nsec = hot > 0 ? 100000 : 1000000;
-            if (hot > 0)
+            if (hot > 0) {
                 __atomic_store_n(&p->hot, hot - 1, __ATOMIC_RELAXED);
+                ts.tv_nsec = 100000;
+                period = 1000000;
+            } else {
+                ts.tv_nsec = period;
+                if (period < 10000000)
+                    period *= 2;
+            }
             nanosleep(&ts, NULL);
             seq = __atomic_load_n(&p->seq, __ATOMIC_ACQUIRE);
             if (seq == last && __atomic_load_n(&p->token, __ATOMIC_ACQUIRE) == 0 && fc_pool_take(p))

@@ -266,3 +266,32 @@ def test_threads_1_a_trickling_upload_holds_one_call_but_not_the_loop(impl):
         assert results[0].status == 200
         assert results[0].body == b"%d %s" % (len(body), hashlib.sha256(body).hexdigest().encode())
         assert waiting["r"][0] == 200
+
+
+def sockets_of(pid):
+    count = 0
+    for fd in os.listdir("/proc/%d/fd" % pid):
+        try:
+            if os.readlink("/proc/%d/fd/%s" % (pid, fd)).startswith("socket:"):
+                count += 1
+        except FileNotFoundError:
+            pass
+    return count
+
+
+def test_bursts_of_keep_alive_connections_spread_over_the_workers(impl):
+    """Accept balancing: connections that arrive in a burst are already queued, and the kernel
+    announces them to one worker; that one rings a lighter worker's bell to hand them over."""
+    with Server("apps.suite:app", "--bind", "127.0.0.1:0", "--workers", "2", "--loop", impl) as server:
+        pids = server.worker_pids
+        base = [sockets_of(pid) for pid in pids]
+        for burst in (8, 40):
+            for _ in range(3):
+                socks = [socket.create_connection((server.host, server.port), timeout=10) for _ in range(burst)]
+                wait_until(lambda: sum(sockets_of(p) - b for p, b in zip(pids, base)) == burst, timeout=10,
+                           what="every connection accepted", server=server)
+                shares = [sockets_of(p) - b for p, b in zip(pids, base)]
+                for sock in socks:
+                    sock.close()
+                assert min(shares) >= burst * 3 // 8, shares
+                wait_until(lambda: [sockets_of(p) for p in pids] == base, timeout=10, what="the connections closed")

@@ -45,3 +45,34 @@ def test_adopted_connection_refuses_a_bad_request(served):
     client.sendall(b"GET / HTTP/1.1\r\n\r\n")     # no Host
     conn.on_readable()
     assert client.recv(65536).startswith(b"HTTP/1.1 400 Bad Request\r\n")
+
+
+def test_a_worker_whose_app_threads_are_all_busy_leaves_connections_to_one_that_is_not(tmp_path):
+    """The balancing rule reads the board: more than one connection fewer, or (when all of this
+    worker's threads are busy) a thread free; a worker that is full or stopping does not count."""
+    from fastcluster import board
+
+    module = importlib.import_module("fastcluster._parser_py")
+    b = board.Board(slots=4)
+    mine, peer = b.take(), b.take()
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(str(tmp_path / "b.sock"))
+    server = module.Server(listener, hello, Config(workers=2, threads=2), board=b.mem, board_index=mine)
+    cells = memoryview(b.mem).cast("q")
+    peer_base = board.HEADER + board.STRIDE * peer
+    cells[peer_base + board.CONNS] = 3
+    cells[peer_base + board.NOT_ACCEPTING] = 0
+    server.conns.update({n: None for n in range(3)})        # three connections of its own
+    assert server._lighter_worker() == -1                   # as heavy as the peer
+    server.pool.busy = 2                                    # ... but both its threads busy
+    assert server._lighter_worker() == peer
+    cells[peer_base + board.BUSY] = 2                       # the peer's are too
+    assert server._lighter_worker() == -1
+    server.conns.update({n: None for n in range(3, 6)})     # six against three
+    assert server._lighter_worker() == peer
+    cells[peer_base + board.NOT_ACCEPTING] = 2              # paused for balance: still counts
+    assert server._lighter_worker() == peer
+    cells[peer_base + board.NOT_ACCEPTING] = 1              # full or stopping: does not
+    assert server._lighter_worker() == -1
+    server.conns.clear()
+    listener.close()
