@@ -1,11 +1,12 @@
 """Build the compiled request loop; fall back to the pure-Python package when that is impossible.
 
-The compiled loop is four extension modules: `fastcluster._parser` (from `_parser.pyx`, the loop's
-I/O) and the compiled builds of the shared plain-Python sources `_server.py`, `_exchange.py` and
-`_http.py`, as `_server_c`, `_exchange_c` and `_http_c` (Cython's pure-Python mode, with the C
-types in `_<name>_c.pxd`). The pure-Python loop runs those same sources as they are. Cython takes
-a module's name from its file, so each is compiled from a copy named `_<name>_c.py`, written here
-at build time (generated, like the .c files, and never committed).
+The compiled loop is six extension modules: `fastcluster._parser` (from `_parser.pyx`, the loop's
+I/O) and the compiled builds of the shared plain-Python sources `_server.py`, `_exchange.py`,
+`_asgi.py`, `_websocket.py` and `_http.py`, as `_server_c`, `_exchange_c`, `_asgi_c`, `_websocket_c`
+and `_http_c` (Cython's pure-Python mode, with the C types in `_<name>_c.pxd`). The pure-Python loop
+runs those same sources as they are. Cython takes a module's name from its file, so each is compiled
+from a copy named `_<name>_c.py`, written here at build time (generated, like the .c files, and never
+committed).
 
 Knobs (environment variables at build time):
   FASTCLUSTER_NO_EXTENSIONS=1   build no extension: the package runs the pure-Python loop
@@ -47,7 +48,7 @@ class optional_build_ext(build_ext):
         )
 
 
-SHARED = ("_server", "_exchange", "_http")   # plain-Python sources compiled as <name>_c too
+SHARED = ("_server", "_exchange", "_asgi", "_websocket", "_http")   # plain-Python sources compiled as <name>_c too
 
 
 def _shared_copy(name):

@@ -2,6 +2,7 @@
 
     python benchmarks/compare.py [--quick] [--only NAME,NAME]
     python benchmarks/compare.py --waits [--quick]     # apps that wait (benchmarks/waits.py)
+    python benchmarks/compare.py --asgi [--quick]      # ASGI servers (benchmarks/asgi_workloads.py)
 
 It installs what it needs (apt: wrk, apache2-utils, nginx, libev-dev; PyPI, into
 benchmarks/.venv-peers: gunicorn, uvicorn, uvloop, granian, fastpysgi, bjoern, matplotlib and
@@ -43,7 +44,8 @@ sys.path.insert(0, HERE)
 from bench_app import BODY as _BODY_BYTES  # noqa: E402  (the hello every server answers)
 
 BODY = _BODY_BYTES.decode()              # nginx's copy goes into its config
-PEERS_PIP = ["gunicorn", "uvicorn", "uvloop", "httptools", "granian", "fastpysgi", "bjoern", "matplotlib"]
+PEERS_PIP = ["gunicorn", "uvicorn", "uvloop", "httptools", "granian", "fastpysgi", "bjoern", "matplotlib",
+             "fastapi", "websockets"]
 APT = {"wrk": "wrk", "ab": "apache2-utils", "nginx": "nginx"}
 
 NGINX_CONF = """
@@ -420,6 +422,9 @@ def main():
     ap.add_argument("--only", default="", help="comma-separated server names (default: all)")
     ap.add_argument("--waits", action="store_true",
                     help="the waiting workloads instead (head-of-line, a 20 ms app, trickling uploads)")
+    ap.add_argument("--asgi", action="store_true",
+                    help="the ASGI comparison instead (raw hello, pipelining, FastAPI, WebSocket echo)")
+    ap.add_argument("--rounds", type=int, default=3, help="--asgi: interleaved rounds (medians are reported)")
     ap.add_argument("--installed", default=None, help=argparse.SUPPRESS)   # set by the re-exec below
     args = ap.parse_args()
     if args.installed is None:
@@ -435,6 +440,8 @@ def main():
     started = time.monotonic() - (time.time() - state["started"])
     if args.waits:
         return compare_waits(args, missing, started)
+    if args.asgi:
+        return compare_asgi(args, missing, started)
     names = [n for n in SERVERS if not args.only or n in args.only.split(",")]
     if shutil.which("node") is None and "node-cluster" in names:
         missing.append("node: not installed, node-cluster skipped")
@@ -541,6 +548,72 @@ def compare_waits(args, missing, started):
         if missing:
             f.write("\n## Missing\n\n" + "\n".join("- %s" % m for m in missing) + "\n")
     log("wrote %s (%d s)" % (os.path.relpath(os.path.join(RESULTS, "compare-waits.md"), ROOT), report["elapsed_s"]))
+
+
+def compare_asgi(args, missing, started):
+    """--asgi: benchmarks/asgi_workloads.py, 1 worker pinned, rounds interleaved, medians kept."""
+    import statistics
+
+    import asgi_workloads as aw
+
+    seconds = 3 if args.quick else 5
+    names = [n for n in aw.SERVERS if not args.only or n in args.only.split(",")]
+    report = {
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "command": "python benchmarks/compare.py --asgi --rounds %d" % args.rounds + (" --quick" if args.quick else ""),
+        "machine": "%d CPUs, %s, Linux %s, Python %s" % (os.cpu_count(), _cpu_name(), platform.release(),
+                                                        platform.python_version()),
+        "versions": versions(), "missing": missing, "seconds": seconds, "runs": {}, "medians": {},
+    }
+    bin_ = os.path.join(VENV, "bin")
+    for round_ in range(args.rounds):
+        for workload in aw.WORKLOADS:
+            for name in names:
+                log("round %d %-28s %s" % (round_ + 1, name, workload))
+                server = None
+                try:
+                    server = Running(name, 1, True, command=lambda port, tmp, n=name, w=workload:
+                                     aw.commands(n, port, bin_, aw.APPS[w]))
+                    cpu0 = server.cpu_seconds()
+                    if workload == "ws-echo":
+                        result = aw.run_ws(server.port, seconds, True, PY)
+                    elif workload == "pipeline16":
+                        result = run_wrk(server.port, seconds, True, ("-s", os.path.join(HERE, "pipeline.lua")))
+                    else:
+                        result = run_wrk(server.port, seconds, True)
+                    cpu = server.cpu_seconds() - cpu0
+                    result["server_cpu_us_per_request"] = round(cpu / max(result["requests"], 1) * 1e6, 1)
+                    result["rss_mib"], result["rss_max_process_mib"] = server.rss_mib()
+                    report["runs"].setdefault(workload, {}).setdefault(name, []).append(result)
+                    log("    %9.0f req/s  %6.1f us CPU/req  errors %d"
+                        % (result["rps"], result["server_cpu_us_per_request"], result["errors"]))
+                except Exception as exc:   # one server failing must not stop the comparison
+                    report["runs"].setdefault(workload, {}).setdefault(name, []).append(
+                        {"error": "%s: %s" % (type(exc).__name__, exc)})
+                    log("    failed: %s" % str(exc)[:200])
+                finally:
+                    if server is not None:
+                        server.stop()
+    for workload, by_name in report["runs"].items():
+        for name, results in by_name.items():
+            good = [r for r in results if "error" not in r]
+            if good:
+                report["medians"].setdefault(workload, {})[name] = {
+                    key: statistics.median(r[key] for r in good)
+                    for key in ("rps", "server_cpu_us_per_request", "errors", "rss_mib")}
+    report["elapsed_s"] = round(time.monotonic() - started)
+    os.makedirs(RESULTS, exist_ok=True)
+    with open(os.path.join(RESULTS, "compare-asgi.json"), "w") as f:
+        json.dump(report, f, indent=1, sort_keys=True)
+    with open(os.path.join(RESULTS, "compare-asgi.md"), "w") as f:
+        f.write("# ASGI: fastcluster and its peers\n\nMachine: %s. Run %s, `%s`: %d s per run, medians of %d "
+                "interleaved rounds (each number the median of its own runs; every run is in the .json), 1 worker pinned to CPU 0, the load generator on CPU 1. Versions: %s.\n\n"
+                % (report["machine"], report["date"], report["command"], seconds, args.rounds,
+                   ", ".join("%s %s" % kv for kv in sorted(report["versions"].items()))))
+        f.write(aw.markdown(report))
+        if missing:
+            f.write("\n## Missing\n\n" + "\n".join("- %s" % m for m in missing) + "\n")
+    log("wrote %s (%d s)" % (os.path.relpath(os.path.join(RESULTS, "compare-asgi.md"), ROOT), report["elapsed_s"]))
 
 
 def _cpu_bound_waits(name, workers, seconds, bin_):

@@ -76,12 +76,25 @@ def in_process(in_process_connection):
     return Exchange(client, conn.on_readable)
 
 
+def _live(impl, app):
+    env = {"PYTHONPATH": HERE + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    server = Server(app, "--bind", "127.0.0.1:0", "--workers", "1", "--loop", impl, env=env)
+    server.impl = impl
+    return server
+
+
 @pytest.fixture(scope="module", params=IMPLS)
 def live(request):
     """`fastcluster serve bench_app:app --workers 1` as a real process, per loop."""
-    env = {"PYTHONPATH": HERE + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    server = Server("bench_app:app", "--bind", "127.0.0.1:0", "--workers", "1", "--loop", request.param, env=env)
-    server.impl = request.param
+    server = _live(request.param, "bench_app:app")
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module", params=IMPLS)
+def live_asgi(request):
+    """The same hello as an ASGI app (bench_asgi:app), on the default event loop."""
+    server = _live(request.param, "bench_asgi:app")
     yield server
     server.stop()
 

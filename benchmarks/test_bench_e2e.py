@@ -1,4 +1,5 @@
-"""End to end: a live `fastcluster serve` (1 worker) and a raw keep-alive client, each loop.
+"""End to end: a live `fastcluster serve` (1 worker) and a raw keep-alive client, each loop, for
+the WSGI hello and the same hello as an ASGI app.
 
 Besides the client-side timing, each test records the worker's CPU time per request
 (user+sys from /proc), the figure that tells servers apart on a shared 2-core machine.
@@ -35,3 +36,13 @@ def test_e2e_keep_alive(benchmark, live):
 @pytest.mark.benchmark(group="e2e-pipelined-16")
 def test_e2e_pipelined_16(benchmark, live):
     _run(benchmark, live, REQUEST * 16, 16)
+
+
+@pytest.mark.benchmark(group="e2e-asgi-keep-alive")
+def test_e2e_asgi_keep_alive(benchmark, live_asgi):
+    _run(benchmark, live_asgi, REQUEST, 1)
+
+
+@pytest.mark.benchmark(group="e2e-asgi-pipelined-16")
+def test_e2e_asgi_pipelined_16(benchmark, live_asgi):
+    _run(benchmark, live_asgi, REQUEST * 16, 16)

@@ -21,6 +21,8 @@ cdef class Connection(HttpConnection):
         n = recv(self.fd, server.rbuf, RECV_SIZE, 0)
         if n < 0:
             if errno == EAGAIN or errno == EINTR:
+                if self.mask & EPOLLOUT:
+                    self._pump()     # a WebSocket reads while it waits to write: this was the write
                 return 0
             self.close()
             return 0
@@ -111,15 +113,31 @@ cdef class Connection(HttpConnection):
         return True
 
     cdef int _want_write(self) except -1:
+        # (an HTTP connection reads nothing more until its output is out; a WebSocket, full
+        # duplex, goes on reading unless its app is behind)
+        cdef unsigned int mask = EPOLLOUT | EPOLLIN if self.ws is not None and not self.read_paused else EPOLLOUT
         self.write_deadline = self.server.now + self.server.write_timeout
-        if self.mask != EPOLLOUT:
-            self._set_mask(EPOLLOUT)
+        if self.mask != mask:
+            self._set_mask(mask)
         return 0
 
     cdef int _want_read(self) except -1:
+        cdef unsigned int mask = 0 if self.read_paused else EPOLLIN
         self.write_deadline = 0.0
-        if self.mask != EPOLLIN:
-            self._set_mask(EPOLLIN)
+        if self.mask != mask:
+            self._set_mask(mask)
+        return 0
+
+    cdef int _pause_reading(self) except -1:
+        self.read_paused = True
+        if self.mask & EPOLLIN:
+            self._set_mask(self.mask & ~EPOLLIN)    # (a hang-up is still reported; reading then finds it)
+        return 0
+
+    cdef int _resume_reading(self) except -1:
+        self.read_paused = False
+        if self.mask == 0 or (self.mask == EPOLLOUT and self.ws is not None):
+            self._set_mask(self.mask | EPOLLIN)
         return 0
 
     cdef int _set_mask(self, unsigned int mask) except -1:

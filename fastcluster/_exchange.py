@@ -13,6 +13,7 @@ says `if not cython.compiled:` and gives the builtin first, a branch Cython drop
 - `encode_headers`: a WSGI app's response headers, checked and encoded.
 """
 
+import http as _http_status
 import os
 import stat as _stat
 
@@ -39,6 +40,7 @@ FAILED_BODY = b"Internal Server Error\n"
 
 # Python objects used per request, bound once (C globals in the compiled build)
 BodyBuffer = _wsgi.BodyBuffer
+LazyInput = _wsgi.LazyInput
 FileWrapper = _wsgi.FileWrapper
 status_line = _wsgi.status_line
 simple_response = _wsgi.simple_response
@@ -49,9 +51,21 @@ H_CONTENT_LENGTH, H_DATE = _wsgi.H_CONTENT_LENGTH, _wsgi.H_DATE
 H_SERVER, H_CONNECTION = _wsgi.H_SERVER, _wsgi.H_CONNECTION
 HEADER_NAMES = {}   # an app's header name -> (b"Name: ", kind)
 STATUSES = {}       # an app's status -> (its status line, its code)
+ASGI_HEADER_NAMES = {}   # an ASGI app's header name (bytes) -> (b"name: ", kind)
+ASGI_STATUS_LINES = {}   # an ASGI status (int) -> its status line
 
 
 # --- response headers --------------------------------------------------------------------
+
+def splits_header(value):
+    """Whether a header value holds CR, LF or NUL (which could split the response)."""
+    if not cython.compiled:
+        return b"\r" in value or b"\n" in value or b"\0" in value
+    for c in value:
+        if c == 13 or c == 10 or c == 0:
+            return True
+    return False
+
 
 def encode_headers(headers):
     """Validate a WSGI app's response headers and encode them.
@@ -94,12 +108,73 @@ def encode_headers(headers):
             else:
                 continue
         data = cython.cast(str, value).encode("latin-1")      # UnicodeEncodeError (a ValueError) if not latin-1
-        if b"\r" in data or b"\n" in data or b"\0" in data:
+        if splits_header(data):
             raise ValueError("header value contains CR, LF or NUL")
         parts.append(entry[0])
         parts.append(data)
         parts.append(b"\r\n")
     return b"".join(parts), clen, flags
+
+
+def encode_asgi_headers(headers):
+    """The same for an ASGI app's headers: an iterable of (name, value) byte strings. Returns
+    (block, content_length, flags) as encode_headers does; ValueError or TypeError otherwise."""
+    parts = []
+    clen = -1
+    flags = 0
+    for name, value in headers:
+        entry = ASGI_HEADER_NAMES.get(name)
+        if entry is None:
+            if type(name) is not bytes:
+                raise TypeError("header names must be bytes, not %s" % type(name).__name__)
+            prefix, kind = _wsgi.learn_name(name.decode("latin-1"))   # validates the name
+            entry = (prefix.encode("latin-1"), kind)
+            if len(ASGI_HEADER_NAMES) < 512:
+                ASGI_HEADER_NAMES[name] = entry
+        kind = entry[1]
+        if type(value) is not bytes:
+            raise TypeError("header %r value must be bytes, not %s" % (name, type(value).__name__))
+        if kind:
+            if kind == H_CONTENT_LENGTH:
+                text = value.strip()
+                if not text.isdigit() or (clen >= 0 and int(text) != clen):
+                    raise ValueError("invalid content-length %r" % value)
+                if clen >= 0:
+                    continue
+                clen = int(text)
+            elif kind == H_DATE:
+                flags |= HAS_DATE
+            elif kind == H_SERVER:
+                flags |= HAS_SERVER
+            elif kind == H_CONNECTION:
+                if _wsgi.has_token(value.decode("latin-1"), "close"):
+                    flags |= WANTS_CLOSE
+                continue
+            else:
+                continue
+        if splits_header(value):
+            raise ValueError("header value contains CR, LF or NUL")
+        parts.append(entry[0])
+        parts.append(value)
+        parts.append(b"\r\n")
+    return b"".join(parts), clen, flags
+
+
+def asgi_status_line(status):
+    """b"HTTP/1.1 404 Not Found\\r\\n" for 404 (the reason phrase from http.HTTPStatus)."""
+    line = ASGI_STATUS_LINES.get(status)
+    if line is not None:
+        return line
+    if type(status) is not int or not 100 <= status <= 999:
+        raise ValueError("invalid status %r: expected an int from 100 to 999" % (status,))
+    try:
+        phrase = _http_status.HTTPStatus(status).phrase
+    except ValueError:
+        phrase = ""
+    line = ("HTTP/1.1 %d %s\r\n" % (status, phrase)).encode("latin-1")
+    if len(ASGI_STATUS_LINES) < 256:
+        ASGI_STATUS_LINES[status] = line
+    return line
 
 
 # --- what an exchange needs of its connection ---------------------------------------------
@@ -130,6 +205,18 @@ class Channel:
         """Output was queued from inside an app call: have the loop send it soon."""
         raise NotImplementedError
 
+    def _body_taken(self):
+        """An ASGI app took what was read of its body (reading may go on)."""
+        raise NotImplementedError
+
+    def _pause_reading(self):
+        """Stop reading until _resume_reading() (an ASGI app 1 MiB behind its request body, or
+        behind a WebSocket's messages)."""
+        raise NotImplementedError
+
+    def _resume_reading(self):
+        raise NotImplementedError
+
 
 # --- one request and its response --------------------------------------------------------
 
@@ -140,7 +227,7 @@ class Exchange:
 
     if not cython.compiled:   # plain Python: the values a compiled object starts with
         head = http10 = complete = early = sent_continue = False
-        body = status = result = iter = None
+        body = status = result = iter = cycle = scope = None
         headers = b""
         start = called = 0.0
         hflags = code = 0
@@ -278,6 +365,16 @@ class Exchange:
         self.hflags = flags
         return 0
 
+    def set_asgi_status(self, status, headers):
+        """ASGI's http.response.start: the status (an int) and the headers (byte pairs)."""
+        block, clen, flags = encode_asgi_headers(headers)
+        self.status = asgi_status_line(status)
+        self.code = status
+        self.headers = block
+        self.clen = clen
+        self.hflags = flags
+        return 0
+
     def write(self, data):
         """WSGI's legacy write() (through HttpConnection.write)."""
         if self.status is None:
@@ -309,7 +406,7 @@ class Exchange:
             parts.append(server.date_line)
         if not flags & HAS_SERVER:
             parts.append(SERVER_HEADER)
-        if flags & WANTS_CLOSE or (self.early and not self.complete) or server.stopping:
+        if flags & WANTS_CLOSE or self.body_unsure() or server.stopping:
             self.keep = False   # (an unread 100-continue body cannot be skipped; a draining worker closes)
         self.no_body = self.head or bodiless_status
         if self.clen < 0 and not bodiless_status:
@@ -370,7 +467,7 @@ class Exchange:
             conn._queue(b"0\r\n\r\n")
         elif self.clen >= 0 and self.sent < self.clen and not self.no_body:
             self.keep = False   # short body: closing is the only way not to desync the client
-        if self.early and not self.complete:
+        if self.body_unsure():
             self.keep = False   # the rest of the body was never read
         self.discard_body()
         self.close_result()
@@ -378,9 +475,14 @@ class Exchange:
         return 0
 
     def failed(self):
-        """The app raised: a 500 if nothing went out yet, otherwise a cut connection."""
-        conn = self.conn
+        """The app raised: logged with its traceback, then `abort()`."""
         log_app_error(self.environ)
+        self.abort()
+        return 0
+
+    def abort(self):
+        """The app failed: a 500 if nothing went out yet, otherwise a cut connection."""
+        conn = self.conn
         self.close_result()
         self.sending_file = False
         self.discard_body()
@@ -389,7 +491,7 @@ class Exchange:
             # so the client sees that it failed.
             self.keep = False
         else:
-            self.keep = self.keep and (self.complete or not self.early)
+            self.keep = self.keep and not self.body_unsure()
             conn._queue(simple_response("500 Internal Server Error", FAILED_BODY, not self.keep,
                                         conn.server.date_line))
             self.headers_sent = True
@@ -397,6 +499,14 @@ class Exchange:
             self.sent = len(FAILED_BODY)
         self.done = True
         return 0
+
+    def body_unsure(self):
+        """The request's body is not all read, and the client may not send the rest: a WSGI
+        100-continue body (the app may never read it), or an ASGI one whose 100 Continue was not
+        sent. (The rest of an ASGI body that is on its way is read and dropped instead.)"""
+        if not self.early or self.complete:
+            return False
+        return self.cycle is None or not self.sent_continue
 
     def close_result(self):
         """Call the iterable's close(), as PEP 3333 asks, whatever happened to the response."""
@@ -411,9 +521,10 @@ class Exchange:
         return 0
 
     def discard_body(self):
-        """Let go of the request body (a spilled one's temporary file is closed)."""
+        """Let go of the request body (a spilled one's temporary file is closed; the rest of an
+        ASGI body is dropped as it comes)."""
         body = self.body
-        if type(body) is BodyBuffer:
+        if body is not None and type(body) is not LazyInput:
             body.discard()
         return 0
 

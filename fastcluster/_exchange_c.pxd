@@ -15,12 +15,17 @@ cdef enum:
 
 cdef Py_ssize_t HIGH_WATER, SMALL_CHUNK
 cdef bytes FAILED_BODY, SERVER_HEADER
-cdef object BodyBuffer, FileWrapper, status_line, simple_response, log_app_error
-cdef dict STATUSES, HEADER_NAMES
+cdef object BodyBuffer, LazyInput, FileWrapper, status_line, simple_response, log_app_error
+cdef dict STATUSES, HEADER_NAMES, ASGI_HEADER_NAMES, ASGI_STATUS_LINES
 cdef int HAS_DATE, HAS_SERVER, WANTS_CLOSE, H_CONTENT_LENGTH, H_DATE, H_SERVER, H_CONNECTION
 
+@cython.locals(c=cython.uchar)
+cpdef bint splits_header(bytes value) except -1
 @cython.locals(parts=list, clen=cython.longlong, flags=int, kind=int, data=bytes, entry=tuple)
 cpdef tuple encode_headers(object headers)
+@cython.locals(parts=list, clen=cython.longlong, flags=int, kind=int, entry=tuple)
+cpdef tuple encode_asgi_headers(object headers)
+cpdef bytes asgi_status_line(object status)
 
 
 cdef class Channel:
@@ -33,6 +38,9 @@ cdef class Channel:
     cdef int _queue(self, bytes data) except -1
     cdef bint _wait_writable(self) except -1
     cdef int _produced(self) except -1
+    cdef int _body_taken(self) except -1
+    cdef int _pause_reading(self) except -1
+    cdef int _resume_reading(self) except -1
 
 
 @cython.final
@@ -46,8 +54,8 @@ cdef class Exchange:
         public bint http10          # HTTP/1.0 (or older): no chunked, no 100-continue
         public bint complete        # the parser has seen the end of the message
         public bint early           # dispatched at headers-complete (Expect: 100-continue)
-        public bint sent_continue
-        public object body          # BodyBuffer, LazyInput or None
+        public bint sent_continue   # (ASGI: the body is on its way, no 100 Continue needed or it is sent)
+        public object body          # BodyBuffer, LazyInput, an ASGI BodyQueue, or None
         public double start         # monotonic time of the read that brought its first byte
         public double called        # monotonic time its app call began on an app thread (--timeout)
         # the response
@@ -70,6 +78,8 @@ cdef class Exchange:
         public int file_fd
         public long long file_off
         public long long file_left
+        public object cycle         # ASGI: its _asgi.Cycle, once the app is called
+        public object scope         # ASGI: the scope
 
     @cython.locals(conn=Channel)
     cpdef int run(self, object app) except -1
@@ -82,6 +92,7 @@ cdef class Exchange:
     cpdef int next_chunk(self) except -1
     @cython.locals(known=tuple)
     cpdef int set_status(self, object status, object headers, object exc_info) except -1
+    cpdef int set_asgi_status(self, object status, object headers) except -1
     @cython.locals(conn=Channel)
     cpdef int write(self, object data) except -1
     @cython.locals(conn=Channel, server=HttpServer, code=int, flags=int, bodiless_status=bint)
@@ -90,8 +101,10 @@ cdef class Exchange:
     cpdef int send_body(self, bytes data) except -1
     @cython.locals(conn=Channel)
     cpdef int finish(self) except -1
-    @cython.locals(conn=Channel)
     cpdef int failed(self) except -1
+    @cython.locals(conn=Channel)
+    cpdef int abort(self) except -1
+    cpdef bint body_unsure(self) except -1
     cpdef int close_result(self) except -1
     cpdef int discard_body(self) except -1
 

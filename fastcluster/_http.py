@@ -28,6 +28,10 @@ from . import wsgi as _wsgi
 from .errors import Demoted
 
 if not cython.compiled:   # the compiled build cimports these (_http_c.pxd)
+    from ._asgi import BodyQueue
+    from ._asgi import start as asgi_start
+    from ._websocket import handshake_problem, is_upgrade
+    from ._websocket import upgrade as ws_upgrade
     from ._exchange import (CLOSED, HIGH_WATER, LAST_IN, LINGERING, OPEN, PEER_CLOSED, UNREAD, Channel,
                            new_exchange)
     # what the read-side deadline is for (HttpConnection.wait)
@@ -51,6 +55,7 @@ EMPTY_INPUT = _wsgi.EMPTY_INPUT
 HEADER_KEYS = _wsgi.HEADER_KEYS
 header_key = _wsgi.header_key
 split_target = _wsgi.split_target
+split_asgi_target = _wsgi.split_asgi_target
 check_head = _wsgi.check_head
 error_response = _wsgi.error_response
 Reject = _wsgi.Reject
@@ -58,6 +63,7 @@ log = _wsgi.log
 refusal_cell = _board.refusal_cell
 CONTINUE_LINE = _wsgi.CONTINUE_LINE
 METHODS = {}
+LOWER_NAMES = {}     # a request header name as sent -> lower-cased, for an ASGI scope
 PROTOCOLS = {"1.1": "HTTP/1.1", "1.0": "HTTP/1.0"}
 HTTP11 = PROTOCOLS["1.1"]
 
@@ -77,6 +83,15 @@ def plain_host(host):
         elif not (("a" <= c <= "z") or ("A" <= c <= "Z") or ("0" <= c <= "9") or c == "." or c == "-"):
             return False
     return True
+
+
+def lower_name(name):
+    lowered = LOWER_NAMES.get(name)
+    if lowered is None:
+        lowered = name.lower()
+        if len(LOWER_NAMES) < 512:
+            LOWER_NAMES[name] = lowered
+    return lowered
 
 
 def _query_at(uri):
@@ -114,8 +129,9 @@ class HttpConnection(Channel):
         deadline = write_deadline = 0.0
         served = inflight = head_bytes = nheaders = header_bytes = 0
         body_bytes = 0
-        in_head = head_done = waiting = False
-        cond = None
+        in_head = head_done = waiting = asgi = read_paused = False
+        cond = scope_base = hlist = ws = None
+        pumping = 0
 
     def _setup(self, server, fd, env):
         self.server = server
@@ -129,6 +145,14 @@ class HttpConnection(Channel):
         self._arm(W_HEADERS, server.header_timeout)
         self.start_response = self._start_response
         self.write = self._write
+        self.asgi = server.asgi
+        if self.asgi:
+            # an ASGI request's environ holds only what the server itself reads (its checks, the
+            # access log): the client's address, then the request line and the headers
+            self.scope_base = server._scope_base(env)
+            self.base_environ = {"REMOTE_ADDR": env["REMOTE_ADDR"]}
+            if "REMOTE_PORT" in env:
+                self.base_environ["REMOTE_PORT"] = env["REMOTE_PORT"]
         return 0
 
     def _start_response(self, status, headers, exc_info=None):
@@ -156,6 +180,13 @@ class HttpConnection(Channel):
         self.in_head = True
         self.nheaders = 0
         self.header_bytes = 0
+        if self.asgi:
+            scope = self.scope_base.copy()
+            if server.asgi_state is not None:
+                scope["state"] = server.asgi_state.copy()
+            self.hlist = []
+            scope["headers"] = self.hlist
+            ex.scope = scope
         if self.served or self.wait == W_NONE:
             # a kept-alive connection, or one behind a request being answered: the header
             # deadline runs from the request's first byte (the first one's from the accept)
@@ -175,17 +206,19 @@ class HttpConnection(Channel):
         self.header_bytes += len(name) + len(value) + 4
         if self.nheaders > server.max_headers or self.header_bytes > server.max_header_bytes:
             raise Reject(431)
-        key = HEADER_KEYS.get(name)
-        if key is None:
-            key = header_key(name)
-            if key is None:
-                return
         start = 0
         end = len(value)
         while start < end and (value[start] == 32 or value[start] == 9):
             start += 1
         while end > start and (value[end - 1] == 32 or value[end - 1] == 9):
             end -= 1
+        if self.asgi:
+            self.hlist.append((lower_name(name), value[start:end]))
+        key = HEADER_KEYS.get(name)
+        if key is None:
+            key = header_key(name)
+            if key is None:
+                return
         text = value[start:end].decode("latin-1")
         env = self.cur.environ
         old = env.get(key)
@@ -220,6 +253,20 @@ class HttpConnection(Channel):
         else:
             env["PATH_INFO"] = uri[:query]
             env["QUERY_STRING"] = uri[query + 1:]
+        if self.asgi:
+            scope = ex.scope
+            scope["method"] = method
+            scope["http_version"] = version
+            if query == -2:
+                scope["path"], scope["raw_path"], scope["query_string"] = split_asgi_target(url)
+            elif query < 0:
+                scope["path"] = uri
+                scope["raw_path"] = url
+                scope["query_string"] = b""
+            else:
+                scope["path"] = uri[:query]
+                scope["raw_path"] = url[:query]
+                scope["query_string"] = url[query + 1:]
         ex.keep_alive = parser.should_keep_alive() and server.keep_alive > 0
         ex.head = method == "HEAD"
         ex.http10 = version != "1.1"
@@ -236,7 +283,14 @@ class HttpConnection(Channel):
             self.body_bytes = 0
             self._arm(W_BODY, server.body_timeout)
             expect = env.get("HTTP_EXPECT")
-            if expect is not None and expect.lower() == "100-continue" and not ex.http10:
+            if self.asgi:
+                # an ASGI app is called now and takes its body as it comes (Cycle.receive)
+                ex.body = BodyQueue()
+                ex.sent_continue = expect is None or expect.lower() != "100-continue" or ex.http10
+                ex.early = True
+                self.pending.append(ex)
+                self._received(ex)
+            elif expect is not None and expect.lower() == "100-continue" and not ex.http10:
                 ex.body = LazyInput(self._fill_body)
                 env["wsgi.input"] = ex.body
                 ex.early = True
@@ -254,6 +308,10 @@ class HttpConnection(Channel):
         if server.max_body and self.body_bytes > server.max_body:
             raise Reject(413)
         self._arm(W_BODY, server.body_timeout)
+        if self.asgi:
+            if self.cur.body.add(data) >= HIGH_WATER:
+                self._pause_reading()        # the app is 1 MiB behind: let the client wait
+            return
         self.cur.body.add(data)
         self._notify()
 
@@ -291,16 +349,29 @@ class HttpConnection(Channel):
         self._on_event()
 
     def _feed(self, data, n):
-        """Give `n` bytes just read to the parser; a bad request is refused here."""
+        """Give `n` bytes just read to the parser (or, after a WebSocket handshake, to the
+        session); a bad request is refused here."""
+        if self.ws is not None:
+            self.ws.feed(data)
+            return 0
         self.head_done = False
         try:
             self.parser.feed_data(data)
-        except HttpParserUpgrade:
-            # Upgrade/CONNECT: answered as a plain request, then the connection ends.
+        except HttpParserUpgrade as exc:
+            # Upgrade/CONNECT: answered as a plain request, then the connection ends; for an
+            # ASGI app, a WebSocket handshake becomes a session, which takes the rest of the input.
             if self.pending:
                 last = self.pending[-1]
                 if type(last) is not int:
-                    last.keep_alive = False
+                    if self.asgi and is_upgrade(last.environ):
+                        problem = handshake_problem(last)
+                        if not problem:
+                            self.ws = ws_upgrade(self, last, bytes(data[exc.args[0]:]))
+                            return 0
+                        self._unreceive()
+                        self.pending.append(problem)
+                    else:
+                        last.keep_alive = False
             self._stop_reading(LAST_IN)
             return 0
         except HttpParserError as exc:
@@ -339,6 +410,11 @@ class HttpConnection(Channel):
         """Move the connection on to `state` (never back)."""
         if state > self.state:
             self.state = state
+            if self.ws is not None:
+                if state == PEER_CLOSED:
+                    self.ws.eof()
+            elif self.asgi and self.resp is not None and self.resp.cycle is not None:
+                self.resp.cycle.input_ended()    # an ASGI app waiting on receive(): nothing more comes
         return 0
 
     def _reject(self, status):
@@ -347,14 +423,32 @@ class HttpConnection(Channel):
         self.in_head = False
         cur = self.cur
         if cur is not None:
+            if cur.cycle is not None:
+                cur.cycle.refused()          # an ASGI app reading this body: it is over for the app
+            elif cur.early and self.pending and self.pending[-1] is cur:
+                self._unreceive()            # dispatched early but not called yet: the refusal replaces it
             cur.discard_body()
             self.cur = None
         self.pending.append(status)
         return 0
 
+    def _refusable(self):
+        """The request being read is an ASGI app's, called already, and nothing of its response
+        is out: a refusal of its body (408) can still be the answer."""
+        ex = self.cur
+        return ex is not None and ex is self.resp and ex.cycle is not None and not ex.headers_sent
+
     def _received(self, ex):
         self.inflight += 1
         self.server.cells[B_IN_FLIGHT] += 1
+        return 0
+
+    def _unreceive(self):
+        """The last request read is refused after all (a bad WebSocket handshake): out of the
+        pipeline and the in-flight count; the caller queues its refusal in its place."""
+        self.pending.pop()
+        self.inflight -= 1
+        self.server.cells[B_IN_FLIGHT] -= 1
         return 0
 
     def _complete(self, ex):
@@ -401,14 +495,18 @@ class HttpConnection(Channel):
 
     def tick(self, now):
         """Once a second, from the server: act on a deadline that passed; when the worker is
-        stopping, end the connection cleanly once it stays idle. All of its timeouts are here."""
+        stopping, end the connection cleanly once it stays idle. All of its timeouts are here
+        (a WebSocket's keep-alive ping too)."""
+        if self.ws is not None:
+            self.ws.tick(now)
         if self.state == LINGERING:
             if now >= self.deadline:
                 self.close()                 # the client did not close after our FIN
         elif self.write_deadline and now >= self.write_deadline:
             self.close()                     # the client stopped reading our response
         elif self.wait != W_NONE and now >= self.deadline:
-            if (self.wait == W_HEADERS or self.wait == W_BODY) and self.resp is None and not self.pending:
+            if (self.wait == W_HEADERS or self.wait == W_BODY) and not self.pending and (
+                    self.resp is None or self._refusable()):
                 self._reject(408)            # headers (or a body) too slow to arrive
                 self._pump()
             else:
@@ -421,6 +519,12 @@ class HttpConnection(Channel):
 
     def _pump(self):
         """Produce and send responses until done, or until the socket is full."""
+        self.pumping += 1
+        self._pump_all()
+        self.pumping -= 1
+        return 0
+
+    def _pump_all(self):
         server = self.server
         pending = self.pending
         while self.state != CLOSED:
@@ -428,6 +532,8 @@ class HttpConnection(Channel):
             if ex is not None and ex.in_app:
                 if self.out_size and not self._flush():
                     return 0
+                if ex.cycle is not None:
+                    ex.cycle.drained()       # an ASGI app waiting for its client to catch up
                 break                        # an app call produces this one: send what it queued
             if ex is not None and ex.done:
                 self._complete(ex)
@@ -511,6 +617,12 @@ class HttpConnection(Channel):
         connection back (_post) and leaves the loop's code (Demoted) to become a spare thread."""
         server = self.server
         pool = server.pool
+        if self.asgi:
+            if ex.cycle is not None:
+                ex.cycle.start(self.app)     # a WebSocket session (upgrade())
+            else:
+                asgi_start(ex, self.app, server.aloop)
+            return 0
         ex.in_app = True
         if pool is None:
             if first:
@@ -542,6 +654,8 @@ class HttpConnection(Channel):
             self.server.pool._returned()
             if self.state == CLOSED and ex.done:
                 self._complete(ex)           # its access log line; nothing more can be sent
+        elif ex is not None and ex.cycle is not None and self.state == CLOSED and ex.done:
+            self._complete(ex)               # an ASGI exchange the client left: its access log line
         if self.state != CLOSED:
             self._pump()
         return 0
@@ -556,9 +670,17 @@ class HttpConnection(Channel):
         return self.server._await(self, AWAIT_DRAINED)
 
     def _produced(self):
-        """Inside an app call with app threads: the loop (whichever thread runs it) sends this."""
-        if self.server.pool is not None:
+        """Output was queued inside an app call: with app threads, the loop (whichever thread runs
+        it) sends it; for an ASGI app, the event loop's next turn does, unless this connection's
+        _pump() is on the stack (it sends it then)."""
+        if self.server.pool is not None or (self.asgi and not self.pumping):
             self.server._post(self)
+        return 0
+
+    def _body_taken(self):
+        """An ASGI app took what was read of its body: read more, if reading was paused for it."""
+        if self.read_paused:
+            self._resume_reading()
         return 0
 
     def _mark(self, what):
@@ -637,6 +759,9 @@ class HttpConnection(Channel):
         if self.state == CLOSED:
             return
         self.state = CLOSED
+        ex = self.resp
+        if ex is not None and ex.cycle is not None:
+            ex.cycle.disconnect()            # an ASGI app: http.disconnect
         server = self.server
         server.conns.pop(self.fd, None)
         self._release()
@@ -682,7 +807,7 @@ class HttpConnection(Channel):
         raise NotImplementedError
 
     def _want_read(self):
-        """Wait for input (and no longer for room to write)."""
+        """Wait for input (and no longer for room to write); while reading is paused, for neither."""
         raise NotImplementedError
 
     def _shutdown_write(self):

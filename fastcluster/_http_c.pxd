@@ -7,6 +7,8 @@ from fastcluster._clock cimport monotonic
 from fastcluster._server_c cimport HttpServer, AppPool
 from fastcluster._exchange_c cimport (Channel, Exchange, new_exchange, OPEN, LAST_IN, UNREAD, PEER_CLOSED,
                                       LINGERING, CLOSED, HIGH_WATER)
+from fastcluster._asgi_c cimport BodyQueue, start as asgi_start
+from fastcluster._websocket_c cimport WebSocket, handshake_problem, is_upgrade, upgrade as ws_upgrade
 
 # what the read-side deadline is for (HttpConnection.wait)
 cdef enum:
@@ -20,13 +22,16 @@ cdef int AWAIT_BODY, AWAIT_DRAINED
 cdef Py_ssize_t HEAD_SLACK, B_REQUESTS, B_IN_FLIGHT, B_STATUS
 cdef double LINGER
 cdef bytes CONTINUE_LINE
-cdef object BodyBuffer, LazyInput, EMPTY_INPUT, header_key, split_target, check_head, error_response
+cdef object BodyBuffer, LazyInput, EMPTY_INPUT, header_key, split_target, split_asgi_target, check_head
+cdef object error_response
 cdef object Reject, log, refusal_cell, Demoted
-cdef dict HEADER_KEYS, METHODS, PROTOCOLS
+cdef dict HEADER_KEYS, METHODS, PROTOCOLS, LOWER_NAMES
 cdef str HTTP11
 
 @cython.locals(port=bint, c=Py_UCS4)
 cpdef bint plain_host(str host)
+@cython.locals(lowered=bytes)
+cpdef bytes lower_name(bytes name)
 @cython.locals(n=Py_ssize_t, i=Py_ssize_t, query=Py_ssize_t, c=Py_UCS4)
 cdef Py_ssize_t _query_at(str uri) except -3
 
@@ -55,27 +60,36 @@ cdef class HttpConnection(Channel):
         public object write            # the write() start_response returns (bound once)
         public bint waiting            # an app thread waits on `cond` for this connection
         object cond                    # threading.Condition, made the first time one waits
+        public bint asgi               # the app is an ASGI app
+        public bint read_paused        # an ASGI app is 1 MiB behind its request body
+        dict scope_base                # ASGI: what every request's scope on this connection starts from
+        list hlist                     # ASGI: the headers of the request being parsed, as the scope has them
+        int pumping                    # _pump() calls on the stack
+        public WebSocket ws            # after a WebSocket handshake: the session, which takes the input
 
     cdef int _setup(self, HttpServer server, int fd, dict env) except -1
-    @cython.locals(server=HttpServer, ex=Exchange)
+    @cython.locals(server=HttpServer, ex=Exchange, scope=dict)
     cpdef on_message_begin(self)
     @cython.locals(start=Py_ssize_t, end=Py_ssize_t, server=HttpServer, env=dict)
     cpdef on_header(self, bytes name, bytes value)
     @cython.locals(ex=Exchange, env=dict, server=HttpServer, uri=str, url=bytes, query=Py_ssize_t,
-                   protocol=str, method=str)
+                   protocol=str, method=str, scope=dict)
     cpdef on_headers_complete(self)
     @cython.locals(server=HttpServer)
     cpdef on_body(self, bytes data)
     @cython.locals(ex=Exchange)
     cpdef on_message_complete(self)
-    @cython.locals(server=HttpServer)
+    @cython.locals(server=HttpServer, last=Exchange, problem=int)
     cdef int _feed(self, object data, Py_ssize_t n) except -1
     @cython.locals(ex=Exchange)
     cpdef bint _fill_body(self) except -1
     cdef int _stop_reading(self, int state) except -1
     @cython.locals(cur=Exchange)
     cdef int _reject(self, int status) except -1
+    @cython.locals(ex=Exchange)
+    cdef bint _refusable(self) except -1
     cdef int _received(self, Exchange ex) except -1
+    cdef int _unreceive(self) except -1
     @cython.locals(server=HttpServer, code=int)
     cdef int _complete(self, Exchange ex) except -1
     cdef int _close_after(self) except -1
@@ -83,8 +97,9 @@ cdef class HttpConnection(Channel):
     cdef int _drop_pending(self) except -1
     cdef int _arm(self, int wait, double seconds) except -1
     cpdef int tick(self, double now) except -1
-    @cython.locals(ex=Exchange, server=HttpServer)
     cdef int _pump(self) except -1
+    @cython.locals(ex=Exchange, server=HttpServer)
+    cdef int _pump_all(self) except -1
     cpdef _pump_now(self)
     @cython.locals(ex=Exchange)
     cpdef double _call_age(self, double now) except -1
@@ -96,6 +111,7 @@ cdef class HttpConnection(Channel):
     cpdef _handed_back(self)
     cdef bint _wait_writable(self) except -1
     cdef int _produced(self) except -1
+    cdef int _body_taken(self) except -1
     @cython.locals(ex=Exchange)
     cpdef long long _mark(self, int what) except? -1
     @cython.locals(ex=Exchange)

@@ -58,6 +58,7 @@ cdef class Server(HttpServer):
     cdef int _ring(self, Py_ssize_t index) except -1
     cpdef _iterate(self, double limit)
     cpdef _signal(self)
+    cpdef int _poll_fd(self) except -1
     cdef int _watch(self, int fd, unsigned int events) except -1
     cdef int _accept(self) except -1
     cdef Connection _add(self, int fd, dict env)
@@ -81,6 +82,8 @@ cdef class Connection(HttpConnection):
     cdef bint _sendfile_step(self) except -1
     cdef int _want_write(self) except -1
     cdef int _want_read(self) except -1
+    cdef int _pause_reading(self) except -1
+    cdef int _resume_reading(self) except -1
     cdef int _set_mask(self, unsigned int mask) except -1
     cdef bint _shutdown_write(self) except -1
     cdef int _drop_input(self) except -1

@@ -128,10 +128,13 @@ class Server(HttpServer):
         if self.bell >= 0:
             self.ep.register(self.bell, select.EPOLLIN)
         self._serve_start(ready)
-        if self.pool is not None:
-            self.pool._start()
         try:
-            self._member(True)
+            if self.aloop is not None:
+                self._run_asyncio()          # an ASGI app: the event loop drives this one
+            else:
+                if self.pool is not None:
+                    self.pool._start()
+                self._member(True)
         finally:
             if self.pool is not None:
                 self.pool.finish()
@@ -197,6 +200,9 @@ class Server(HttpServer):
 
     def _signal(self):
         os.eventfd_write(self.efd, 1)
+
+    def _poll_fd(self):
+        return self.ep.fileno()
 
     def _set_accepting(self, on):
         """Watch the listening socket or not: off when stopping, full, or out of descriptors."""
@@ -294,6 +300,8 @@ class Connection(HttpConnection):
         try:
             n = self.sock.recv_into(server.rbuf)
         except BlockingIOError:
+            if self.mask & EPOLLOUT:
+                self._pump()     # a WebSocket reads while it waits to write: this was the write
             return
         except OSError:
             self.close()
@@ -362,14 +370,28 @@ class Connection(HttpConnection):
         return True
 
     def _want_write(self):
+        # (an HTTP connection reads nothing more until its output is out; a WebSocket, full
+        # duplex, goes on reading unless its app is behind)
+        mask = EPOLLOUT | EPOLLIN if self.ws is not None and not self.read_paused else EPOLLOUT
         self.write_deadline = self.server.now + self.server.write_timeout
-        if self.mask != EPOLLOUT:
-            self._set_mask(EPOLLOUT)
+        if self.mask != mask:
+            self._set_mask(mask)
 
     def _want_read(self):
+        mask = 0 if self.read_paused else EPOLLIN
         self.write_deadline = 0.0
-        if self.mask != EPOLLIN:
-            self._set_mask(EPOLLIN)
+        if self.mask != mask:
+            self._set_mask(mask)
+
+    def _pause_reading(self):
+        self.read_paused = True
+        if self.mask & EPOLLIN:
+            self._set_mask(self.mask & ~EPOLLIN)    # (a hang-up is still reported; reading then finds it)
+
+    def _resume_reading(self):
+        self.read_paused = False
+        if self.mask == 0 or (self.mask == EPOLLOUT and self.ws is not None):
+            self._set_mask(self.mask | EPOLLIN)
 
     def _set_mask(self, mask):
         self.mask = mask

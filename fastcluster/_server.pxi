@@ -48,10 +48,13 @@ cdef class Server(HttpServer):
         if self.bell_fd >= 0:
             self._watch(self.bell_fd, EPOLLIN)
         self._serve_start(ready)
-        if self.pool is not None:
-            (<Pool>self.pool)._start()
         try:
-            self._member(True)
+            if self.aloop is not None:
+                self._run_asyncio()          # an ASGI app: the event loop drives this one
+            else:
+                if self.pool is not None:
+                    (<Pool>self.pool)._start()
+                self._member(True)
         finally:
             if self.pool is not None:
                 self.pool.finish()
@@ -122,6 +125,9 @@ cdef class Server(HttpServer):
     cpdef _signal(self):
         cdef unsigned long long one = 1
         c_write(self.efd, &one, sizeof(one))
+
+    cpdef int _poll_fd(self) except -1:
+        return self.epfd
 
     cdef int _set_accepting(self, bint on) except -1:
         """Watch the listening socket or not: off when stopping, full, or out of descriptors."""

@@ -23,6 +23,7 @@ through their Python-visible methods, so that nothing here depends on them.
 
 import os
 import socket as _socket
+import sys
 from collections import deque
 
 try:
@@ -41,6 +42,7 @@ from .sockets import describe as _describe
 DRAIN_LINGER = 1.0          # on stop, idle connections get this long for a request already on its way
 BALANCE_PAUSE = 0.01        # a worker that leaves connections to a lighter one stops accepting this long
 BALANCE_SLACK = 1           # a worker this many connections above an accepting peer leaves the next ones to it
+ASGI_VERSION = {"version": "3.0", "spec_version": "2.4"}
 LONG_CALL = 0.001           # an app call this long probably waits: most of them so, and the loop is handed over up front
 NESTED_WAIT = 0.05          # a nested iteration waits at most this long, then looks at its condition again
 
@@ -154,6 +156,10 @@ class HttpServer:
         requests = nested = 0
         board_index = -1
         board = pool = None
+        asgi = soon = False
+        aloop = asgi_state = failure = timer = None
+        timer_at = ws_ping_interval = ws_ping_timeout = 0.0
+        ws_max_size = 0
 
     def _configure(self, listener, app, config, wakeup_fd, master_pid, tick, board, board_index, access_log):
         config = config or _Config()
@@ -195,7 +201,28 @@ class HttpServer:
         else:
             self.cells = _board.private_cells()
         self.access = access_log
+        # ASGI (use_asyncio): the scope's "server"
+        self.asgi_server = (name, int(port)) if self.tcp else (name, None)
+        self.ws_max_size = config.ws_max_size
+        self.ws_ping_interval = config.ws_ping_interval
+        self.ws_ping_timeout = config.ws_ping_timeout
         return 0
+
+    def use_asyncio(self, loop, state=None):
+        """Serve an ASGI app on `loop` (asyncio's or uvloop's, not running yet): serve() then
+        runs that loop, with this loop's epoll set as one of its readers. `state` is the
+        lifespan's state, copied into each request's scope."""
+        self.asgi = True
+        self.aloop = loop
+        self.asgi_state = state
+        self.pool = None      # (never started: an ASGI app's waits are tasks on the loop, not app threads)
+        return 0
+
+    def _scope_base(self, env):
+        """What every ASGI scope of a connection starts from (`env`: the connection's environ)."""
+        client = (env["REMOTE_ADDR"], int(env["REMOTE_PORT"])) if self.tcp else None
+        return {"type": "http", "asgi": ASGI_VERSION, "http_version": "1.1", "scheme": "http",
+                "server": self.asgi_server, "client": client, "root_path": ""}
 
     def resume_accepting(self):
         if (not self.accepting and not self.stopping and self.now >= self.accept_paused_until
@@ -306,10 +333,110 @@ class HttpServer:
 
     def _post(self, conn):
         """From an app thread: hand `conn` back to the loop (its call returned), or ask the loop to
-        look at it (output to flush, a 100 Continue to send)."""
+        look at it (output to flush, a 100 Continue to send). For an ASGI app, from the event
+        loop's thread: the loop's next turn looks at it."""
         self.posted.append(conn)
-        self._signal()
+        if self.aloop is None:
+            self._signal()
+        elif not self.soon:
+            self.soon = True
+            self.aloop.call_soon(self._turn)
         return 0
+
+    # --- ASGI: this loop driven by an asyncio event loop ---
+
+    def _run_asyncio(self):
+        """serve() for an ASGI app: run the event loop until the stop is over. The event loop
+        watches this loop's epoll descriptor; when it is ready, one _iterate() without waiting
+        handles what it has. The ticks and accept pauses are the event loop's timers."""
+        loop = self.aloop
+        fd = self._poll_fd()
+        loop.add_reader(fd, self._on_poll)
+        self._arm_timer(self._wait_ms(1.0) / 1000.0)
+        try:
+            loop.run_forever()
+        finally:
+            loop.remove_reader(fd)
+            if self.timer is not None:
+                self.timer.cancel()
+        if self.failure is not None:
+            failure = self.failure
+            self.failure = None
+            raise failure
+
+    def _on_poll(self):
+        if self.finished:
+            return               # (serve() is over: the worker's lifespan shutdown runs on this loop)
+        try:
+            self._iterate(0.0)
+            self._after_turn()
+        except BaseException:
+            self._crashed()
+
+    def _turn(self):
+        """call_soon's callback: connections posted during the event loop's turn."""
+        self.soon = False
+        if self.finished:
+            return
+        try:
+            self._woke(monotonic())
+            self._after_events()
+            self._after_turn()
+        except BaseException:
+            self._crashed()
+
+    def _on_timer(self):
+        self.timer = None
+        self.timer_at = 0.0
+        if self.finished:
+            return
+        try:
+            self._woke(monotonic())
+            self._after_events()
+            self._after_turn()
+        except BaseException:
+            self._crashed()
+
+    def _after_turn(self):
+        """After each of the event loop's calls into this loop: stop it once the stop is over;
+        a timer for the next tick, or for an accept pause that ends sooner."""
+        if self._done():
+            self.finished = True
+            self.aloop.stop()
+            return 0
+        wake = self.next_tick
+        if not self.accepting and self.accept_paused_until and self.accept_paused_until < wake:
+            wake = self.accept_paused_until
+        if self.timer is None or wake < self.timer_at - 0.0005:
+            self._arm_timer(wake - self.now)
+        return 0
+
+    def _arm_timer(self, delay):
+        if self.timer is not None:
+            self.timer.cancel()
+        if delay < 0.0005:
+            delay = 0.0005
+        self.timer_at = self.now + delay
+        self.timer = self.aloop.call_later(delay, self._on_timer)
+        return 0
+
+    def _crashed(self):
+        """This loop's code failed inside an event loop callback (a bug): the event loop stops and
+        serve() raises it, as the WSGI loop would (the worker exits 1 and is replaced)."""
+        self.failure = sys.exc_info()[1]
+        self.finished = True
+        self.aloop.stop()
+        return 0
+
+    def request_stop(self):
+        """SIGTERM's handler: a graceful stop, acted on at the loop's next turn (which, for an ASGI
+        app, is made to come now: uvloop does not pass the signal to this loop's wake-up fd)."""
+        self.stop_requested = True
+        if self.aloop is not None and not self.finished:
+            try:
+                self.aloop.call_soon_threadsafe(self._turn)
+            except RuntimeError:     # the event loop is closed
+                pass
 
     def _defer(self, conn):
         """`conn` has a request to dispatch once an app call may start (after a nested wait, or
@@ -416,4 +543,8 @@ class HttpServer:
 
     def _signal(self):
         """Wake the loop's wait (from another thread)."""
+        raise NotImplementedError
+
+    def _poll_fd(self):
+        """The descriptor of this loop's epoll set (for an event loop to watch)."""
         raise NotImplementedError

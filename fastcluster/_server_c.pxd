@@ -8,6 +8,7 @@ cdef double DRAIN_LINGER, BALANCE_PAUSE, NESTED_WAIT, LONG_CALL
 cdef Py_ssize_t BALANCE_SLACK
 cdef Py_ssize_t B_HEADER, B_STRIDE, B_CONNS, B_NOT_ACCEPTING, B_RSS, B_BEAT, B_BUSY
 cdef object rss_bytes, log
+cdef dict ASGI_VERSION
 cpdef _fail_worker()
 
 cdef class HttpServer
@@ -63,7 +64,7 @@ cdef class HttpServer:
         int master_pid
         public bint stop_requested     # set from a signal handler; the loop acts on it
         public bint stopping
-        double deadline
+        public double deadline         # stopping: when the grace time is up
         public dict conns              # fd -> Connection
         bint tcp                # a TCP listener (client addresses, TCP_NODELAY)
         public unsigned long long requests
@@ -79,6 +80,18 @@ cdef class HttpServer:
         Py_ssize_t board_index
         public long long[::1] cells    # this worker's cells (board.py layout): on the Board, or private
         public object access           # logs.AccessLog, or None (--access-log off)
+        # ASGI
+        public bint asgi               # serving an ASGI app, on `aloop`
+        public object aloop            # the asyncio (or uvloop) event loop
+        public object asgi_state       # the lifespan's state (a dict), or None
+        public tuple asgi_server       # the scope's "server"
+        public long long ws_max_size   # WebSockets: --ws-max-size (0: no limit)
+        public double ws_ping_interval
+        public double ws_ping_timeout
+        bint soon                      # a call_soon of _turn is pending
+        object failure                 # an exception raised in an event loop callback
+        object timer                   # the event loop's TimerHandle for _on_timer
+        double timer_at
 
     cdef int _configure(self, object listener, object app, object config, int wakeup_fd, int master_pid,
                         object tick, object board, Py_ssize_t board_index, object access_log) except -1
@@ -105,6 +118,14 @@ cdef class HttpServer:
     cdef int _flush_access(self) except -1
     cdef int _serve_start(self, object ready) except -1
     cdef int _serve_end(self) except -1
+    cpdef int use_asyncio(self, object loop, object state=*) except -1
+    @cython.locals(client=tuple)
+    cpdef dict _scope_base(self, dict env)
+    cpdef _run_asyncio(self)
+    cdef int _after_turn(self) except -1
+    cdef int _arm_timer(self, double delay) except -1
+    cdef int _crashed(self) except -1
+    cpdef request_stop(self)
 
     # the loop's I/O (_parser.pyx)
     cdef int _set_accepting(self, bint on) except -1
@@ -112,3 +133,4 @@ cdef class HttpServer:
     cdef int _accept(self) except -1
     cpdef _iterate(self, double limit)
     cpdef _signal(self)
+    cpdef int _poll_fd(self) except -1

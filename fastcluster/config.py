@@ -186,6 +186,20 @@ SETTINGS = (
     Setting("loop", ("--loop",), loop_name, "auto",
             "request loop: cython (compiled), python (pure-Python twin) or auto (compiled when built)",
             "{auto,cython,python}"),
+    Setting("interface", ("--interface",), choice("auto", "wsgi", "asgi"), "auto",
+            "the app's interface: auto tells an ASGI app (an async callable) from a WSGI one", "{auto,wsgi,asgi}"),
+    Setting("event_loop", ("--event-loop",), choice("auto", "asyncio", "uvloop"), "auto",
+            "ASGI apps: the event loop each worker runs (auto: uvloop when installed, else asyncio)",
+            "{auto,asyncio,uvloop}"),
+    Setting("lifespan", ("--lifespan",), choice("auto", "on", "off"), "auto",
+            "ASGI lifespan: on (startup must succeed in each worker before it serves), off, or auto "
+            "(on unless the app does not support it)", "{auto,on,off}"),
+    Setting("ws_max_size", ("--ws-max-size",), positive_int, 16 * 1024 * 1024,
+            "largest incoming WebSocket message in bytes (then close code 1009)", "BYTES"),
+    Setting("ws_ping_interval", ("--ws-ping-interval",), non_negative_float, 20.0,
+            "seconds between keep-alive pings on an idle WebSocket (0: none)", "S"),
+    Setting("ws_ping_timeout", ("--ws-ping-timeout",), non_negative_float, 20.0,
+            "seconds a WebSocket client gets to answer a ping before it is closed (0: no limit)", "S"),
     Setting("backlog", ("--backlog",), positive_int, 2048,
             "listen queue length of the shared socket", "N"),
     Setting("keep_alive", ("--keep-alive",), non_negative_float, 75.0,
@@ -269,6 +283,12 @@ class Config:
     workers: int = _default("workers")
     threads: int = _default("threads")
     loop: str = _default("loop")
+    interface: str = _default("interface")
+    event_loop: str = _default("event_loop")
+    lifespan: str = _default("lifespan")
+    ws_max_size: int = _default("ws_max_size")
+    ws_ping_interval: float = _default("ws_ping_interval")
+    ws_ping_timeout: float = _default("ws_ping_timeout")
     backlog: int = _default("backlog")
     keep_alive: float = _default("keep_alive")
     graceful_timeout: float = _default("graceful_timeout")

@@ -27,3 +27,7 @@ class AppImportError(FastclusterError):
 class Demoted(Exception):
     """Not an error: raised in a worker thread whose app call returned after another thread took
     the loop over; it unwinds the loop's code on that thread, which then waits as a spare."""
+
+
+class ClientDisconnected(OSError):
+    """An ASGI app's send() on a WebSocket that is closed (the ASGI spec asks for an OSError)."""

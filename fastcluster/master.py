@@ -75,6 +75,7 @@ class Master:
         self.restarts = {}                # slot -> {cause: count}
         self.metrics = None               # metrics.Endpoint, with --metrics-bind
         self.loop_name = loop.resolve(config.loop)
+        _check_event_loop(config)
         self.target = config.workers
         self.workers = {}                 # pid -> WorkerRecord
         self.rollout = Rollout(self.workers, self._spawn, self._stop_worker)
@@ -87,6 +88,7 @@ class Master:
         self.exit_code = EXIT_OK
         self.booted = False               # a first worker loaded the app
         self.announced = False            # the listening line was printed
+        self.interface = ""               # what the first ready worker said of the app ("a WSGI app", ...)
         self.respawn_at = {}              # slot -> monotonic time of the next start
         self.failures = {}                # slot -> consecutive early deaths (or failed forks)
         self.handlers = {
@@ -244,6 +246,7 @@ class Master:
             if kind == b"R" and rec.state == "spawning":
                 log.debug("worker %d (pid %d) is ready", rec.slot, rec.pid)
                 rec.state = "online"
+                self.interface = arg.decode("ascii", "replace") or self.interface
                 self.next_status = 0.0
                 self._on_online(rec)
             elif kind == b"S" and rec.state == "online" and not rec.expected_exit and not rec.kill_at:
@@ -392,6 +395,8 @@ class Master:
             online = sum(1 for w in self.workers.values() if w.state == "online" and not w.expected_exit)
             if online >= self.target:
                 self.announced = True
+                if self.interface:
+                    logs.say("fastcluster: the app is %s" % self.interface)
                 logs.say("fastcluster: listening on %s" % self.url)
 
     def _reap(self):
@@ -490,6 +495,7 @@ class Master:
 
     def _apply(self, new):
         """Take the settings of a re-read config; the socket and files stay as they are."""
+        _check_event_loop(new)
         if new.access_log != self.config.access_log:
             try:
                 logs.check_access_target(new.access_log)
@@ -542,6 +548,14 @@ class Master:
 
 def _no_op(signum, frame):
     pass
+
+
+def _check_event_loop(config):
+    if config.event_loop == "uvloop":
+        from .asgi import has_uvloop
+
+        if not has_uvloop():
+            raise ConfigError("--event-loop uvloop: uvloop is not installed (pip install 'fastcluster[uvloop]')")
 
 
 def _kill(pid, sig):

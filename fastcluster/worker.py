@@ -20,11 +20,12 @@ import random
 import signal
 import socket
 import sys
+import time
 import traceback
 from typing import Any, Optional
 
-from . import loop
-from .errors import EXIT_BOOT_ERROR, EXIT_OK
+from . import asgi, loop
+from .errors import EXIT_APP_LOAD_ERROR, EXIT_BOOT_ERROR, EXIT_OK
 from .importer import load_app
 from .logs import AccessLog, reopen_log, say
 from .proctitle import set_title
@@ -33,7 +34,7 @@ from .sockets import describe
 PR_SET_PDEATHSIG = 1
 
 # Status pipe messages, one line each, worker -> master:
-READY = b"R\n"            # the app is loaded and the loop accepts
+READY = b"R %s\n"         # the app is loaded and the loop accepts; what the app is ("an ASGI app on uvloop")
 HEARTBEAT = b"H\n"        # once a second from the loop (the counters themselves are on the board)
 RECYCLE = b"X %s\n"       # please replace me (max-requests, max-worker-memory)
 STUCK = b"S\n"            # an app call has run past --timeout (with app threads the loop goes on ticking)
@@ -71,7 +72,7 @@ class _Stop:
     def __call__(self, signum, frame):
         self.requested = True
         if self.server is not None:
-            self.server.stop_requested = True
+            self.server.request_stop()
 
 
 def _die_with_parent(master_pid: int) -> None:
@@ -204,15 +205,52 @@ def _serve(spec, stop, wake_r, wake_w):
     server = impl.Server(spec.listener, app, config, wakeup_fd=wake_r.fileno(), master_pid=spec.master_pid,
                          tick=heartbeat, board=spec.board, board_index=spec.board_index, access_log=access_log,
                          bells=spec.bells)
-    stop.server = server
-    server.stop_requested = stop.requested
     _url, _name, _port, short = describe(spec.listener)
+    if asgi.interface_of(app, config.interface) == "asgi":
+        return _serve_asgi(spec, server, app, stop, access_log, short)
+    what = "a WSGI app, %d app thread%s per worker" % (config.threads, "" if config.threads == 1 else "s")
 
     def ready():   # the app is loaded and the loop watches the socket: the master may count on us
         say("Process %d listening on %s" % (os.getpid(), short))
-        os.write(spec.status_fd, READY)
+        os.write(spec.status_fd, READY % what.encode())
 
+    stop.server = server
+    server.stop_requested = stop.requested
     server.serve(ready)
     if access_log is not None:
         access_log.close()
+    return EXIT_OK
+
+
+def _serve_asgi(spec, server, app, stop, access_log, short):
+    """An ASGI app: its event loop, the lifespan startup before the worker says it is ready (a
+    failed one is a boot failure, as an import error is), then serving on that loop; on stop, the
+    app's tasks that outlive their responses, then the lifespan shutdown."""
+    config = spec.config
+    name = asgi.event_loop_name(config.event_loop)
+    aloop = asgi.new_event_loop(name)
+    lifespan = asgi.Lifespan(app, config.lifespan)
+    try:
+        aloop.run_until_complete(lifespan.startup())
+    except asgi.LifespanFailed as exc:
+        print("fastcluster: error: %s" % exc, file=sys.stderr, flush=True)
+        aloop.close()
+        return EXIT_APP_LOAD_ERROR
+    what = "an ASGI app, on the %s event loop" % name
+
+    def ready():
+        say("Process %d listening on %s" % (os.getpid(), short))
+        os.write(spec.status_fd, READY % what.encode())
+
+    server.use_asyncio(aloop, lifespan.state if lifespan.supported else None)
+    stop.server = server
+    server.stop_requested = stop.requested
+    try:
+        server.serve(ready)
+    finally:
+        # what is left of --graceful-timeout (the master kills the worker when it runs out)
+        left = server.deadline - time.monotonic() if server.stopping else config.graceful_timeout
+        asgi.run_shutdown(aloop, lifespan, tasks_timeout=max(left - 1.0, 0.0), shutdown_timeout=max(left, 1.0))
+        if access_log is not None:
+            access_log.close()
     return EXIT_OK

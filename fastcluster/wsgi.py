@@ -65,6 +65,23 @@ def split_target(target: bytes):
     return path.decode("latin-1"), query.decode("latin-1")
 
 
+def split_asgi_target(target: bytes):
+    """Request-target -> (path, raw_path, query_string) as an ASGI scope has them: the path
+    percent-decoded as UTF-8 (str), raw_path and query_string as sent (bytes)."""
+    if target[:1] != b"/" and b"://" in target[:10]:    # absolute-form: http://host/path?q
+        rest = target.split(b"://", 1)[1]
+        cut = min((i for i in (rest.find(b"/"), rest.find(b"?")) if i >= 0), default=len(rest))
+        target = rest[cut:]
+        if target[:1] != b"/":
+            target = b"/" + target
+    raw_path, _, query = target.partition(b"?")
+    if b"#" in raw_path:
+        raw_path = raw_path.partition(b"#")[0]
+    query = query.partition(b"#")[0]
+    path = unquote_to_bytes(raw_path) if b"%" in raw_path else raw_path
+    return path.decode("utf-8", "replace"), raw_path, query
+
+
 class Reject(Exception):
     """Raised from a parser callback: answer this status and close the connection."""
 
@@ -104,13 +121,15 @@ def check_head(env, http10: bool, max_body: int) -> int:
 ERROR_STATUS = {
     400: "400 Bad Request", 408: "408 Request Timeout", 413: "413 Content Too Large",
     414: "414 URI Too Long", 431: "431 Request Header Fields Too Large", 501: "501 Not Implemented",
-    505: "505 HTTP Version Not Supported", 503: "503 Service Unavailable",
+    505: "505 HTTP Version Not Supported", 503: "503 Service Unavailable", 426: "426 Upgrade Required",
 }
+# a refused WebSocket handshake of another version says which one this server speaks (RFC 6455 4.4)
+ERROR_EXTRA = {426: b"Sec-WebSocket-Version: 13\r\n"}
 
 
 def error_response(code: int, date: bytes) -> bytes:
     status = ERROR_STATUS[code]
-    return simple_response(status, status[4:].encode() + b"\n", True, date)
+    return simple_response(status, status[4:].encode() + b"\n", True, date + ERROR_EXTRA.get(code, b""))
 
 
 class EmptyInput:

@@ -15,6 +15,8 @@ BUILDS = {
     "fastcluster._parser": "fastcluster._parser_py",      # the loops: two sources, one API
     "fastcluster._server_c": "fastcluster._server",       # the shared sources: one source, two builds
     "fastcluster._exchange_c": "fastcluster._exchange",
+    "fastcluster._asgi_c": "fastcluster._asgi",
+    "fastcluster._websocket_c": "fastcluster._websocket",
     "fastcluster._http_c": "fastcluster._http",
 }
 ONLY_COMPILED = {"fastcluster._parser": {"AccessWriter"}}   # the C access-log renderer (logs.py renders otherwise)

@@ -78,8 +78,9 @@ def count_in_log(server, text):
     return server.stderr().count(text)
 
 
-def test_three_rolling_restarts_under_load_drop_nothing(impl):
-    with Server("apps.suite:app", "--bind", "127.0.0.1:0", "--workers", "2", "--loop", impl) as server:
+@pytest.mark.parametrize("app", ["apps.suite:app", "apps.asgi_suite:app"], ids=["wsgi", "asgi"])
+def test_three_rolling_restarts_under_load_drop_nothing(impl, app):
+    with Server(app, "--bind", "127.0.0.1:0", "--workers", "2", "--loop", impl) as server:
         first = set(server.worker_pids)
         load = Load(server)
         try:
@@ -311,8 +312,8 @@ def test_sighup_rereads_the_config_file(tmp_path):
         wait_until(lambda: len(server.worker_pids) == 4, timeout=20, what="3 workers of the new config")
         wait_until(lambda: "rolling restart complete" in server.stderr(), timeout=20, what="the reload")
         assert "config reloaded from %s" % cfg in server.stderr()
-        live = [p for p in server.worker_pids if pid_alive(p)]
         wait_until(lambda: len([p for p in server.worker_pids if pid_alive(p)]) == 3, what="the old worker to go")
+        live = [p for p in server.worker_pids if pid_alive(p)]
         # a broken file: an error in the log, nothing restarted
         cfg.write_text("workers = 'many'\n")
         server.signal(signal.SIGHUP)

@@ -1,0 +1,91 @@
+"""The ASGI workloads of `python benchmarks/compare.py --asgi`: 1 worker, pinned to CPU 0 with the
+load generator on CPU 1, keep-alive, each server fresh for each run, rounds interleaved.
+
+  hello       the raw ASGI hello (bench_asgi:app, 32-byte body), wrk -t1 -c100
+  pipeline16  the same with 16 pipelined requests per write (pipeline.lua), wrk -t1 -c100
+  fastapi     a FastAPI JSON endpoint (bench_fastapi:app), wrk -t1 -c100
+  ws-echo     WebSocket echo of 16-byte text messages: 20 connections, each sends one and waits
+              for its echo, over and over (ws_client.py, on CPU 1): messages/s
+
+The number that counts is the server's CPU per request (or message): the load generator is one
+core, and a server faster than it cannot show that in req/s.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+SERVERS = ["fastcluster-cython", "fastcluster-python", "fastcluster-cython-asyncio", "uvicorn-httptools",
+           "granian-asgi"]
+WORKLOADS = ["hello", "pipeline16", "fastapi", "ws-echo"]
+APPS = {"hello": "bench_asgi:app", "pipeline16": "bench_asgi:app", "fastapi": "bench_fastapi:app",
+        "ws-echo": "bench_asgi:app"}
+
+
+def commands(name, port, bin_, app):
+    host = "127.0.0.1"
+    if name.startswith("fastcluster-"):
+        loop = name.split("-")[1]
+        cmd = [os.path.join(bin_, "fastcluster"), "serve", app, "--workers", "1", "--loop", loop,
+               "--bind", "%s:%d" % (host, port)]
+        if name.endswith("-asyncio"):
+            cmd += ["--event-loop", "asyncio"]
+        return cmd
+    if name == "uvicorn-httptools":
+        return [os.path.join(bin_, "uvicorn"), app, "--host", host, "--port", str(port), "--http", "httptools",
+                "--loop", "uvloop", "--ws", "websockets", "--no-access-log", "--log-level", "warning"]
+    if name == "granian-asgi":
+        return [os.path.join(bin_, "granian"), "--interface", "asgi", "--host", host, "--port", str(port),
+                "--workers", "1", "--loop", "uvloop", "--log-level", "warning", app]
+    raise KeyError(name)
+
+
+def run_ws(port, seconds, pin, python):
+    cmd = [python, os.path.join(HERE, "ws_client.py"), str(port), str(seconds), "20"]
+    if pin:
+        cmd = ["taskset", "-c", "1"] + cmd
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60)
+    m = re.search(r"messages (\d+) errors (\d+)", out.stdout)
+    if not m:
+        raise RuntimeError("ws_client: %s %s" % (out.stdout[-300:], out.stderr[-300:]))
+    count = int(m.group(1))
+    return {"requests": count, "rps": round(count / seconds, 1), "errors": int(m.group(2)), "p50_ms": None,
+            "p99_ms": None}
+
+
+def markdown(report):
+    runs = report["medians"]
+    lines = ["| workload | " + " | ".join(SERVERS) + " |", "|---|" + "---|" * len(SERVERS)]
+    for workload in WORKLOADS:
+        for what, key, fmt in (("server CPU us per request", "server_cpu_us_per_request", "%.1f"),
+                               ("req/s (messages/s)", "rps", "%.0f")):
+            cells = []
+            for name in SERVERS:
+                r = runs.get(workload, {}).get(name)
+                cells.append(fmt % r[key] if r and r.get(key) is not None else "-")
+            lines.append("| %s: %s | %s |" % (workload, what, " | ".join(cells)))
+    lines.append("")
+    lines.append("Ratios (fastcluster-cython against each peer, same run; CPU per request: lower is better):")
+    lines.append("")
+    lines.append("| workload | CPU/req vs uvicorn | CPU/req vs granian | req/s vs uvicorn | req/s vs granian |")
+    lines.append("|---|---|---|---|---|")
+    for workload in WORKLOADS:
+        ours = runs.get(workload, {}).get("fastcluster-cython")
+        row = []
+        for key in ("server_cpu_us_per_request", "rps"):
+            for peer in ("uvicorn-httptools", "granian-asgi"):
+                theirs = runs.get(workload, {}).get(peer)
+                if ours and theirs and ours.get(key) and theirs.get(key):
+                    row.append("%.2f" % (ours[key] / theirs[key]))
+                else:
+                    row.append("-")
+        lines.append("| %s | %s |" % (workload, " | ".join(row)))
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    sys.exit("run it through benchmarks/compare.py --asgi")

@@ -1,0 +1,394 @@
+"""ASGI 3.0 HTTP over the same connections, the same for both request loops: one request's cycle.
+
+Written once, run two ways: as plain Python by the pure-Python loop, and compiled by Cython as
+`fastcluster._asgi_c` for the compiled loop (its C types in `_asgi_c.pxd`). The connection
+(HttpConnection, `_http.py`) parses a request as it does for WSGI; for an ASGI app it also builds
+the scope, and `start()` calls the app with a `Cycle`'s receive and send. The Exchange frames what
+send() gives it, as it frames a WSGI app's response.
+
+- The app's coroutine runs as a real asyncio.Task: anyio, and with it Starlette and FastAPI, needs
+  one (a cancel scope belongs to a task). Its first step runs at once, inside the read that brought
+  the request (`start_task`), so a handler that waits for nothing is answered in that read, its
+  response in the same write as the others of that read, with no turn of the event loop between.
+- `receive()` returns an awaitable that is done already when the body is there (`Ready`), and
+  `send()` frames at once and returns one too, unless the client is 1 MiB behind.
+- A request body is a `BodyQueue`: the connection adds to it as it arrives, and stops reading the
+  socket while the app is 1 MiB behind.
+"""
+
+import asyncio as _asyncio
+import logging
+import sys
+
+try:
+    import cython
+except ImportError:   # plain Python without Cython installed
+    from . import _pure as cython
+
+if not cython.compiled:   # the compiled build cimports these (_asgi_c.pxd)
+    from ._exchange import CLOSED, HIGH_WATER, PEER_CLOSED
+
+from . import wsgi as _wsgi
+
+log = logging.getLogger("fastcluster")
+CONTINUE_LINE = _wsgi.CONTINUE_LINE
+DISCONNECT = {"type": "http.disconnect"}
+EMPTY_BODY = {"type": "http.request", "body": b"", "more_body": False}
+EAGER_START = sys.version_info >= (3, 12)     # asyncio.Task(..., eager_start=True)
+Task = _asyncio.Task
+CALL_FAILED = "the ASGI app failed when called (not an ASGI app? --interface says which it is)"
+TASK_NAME = "fastcluster-asgi"   # (a Task without a name formats one, which costs more than the rest of its making)
+
+
+@cython.freelist(64)
+@cython.cclass
+class Ready:
+    """An awaitable that is done already: `await` gives `value` without suspending the task."""
+
+    def __await__(self):
+        return self
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        if self.value is None:
+            raise StopIteration      # (compiled: no exception object, the cheapest way to say None)
+        raise StopIteration(self.value)
+
+    def send(self, value):
+        if self.value is None:
+            raise StopIteration
+        raise StopIteration(self.value)
+
+    def throw(self, typ, val=None, tb=None):
+        if val is None:
+            val = typ() if isinstance(typ, type) else typ
+        raise val
+
+    def close(self):
+        return None
+
+
+def ready(value):
+    r = Ready.__new__(Ready)
+    r.value = value
+    return r
+
+
+READY_NONE = ready(None)       # send()'s usual answer (it holds nothing, so one serves all)
+
+
+@cython.cclass
+class BodyQueue:
+    """An ASGI request's body: the connection adds to it as it arrives, receive() takes it."""
+
+    if not cython.compiled:
+        size = 0
+        done = closed = False
+        waiter = None
+
+    def __init__(self):
+        self.parts = []
+        self.size = 0
+        self.done = False
+        self.closed = False
+        self.waiter = None
+
+    def add(self, data):
+        """More of the body (the parser's buffer, copied); returns how much is waiting."""
+        if self.closed:
+            return 0
+        self.parts.append(bytes(data))
+        self.size += len(data)
+        self.wake()
+        return self.size
+
+    def finish(self):
+        self.done = True
+        self.wake()
+        return 0
+
+    def wake(self):
+        waiter = self.waiter
+        if waiter is not None:
+            self.waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
+        return 0
+
+    def take(self):
+        parts = self.parts
+        if not parts:
+            return b""
+        data = parts[0] if len(parts) == 1 else b"".join(parts)
+        self.parts = []
+        self.size = 0
+        return data
+
+    def discard(self):
+        """The exchange is over: what is left of the body is dropped as it comes."""
+        self.closed = True
+        self.parts = []
+        self.size = 0
+        self.wake()
+        return 0
+
+
+@cython.cclass
+class Cycle:
+    """One ASGI HTTP request and its response (fields: _asgi_c.pxd).
+
+    `over` is when the exchange goes back to the connection: its response complete (`completed`),
+    or the client gone (`disconnected`), or the app's call ended without completing it. The app's
+    task may run on after that (Starlette's background tasks do); what it sends then goes nowhere.
+    """
+
+    if not cython.compiled:
+        started = completed = disconnected = delivered = over = False
+        task = waiter = drain = None
+
+    # --- receive ---
+
+    def receive(self):
+        """ASGI's receive(): the body as it comes (http.request), then http.disconnect once the
+        response is complete or the client is gone."""
+        ex = self.ex
+        if self.over:
+            return ready(DISCONNECT)
+        body = ex.body
+        if body is None:
+            if not self.delivered:
+                self.delivered = True
+                return ready(EMPTY_BODY)
+            return self._disconnect_later()
+        if body.size or (body.done and not self.delivered):
+            return ready(self._message())
+        if self.delivered:
+            return self._disconnect_later()
+        if not ex.sent_continue and not ex.headers_sent:
+            ex.sent_continue = True      # the 100 Continue goes out when the app first waits for the body
+            conn = ex.conn
+            conn._queue(CONTINUE_LINE)
+            conn._produced()
+        return self._body_later()
+
+    def _message(self):
+        ex = self.ex
+        body = ex.body
+        data = body.take()
+        more = not body.done
+        if not more:
+            self.delivered = True
+        ex.conn._body_taken()
+        return {"type": "http.request", "body": data, "more_body": more}
+
+    async def _body_later(self):
+        body = self.ex.body
+        while not (body.size or body.done or self.over):
+            if self.ex.conn.state >= PEER_CLOSED or body.closed:
+                self.disconnect()        # the rest of the body cannot come any more
+                break
+            body.waiter = self.loop.create_future()
+            await body.waiter
+        if self.over:
+            return DISCONNECT
+        return self._message()
+
+    async def _disconnect_later(self):
+        # (a client that closed its side is gone for the app, as in uvicorn, though what the app
+        # still sends goes out: the connection ends once its response is complete)
+        while not self.disconnected and self.ex.conn.state < PEER_CLOSED:
+            self.waiter = self.loop.create_future()
+            await self.waiter
+        return DISCONNECT
+
+    # --- send ---
+
+    def send(self, message):
+        """ASGI's send(): http.response.start, then http.response.body pieces."""
+        ex = self.ex
+        kind = message["type"]
+        if self.disconnected:
+            return READY_NONE                # the client is gone: what is sent goes nowhere
+        if not self.started:
+            if kind != "http.response.start":
+                raise RuntimeError("expected ASGI message 'http.response.start', got %r" % (kind,))
+            if self.over:
+                return READY_NONE
+            ex.set_asgi_status(message["status"], message.get("headers", ()))
+            self.started = True
+            return READY_NONE
+        if self.completed:
+            raise RuntimeError("ASGI message %r sent after the response was complete" % (kind,))
+        if kind != "http.response.body":
+            raise RuntimeError("expected ASGI message 'http.response.body', got %r" % (kind,))
+        if self.over:
+            return READY_NONE
+        data = message.get("body", b"")
+        more = message.get("more_body", False)
+        if type(data) is not bytes:
+            data = bytes(data)
+        if not ex.headers_sent:
+            ex.send_headers(-1 if more else len(data))
+        ex.send_body(data)
+        if not more:
+            self._complete()
+            return READY_NONE
+        conn = ex.conn
+        conn._produced()
+        if conn.out_size >= HIGH_WATER:
+            self.drain = self.loop.create_future()
+            return self.drain
+        return READY_NONE
+
+    def drained(self):
+        """From the connection: its output went below HIGH_WATER, or it closed."""
+        drain = self.drain
+        if drain is not None and (self.ex.conn.out_size < HIGH_WATER or self.disconnected):
+            self.drain = None
+            if not drain.done():
+                drain.set_result(None)
+        return 0
+
+    # --- the end ---
+
+    def _complete(self):
+        """The response is complete: the connection accounts for it and goes on with its next
+        request."""
+        ex = self.ex
+        self.completed = True
+        self.over = True
+        ex.finish()
+        ex.in_app = False
+        ex.conn._produced()
+        return 0
+
+    def _wake(self):
+        waiter = self.waiter
+        if waiter is not None:
+            self.waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
+        body = self.ex.body
+        if body is not None:
+            body.wake()
+        self.drained()
+        return 0
+
+    def input_ended(self):
+        """From the connection: it stopped reading (the client closed its side, or nothing more of
+        the request may come): a receive() in wait looks again."""
+        self._wake()
+        return 0
+
+    def refused(self):
+        """The connection refused the request mid-body (a bad chunk, a body too large or too
+        slow): for the app, the client is gone; when nothing of its response is out, the refusal
+        is the answer, and this exchange gives none."""
+        ex = self.ex
+        silent = not ex.headers_sent
+        self.disconnect()
+        if silent:
+            ex.keep = True       # (its refusal, queued after it, ends the connection)
+        return 0
+
+    def disconnect(self):
+        """The client is gone (or its request was refused mid-body): receive() says
+        http.disconnect, what is sent goes nowhere, and the exchange is over for the connection."""
+        if self.disconnected:
+            return 0
+        self.disconnected = True
+        self._wake()
+        if not self.over:
+            self.over = True
+            ex = self.ex
+            ex.keep = False
+            ex.in_app = False
+            ex.done = True
+            ex.conn._produced()
+        return 0
+
+    def task_done(self, task):
+        """The app's call ended: a response it did not start is a 500, one it started and did not
+        complete ends the connection; an exception is logged with its traceback."""
+        ex = self.ex
+        self.task = None
+        if task.cancelled():
+            exc = None
+            if not self.over:
+                log.error("the ASGI app's task was cancelled before it completed its response")
+        else:
+            exc = task.exception()
+        if exc is not None:
+            env = ex.environ
+            log.error("Exception in ASGI app (%s %s)", env.get("REQUEST_METHOD", "?"), env.get("RAW_URI", "?"),
+                      exc_info=(type(exc), exc, exc.__traceback__))
+        elif not self.over and not self.started:
+            log.error("the ASGI app returned without starting a response")
+        elif not self.over:
+            log.error("the ASGI app returned without completing its response")
+        if self.over:
+            return 0
+        self.over = True
+        if not self.started or not ex.headers_sent:
+            ex.abort()                       # a 500: nothing of the response is out
+        else:
+            ex.keep = False                  # part of it is out: the connection is cut
+            ex.done = True
+        ex.in_app = False
+        self._wake()
+        ex.conn._produced()
+        return 0
+
+
+class _Capture:
+    """Stands in for loop.call_soon while a Task is made, and keeps the step it schedules."""
+
+    __slots__ = ("step", "context")
+
+    def __call__(self, callback, *args, context=None):
+        self.step = callback
+        self.context = context
+
+
+_capture = _Capture()
+
+
+def start_task(loop, coro):
+    """A real asyncio.Task for `coro` whose first step runs now, not at the loop's next turn.
+    Python 3.12 has eager_start for that; before it, the Task's constructor schedules its first
+    step with loop.call_soon, which is taken (`_Capture`) for the length of the constructor and
+    run at once. Only called where no task runs (the loop's own callbacks), as asyncio requires."""
+    if EAGER_START:
+        return Task(coro, loop=loop, name=TASK_NAME, eager_start=True)
+    loop.call_soon = _capture
+    try:
+        task = Task(coro, loop=loop, name=TASK_NAME)
+    finally:
+        del loop.call_soon
+    _capture.context.run(_capture.step)
+    return task
+
+
+def start(ex, app, loop):
+    """Call the app on an ASGI request (`ex.scope`); the task may be done already."""
+    cycle = Cycle.__new__(Cycle)
+    cycle.ex = ex
+    cycle.loop = loop
+    ex.cycle = cycle
+    ex.in_app = True
+    try:
+        task = start_task(loop, app(ex.scope, cycle.receive, cycle.send))
+    except Exception:
+        log.exception(CALL_FAILED)
+        cycle.over = True
+        ex.abort()
+        ex.in_app = False
+        return 0
+    if task.done():
+        cycle.task_done(task)
+    else:
+        cycle.task = task
+        task.add_done_callback(cycle.task_done)
+    return 0

@@ -1,0 +1,76 @@
+# The C side of _asgi.py: Cython compiles that plain-Python file as fastcluster._asgi_c with these
+# declarations (pure-Python mode with an augmenting .pxd).
+
+cimport cython
+from fastcluster._exchange_c cimport Channel, Exchange, CLOSED, PEER_CLOSED, HIGH_WATER
+
+cdef object log, Task, _capture
+cdef str TASK_NAME, CALL_FAILED
+cdef bytes CONTINUE_LINE
+cdef dict DISCONNECT, EMPTY_BODY
+cdef bint EAGER_START
+
+
+@cython.final
+cdef class Ready:
+    cdef public object value
+
+
+cpdef Ready ready(object value)
+cdef Ready READY_NONE
+
+
+@cython.final
+cdef class BodyQueue:
+    cdef:
+        public list parts
+        public Py_ssize_t size      # bytes waiting in parts
+        public bint done            # the parser saw the end of the body
+        public bint closed          # the exchange is over: more of the body is dropped
+        public object waiter        # a future receive() waits on
+
+    cpdef Py_ssize_t add(self, object data) except -1
+    cpdef int finish(self) except -1
+    cpdef int wake(self) except -1
+    @cython.locals(parts=list)
+    cpdef bytes take(self)
+    cpdef int discard(self) except -1
+
+
+@cython.final
+cdef class Cycle:
+    cdef:
+        public Exchange ex
+        public object loop
+        public bint started         # http.response.start went through
+        public bint completed       # the last body piece went through
+        public bint disconnected
+        public bint delivered       # the whole body went to the app
+        public bint over            # the exchange is back with the connection
+        public object task
+        public object waiter        # a future _disconnect_later waits on
+        public object drain         # a future send() returned: resolved once the client catches up
+
+    @cython.locals(ex=Exchange, body=BodyQueue, conn=Channel)
+    cpdef receive(self)
+    @cython.locals(ex=Exchange, body=BodyQueue)
+    cdef dict _message(self)
+    @cython.locals(ex=Exchange, conn=Channel)
+    cpdef send(self, dict message)
+    cpdef int drained(self) except -1
+    @cython.locals(ex=Exchange)
+    cdef int _complete(self) except -1
+    @cython.locals(body=BodyQueue)
+    cdef int _wake(self) except -1
+    cpdef int input_ended(self) except -1
+    @cython.locals(ex=Exchange, silent=bint)
+    cpdef int refused(self) except -1
+    @cython.locals(ex=Exchange)
+    cpdef int disconnect(self) except -1
+    @cython.locals(ex=Exchange)
+    cpdef int task_done(self, object task) except -1
+
+
+cpdef object start_task(object loop, object coro)
+@cython.locals(cycle=Cycle)
+cpdef int start(Exchange ex, object app, object loop) except -1
