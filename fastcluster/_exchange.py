@@ -226,7 +226,7 @@ class Exchange:
     """One request and the response to it (fields: _http_c.pxd)."""
 
     if not cython.compiled:   # plain Python: the values a compiled object starts with
-        head = http10 = complete = early = sent_continue = False
+        head = http10 = complete = early = sent_continue = health = False
         body = status = result = iter = cycle = scope = None
         headers = b""
         start = called = 0.0

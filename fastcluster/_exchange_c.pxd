@@ -78,6 +78,7 @@ cdef class Exchange:
         public int file_fd
         public long long file_off
         public long long file_left
+        public bint health          # a --health-path request: the server answers it, not the app
         public object cycle         # ASGI: its _asgi.Cycle, once the app is called
         public object scope         # ASGI: the scope
 

@@ -56,6 +56,8 @@ HEADER_KEYS = _wsgi.HEADER_KEYS
 header_key = _wsgi.header_key
 split_target = _wsgi.split_target
 split_asgi_target = _wsgi.split_asgi_target
+forwarded_client = _wsgi.forwarded_client
+parse_proxy_header = _wsgi.parse_proxy_header
 check_head = _wsgi.check_head
 error_response = _wsgi.error_response
 Reject = _wsgi.Reject
@@ -64,6 +66,9 @@ refusal_cell = _board.refusal_cell
 CONTINUE_LINE = _wsgi.CONTINUE_LINE
 METHODS = {}
 LOWER_NAMES = {}     # a request header name as sent -> lower-cased, for an ASGI scope
+HEALTH_HEADERS = [("Content-Type", "text/plain"), ("Cache-Control", "no-store")]
+HEALTH_OK = b"ok\n"
+HEALTH_STOPPING = b"stopping\n"
 PROTOCOLS = {"1.1": "HTTP/1.1", "1.0": "HTTP/1.0"}
 HTTP11 = PROTOCOLS["1.1"]
 
@@ -129,8 +134,8 @@ class HttpConnection(Channel):
         deadline = write_deadline = 0.0
         served = inflight = head_bytes = nheaders = header_bytes = 0
         body_bytes = 0
-        in_head = head_done = waiting = asgi = read_paused = False
-        cond = scope_base = hlist = ws = None
+        in_head = head_done = waiting = asgi = read_paused = trusted = False
+        cond = scope_base = hlist = ws = proxy_buf = None
         pumping = 0
 
     def _setup(self, server, fd, env):
@@ -145,6 +150,9 @@ class HttpConnection(Channel):
         self._arm(W_HEADERS, server.header_timeout)
         self.start_response = self._start_response
         self.write = self._write
+        # a proxy's headers may set the client's address and scheme (--forwarded-allow-ips)
+        self.trusted = server.trust(env["REMOTE_ADDR"]) if server.tcp else True
+        self.proxy_buf = b"" if server.proxy_protocol else None
         self.asgi = server.asgi
         if self.asgi:
             # an ASGI request's environ holds only what the server itself reads (its checks, the
@@ -267,8 +275,14 @@ class HttpConnection(Channel):
                 scope["path"] = uri[:query]
                 scope["raw_path"] = url[:query]
                 scope["query_string"] = url[query + 1:]
+        if self.trusted and ("HTTP_X_FORWARDED_FOR" in env or "HTTP_X_FORWARDED_PROTO" in env
+                             or "HTTP_FORWARDED" in env):
+            self._forwarded(ex, env)
         ex.keep_alive = parser.should_keep_alive() and server.keep_alive > 0
         ex.head = method == "HEAD"
+        if server.health is not None and (url == server.health or url.startswith(server.health_query)) and (
+                ex.head or method == "GET"):
+            ex.health = True                 # --health-path: answered by the server (_answer_health)
         ex.http10 = version != "1.1"
         self.in_head = False
         self.head_done = True
@@ -301,6 +315,22 @@ class HttpConnection(Channel):
         else:
             env["wsgi.input"] = EMPTY_INPUT
             self.wait = W_NONE
+
+    def _forwarded(self, ex, env):
+        """A trusted proxy's Forwarded or X-Forwarded-* headers: the client's address and scheme."""
+        addr, port, scheme = forwarded_client(env, self.server.trust)
+        if addr is not None:
+            env["REMOTE_ADDR"] = addr
+            env["REMOTE_PORT"] = port
+        if scheme is not None:
+            env["wsgi.url_scheme"] = scheme
+        if self.asgi:
+            scope = ex.scope
+            if addr is not None:
+                scope["client"] = (addr, int(port))
+            if scheme is not None:
+                scope["scheme"] = scheme
+        return 0
 
     def on_body(self, data):
         server = self.server
@@ -354,6 +384,13 @@ class HttpConnection(Channel):
         if self.ws is not None:
             self.ws.feed(data)
             return 0
+        if self.proxy_buf is not None:
+            data = self._proxy_header(data)
+            if data is None:
+                return 0
+            n = len(data)
+            if not n:
+                return 0
         self.head_done = False
         try:
             self.parser.feed_data(data)
@@ -392,6 +429,35 @@ class HttpConnection(Channel):
             if self.head_bytes > server.max_header_bytes + server.max_request_line + HEAD_SLACK:
                 self._reject(431)
         return 0
+
+    def _proxy_header(self, data):
+        """--proxy-protocol: gather the connection's PROXY header (it may come in pieces) and take
+        the client's address from it; what follows it, or None while it is incomplete or after a
+        connection without a valid one was closed (and counted as refused)."""
+        buf = self.proxy_buf + bytes(data)
+        try:
+            found = parse_proxy_header(buf)
+        except ValueError as exc:
+            self.proxy_buf = None
+            server = self.server
+            server.cells[refusal_cell(400)] += 1
+            log.info("closed a connection from %s without a valid PROXY protocol header: %s",
+                     self.base_environ.get("REMOTE_ADDR", "?"), exc)
+            self.close()
+            return None
+        if found is None:
+            self.proxy_buf = buf
+            return None
+        self.proxy_buf = None
+        size, addr, port = found
+        if addr is not None:
+            env = self.base_environ
+            env["REMOTE_ADDR"] = addr
+            env["REMOTE_PORT"] = port
+            self.trusted = self.server.trust(addr)
+            if self.asgi:
+                self.scope_base["client"] = (addr, int(port))
+        return buf[size:]
 
     def _fill_body(self):
         """LazyInput's fill (Expect: 100-continue): the interim 100 Continue the first time, then
@@ -554,7 +620,7 @@ class HttpConnection(Channel):
                     ex = first
                     if not (ex.complete or ex.early):
                         break
-                    if server.nested or (server.pool is not None and not server.pool._can_call()):
+                    if not ex.health and (server.nested or (server.pool is not None and not server.pool._can_call())):
                         server._defer(self)  # an app call may not start now: later, in turn
                         break
                 pending.popleft()
@@ -617,6 +683,9 @@ class HttpConnection(Channel):
         connection back (_post) and leaves the loop's code (Demoted) to become a spare thread."""
         server = self.server
         pool = server.pool
+        if ex.health:
+            self._answer_health(ex)
+            return 0
         if self.asgi:
             if ex.cycle is not None:
                 ex.cycle.start(self.app)     # a WebSocket session (upgrade())
@@ -644,6 +713,20 @@ class HttpConnection(Channel):
         ex.returned = True
         server._post(self)
         raise Demoted()
+
+    def _answer_health(self, ex):
+        """--health-path, answered here and never by the app: 200 while serving, 503 once the
+        master stops or drains (--shutdown-delay), so a balancer sends no more."""
+        if self.server.master_stopping():
+            ex.set_status("503 Service Unavailable", HEALTH_HEADERS, None)
+            body = HEALTH_STOPPING
+        else:
+            ex.set_status("200 OK", HEALTH_HEADERS, None)
+            body = HEALTH_OK
+        ex.send_headers(len(body))
+        ex.send_body(body)
+        ex.finish()
+        return 0
 
     def _handed_back(self):
         """From the server: an app thread handed this connection back (or asked for a flush)."""

@@ -23,9 +23,12 @@ cdef Py_ssize_t HEAD_SLACK, B_REQUESTS, B_IN_FLIGHT, B_STATUS
 cdef double LINGER
 cdef bytes CONTINUE_LINE
 cdef object BodyBuffer, LazyInput, EMPTY_INPUT, header_key, split_target, split_asgi_target, check_head
+cdef object forwarded_client, parse_proxy_header
 cdef object error_response
 cdef object Reject, log, refusal_cell, Demoted
 cdef dict HEADER_KEYS, METHODS, PROTOCOLS, LOWER_NAMES
+cdef list HEALTH_HEADERS
+cdef bytes HEALTH_OK, HEALTH_STOPPING
 cdef str HTTP11
 
 @cython.locals(port=bint, c=Py_UCS4)
@@ -60,6 +63,8 @@ cdef class HttpConnection(Channel):
         public object write            # the write() start_response returns (bound once)
         public bint waiting            # an app thread waits on `cond` for this connection
         object cond                    # threading.Condition, made the first time one waits
+        public bint trusted            # the peer is a proxy whose Forwarded headers count (--forwarded-allow-ips)
+        bytes proxy_buf                # --proxy-protocol: the header so far (None once it is read)
         public bint asgi               # the app is an ASGI app
         public bint read_paused        # an ASGI app is 1 MiB behind its request body
         dict scope_base                # ASGI: what every request's scope on this connection starts from
@@ -75,12 +80,16 @@ cdef class HttpConnection(Channel):
     @cython.locals(ex=Exchange, env=dict, server=HttpServer, uri=str, url=bytes, query=Py_ssize_t,
                    protocol=str, method=str, scope=dict)
     cpdef on_headers_complete(self)
+    @cython.locals(scope=dict)
+    cdef int _forwarded(self, Exchange ex, dict env) except -1
     @cython.locals(server=HttpServer)
     cpdef on_body(self, bytes data)
     @cython.locals(ex=Exchange)
     cpdef on_message_complete(self)
     @cython.locals(server=HttpServer, last=Exchange, problem=int)
     cdef int _feed(self, object data, Py_ssize_t n) except -1
+    @cython.locals(buf=bytes, env=dict, size=Py_ssize_t)
+    cdef object _proxy_header(self, object data)
     @cython.locals(ex=Exchange)
     cpdef bint _fill_body(self) except -1
     cdef int _stop_reading(self, int state) except -1
@@ -107,6 +116,8 @@ cdef class HttpConnection(Channel):
     cdef int _respond(self, object first) except -1
     @cython.locals(server=HttpServer, pool=AppPool, began=double)
     cdef int _produce(self, Exchange ex, bint first) except -1
+    @cython.locals(body=bytes)
+    cdef int _answer_health(self, Exchange ex) except -1
     @cython.locals(ex=Exchange)
     cpdef _handed_back(self)
     cdef bint _wait_writable(self) except -1

@@ -50,6 +50,7 @@ NESTED_WAIT = 0.05          # a nested iteration waits at most this long, then l
 B_HEADER, B_STRIDE = _board.HEADER, _board.STRIDE
 B_CONNS, B_NOT_ACCEPTING, B_RSS, B_BEAT = _board.CONNS, _board.NOT_ACCEPTING, _board.RSS, _board.BEAT
 B_BUSY = _board.BUSY
+B_STOPPING = _board.STOPPING
 rss_bytes = _board.rss_bytes
 log = _wsgi.log
 
@@ -151,7 +152,8 @@ class HttpServer:
     """
 
     if not cython.compiled:   # plain Python: the values a compiled object starts with
-        stop_requested = stopping = accepting = balanced = accept_error_logged = finished = False
+        stop_requested = stopping = accepting = balanced = accept_error_logged = finished = proxy_protocol = False
+        health = health_query = trust = None
         deadline = accept_paused_until = now = next_tick = stuck_since = 0.0
         requests = nested = 0
         board_index = -1
@@ -203,6 +205,11 @@ class HttpServer:
         self.access = access_log
         # ASGI (use_asyncio): the scope's "server"
         self.asgi_server = (name, int(port)) if self.tcp else (name, None)
+        self.trust = _wsgi.Trust(config.forwarded_allow_ips)     # --forwarded-allow-ips
+        self.proxy_protocol = config.proxy_protocol
+        # --health-path: its target as sent, and with a query after it
+        self.health = config.health_path.encode("ascii") if config.health_path else None
+        self.health_query = self.health + b"?" if self.health else None
         self.ws_max_size = config.ws_max_size
         self.ws_ping_interval = config.ws_ping_interval
         self.ws_ping_timeout = config.ws_ping_timeout
@@ -484,10 +491,25 @@ class HttpServer:
         self.resume_accepting()
         return 0
 
+    def master_stopping(self):
+        """What the health path says: the master stops (or drains, --shutdown-delay) and the
+        balancer should send no more; without a master, this worker stops. (A worker replaced in a
+        rolling restart stops while its master serves on: it says 200.)"""
+        if self.balanced:
+            return self.board[B_STOPPING] != 0
+        return self.stopping
+
     def _begin_stop(self):
         master_gone = self.master_pid and os.getppid() != self.master_pid
         self.stopping = True
         self.deadline = self.now + (min(self.graceful_timeout, 1.0) if master_gone else self.graceful_timeout)
+        if self.accepting and self.master_stopping():
+            # the final stop: connections waiting in the backlog are taken and answered (with
+            # Connection: close), not reset when the last descriptor of the socket closes
+            count = -1
+            while count != len(self.conns) and len(self.conns) < self.max_connections:
+                count = len(self.conns)
+                self._accept()
         self._set_accepting(False)
         self.listener.close()
         # Connections stay open for DRAIN_LINGER: a client may have sent a request that is

@@ -85,6 +85,10 @@ cdef class HttpServer:
         public object aloop            # the asyncio (or uvloop) event loop
         public object asgi_state       # the lifespan's state (a dict), or None
         public tuple asgi_server       # the scope's "server"
+        public object trust            # wsgi.Trust: --forwarded-allow-ips
+        public bint proxy_protocol     # --proxy-protocol: each connection starts with a PROXY header
+        public bytes health            # --health-path as sent (None: off), and with a "?" after it
+        public bytes health_query
         public long long ws_max_size   # WebSockets: --ws-max-size (0: no limit)
         public double ws_ping_interval
         public double ws_ping_timeout
@@ -112,6 +116,8 @@ cdef class HttpServer:
 
     @cython.locals(now=double, stuck=bint)
     cdef int _tick(self) except -1
+    cpdef bint master_stopping(self) except -1
+    @cython.locals(count=Py_ssize_t)
     cdef int _begin_stop(self) except -1
     cdef bint _done(self)
     cdef int _log_access(self, dict env, int status, long long size, double secs) except -1

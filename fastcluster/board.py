@@ -14,6 +14,7 @@ import heapq
 import mmap
 
 HEADER = 8       # cells before slot 0; [0] = slots ever handed out (the readers' scan bound)
+STOPPING = 1     # header cell: 1 once the master stops (or drains for --shutdown-delay): health says 503
 STRIDE = 32      # cells per slot: 256 bytes, so no two workers write the same cache line
 SLOTS = 512
 
@@ -75,6 +76,10 @@ class Board:
         self.cells[base + NOT_ACCEPTING] = 1
         self.cells[0] = max(self.cells[0], index + 1)
         return index
+
+    def set_stopping(self) -> None:
+        """The master stops, or drains before it stops: every worker's health path says 503."""
+        self.cells[STOPPING] = 1
 
     def release(self, index: int) -> None:
         if index >= 0:

@@ -69,6 +69,28 @@ def path(text: str) -> str:
     return text
 
 
+def url_path(text: str) -> str:
+    if not text.startswith("/") or any(c in text for c in " ?#") or not text.isprintable():
+        raise ValueError("not a path: it starts with / and has no space, ? or #")
+    return text
+
+
+def _umask(text: str) -> int:
+    from .privileges import umask
+
+    return umask(text)
+
+
+def address_list(text: str) -> str:
+    from .wsgi import Trust
+
+    try:
+        Trust(text)
+    except ValueError as exc:
+        raise ValueError("not an address, network or *: %s" % exc) from None
+    return text
+
+
 def choice(*names: str) -> Callable[[str], str]:
     def parse(text: str) -> str:
         if text.lower() not in names:
@@ -175,7 +197,8 @@ SETTINGS = (
     Setting("config", ("-c", "--config"), path, None,
             "read settings from this TOML file (keys are the option names); SIGHUP reads it again", "FILE"),
     Setting("bind", ("-b", "--bind"), parse_bind, "127.0.0.1:8000",
-            "address to listen on: HOST:PORT, [IPv6]:PORT, unix:/path or fd://N (port 0 picks a free one)",
+            "address to listen on: HOST:PORT, [IPv6]:PORT, unix:/path or fd://N (port 0 picks a free one; "
+            "under systemd socket activation, LISTEN_FDS, the socket it passes)",
             "ADDRESS"),
     Setting("workers", ("-w", "--workers"), positive_int, _default_workers,
             "number of worker processes (default: one per CPU)", "N"),
@@ -256,6 +279,25 @@ SETTINGS = (
             "-|FILE"),
     Setting("access_log_format", ("--access-log-format",), logs.check_access_format, logs.DEFAULT_ACCESS_FORMAT,
             "access log fields: " + logs.access_fields_help(), "FORMAT"),
+    Setting("user", ("--user",), str, None,
+            "run the workers as this user (a name or uid): the master binds first (port 80 as root), each "
+            "worker switches before it imports the app", "USER"),
+    Setting("group", ("--group",), str, None,
+            "run the workers with this group (a name or gid; default: the --user's own)", "GROUP"),
+    Setting("umask", ("--umask",), _umask, None,
+            "the file mode mask of the master and its workers (octal, e.g. 027)", "MASK"),
+    Setting("forwarded_allow_ips", ("--forwarded-allow-ips",), address_list, "127.0.0.1,::1",
+            "peers (addresses, CIDR networks, * for all) whose Forwarded / X-Forwarded-For / X-Forwarded-Proto "
+            "headers set the client address and scheme (unix-socket peers are trusted)", "LIST"),
+    Setting("proxy_protocol", ("--proxy-protocol",), boolean, False,
+            "each connection starts with a PROXY protocol header (v1 or v2, from HAProxy, an AWS or GCP "
+            "balancer): the client address comes from it; a connection without a valid one is closed"),
+    Setting("health_path", ("--health-path",), url_path, None,
+            "a path the server answers itself, never the app (also while every app thread is busy): 200 "
+            "while serving, 503 once the master is stopping", "PATH"),
+    Setting("shutdown_delay", ("--shutdown-delay",), non_negative_float, 0.0,
+            "on SIGTERM, keep serving this many seconds with the health path already saying 503 (so a "
+            "balancer stops sending traffic), then stop gracefully", "S"),
     Setting("metrics_bind", ("--metrics-bind",), tcp_address, None,
             "serve Prometheus metrics at http://ADDRESS/metrics, from the master (port 0 picks a free one)",
             "HOST:PORT"),
@@ -314,6 +356,13 @@ class Config:
     log_format: str = _default("log_format")
     access_log: Optional[str] = _default("access_log")
     access_log_format: str = _default("access_log_format")
+    user: Optional[str] = _default("user")
+    group: Optional[str] = _default("group")
+    umask: Optional[int] = _default("umask")
+    forwarded_allow_ips: str = _default("forwarded_allow_ips")
+    proxy_protocol: bool = _default("proxy_protocol")
+    health_path: Optional[str] = _default("health_path")
+    shutdown_delay: float = _default("shutdown_delay")
     metrics_bind: Optional[BindAddress] = _default("metrics_bind")
     demo_work_ms: int = _default("demo_work_ms")
 
@@ -332,7 +381,7 @@ class Config:
             if raw is None and setting.name in from_file:
                 raw, where = from_file[setting.name], "%s: %s" % (config_file, setting.name)
             if raw is None:
-                values[setting.name] = setting.default_value()
+                values[setting.name] = (setting.name == "bind" and systemd_bind(environ)) or setting.default_value()
                 continue
             try:
                 values[setting.name] = setting.parse(raw.strip())
@@ -343,7 +392,24 @@ class Config:
         return cls(app=app, **values)
 
 
-FIXED_ON_RELOAD = ("bind", "backlog", "pid", "log_file", "preload", "metrics_bind")   # need a full restart
+def systemd_bind(environ) -> Optional[BindAddress]:
+    """systemd socket activation (sd_listen_fds): with LISTEN_PID naming this process, the socket
+    it passed as fd 3; None without it. fastcluster serves one socket, so more is an error."""
+    if environ.get("LISTEN_PID") != str(os.getpid()):
+        return None
+    try:
+        count = int(environ.get("LISTEN_FDS", ""))
+    except ValueError:
+        return None
+    if count < 1:
+        return None
+    if count > 1:
+        raise ConfigError("LISTEN_FDS=%d: systemd passed %d sockets and fastcluster serves one "
+                          "(give the .socket unit one ListenStream=)" % (count, count))
+    return BindAddress("fd", fd=3)
+
+
+FIXED_ON_RELOAD = ("bind", "backlog", "pid", "log_file", "preload", "metrics_bind", "umask")   # need a full restart
 
 
 def reloaded(old: Config, new: Config):

@@ -21,7 +21,7 @@ import socket
 import sys
 import time
 
-from . import __version__, board, logs, loop, metrics
+from . import __version__, board, logs, loop, metrics, privileges
 from .errors import BOOT_EXIT_CODES, EXIT_OK, AppImportError, ConfigError
 from .config import reloaded
 from .importer import load_app
@@ -88,6 +88,7 @@ class Master:
         self.exit_code = EXIT_OK
         self.booted = False               # a first worker loaded the app
         self.announced = False            # the listening line was printed
+        self.stop_at = 0.0                # --shutdown-delay: when the graceful stop begins
         self.interface = ""               # what the first ready worker said of the app ("a WSGI app", ...)
         self.respawn_at = {}              # slot -> monotonic time of the next start
         self.failures = {}                # slot -> consecutive early deaths (or failed forks)
@@ -108,17 +109,25 @@ class Master:
 
     def run(self) -> int:
         config = self.config
+        if config.umask is not None:
+            os.umask(config.umask)
+        uid, gid, _name = privileges.resolve(config.user, config.group)   # (checked before anything binds)
         if config.log_file:
             logs.reopen_log(config.log_file)
         try:
             logs.check_access_target(config.access_log)
         except OSError as exc:
             raise ConfigError("cannot open the access log %s: %s" % (config.access_log, exc.strerror)) from None
+        for path in (config.log_file, config.access_log):
+            privileges.give(path, uid, gid)      # the workers reopen them on SIGUSR1
         if config.preload:
             self.app = load_app(config)
             if isinstance(self.app, int):
                 return self.app
         self.listener = create_listener(config.bind, config.backlog)
+        if config.bind.kind == "fd" and os.environ.get("LISTEN_PID") == str(os.getpid()):
+            for name in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
+                os.environ.pop(name, None)   # systemd's socket is ours now; the app's children do not inherit it
         self.url, _name, _port, _short = describe(self.listener)
         # the workers' bells, one per board index a worker may use (twice the workers, for a rolling
         # restart): a worker rings a lighter one's to hand it the connections queued (_server.py)
@@ -268,10 +277,14 @@ class Master:
         times = list(self.respawn_at.values())
         times.extend(w.kill_at for w in self.workers.values() if w.kill_at)
         times.append(self.rollout.deadline(self.config.ready_timeout))
+        if self.stop_at:
+            times.append(self.stop_at)
         return min(times)
 
     def _check_deadlines(self):
         now = time.monotonic()
+        if self.stop_at and now >= self.stop_at:
+            self._stop(quick=False)          # the --shutdown-delay is over
         timeout = self.config.timeout
         for rec in list(self.workers.values()):
             if rec.kill_at and now >= rec.kill_at:
@@ -465,6 +478,13 @@ class Master:
         self._reap()
 
     def on_sigterm(self):
+        delay = self.config.shutdown_delay
+        if delay and not self.stopping and not self.stop_at:
+            # --shutdown-delay: the health path says 503 at once, everything else serves on
+            self.board.set_stopping()
+            self.stop_at = time.monotonic() + delay
+            log.info("draining: the health path says 503; stopping in %g s (--shutdown-delay)", delay)
+            return
         self._stop(quick=False)
 
     def on_sigint(self):
@@ -529,8 +549,10 @@ class Master:
             log.info("workers: %d", self.target)
 
     def _stop(self, quick):
+        self.stop_at = 0.0
         if not self.stopping:
             self.stopping = True
+            self.board.set_stopping()
             self.listener.close()
             self.rollout.clear()
             self.respawn_at.clear()

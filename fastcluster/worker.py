@@ -24,7 +24,7 @@ import time
 import traceback
 from typing import Any, Optional
 
-from . import asgi, loop
+from . import asgi, loop, privileges
 from .errors import EXIT_APP_LOAD_ERROR, EXIT_BOOT_ERROR, EXIT_OK
 from .importer import load_app
 from .logs import AccessLog, reopen_log, say
@@ -193,6 +193,10 @@ def _serve(spec, stop, wake_r, wake_w):
     access_log = AccessLog(config.access_log, config.access_log_format) if config.access_log else None
     heartbeat = _Heartbeat(spec.status_fd, config, spec.slot, spec.generation, access_log)
     _install_signals(spec, stop, wake_w, heartbeat)
+    impl = loop.load(spec.loop_name)
+    # --user/--group: after fastcluster's own modules are loaded, before the app is imported (and
+    # before the parent-death signal is set: a change of credentials clears it)
+    privileges.drop(*privileges.resolve(config.user, config.group))
     _die_with_parent(spec.master_pid)
 
     app = spec.app
@@ -201,7 +205,6 @@ def _serve(spec, stop, wake_r, wake_w):
         if isinstance(app, int):
             return app
 
-    impl = loop.load(spec.loop_name)
     server = impl.Server(spec.listener, app, config, wakeup_fd=wake_r.fileno(), master_pid=spec.master_pid,
                          tick=heartbeat, board=spec.board, board_index=spec.board_index, access_log=access_log,
                          bells=spec.bells)

@@ -410,3 +410,175 @@ def base_environ(server_name: str, server_port: str, multiprocess: bool, multith
         "wsgi.input_terminated": True,
         "wsgi.file_wrapper": FileWrapper,
     }
+
+
+# --- proxy headers (--forwarded-allow-ips) ----------------------------------------------------
+
+class Trust:
+    """Which peers may set the client's address and scheme through proxy headers: addresses and
+    networks (CIDR), or everyone (`*`). Answers are cached per address string."""
+
+    def __init__(self, spec: str):
+        import ipaddress
+
+        self.everyone = False
+        self.networks = []
+        for item in (part.strip() for part in spec.split(",")):
+            if not item:
+                continue
+            if item == "*":
+                self.everyone = True
+            else:
+                self.networks.append(ipaddress.ip_network(item, strict=False))   # ValueError if bad
+        self.cache = {}
+
+    def __call__(self, address: str) -> bool:
+        if self.everyone:
+            return True
+        known = self.cache.get(address)
+        if known is None:
+            import ipaddress
+
+            try:
+                ip = ipaddress.ip_address(address.split("%", 1)[0])
+            except ValueError:
+                known = False
+            else:
+                if ip.version == 6 and ip.ipv4_mapped is not None:
+                    ip = ip.ipv4_mapped
+                known = any(ip in net for net in self.networks)
+            if len(self.cache) < 4096:
+                self.cache[address] = known
+        return known
+
+
+def _forwarded_node(value: str):
+    """A `for=` value of RFC 7239 (or an X-Forwarded-For item) -> (address, port); None when it is
+    not an address ("unknown", an obfuscated name)."""
+    value = value.strip().strip('"').strip()
+    if value.startswith("["):                    # [v6] or [v6]:port
+        end = value.find("]")
+        if end < 0:
+            return None
+        host, rest = value[1:end], value[end + 1:]
+        port = rest[1:] if rest.startswith(":") else ""
+    elif value.count(":") == 1:                  # v4:port
+        host, port = value.split(":")
+    else:                                        # v4, or a bare v6 (X-Forwarded-For)
+        host, port = value, ""
+    import ipaddress
+
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return None
+    return host, port if port.isdigit() else "0"
+
+
+def _pick(nodes, trust):
+    """The rightmost address that is not itself a trusted proxy (the leftmost when all are)."""
+    for node in reversed(nodes):
+        if node is None:
+            return None                          # "unknown" past the trusted ones: no address to take
+        if not trust(node[0]):
+            return node
+    return nodes[0] if nodes else None
+
+
+def forwarded_client(env: dict, trust):
+    """From a trusted peer: (address, port, scheme) that its proxy headers give, each None where
+    they give nothing. RFC 7239 Forwarded first; X-Forwarded-For and X-Forwarded-Proto otherwise."""
+    node = scheme = None
+    forwarded = env.get("HTTP_FORWARDED")
+    if forwarded is not None:
+        nodes, protos = [], []
+        for element in forwarded.split(","):
+            found = None
+            for pair in element.split(";"):
+                name, _, value = pair.partition("=")
+                name = name.strip().lower()
+                if name == "for":
+                    found = _forwarded_node(value)
+                    nodes.append(found)
+                elif name == "proto":
+                    protos.append(value.strip().strip('"').lower())
+        node = _pick(nodes, trust)
+        if protos:
+            scheme = protos[-1]
+    else:
+        xff = env.get("HTTP_X_FORWARDED_FOR")
+        if xff is not None:
+            node = _pick([_forwarded_node(item) for item in xff.split(",") if item.strip()], trust)
+        proto = env.get("HTTP_X_FORWARDED_PROTO")
+        if proto is not None:
+            scheme = proto.rsplit(",", 1)[-1].strip().lower()
+    if scheme not in ("http", "https"):
+        scheme = None
+    if node is None:
+        return None, None, scheme
+    return node[0], node[1], scheme
+
+
+# --- PROXY protocol (--proxy-protocol) ----------------------------------------------------------
+
+PROXY_V1_MAX = 107                       # the longest v1 line, CRLF included (the spec's bound)
+PROXY_V2_MAX = 16 + 2048                 # a v2 header with room for TLVs; longer ones are refused
+PROXY_V2_SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
+
+
+def parse_proxy_header(buf: bytes):
+    """A PROXY protocol header (v1 text or v2 binary) at the start of `buf`: (its length, the
+    client's address or None, its port or None); None while it is still incomplete; ValueError
+    when `buf` does not start with a valid one. UNKNOWN (v1), LOCAL and AF_UNSPEC (v2) carry no
+    address: the connection's own stays."""
+    if buf[:1] == b"P":
+        end = buf.find(b"\r\n", 0, PROXY_V1_MAX)
+        if end < 0:
+            if len(buf) >= PROXY_V1_MAX or not b"PROXY ".startswith(buf[:6]):
+                raise ValueError("not a PROXY v1 header (or longer than %d bytes)" % PROXY_V1_MAX)
+            return None
+        try:
+            parts = buf[:end].decode("ascii").split(" ")
+        except UnicodeDecodeError:
+            raise ValueError("a PROXY v1 header that is not ASCII") from None
+        if parts[0] != "PROXY" or len(parts) < 2:
+            raise ValueError("not a PROXY v1 header")
+        if parts[1] == "UNKNOWN":
+            return end + 2, None, None
+        if parts[1] not in ("TCP4", "TCP6") or len(parts) != 6:
+            raise ValueError("a PROXY v1 header of an unknown kind or shape")
+        import ipaddress
+
+        family = 4 if parts[1] == "TCP4" else 6
+        for address in parts[2:4]:
+            if ipaddress.ip_address(address).version != family:      # ValueError if not an address
+                raise ValueError("a %s PROXY header with the address %r" % (parts[1], address))
+        for port in parts[4:6]:
+            if not port.isdigit() or int(port) > 65535 or (len(port) > 1 and port[0] == "0"):
+                raise ValueError("a PROXY v1 header with the port %r" % port)
+        return end + 2, parts[2], parts[4]
+    if buf[:1] == b"\r":
+        if len(buf) < 16:
+            if not PROXY_V2_SIGNATURE.startswith(buf[:12]):
+                raise ValueError("not a PROXY v2 header")
+            return None
+        if buf[:12] != PROXY_V2_SIGNATURE or buf[12] >> 4 != 2:
+            raise ValueError("not a PROXY v2 header")
+        command, family = buf[12] & 0x0F, buf[13] >> 4
+        total = 16 + int.from_bytes(buf[14:16], "big")
+        if total > PROXY_V2_MAX:
+            raise ValueError("a PROXY v2 header of %d bytes (at most %d)" % (total, PROXY_V2_MAX))
+        if len(buf) < total:
+            return None
+        if command == 0 or family == 0 or family == 3:          # LOCAL, AF_UNSPEC, AF_UNIX
+            return total, None, None
+        if command != 1:
+            raise ValueError("a PROXY v2 header with the command %d" % command)
+        import socket
+
+        if family == 1 and total >= 16 + 12:
+            return total, socket.inet_ntop(socket.AF_INET, buf[16:20]), str(int.from_bytes(buf[24:26], "big"))
+        if family == 2 and total >= 16 + 36:
+            return total, socket.inet_ntop(socket.AF_INET6, buf[16:32]), str(int.from_bytes(buf[48:50], "big"))
+        raise ValueError("a PROXY v2 header with the address family %d or too short for it" % family)
+    raise ValueError("no PROXY protocol header")

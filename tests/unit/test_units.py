@@ -70,7 +70,8 @@ def test_defaults_are_typed_values():
     assert config.loop == "auto" and config.keep_alive == 75.0 and config.app is None
     for setting in SETTINGS:
         assert not isinstance(getattr(config, setting.name), str) or setting.name in (
-            "loop", "interface", "event_loop", "lifespan", "log_level", "log_format", "access_log_format")
+            "loop", "interface", "event_loop", "lifespan", "log_level", "log_format", "access_log_format",
+            "forwarded_allow_ips")
 
 
 def test_bad_env_value_names_the_variable():
