@@ -26,21 +26,25 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser(
         "serve", help="serve a WSGI app", description="Serve a WSGI app from pre-forked worker processes.",
         epilog="Signals to the master: SIGUSR2 or SIGHUP rolling restart, SIGTERM graceful stop, "
-               "SIGINT graceful stop (twice: quick), SIGQUIT quick stop, SIGTTIN/SIGTTOU one worker more/fewer.",
+               "SIGINT graceful stop (twice: quick), SIGQUIT quick stop, SIGTTIN/SIGTTOU one worker more/fewer, "
+               "SIGURG upgrade in place (a new master on the same socket).",
     )
     serve.add_argument("app", nargs="?", metavar="APP",
                        help='WSGI app as "module:attribute" (default: the built-in demo app; env FASTCLUSTER_APP)')
     add_settings(serve)
     for name, text in (("reload", "rolling restart of every worker (SIGUSR2 to the master)"),
                        ("stop", "graceful stop (SIGTERM to the master), waiting until it exited"),
+                       ("upgrade", "upgrade in place (SIGURG to the master): it re-executes its command line on "
+                                   "the same socket, and the new master takes over once its workers are ready"),
                        ("status", "show the master, a rolling restart in progress, and each worker's counters")):
         command = commands.add_parser(name, help=text, description=text[0].upper() + text[1:] + ".")
         command.add_argument("--pid", required=True, metavar="FILE", help="the --pid file of the running master")
         if name == "status":
             command.add_argument("--json", action="store_true", help="print the whole status as JSON")
-        if name == "stop":
+        if name in ("stop", "upgrade"):
             command.add_argument("--wait", type=float, default=60.0, metavar="S",
-                                 help="seconds to wait for the master to exit [default: 60]")
+                                 help="seconds to wait for the master to exit (stop) or be replaced (upgrade) "
+                                      "[default: 60]")
     return parser
 
 

@@ -388,6 +388,9 @@ class Config:
             except ValueError as exc:
                 raise ConfigError("%s=%r: %s" % (where, raw, _reason(exc))) from None
         values["config"] = config_file
+        inherited = environ.get(ENV_PREFIX + "UPGRADE_FD")
+        if inherited:    # a master started by an upgrade in place: the old master's socket, whatever --bind says
+            values["bind"] = BindAddress("fd", fd=int(inherited))
         app = getattr(args, "app", None) or environ.get(ENV_PREFIX + "APP") or from_file.get("app") or None
         return cls(app=app, **values)
 

@@ -1,4 +1,4 @@
-"""`fastcluster reload|stop|status --pid FILE`: the signals and the status table, for operators."""
+"""`fastcluster reload|stop|upgrade|status --pid FILE`: the signals and the status table, for operators."""
 
 from __future__ import annotations
 
@@ -56,6 +56,21 @@ def run(args) -> int:
                 return 0
             time.sleep(0.05)
         return _fail("master %d still running after %g s" % (pid, args.wait))
+    if args.command == "upgrade":
+        os.kill(pid, signal.SIGURG)
+        deadline = time.monotonic() + args.wait
+        while time.monotonic() < deadline:
+            try:
+                new = _master_pid(args.pid)
+            except LookupError:
+                new = pid
+            if new != pid:
+                print("upgraded: master %d took over from %d" % (new, pid))
+                return 0
+            if not _alive(pid):
+                return _fail("master %d exited and no new master took over" % pid)
+            time.sleep(0.05)
+        return _fail("no new master took over within %g s; master %d serves on (its log says why)" % (args.wait, pid))
     return _status(pid, args.pid + ".json", getattr(args, "json", False))
 
 

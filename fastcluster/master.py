@@ -37,6 +37,10 @@ STABLE_AFTER = 5.0           # a worker that lived this long resets its slot's f
 MAX_BACKOFF = 10.0
 KILL_AFTER_STACK_DUMP = 0.5  # a stuck worker gets this long to write its stack before SIGKILL
 HEARTBEAT_PERIOD = 1.0       # a worker's loop beats once a second
+# upgrade in place (SIGURG): what the new master inherits, and how long past --ready-timeout it may take
+UPGRADE_FD_ENV = "FASTCLUSTER_UPGRADE_FD"
+UPGRADE_FROM_ENV = "FASTCLUSTER_UPGRADE_FROM"
+START_SLACK = 10.0
 
 
 class WorkerRecord:
@@ -89,6 +93,9 @@ class Master:
         self.booted = False               # a first worker loaded the app
         self.announced = False            # the listening line was printed
         self.stop_at = 0.0                # --shutdown-delay: when the graceful stop begins
+        self.upgrade_pid = 0              # SIGURG: the new master this one started, until it takes over
+        self.upgrade_deadline = 0.0
+        self.upgraded_from = int(os.environ.pop(UPGRADE_FROM_ENV, "0") or 0)   # the master this one replaces
         self.interface = ""               # what the first ready worker said of the app ("a WSGI app", ...)
         self.respawn_at = {}              # slot -> monotonic time of the next start
         self.failures = {}                # slot -> consecutive early deaths (or failed forks)
@@ -102,6 +109,7 @@ class Master:
             signal.SIGTTIN: self.on_sigttin,
             signal.SIGTTOU: self.on_sigttou,
             signal.SIGUSR1: self.on_sigusr1,
+            signal.SIGURG: self.on_sigurg,
         }
         self.next_status = 0.0
 
@@ -148,7 +156,7 @@ class Master:
         if self.metrics is not None:
             logs.say("fastcluster: metrics on %s/metrics" % describe(self.metrics.sock)[0])
         self._install_signals()
-        if config.pid:
+        if config.pid and not self.upgraded_from:
             write_atomically(config.pid, "%d\n" % os.getpid())
         self._retitle()
         try:
@@ -161,7 +169,7 @@ class Master:
             if self.metrics is not None:
                 self.metrics.close()
             self.selector.close()
-            if config.pid:
+            if config.pid and _holds_pid(config.pid, os.getpid()):   # (not when a new master took it over)
                 for name in (config.pid, config.pid + ".json"):
                     try:
                         os.unlink(name)
@@ -279,10 +287,17 @@ class Master:
         times.append(self.rollout.deadline(self.config.ready_timeout))
         if self.stop_at:
             times.append(self.stop_at)
+        if self.upgrade_pid:
+            times.append(self.upgrade_deadline)
         return min(times)
 
     def _check_deadlines(self):
         now = time.monotonic()
+        if self.upgrade_pid and now >= self.upgrade_deadline:
+            log.error("upgrade failed: the new master (pid %d) was not ready within %g s (--ready-timeout); "
+                      "stopping it", self.upgrade_pid, self.config.ready_timeout)
+            _kill(self.upgrade_pid, signal.SIGTERM)
+            self.upgrade_deadline = now + self.config.graceful_timeout + START_SLACK
         if self.stop_at and now >= self.stop_at:
             self._stop(quick=False)          # the --shutdown-delay is over
         timeout = self.config.timeout
@@ -411,6 +426,8 @@ class Master:
                 if self.interface:
                     logs.say("fastcluster: the app is %s" % self.interface)
                 logs.say("fastcluster: listening on %s" % self.url)
+                if self.upgraded_from:
+                    self._take_over()
 
     def _reap(self):
         while True:
@@ -424,6 +441,12 @@ class Master:
 
     def on_exit(self, pid, code):
         """A child exited with `code` (negative: killed by that signal)."""
+        if pid == self.upgrade_pid:
+            self.upgrade_pid = 0
+            how = "exited with code %d" % code if code >= 0 else "was killed by %s" % _signame(-code)
+            log.error("upgrade failed: the new master (pid %d) %s before its workers were ready; this one "
+                      "serves on (its error is above)", pid, how)
+            return
         rec = self.workers.pop(pid, None)
         if rec is None:
             return
@@ -477,7 +500,56 @@ class Master:
     def on_sigchld(self):
         self._reap()
 
+    def on_sigurg(self):
+        """Upgrade in place: re-execute this master's command line with the listening socket
+        inherited; the new master's workers come up beside ours, then it tells this one to go."""
+        if self.stopping or self.upgrade_pid or not self.announced:
+            log.warning("upgrade not started: %s", "stopping" if self.stopping else
+                        "an upgrade is under way" if self.upgrade_pid else "the workers are not all ready yet")
+            return
+        argv = list(sys.orig_argv)
+        env = dict(os.environ)
+        env[UPGRADE_FD_ENV] = str(self.listener.fileno())
+        env[UPGRADE_FROM_ENV] = str(os.getpid())
+        self.listener.set_inheritable(True)
+        try:
+            pid = os.fork()
+        except OSError as exc:
+            self.listener.set_inheritable(False)
+            log.error("upgrade not started: cannot fork: %s", exc.strerror or exc)
+            return
+        if pid == 0:      # the child becomes the new master
+            try:
+                signal.set_wakeup_fd(-1)
+                for sig in self.handlers:
+                    signal.signal(sig, signal.SIG_DFL)
+                signal.pthread_sigmask(signal.SIG_SETMASK, [])
+                os.execvpe(argv[0], argv, env)
+            except BaseException as exc:
+                os.write(2, ("fastcluster: error: upgrade: cannot run %s: %s\n" % (argv[0], exc)).encode())
+            os._exit(127)
+        self.listener.set_inheritable(False)
+        self.upgrade_pid = pid
+        self.upgrade_deadline = time.monotonic() + self.config.ready_timeout + START_SLACK
+        log.info("upgrade: started a new master (pid %d): %s", pid, " ".join(argv))
+
+    def _take_over(self):
+        """This master replaces an older one (its upgrade): now that every worker is ready, the pid
+        file is ours, and the old master drains its workers and exits."""
+        if self.config.pid:
+            write_atomically(self.config.pid, "%d\n" % os.getpid())
+        log.info("upgrade: the new master is ready; the old one (pid %d) drains and exits", self.upgraded_from)
+        _kill(self.upgraded_from, signal.SIGTERM)
+        self.upgraded_from = 0
+
     def on_sigterm(self):
+        if self.upgrade_pid and not self.stopping:
+            # the new master is ready and takes over: a plain graceful stop, with no shutdown
+            # delay and the health path left at 200 (this host stays in service)
+            log.info("upgrade: the new master (pid %d) took over; stopping", self.upgrade_pid)
+            self.upgrade_pid = 0
+            self._stop(quick=False, leaving=False)
+            return
         delay = self.config.shutdown_delay
         if delay and not self.stopping and not self.stop_at:
             # --shutdown-delay: the health path says 503 at once, everything else serves on
@@ -548,11 +620,14 @@ class Master:
             self._retitle()
             log.info("workers: %d", self.target)
 
-    def _stop(self, quick):
+    def _stop(self, quick, leaving=True):
+        """`leaving`: the host leaves service (the health path says 503); not when a new master
+        took over the socket."""
         self.stop_at = 0.0
         if not self.stopping:
             self.stopping = True
-            self.board.set_stopping()
+            if leaving:
+                self.board.set_stopping()
             self.listener.close()
             self.rollout.clear()
             self.respawn_at.clear()
@@ -566,6 +641,14 @@ class Master:
             for rec in self.workers.values():
                 if not rec.expected_exit:
                     self._stop_worker(rec)
+
+
+def _holds_pid(path, pid):
+    try:
+        with open(path) as f:
+            return f.read().strip() == str(pid)
+    except (OSError, ValueError):
+        return False
 
 
 def _no_op(signum, frame):

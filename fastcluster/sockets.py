@@ -44,6 +44,7 @@ def _adopt_fd(fd: int, backlog: int) -> socket.socket:
         raise ConfigError("fd://%d is not a stream socket" % fd)
     if not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
         sock.listen(backlog)
+    sock.set_inheritable(False)     # (the app's own child processes do not get the listening socket)
     return sock
 
 

@@ -43,8 +43,9 @@ START_TIMEOUT = 30.0
 class Server:
     """`python -m fastcluster serve ...` in its own session, stdout read by a thread."""
 
-    def __init__(self, *args, env=None, wait=True, pass_fds=()):
-        self.args = [sys.executable, "-m", "fastcluster", "serve", *args]
+    def __init__(self, *args, env=None, wait=True, pass_fds=(), prefix=()):
+        """`prefix`: a command that runs the server (`ip netns exec NS`), in the same process."""
+        self.args = [*prefix, sys.executable, "-m", "fastcluster", "serve", *args]
         # The server's processes append (O_APPEND) to one file; the test reads it through its own
         # descriptor, so reading never moves the offset the servers write at.
         fd, self.stderr_path = tempfile.mkstemp(prefix="fastcluster-test-", suffix=".log")
