@@ -20,7 +20,7 @@ import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SERVERS = ["fastcluster-cython", "fastcluster-python", "fastcluster-cython-asyncio", "uvicorn-httptools",
-           "granian-asgi"]
+           "granian-asgi", "gunicorn-asgi"]
 WORKLOADS = ["hello", "pipeline16", "fastapi", "ws-echo"]
 APPS = {"hello": "bench_asgi:app", "pipeline16": "bench_asgi:app", "fastapi": "bench_fastapi:app",
         "ws-echo": "bench_asgi:app"}
@@ -41,6 +41,9 @@ def commands(name, port, bin_, app):
     if name == "granian-asgi":
         return [os.path.join(bin_, "granian"), "--interface", "asgi", "--host", host, "--port", str(port),
                 "--workers", "1", "--loop", "uvloop", "--log-level", "warning", app]
+    if name == "gunicorn-asgi":        # gunicorn's own ASGI worker (gunicorn 24+), on uvloop when installed
+        return [os.path.join(bin_, "gunicorn"), "-w", "1", "-k", "asgi", "--bind", "%s:%d" % (host, port),
+                "--log-level", "warning", app]
     raise KeyError(name)
 
 
@@ -71,13 +74,14 @@ def markdown(report):
     lines.append("")
     lines.append("Ratios (fastcluster-cython against each peer, same run; CPU per request: lower is better):")
     lines.append("")
-    lines.append("| workload | CPU/req vs uvicorn | CPU/req vs granian | req/s vs uvicorn | req/s vs granian |")
-    lines.append("|---|---|---|---|---|")
+    lines.append("| workload | CPU/req vs uvicorn | CPU/req vs granian | CPU/req vs gunicorn-asgi | req/s vs uvicorn "
+                 "| req/s vs granian | req/s vs gunicorn-asgi |")
+    lines.append("|---|---|---|---|---|---|---|")
     for workload in WORKLOADS:
         ours = runs.get(workload, {}).get("fastcluster-cython")
         row = []
         for key in ("server_cpu_us_per_request", "rps"):
-            for peer in ("uvicorn-httptools", "granian-asgi"):
+            for peer in ("uvicorn-httptools", "granian-asgi", "gunicorn-asgi"):
                 theirs = runs.get(workload, {}).get(peer)
                 if ours and theirs and ours.get(key) and theirs.get(key):
                     row.append("%.2f" % (ours[key] / theirs[key]))

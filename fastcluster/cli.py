@@ -20,17 +20,19 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="fastcluster", description="A pre-forking WSGI server with a compiled request loop.")
+    parser = _Parser(prog="fastcluster", description="A pre-forking WSGI and ASGI server with a compiled request loop.")
     parser.add_argument("--version", action="version", version="fastcluster %s" % __version__)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     serve = commands.add_parser(
-        "serve", help="serve a WSGI app", description="Serve a WSGI app from pre-forked worker processes.",
+        "serve", help="serve a WSGI or ASGI app",
+        description="Serve a WSGI or ASGI app from pre-forked worker processes.",
         epilog="Signals to the master: SIGUSR2 or SIGHUP rolling restart, SIGTERM graceful stop, "
                "SIGINT graceful stop (twice: quick), SIGQUIT quick stop, SIGTTIN/SIGTTOU one worker more/fewer, "
                "SIGURG upgrade in place (a new master on the same socket).",
     )
     serve.add_argument("app", nargs="?", metavar="APP",
-                       help='WSGI app as "module:attribute" (default: the built-in demo app; env FASTCLUSTER_APP)')
+                       help='the WSGI or ASGI app as "module:attribute" (default: the built-in demo app; '
+                            'env FASTCLUSTER_APP)')
     add_settings(serve)
     for name, text in (("reload", "rolling restart of every worker (SIGUSR2 to the master)"),
                        ("stop", "graceful stop (SIGTERM to the master), waiting until it exited"),
