@@ -16,7 +16,6 @@ send() gives it, as it frames a WSGI app's response.
   socket while the app is 1 MiB behind.
 """
 
-import asyncio as _asyncio
 import logging
 import sys
 
@@ -35,7 +34,7 @@ CONTINUE_LINE = _wsgi.CONTINUE_LINE
 DISCONNECT = {"type": "http.disconnect"}
 EMPTY_BODY = {"type": "http.request", "body": b"", "more_body": False}
 EAGER_START = sys.version_info >= (3, 12)     # asyncio.Task(..., eager_start=True)
-Task = _asyncio.Task
+Task = None          # asyncio.Task, imported with the first task: a WSGI worker never loads asyncio (~9 MiB)
 CALL_FAILED = "the ASGI app failed when called (not an ASGI app? --interface says which it is)"
 TASK_NAME = "fastcluster-asgi"   # (a Task without a name formats one, which costs more than the rest of its making)
 
@@ -360,6 +359,11 @@ def start_task(loop, coro):
     Python 3.12 has eager_start for that; before it, the Task's constructor schedules its first
     step with loop.call_soon, which is taken (`_Capture`) for the length of the constructor and
     run at once. Only called where no task runs (the loop's own callbacks), as asyncio requires."""
+    global Task
+    if Task is None:
+        import asyncio
+
+        Task = asyncio.Task
     if EAGER_START:
         return Task(coro, loop=loop, name=TASK_NAME, eager_start=True)
     loop.call_soon = _capture

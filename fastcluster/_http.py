@@ -67,6 +67,7 @@ CONTINUE_LINE = _wsgi.CONTINUE_LINE
 METHODS = {}
 LOWER_NAMES = {}     # a request header name as sent -> lower-cased, for an ASGI scope
 HEALTH_HEADERS = [("Content-Type", "text/plain"), ("Cache-Control", "no-store")]
+FORBIDDEN_TRAILERS = frozenset((b"host", b"content-length", b"transfer-encoding"))
 HEALTH_OK = b"ok\n"
 HEALTH_STOPPING = b"stopping\n"
 PROTOCOLS = {"1.1": "HTTP/1.1", "1.0": "HTTP/1.0"}
@@ -220,6 +221,12 @@ class HttpConnection(Channel):
             start += 1
         while end > start and (value[end - 1] == 32 or value[end - 1] == 9):
             end -= 1
+        if not self.in_head:
+            # a chunked body's trailer field: never in the environ (or the scope); the fields that
+            # frame or route a request may not be there at all (RFC 9110 6.5.1)
+            if lower_name(name) in FORBIDDEN_TRAILERS:
+                raise Reject(400)
+            return
         if self.asgi:
             self.hlist.append((lower_name(name), value[start:end]))
         key = HEADER_KEYS.get(name)
@@ -232,6 +239,8 @@ class HttpConnection(Channel):
         old = env.get(key)
         if old is None:
             env[key] = text
+        elif key == "CONTENT_TYPE":
+            raise Reject(400)          # two Content-Type fields: which one the app reads is a guess
         else:
             env[key] = old + "," + text
 
@@ -254,6 +263,8 @@ class HttpConnection(Channel):
         env["RAW_URI"] = uri
         query = _query_at(uri)
         if query == -2:
+            if uri == "*" and method != "OPTIONS":
+                raise Reject(400)      # asterisk-form is for OPTIONS only (RFC 9112 3.2.4)
             env["PATH_INFO"], env["QUERY_STRING"] = split_target(url)
         elif query < 0:
             env["PATH_INFO"] = uri
@@ -261,6 +272,8 @@ class HttpConnection(Channel):
         else:
             env["PATH_INFO"] = uri[:query]
             env["QUERY_STRING"] = uri[query + 1:]
+        if server.root_path:
+            self._strip_root(env, server.root_path)
         if self.asgi:
             scope = ex.scope
             scope["method"] = method
@@ -315,6 +328,15 @@ class HttpConnection(Channel):
         else:
             env["wsgi.input"] = EMPTY_INPUT
             self.wait = W_NONE
+
+    def _strip_root(self, env, root):
+        """--root-path: PATH_INFO without the prefix, when the path starts with it (on a segment
+        boundary); a proxy that already stripped it leaves the path as it is. (SCRIPT_NAME is the
+        prefix either way: it is in the base environ.)"""
+        path = env["PATH_INFO"]
+        if path.startswith(root) and (len(path) == len(root) or path[len(root)] == "/"):
+            env["PATH_INFO"] = path[len(root):]
+        return 0
 
     def _forwarded(self, ex, env):
         """A trusted proxy's Forwarded or X-Forwarded-* headers: the client's address and scheme."""

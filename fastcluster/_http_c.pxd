@@ -28,6 +28,7 @@ cdef object error_response
 cdef object Reject, log, refusal_cell, Demoted
 cdef dict HEADER_KEYS, METHODS, PROTOCOLS, LOWER_NAMES
 cdef list HEALTH_HEADERS
+cdef frozenset FORBIDDEN_TRAILERS
 cdef bytes HEALTH_OK, HEALTH_STOPPING
 cdef str HTTP11
 
@@ -80,6 +81,8 @@ cdef class HttpConnection(Channel):
     @cython.locals(ex=Exchange, env=dict, server=HttpServer, uri=str, url=bytes, query=Py_ssize_t,
                    protocol=str, method=str, scope=dict)
     cpdef on_headers_complete(self)
+    @cython.locals(path=str)
+    cdef int _strip_root(self, dict env, str root) except -1
     @cython.locals(scope=dict)
     cdef int _forwarded(self, Exchange ex, dict env) except -1
     @cython.locals(server=HttpServer)

@@ -154,6 +154,7 @@ class HttpServer:
     if not cython.compiled:   # plain Python: the values a compiled object starts with
         stop_requested = stopping = accepting = balanced = accept_error_logged = finished = proxy_protocol = False
         health = health_query = trust = None
+        root_path = ""
         deadline = accept_paused_until = now = next_tick = stuck_since = 0.0
         requests = nested = 0
         board_index = -1
@@ -188,7 +189,8 @@ class HttpServer:
         self.deferred = deque()     # connections with a request to dispatch once an app call may start
         self.tcp = listener.family in (_socket.AF_INET, _socket.AF_INET6)
         _url, name, port, _short = _describe(listener)
-        self.base_environ = _wsgi.base_environ(name, port, config.workers > 1, config.threads > 1)
+        self.root_path = config.root_path
+        self.base_environ = _wsgi.base_environ(name, port, config.workers > 1, config.threads > 1, self.root_path)
         self.date = _wsgi.DateHeader()
         self.date_line = self.date.get()
         self.now = monotonic()
@@ -229,7 +231,7 @@ class HttpServer:
         """What every ASGI scope of a connection starts from (`env`: the connection's environ)."""
         client = (env["REMOTE_ADDR"], int(env["REMOTE_PORT"])) if self.tcp else None
         return {"type": "http", "asgi": ASGI_VERSION, "http_version": "1.1", "scheme": "http",
-                "server": self.asgi_server, "client": client, "root_path": ""}
+                "server": self.asgi_server, "client": client, "root_path": self.root_path}
 
     def resume_accepting(self):
         if (not self.accepting and not self.stopping and self.now >= self.accept_paused_until

@@ -86,6 +86,7 @@ cdef class HttpServer:
         public object asgi_state       # the lifespan's state (a dict), or None
         public tuple asgi_server       # the scope's "server"
         public object trust            # wsgi.Trust: --forwarded-allow-ips
+        public str root_path           # --root-path ("" : none)
         public bint proxy_protocol     # --proxy-protocol: each connection starts with a PROXY header
         public bytes health            # --health-path as sent (None: off), and with a "?" after it
         public bytes health_query

@@ -23,10 +23,6 @@ import hashlib
 import logging
 import os
 
-from websockets.frames import BINARY, CONT, PONG, TEXT
-from websockets.protocol import OPEN as PROTOCOL_OPEN
-from websockets.protocol import SERVER, Protocol
-
 try:
     import cython
 except ImportError:   # plain Python without Cython installed
@@ -40,6 +36,9 @@ from . import wsgi as _wsgi
 from .errors import ClientDisconnected
 
 log = logging.getLogger("fastcluster")
+# websockets' protocol layer, imported with the first handshake (_codec): a worker that never sees one
+# does not load it
+Protocol = SERVER = PROTOCOL_OPEN = TEXT = BINARY = CONT = PONG = None
 # websockets' protocol logs each closed connection at info level: not ours to print
 QUIET = logging.getLogger("fastcluster.websocket.protocol")
 QUIET.setLevel(logging.WARNING)
@@ -85,9 +84,22 @@ def handshake_problem(ex):
     return 0
 
 
+def _codec():
+    global Protocol, SERVER, PROTOCOL_OPEN, TEXT, BINARY, CONT, PONG
+    if Protocol is None:
+        import websockets.frames as frames
+        import websockets.protocol as protocol
+
+        TEXT, BINARY, CONT, PONG = frames.TEXT, frames.BINARY, frames.CONT, frames.PONG
+        SERVER, PROTOCOL_OPEN = protocol.SERVER, protocol.OPEN
+        Protocol = protocol.Protocol
+    return 0
+
+
 def upgrade(conn, ex, tail):
     """Make `ex` (a valid handshake) a WebSocket session; `tail` is what the read brought after
     the handshake (the client's first frames). Returns the session, the exchange's cycle."""
+    _codec()
     ws = WebSocket.__new__(WebSocket)
     ws.conn = conn
     ws.ex = ex

@@ -17,6 +17,7 @@ cdef enum:
     ENDED = 3
 cdef int GOING_AWAY, ABNORMAL, INTERNAL_ERROR
 
+cdef int _codec() except -1
 cpdef bint is_upgrade(dict env) except -1
 @cython.locals(env=dict)
 cpdef int handshake_problem(Exchange ex) except -1

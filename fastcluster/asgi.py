@@ -1,38 +1,22 @@
 """ASGI in a worker: which interface an app speaks, its event loop, and the lifespan protocol.
 
-The per-request work is not here: it is in the request loop (`_asgi.py` for HTTP, `websocket.py`
-for WebSockets). This is what a worker does once, before it serves and after.
+The per-request work is not here: it is in the request loop (`_asgi.py` for HTTP, `_websocket.py`
+for WebSockets), and which interface an app speaks is in importer.py (a WSGI worker never imports
+this module, nor asyncio). This is what an ASGI worker does once, before it serves and after.
 """
 
 from __future__ import annotations
 
 import asyncio
 import importlib.util
-import inspect
 import logging
 import sys
 from typing import Any, Optional
 
 log = logging.getLogger("fastcluster")
 
-INTERFACES = ("auto", "wsgi", "asgi")
 EVENT_LOOPS = ("auto", "asyncio", "uvloop")
 LIFESPAN_MODES = ("auto", "on", "off")
-
-
-def is_asgi(app: Any) -> bool:
-    """An ASGI 3 app: a coroutine function, or an object whose __call__ is one."""
-    if inspect.iscoroutinefunction(app):
-        return True
-    call = getattr(app, "__call__", None)
-    return call is not None and not inspect.isclass(app) and inspect.iscoroutinefunction(call)
-
-
-def interface_of(app: Any, choice: str) -> str:
-    """'asgi' or 'wsgi': what --interface says, or (auto) what the app is."""
-    if choice != "auto":
-        return choice
-    return "asgi" if is_asgi(app) else "wsgi"
 
 
 def has_uvloop() -> bool:

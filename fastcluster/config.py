@@ -69,6 +69,12 @@ def path(text: str) -> str:
     return text
 
 
+def root_path(text: str) -> str:
+    if text in ("", "/"):
+        return ""
+    return url_path(text).rstrip("/")
+
+
 def url_path(text: str) -> str:
     if not text.startswith("/") or any(c in text for c in " ?#") or not text.isprintable():
         raise ValueError("not a path: it starts with / and has no space, ? or #")
@@ -286,6 +292,9 @@ SETTINGS = (
             "run the workers with this group (a name or gid; default: the --user's own)", "GROUP"),
     Setting("umask", ("--umask",), _umask, None,
             "the file mode mask of the master and its workers (octal, e.g. 027)", "MASK"),
+    Setting("root_path", ("--root-path",), root_path, "",
+            "the prefix the app is mounted at behind a proxy: SCRIPT_NAME (ASGI: root_path), and PATH_INFO "
+            "without it when the request path starts with it", "PATH"),
     Setting("forwarded_allow_ips", ("--forwarded-allow-ips",), address_list, "127.0.0.1,::1",
             "peers (addresses, CIDR networks, * for all) whose Forwarded / X-Forwarded-For / X-Forwarded-Proto "
             "headers set the client address and scheme (unix-socket peers are trusted)", "LIST"),
@@ -359,6 +368,7 @@ class Config:
     user: Optional[str] = _default("user")
     group: Optional[str] = _default("group")
     umask: Optional[int] = _default("umask")
+    root_path: str = _default("root_path")
     forwarded_allow_ips: str = _default("forwarded_allow_ips")
     proxy_protocol: bool = _default("proxy_protocol")
     health_path: Optional[str] = _default("health_path")

@@ -1,4 +1,4 @@
-"""Resolve "package.module:attribute" to the WSGI callable.
+"""Resolve "package.module:attribute" to the app (a WSGI or ASGI callable), and tell which it is.
 
 A malformed string, a module that does not exist and a missing attribute raise
 AppImportError with one precise line.  An exception raised while the module
@@ -8,9 +8,11 @@ itself runs is the app's bug and propagates with its traceback.
 from __future__ import annotations
 
 import importlib
+import inspect
 import re
 import sys
 import traceback
+from typing import Any
 
 from .errors import EXIT_APP_LOAD_ERROR, EXIT_USAGE, AppImportError
 
@@ -63,3 +65,18 @@ def load_app(config):
         traceback.print_exc()
         sys.stderr.flush()
         return EXIT_APP_LOAD_ERROR
+
+
+def is_asgi(app: Any) -> bool:
+    """An ASGI 3 app: a coroutine function, or an object whose __call__ is one."""
+    if inspect.iscoroutinefunction(app):
+        return True
+    call = getattr(app, "__call__", None)
+    return call is not None and not inspect.isclass(app) and inspect.iscoroutinefunction(call)
+
+
+def interface_of(app: Any, choice: str) -> str:
+    """'asgi' or 'wsgi': what --interface says, or (auto) what the app is."""
+    if choice != "auto":
+        return choice
+    return "asgi" if is_asgi(app) else "wsgi"

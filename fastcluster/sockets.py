@@ -74,7 +74,8 @@ def describe(sock: socket.socket) -> tuple:
         path = sock.getsockname()
         if isinstance(path, bytes):
             path = path.decode("utf-8", "surrogateescape")
-        return "unix:" + path, "localhost", "", "unix:" + path
+        # PEP 3333: SERVER_NAME and SERVER_PORT are never empty; a unix socket has no port
+        return "unix:" + path, "localhost", "80", "unix:" + path
     host, port = sock.getsockname()[:2]
     shown = "[%s]" % host if sock.family == socket.AF_INET6 else host
     return "http://%s:%d" % (shown, port), host, str(port), "port %d" % port

@@ -24,9 +24,9 @@ import time
 import traceback
 from typing import Any, Optional
 
-from . import asgi, loop, privileges
+from . import loop, privileges
 from .errors import EXIT_APP_LOAD_ERROR, EXIT_BOOT_ERROR, EXIT_OK
-from .importer import load_app
+from .importer import interface_of, load_app
 from .logs import AccessLog, reopen_log, say
 from .proctitle import set_title
 from .sockets import describe
@@ -209,7 +209,7 @@ def _serve(spec, stop, wake_r, wake_w):
                          tick=heartbeat, board=spec.board, board_index=spec.board_index, access_log=access_log,
                          bells=spec.bells)
     _url, _name, _port, short = describe(spec.listener)
-    if asgi.interface_of(app, config.interface) == "asgi":
+    if interface_of(app, config.interface) == "asgi":
         return _serve_asgi(spec, server, app, stop, access_log, short)
     what = "a WSGI app, %d app thread%s per worker" % (config.threads, "" if config.threads == 1 else "s")
 
@@ -229,6 +229,8 @@ def _serve_asgi(spec, server, app, stop, access_log, short):
     """An ASGI app: its event loop, the lifespan startup before the worker says it is ready (a
     failed one is a boot failure, as an import error is), then serving on that loop; on stop, the
     app's tasks that outlive their responses, then the lifespan shutdown."""
+    from . import asgi      # (asyncio and the event loop: only an ASGI worker loads them)
+
     config = spec.config
     name = asgi.event_loop_name(config.event_loop)
     aloop = asgi.new_event_loop(name)

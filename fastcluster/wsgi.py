@@ -394,10 +394,11 @@ def log_app_error(environ, message="error handling request") -> None:
     log.error("%s %s", message, line.encode("unicode_escape").decode("ascii"), exc_info=True)
 
 
-def base_environ(server_name: str, server_port: str, multiprocess: bool, multithread: bool = False) -> dict:
+def base_environ(server_name: str, server_port: str, multiprocess: bool, multithread: bool = False,
+                 script_name: str = "") -> dict:
     """The keys every request of this worker shares; each request starts from a copy."""
     return {
-        "SCRIPT_NAME": "",
+        "SCRIPT_NAME": script_name,
         "SERVER_NAME": server_name,
         "SERVER_PORT": server_port,
         "SERVER_SOFTWARE": "fastcluster",

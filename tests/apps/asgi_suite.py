@@ -63,6 +63,9 @@ async def lifespan(scope, receive, send):
 
 async def http(scope, receive, send):
     path = scope["path"]
+    root = scope.get("root_path", "")
+    if root and path.startswith(root):     # as Starlette routes: the path under the app's mount point
+        path = path[len(root):]
     q = _qs(scope)
     if path == "/":
         return await _text(send, b"Hello from process %d\n" % os.getpid())

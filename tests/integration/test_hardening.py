@@ -90,6 +90,15 @@ BAD_REQUESTS = {
     "bad method": b"G@T / HTTP/1.1\r\n" + H + b"\r\n",
     "space in target": b"GET /a b HTTP/1.1\r\n" + H + b"\r\n",
     "not http": b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + os.urandom(40),
+    "asterisk target on GET": b"GET * HTTP/1.1\r\n" + H + b"\r\n",
+    "host in chunked trailers": b"POST /echo HTTP/1.1\r\n" + H + b"Transfer-Encoding: chunked\r\n\r\n"
+                                b"3\r\nabc\r\n0\r\nHost: evil\r\n\r\n",
+    "content-length in chunked trailers": b"POST /echo HTTP/1.1\r\n" + H + b"Transfer-Encoding: chunked\r\n\r\n"
+                                          b"3\r\nabc\r\n0\r\nContent-Length: 3\r\n\r\n",
+    "transfer-encoding in chunked trailers": b"POST /echo HTTP/1.1\r\n" + H + b"Transfer-Encoding: chunked\r\n\r\n"
+                                             b"3\r\nabc\r\n0\r\nTransfer-Encoding: chunked\r\n\r\n",
+    "two content-types": b"POST /echo HTTP/1.1\r\n" + H + b"Content-Type: text/plain\r\n"
+                         b"Content-Type: application/json\r\nContent-Length: 2\r\n\r\nok",
 }
 
 
@@ -132,6 +141,18 @@ def test_within_limits_is_fine(hard_server):
     assert resp.body == b"z" * 1000
     resp = expect(hard_server, b"GET / HTTP/1.0\r\n\r\n", 200)   # HTTP/1.0 needs no Host
     resp = expect(hard_server, b"GET / HTTP/1.1\r\nHost: [::1]:8080\r\nX-Tab: a\tb\r\n\r\n", 200)
+
+
+def test_options_asterisk_and_harmless_trailers_are_fine(hard_server):
+    import json
+    # answered by the app (neither suite app has an OPTIONS route), not refused
+    expect(hard_server, b"OPTIONS * HTTP/1.1\r\n" + H + b"\r\n", 404, closes=False)
+    # an allowed trailer is read and never reaches the environ (or the scope)
+    path = b"/scope" if hard_server.interface == "asgi" else b"/environ"
+    data = (b"POST " + path + b" HTTP/1.1\r\n" + H + b"Transfer-Encoding: chunked\r\n\r\n"
+            b"2\r\nok\r\n0\r\nX-Checksum: abc\r\n\r\n")
+    seen = json.loads(expect(hard_server, data, 200).body)
+    assert "HTTP_X_CHECKSUM" not in seen and ["x-checksum", "abc"] not in seen.get("headers", [])
 
 
 def test_header_values_reach_the_app_trimmed(hard_server):

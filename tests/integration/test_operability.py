@@ -222,7 +222,9 @@ def test_status_shows_the_numbers_during_a_rolling_restart(impl, tmp_path):
         server.signal(signal.SIGUSR2)
         wait_until(lambda: "rolling restart in progress: starting pid" in status_of(pidfile), what="the rollout",
                    server=server)
-        os.unlink(marker)    # the first replacement is already sleeping; the second starts quickly
+        wait_until(lambda: os.path.exists(marker + ".sleeping"), what="the first replacement to import the app",
+                   server=server)
+        os.unlink(marker)    # the first replacement is sleeping; the second starts quickly
         text = status_of(pidfile)
         assert re.search(r"^master %d: generation 2, 2 workers wanted, loop %s$" % (server.proc.pid, impl), text,
                          re.M), text
