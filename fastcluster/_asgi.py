@@ -39,6 +39,13 @@ CALL_FAILED = "the ASGI app failed when called (not an ASGI app? --interface say
 TASK_NAME = "fastcluster-asgi"   # (a Task without a name formats one, which costs more than the rest of its making)
 
 
+def resolve(future):
+    """Let the receive() or send() that awaits `future` go on (None: nobody waits)."""
+    if future is not None and not future.done():
+        future.set_result(None)
+    return 0
+
+
 @cython.freelist(64)
 @cython.cclass
 class Ready:
@@ -110,10 +117,8 @@ class BodyQueue:
 
     def wake(self):
         waiter = self.waiter
-        if waiter is not None:
-            self.waiter = None
-            if not waiter.done():
-                waiter.set_result(None)
+        self.waiter = None
+        resolve(waiter)
         return 0
 
     def take(self):
@@ -246,8 +251,7 @@ class Cycle:
         drain = self.drain
         if drain is not None and (self.ex.conn.out_size < HIGH_WATER or self.disconnected):
             self.drain = None
-            if not drain.done():
-                drain.set_result(None)
+            resolve(drain)
         return 0
 
     # --- the end ---
@@ -265,10 +269,8 @@ class Cycle:
 
     def _wake(self):
         waiter = self.waiter
-        if waiter is not None:
-            self.waiter = None
-            if not waiter.done():
-                waiter.set_result(None)
+        self.waiter = None
+        resolve(waiter)
         body = self.ex.body
         if body is not None:
             body.wake()

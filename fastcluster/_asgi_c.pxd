@@ -11,6 +11,9 @@ cdef dict DISCONNECT, EMPTY_BODY
 cdef bint EAGER_START
 
 
+cpdef int resolve(object future) except -1
+
+
 @cython.final
 cdef class Ready:
     cdef public object value

@@ -385,26 +385,25 @@ class HttpServer:
     def _turn(self):
         """call_soon's callback: connections posted during the event loop's turn."""
         self.soon = False
-        if self.finished:
-            return
-        try:
-            self._woke(monotonic())
-            self._after_events()
-            self._after_turn()
-        except BaseException:
-            self._crashed()
+        self._callback_turn()
 
     def _on_timer(self):
         self.timer = None
         self.timer_at = 0.0
+        self._callback_turn()
+
+    def _callback_turn(self):
+        """What a posted turn or a timer runs: the rest of an iteration (posted connections, the
+        stop, the tick), without waiting for events."""
         if self.finished:
-            return
+            return 0
         try:
             self._woke(monotonic())
             self._after_events()
             self._after_turn()
         except BaseException:
             self._crashed()
+        return 0
 
     def _after_turn(self):
         """After each of the event loop's calls into this loop: stop it once the stop is over;

@@ -129,6 +129,7 @@ cdef class HttpServer:
     @cython.locals(client=tuple)
     cpdef dict _scope_base(self, dict env)
     cpdef _run_asyncio(self)
+    cdef int _callback_turn(self) except -1
     cdef int _after_turn(self) except -1
     cdef int _arm_timer(self, double delay) except -1
     cdef int _crashed(self) except -1

@@ -29,7 +29,7 @@ except ImportError:   # plain Python without Cython installed
     from . import _pure as cython
 
 if not cython.compiled:   # the compiled build cimports these (_websocket_c.pxd)
-    from ._asgi import CALL_FAILED, READY_NONE, ready, start_task
+    from ._asgi import CALL_FAILED, READY_NONE, ready, resolve, start_task
     from ._exchange import HIGH_WATER, SERVER_HEADER, encode_asgi_headers
 
 from . import wsgi as _wsgi
@@ -375,8 +375,7 @@ class WebSocket:
         drain = self.drain
         if drain is not None and (self.conn.out_size < HIGH_WATER or self.stage == ENDED):
             self.drain = None
-            if not drain.done():
-                drain.set_result(None)
+            resolve(drain)
         return 0
 
     # --- the end ---
@@ -408,10 +407,8 @@ class WebSocket:
 
     def _wake(self):
         waiter = self.waiter
-        if waiter is not None:
-            self.waiter = None
-            if not waiter.done():
-                waiter.set_result(None)
+        self.waiter = None
+        resolve(waiter)
         return 0
 
     def disconnect(self):

@@ -5,7 +5,7 @@ cimport cython
 from fastcluster._server_c cimport HttpServer
 from fastcluster._exchange_c cimport (Channel, Exchange, HIGH_WATER, SERVER_HEADER,
                                       encode_asgi_headers)
-from fastcluster._asgi_c cimport Ready, ready, READY_NONE, start_task, CALL_FAILED
+from fastcluster._asgi_c cimport Ready, ready, READY_NONE, start_task, CALL_FAILED, resolve
 
 cdef object log, QUIET, has_token, ClientDisconnected, Protocol, SERVER, PROTOCOL_OPEN, TEXT, BINARY, CONT, PONG
 cdef bytes GUID, SWITCHING
