@@ -48,8 +48,9 @@ def header_key(name: bytes):
     return key
 
 
-def split_target(target: bytes):
-    """Request-target -> (PATH_INFO, QUERY_STRING) as latin-1 str; the path is percent-decoded."""
+def _split(target: bytes):
+    """Request-target -> (path as sent, query as sent), both bytes: absolute-form reduced to its
+    path, a fragment dropped."""
     if target[:1] != b"/" and b"://" in target[:10]:    # absolute-form: http://host/path?q
         rest = target.split(b"://", 1)[1]
         cut = min((i for i in (rest.find(b"/"), rest.find(b"?")) if i >= 0), default=len(rest))
@@ -59,7 +60,12 @@ def split_target(target: bytes):
     path, _, query = target.partition(b"?")
     if b"#" in path:
         path = path.partition(b"#")[0]
-    query = query.partition(b"#")[0]
+    return path, query.partition(b"#")[0]
+
+
+def split_target(target: bytes):
+    """Request-target -> (PATH_INFO, QUERY_STRING) as latin-1 str; the path is percent-decoded."""
+    path, query = _split(target)
     if b"%" in path:
         path = unquote_to_bytes(path)
     return path.decode("latin-1"), query.decode("latin-1")
@@ -68,16 +74,7 @@ def split_target(target: bytes):
 def split_asgi_target(target: bytes):
     """Request-target -> (path, raw_path, query_string) as an ASGI scope has them: the path
     percent-decoded as UTF-8 (str), raw_path and query_string as sent (bytes)."""
-    if target[:1] != b"/" and b"://" in target[:10]:    # absolute-form: http://host/path?q
-        rest = target.split(b"://", 1)[1]
-        cut = min((i for i in (rest.find(b"/"), rest.find(b"?")) if i >= 0), default=len(rest))
-        target = rest[cut:]
-        if target[:1] != b"/":
-            target = b"/" + target
-    raw_path, _, query = target.partition(b"?")
-    if b"#" in raw_path:
-        raw_path = raw_path.partition(b"#")[0]
-    query = query.partition(b"#")[0]
+    raw_path, query = _split(target)
     path = unquote_to_bytes(raw_path) if b"%" in raw_path else raw_path
     return path.decode("utf-8", "replace"), raw_path, query
 
