@@ -3,6 +3,7 @@
     python benchmarks/compare.py [--quick] [--only NAME,NAME]
     python benchmarks/compare.py --waits [--quick]     # apps that wait (benchmarks/waits.py)
     python benchmarks/compare.py --asgi [--quick]      # ASGI servers (benchmarks/asgi_workloads.py)
+    python benchmarks/compare.py --tls [--quick]       # HTTPS (benchmarks/tls_workloads.py)
 
 It installs what it needs (apt: wrk, apache2-utils, nginx, libev-dev; PyPI, into
 benchmarks/.venv-peers: gunicorn, uvicorn, uvloop, granian, fastpysgi, bjoern, matplotlib and
@@ -292,9 +293,9 @@ def _load(cmd, seconds, pin):
     return subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60).stdout
 
 
-def run_wrk(port, seconds, pin, extra=(), connections=100):
+def run_wrk(port, seconds, pin, extra=(), connections=100, scheme="http"):
     out = _load(["wrk", "-t1", "-c%d" % connections, "-d%ds" % seconds, "--latency", *extra,
-                 "http://127.0.0.1:%d/" % port], seconds, pin)
+                 "%s://127.0.0.1:%d/" % (scheme, port)], seconds, pin)
     result = {"requests": int(re.search(r"(\d+) requests in", out).group(1))}
     result["rps"] = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     for pct in ("50", "99"):
@@ -424,7 +425,9 @@ def main():
                     help="the waiting workloads instead (head-of-line, a 20 ms app, trickling uploads)")
     ap.add_argument("--asgi", action="store_true",
                     help="the ASGI comparison instead (raw hello, pipelining, FastAPI, WebSocket echo)")
-    ap.add_argument("--rounds", type=int, default=3, help="--asgi: interleaved rounds (medians are reported)")
+    ap.add_argument("--tls", action="store_true",
+                    help="the TLS comparison instead (HTTPS keep-alive and pipelining; benchmarks/tls_workloads.py)")
+    ap.add_argument("--rounds", type=int, default=3, help="--asgi, --tls: interleaved rounds (medians are reported)")
     ap.add_argument("--installed", default=None, help=argparse.SUPPRESS)   # set by the re-exec below
     args = ap.parse_args()
     if args.installed is None:
@@ -442,6 +445,8 @@ def main():
         return compare_waits(args, missing, started)
     if args.asgi:
         return compare_asgi(args, missing, started)
+    if args.tls:
+        return compare_tls(args, missing, started)
     names = [n for n in SERVERS if not args.only or n in args.only.split(",")]
     if shutil.which("node") is None and "node-cluster" in names:
         missing.append("node: not installed, node-cluster skipped")
@@ -552,35 +557,58 @@ def compare_waits(args, missing, started):
 
 def compare_asgi(args, missing, started):
     """--asgi: benchmarks/asgi_workloads.py, 1 worker pinned, rounds interleaved, medians kept."""
-    import statistics
-
     import asgi_workloads as aw
 
+    def load(workload, port, seconds):
+        if workload == "ws-echo":
+            return aw.run_ws(port, seconds, True, PY)
+        if workload == "pipeline16":
+            return run_wrk(port, seconds, True, ("-s", os.path.join(HERE, "pipeline.lua")))
+        return run_wrk(port, seconds, True)
+
+    bin_ = os.path.join(VENV, "bin")
+    _rounds(args, missing, started, "--asgi", aw.SERVERS, aw.WORKLOADS,
+            lambda name, port, workload: aw.commands(name, port, bin_, aw.APPS[workload]), load,
+            aw.markdown, "compare-asgi", "ASGI: fastcluster and its peers")
+
+
+def compare_tls(args, missing, started):
+    """--tls: benchmarks/tls_workloads.py, the same way as --asgi."""
+    import tls_workloads as tw
+
+    def load(workload, port, seconds):
+        extra = ("-s", os.path.join(HERE, "pipeline.lua")) if workload == "pipeline16" else ()
+        return run_wrk(port, seconds, True, extra, scheme="https")
+
+    bin_ = os.path.join(VENV, "bin")
+    _rounds(args, missing, started, "--tls", tw.SERVERS, tw.WORKLOADS,
+            lambda name, port, workload: tw.command(name, port, bin_, workload), load,
+            tw.markdown, "compare-tls", "TLS: fastcluster and its peers")
+
+
+def _rounds(args, missing, started, flag, servers, workloads, command, load, markdown, stem, title):
+    """Each server fresh for each run, 1 worker pinned to CPU 0, the load on CPU 1; rounds
+    interleaved and medians kept; writes results/<stem>.json and .md."""
+    import statistics
+
     seconds = 3 if args.quick else 5
-    names = [n for n in aw.SERVERS if not args.only or n in args.only.split(",")]
+    names = [n for n in servers if not args.only or n in args.only.split(",")]
     report = {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "command": "python benchmarks/compare.py --asgi --rounds %d" % args.rounds + (" --quick" if args.quick else ""),
+        "command": "python benchmarks/compare.py %s --rounds %d" % (flag, args.rounds) + (" --quick" if args.quick else ""),
         "machine": "%d CPUs, %s, Linux %s, Python %s" % (os.cpu_count(), _cpu_name(), platform.release(),
                                                         platform.python_version()),
         "versions": versions(), "missing": missing, "seconds": seconds, "runs": {}, "medians": {},
     }
-    bin_ = os.path.join(VENV, "bin")
     for round_ in range(args.rounds):
-        for workload in aw.WORKLOADS:
+        for workload in workloads:
             for name in names:
                 log("round %d %-28s %s" % (round_ + 1, name, workload))
                 server = None
                 try:
-                    server = Running(name, 1, True, command=lambda port, tmp, n=name, w=workload:
-                                     aw.commands(n, port, bin_, aw.APPS[w]))
+                    server = Running(name, 1, True, command=lambda port, tmp, n=name, w=workload: command(n, port, w))
                     cpu0 = server.cpu_seconds()
-                    if workload == "ws-echo":
-                        result = aw.run_ws(server.port, seconds, True, PY)
-                    elif workload == "pipeline16":
-                        result = run_wrk(server.port, seconds, True, ("-s", os.path.join(HERE, "pipeline.lua")))
-                    else:
-                        result = run_wrk(server.port, seconds, True)
+                    result = load(workload, server.port, seconds)
                     cpu = server.cpu_seconds() - cpu0
                     result["server_cpu_us_per_request"] = round(cpu / max(result["requests"], 1) * 1e6, 1)
                     result["rss_mib"], result["rss_max_process_mib"] = server.rss_mib()
@@ -603,17 +631,17 @@ def compare_asgi(args, missing, started):
                     for key in ("rps", "server_cpu_us_per_request", "errors", "rss_mib")}
     report["elapsed_s"] = round(time.monotonic() - started)
     os.makedirs(RESULTS, exist_ok=True)
-    with open(os.path.join(RESULTS, "compare-asgi.json"), "w") as f:
+    with open(os.path.join(RESULTS, stem + ".json"), "w") as f:
         json.dump(report, f, indent=1, sort_keys=True)
-    with open(os.path.join(RESULTS, "compare-asgi.md"), "w") as f:
-        f.write("# ASGI: fastcluster and its peers\n\nMachine: %s. Run %s, `%s`: %d s per run, medians of %d "
+    with open(os.path.join(RESULTS, stem + ".md"), "w") as f:
+        f.write("# %s\n\nMachine: %s. Run %s, `%s`: %d s per run, medians of %d "
                 "interleaved rounds (each number the median of its own runs; every run is in the .json), 1 worker pinned to CPU 0, the load generator on CPU 1. Versions: %s.\n\n"
-                % (report["machine"], report["date"], report["command"], seconds, args.rounds,
+                % (title, report["machine"], report["date"], report["command"], seconds, args.rounds,
                    ", ".join("%s %s" % kv for kv in sorted(report["versions"].items()))))
-        f.write(aw.markdown(report))
+        f.write(markdown(report))
         if missing:
             f.write("\n## Missing\n\n" + "\n".join("- %s" % m for m in missing) + "\n")
-    log("wrote %s (%d s)" % (os.path.relpath(os.path.join(RESULTS, "compare-asgi.md"), ROOT), report["elapsed_s"]))
+    log("wrote %s (%d s)" % (os.path.relpath(os.path.join(RESULTS, stem + ".md"), ROOT), report["elapsed_s"]))
 
 
 def _cpu_bound_waits(name, workers, seconds, bin_):

@@ -177,3 +177,126 @@ cdef class Connection(HttpConnection):
         self.out_off = 0
         self.out_size = 0
         return 0
+
+
+cdef class TlsConnection(Connection):
+    """HTTPS: a Connection whose bytes go through a tls.Session (the twin of _parser_py.py's). What
+    is read is decrypted before the parser sees it; what is queued is encrypted SEAL_SIZE bytes at a
+    time as the socket takes it (the ciphertext waiting, `sealed`, counts in out_size); a file is
+    read and encrypted in pieces (no sendfile through TLS); the FIN follows our close_notify."""
+    cdef object tls
+    cdef bytes sealed
+    cdef Py_ssize_t sealed_off
+
+    cdef setup(self, Server server, int fd, dict env):
+        self.tls = _tls.Session(server.tls)
+        self.sealed = b""
+        self.sealed_off = 0
+        Connection.setup(self, server, fd, env)
+
+    cdef int _feed(self, object data, Py_ssize_t n) except -1:
+        cdef bytes handshake
+        if self.proxy_buf is not None:        # --proxy-protocol: its header comes before the handshake
+            data = self._proxy_header(data)
+            if not data:
+                return 0
+        try:
+            plain, closed = self.tls.receive(data)
+        except _tls.SSLError as exc:
+            _tls.refused(self.server, self.base_environ, exc)
+            self.close()
+            return 0
+        handshake = self.tls.pending()        # handshake records, session tickets
+        if handshake:
+            self._add_sealed(handshake)
+        if plain:
+            HttpConnection._feed(self, plain, len(plain))
+        if closed:
+            self._stop_reading(PEER_CLOSED)
+        return 0
+
+    cdef int _add_sealed(self, bytes data) except -1:
+        if self.sealed_off:
+            self.out_size -= self.sealed_off
+            self.sealed = self.sealed[self.sealed_off:]
+            self.sealed_off = 0
+        self.sealed += data
+        self.out_size += PyBytes_GET_SIZE(data)
+        return 0
+
+    cdef bint _flush(self) except -1:
+        cdef list out = self.out
+        cdef Py_ssize_t size, i, left
+        cdef ssize_t n
+        cdef bytes item
+        tls = self.tls
+        while True:
+            left = PyBytes_GET_SIZE(self.sealed) - self.sealed_off
+            if not left:
+                if not out:
+                    return True
+                if not tls.ready:             # (a timed-out handshake: nothing can be sent)
+                    self.close()
+                    return False
+                size = i = 0
+                while i < len(out) and size < SEAL_SIZE:
+                    item = <bytes>out[i]
+                    tls.seal(item)
+                    size += PyBytes_GET_SIZE(item)
+                    i += 1
+                del out[:i]
+                self.out_size -= size
+                self.sealed = b""
+                self.sealed_off = 0
+                self._add_sealed(tls.pending())
+                continue
+            n = send(self.fd, PyBytes_AS_STRING(self.sealed) + self.sealed_off, left, MSG_NOSIGNAL)
+            if n < 0:
+                if errno == EINTR:
+                    PyErr_CheckSignals()
+                    continue
+                if errno == EAGAIN:
+                    self._want_write()
+                    return False
+                self.close()
+                return False
+            self.sealed_off += n
+            self.out_size -= n
+            self.server.cells[B_BYTES_OUT] += n
+            if self.sealed_off == PyBytes_GET_SIZE(self.sealed):
+                self.sealed = b""
+                self.sealed_off = 0
+
+    cdef bint _sendfile_step(self) except -1:
+        cdef Exchange ex = self.resp
+        cdef bytes chunk
+        while ex.file_left > 0:
+            if PyBytes_GET_SIZE(self.sealed) > self.sealed_off and not self._flush():
+                return False
+            try:
+                chunk = os.pread(ex.file_fd, min(ex.file_left, SEAL_SIZE), ex.file_off)
+            except OSError:
+                self.close()
+                return False
+            if not chunk:
+                break  # the file shrank: the body is short, so the connection must end
+            ex.file_off += PyBytes_GET_SIZE(chunk)
+            ex.file_left -= PyBytes_GET_SIZE(chunk)
+            ex.sent += PyBytes_GET_SIZE(chunk)
+            self.tls.seal(chunk)
+            self._add_sealed(self.tls.pending())
+        ex.sending_file = False
+        ex.finish()
+        return True
+
+    cdef bint _shutdown_write(self) except -1:
+        cdef bytes alert = self.tls.close_notify()
+        if alert:
+            send(self.fd, PyBytes_AS_STRING(alert), PyBytes_GET_SIZE(alert), MSG_NOSIGNAL)
+        return Connection._shutdown_write(self)
+
+    cdef int _drop_output(self) except -1:
+        Connection._drop_output(self)
+        self.sealed = b""
+        self.sealed_off = 0
+        return 0

@@ -663,7 +663,10 @@ class HttpConnection(Channel):
         # (when the worker is stopping, a connection left open by a response that went out before
         # the stop is ended by the tick once it stays idle, DRAIN_LINGER after the stop began)
         self._want_read()
-        if self.cur is None:      # between requests: the keep-alive timeout runs
+        if self.cur is None and self.wait != W_HEADERS:
+            # between requests: the keep-alive timeout runs (not before the first request has
+            # begun: input that was no request yet, a PROXY header or a TLS handshake, leaves
+            # the header deadline from the accept as it was)
             self._arm(W_IDLE, server.keep_alive)
         return 0
 

@@ -45,6 +45,7 @@ import signal as _signal_module
 import threading as _threading
 
 from . import board as _board
+from . import tls as _tls
 from .errors import Demoted
 
 IMPLEMENTATION = "cython"
@@ -62,3 +63,5 @@ include "_access.pxi"
 include "_pool.pxi"
 include "_server.pxi"
 include "_connection.pxi"
+
+cdef Py_ssize_t SEAL_SIZE = _tls.SEAL_SIZE

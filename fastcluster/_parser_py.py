@@ -19,6 +19,7 @@ import time
 from time import monotonic
 
 from . import board as _board
+from . import tls as _tls
 from ._exchange import CLOSED, PEER_CLOSED, LINGERING
 from ._http import HttpConnection
 from ._server import AppPool, HttpServer, _fail_worker
@@ -254,7 +255,7 @@ class Server(HttpServer):
             env["REMOTE_PORT"] = str(addr[1])
         else:
             env["REMOTE_ADDR"] = ""
-        conn = Connection(self, sock, env)
+        conn = (Connection if self.tls is None else TlsConnection)(self, sock, env)
         self.conns[conn.fd] = conn
         self.ep.register(conn.fd, EPOLLIN)
         self.cells[B_ACCEPTED] += 1
@@ -430,3 +431,94 @@ class Connection(HttpConnection):
         self.out.clear()
         self.sent_bytes = self.queued
 
+
+
+class TlsConnection(Connection):
+    """HTTPS: a Connection whose bytes go through a tls.Session. What is read is decrypted before
+    the parser sees it; what is queued is encrypted SEAL_SIZE bytes at a time as the socket takes
+    it (the ciphertext waiting, `sealed`, counts in out_size); a file is read and encrypted in
+    pieces (no sendfile through TLS); the FIN follows our close_notify."""
+
+    out_size = property(lambda self: self.queued - self.sent_bytes + len(self.sealed))
+
+    def __init__(self, server, sock, env):
+        self.tls = _tls.Session(server.tls)
+        self.sealed = b""
+        super().__init__(server, sock, env)
+
+    def _feed(self, data, n):
+        if self.proxy_buf is not None:        # --proxy-protocol: its header comes before the handshake
+            data = self._proxy_header(data)
+            if not data:
+                return
+        try:
+            plain, closed = self.tls.receive(data)
+        except _tls.SSLError as exc:
+            _tls.refused(self.server, self.base_environ, exc)
+            self.close()
+            return
+        self.sealed += self.tls.pending()     # handshake records, session tickets
+        if plain:
+            HttpConnection._feed(self, plain, len(plain))
+        if closed:
+            self._stop_reading(PEER_CLOSED)
+
+    def _flush(self):
+        out, tls = self.out, self.tls
+        while True:
+            if not self.sealed:
+                if not out:
+                    return True
+                if not tls.ready:             # (a timed-out handshake: nothing can be sent)
+                    self.close()
+                    return False
+                size = i = 0
+                while i < len(out) and size < _tls.SEAL_SIZE:
+                    tls.seal(out[i])
+                    size += len(out[i])
+                    i += 1
+                del out[:i]
+                self.sent_bytes += size
+                self.sealed = tls.pending()
+            try:
+                n = self.sock.send(self.sealed)
+            except BlockingIOError:
+                self._want_write()
+                return False
+            except OSError:
+                self.close()
+                return False
+            self.server.cells[B_BYTES_OUT] += n
+            self.sealed = self.sealed[n:]
+
+    def _sendfile_step(self):
+        ex = self.resp
+        while ex.file_left > 0:
+            if self.sealed and not self._flush():
+                return False
+            try:
+                chunk = os.pread(ex.file_fd, min(ex.file_left, _tls.SEAL_SIZE), ex.file_off)
+            except OSError:
+                self.close()
+                return False
+            if not chunk:
+                break  # the file shrank: the body is short, so the connection must end
+            ex.file_off += len(chunk)
+            ex.file_left -= len(chunk)
+            ex.sent += len(chunk)
+            self.tls.seal(chunk)
+            self.sealed = self.tls.pending()
+        ex.sending_file = False
+        ex.finish()
+        return True
+
+    def _shutdown_write(self):
+        try:
+            self.sock.send(self.tls.close_notify())
+        except OSError:
+            pass
+        return Connection._shutdown_write(self)
+
+    def _drop_output(self):
+        Connection._drop_output(self)
+        self.sealed = b""

@@ -209,7 +209,11 @@ cdef class Server(HttpServer):
 
     cdef Connection _add(self, int fd, dict env):
         """Serve a new connection: its object, its epoll registration, the board's counts."""
-        cdef Connection conn = Connection.__new__(Connection)
+        cdef Connection conn
+        if self.tls is None:
+            conn = Connection.__new__(Connection)
+        else:
+            conn = TlsConnection.__new__(TlsConnection)
         conn.setup(self, fd, env)
         self.conns[fd] = conn
         self._watch(fd, EPOLLIN)

@@ -163,6 +163,7 @@ class HttpServer:
         aloop = asgi_state = failure = timer = None
         timer_at = ws_ping_interval = ws_ping_timeout = 0.0
         ws_max_size = 0
+        tls = None
 
     def _configure(self, listener, app, config, wakeup_fd, master_pid, tick, board, board_index, access_log):
         config = config or _Config()
@@ -215,6 +216,14 @@ class HttpServer:
         self.ws_max_size = config.ws_max_size
         self.ws_ping_interval = config.ws_ping_interval
         self.ws_ping_timeout = config.ws_ping_timeout
+        self.scheme = "http"
+        return 0
+
+    def use_tls(self, context):
+        """Serve HTTPS: each connection's bytes go through an `ssl.SSLContext`'s session (tls.py)."""
+        self.tls = context
+        self.scheme = "https"
+        self.base_environ["wsgi.url_scheme"] = "https"
         return 0
 
     def use_asyncio(self, loop, state=None):
@@ -230,7 +239,7 @@ class HttpServer:
     def _scope_base(self, env):
         """What every ASGI scope of a connection starts from (`env`: the connection's environ)."""
         client = (env["REMOTE_ADDR"], int(env["REMOTE_PORT"])) if self.tcp else None
-        return {"type": "http", "asgi": ASGI_VERSION, "http_version": "1.1", "scheme": "http",
+        return {"type": "http", "asgi": ASGI_VERSION, "http_version": "1.1", "scheme": self.scheme,
                 "server": self.asgi_server, "client": client, "root_path": self.root_path}
 
     def resume_accepting(self):

@@ -93,6 +93,8 @@ cdef class HttpServer:
         public long long ws_max_size   # WebSockets: --ws-max-size (0: no limit)
         public double ws_ping_interval
         public double ws_ping_timeout
+        public object tls              # --certfile: the ssl.SSLContext each connection's session comes from
+        public str scheme              # "https" with tls, else "http"
         bint soon                      # a call_soon of _turn is pending
         object failure                 # an exception raised in an event loop callback
         object timer                   # the event loop's TimerHandle for _on_timer
@@ -126,6 +128,7 @@ cdef class HttpServer:
     cdef int _serve_start(self, object ready) except -1
     cdef int _serve_end(self) except -1
     cpdef int use_asyncio(self, object loop, object state=*) except -1
+    cpdef int use_tls(self, object context) except -1
     @cython.locals(client=tuple)
     cpdef dict _scope_base(self, dict env)
     cpdef _run_asyncio(self)

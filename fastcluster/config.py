@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import logging
 import os
 import re
 import socket
 from typing import Any, Callable, Optional
 
 from . import logs
-from .errors import ConfigError
+from .errors import AppImportError, ConfigError
 
 ENV_PREFIX = "FASTCLUSTER_"
 LOOPS = ("auto", "cython", "python")
@@ -95,6 +96,20 @@ def address_list(text: str) -> str:
     except ValueError as exc:
         raise ValueError("not an address, network or *: %s" % exc) from None
     return text
+
+
+def glob_pattern(text: str) -> str:
+    if not text or "/" in text:
+        raise ValueError("a file name pattern such as *.py or *.html, without a directory")
+    return text
+
+
+def cert_reqs(text: str) -> str:
+    names = {"0": "none", "1": "optional", "2": "required"}
+    lowered = names.get(text.strip(), text.strip().lower())
+    if lowered not in ("none", "optional", "required"):
+        raise ValueError("choose from none, optional, required (or 0, 1, 2)")
+    return lowered
 
 
 def choice(*names: str) -> Callable[[str], str]:
@@ -188,6 +203,7 @@ class Setting:
     default: Any                   # a value, or a callable giving one
     help: str
     metavar: Optional[str] = None
+    many: bool = False             # repeatable: a tuple of parsed items (env: comma-separated; file: a list)
 
     @property
     def env(self) -> str:
@@ -198,10 +214,18 @@ class Setting:
         value = self.default() if callable(self.default) else self.default
         return self.parse(value) if isinstance(value, str) else value
 
+    def parse_raw(self, raw) -> Any:
+        """A value from the environment or a file: a str, or (a repeatable setting) a list of them."""
+        if not self.many:
+            return self.parse(raw.strip())
+        items = raw.split(",") if isinstance(raw, str) else raw
+        return tuple(self.parse(item.strip()) for item in items if item.strip())
+
 
 SETTINGS = (
     Setting("config", ("-c", "--config"), path, None,
-            "read settings from this TOML file (keys are the option names); SIGHUP reads it again", "FILE"),
+            "read settings (and server hooks) from this file: Python (FILE.py: module-level names, as in a "
+            "gunicorn.conf.py) or TOML (keys are the option names); SIGHUP reads it again", "FILE"),
     Setting("bind", ("-b", "--bind"), parse_bind, "127.0.0.1:8000",
             "address to listen on: HOST:PORT, [IPv6]:PORT, unix:/path or fd://N (port 0 picks a free one; "
             "under systemd socket activation, LISTEN_FDS, the socket it passes)",
@@ -310,6 +334,28 @@ SETTINGS = (
     Setting("metrics_bind", ("--metrics-bind",), tcp_address, None,
             "serve Prometheus metrics at http://ADDRESS/metrics, from the master (port 0 picks a free one)",
             "HOST:PORT"),
+    Setting("reload", ("--reload",), boolean, False,
+            "development: watch the app's source files and, on a change, restart the workers one at a time "
+            "(an edit that fails to import leaves the old workers serving); not with --preload"),
+    Setting("reload_dir", ("--reload-dir",), path, (),
+            "watch this directory for --reload (repeatable; default: the app's package and the current "
+            "directory)", "DIR", many=True),
+    Setting("reload_include", ("--reload-include",), glob_pattern, (),
+            "file names --reload watches, as a glob (repeatable; default: *.py)", "GLOB", many=True),
+    Setting("certfile", ("--certfile",), path, None,
+            "serve HTTPS: the server's certificate chain (PEM); needs --keyfile unless the file holds the key",
+            "FILE"),
+    Setting("keyfile", ("--keyfile",), path, None, "the certificate's private key (PEM)", "FILE"),
+    Setting("keyfile_password", ("--keyfile-password",), str, None,
+            "the password of an encrypted --keyfile", "PASSWORD"),
+    Setting("ca_certs", ("--ca-certs",), path, None,
+            "CA certificates (PEM) that client certificates are checked against (with --cert-reqs)", "FILE"),
+    Setting("cert_reqs", ("--cert-reqs",), cert_reqs, "none",
+            "client certificates: none, optional (checked when sent) or required (also 0, 1, 2)",
+            "{none,optional,required}"),
+    Setting("ssl_ciphers", ("--ssl-ciphers",), str, None,
+            "TLS 1.2 cipher suites, in OpenSSL's cipher list format (default: OpenSSL's; TLS 1.2 is the "
+            "minimum version)", "CIPHERS"),
     Setting("demo_work_ms", ("--demo-work-ms",), non_negative_int, 0,
             "built-in demo app only: burn this many ms of CPU per request, like the seed's slow handler",
             "MS"),
@@ -329,6 +375,7 @@ class Config:
     """Every setting, resolved; one field per SETTINGS entry (a test keeps the two in step)."""
 
     app: Optional[str] = None      # "module:attribute"; None serves the built-in demo app
+    hooks: dict = dataclasses.field(default_factory=dict, compare=False)   # hook name -> callable (hooks.py)
     config: Optional[str] = _default("config")
     bind: BindAddress = _default("bind")
     workers: int = _default("workers")
@@ -374,18 +421,28 @@ class Config:
     health_path: Optional[str] = _default("health_path")
     shutdown_delay: float = _default("shutdown_delay")
     metrics_bind: Optional[BindAddress] = _default("metrics_bind")
+    reload: bool = _default("reload")
+    reload_dir: tuple = _default("reload_dir")
+    reload_include: tuple = _default("reload_include")
+    certfile: Optional[str] = _default("certfile")
+    keyfile: Optional[str] = _default("keyfile")
+    keyfile_password: Optional[str] = _default("keyfile_password")
+    ca_certs: Optional[str] = _default("ca_certs")
+    cert_reqs: str = _default("cert_reqs")
+    ssl_ciphers: Optional[str] = _default("ssl_ciphers")
     demo_work_ms: int = _default("demo_work_ms")
 
     @classmethod
     def from_args(cls, args: argparse.Namespace, environ=os.environ) -> "Config":
         """Resolve each setting: command line, then FASTCLUSTER_*, then the config file, then the default."""
         config_file = getattr(args, "config", None) or environ.get(ENV_PREFIX + "CONFIG") or None
-        from_file = load_file(config_file) if config_file else {}
+        loaded = load_file(config_file) if config_file else FileSettings()
+        from_file = loaded.values
         values = {}
         for setting in SETTINGS:
             given = getattr(args, setting.name, None)
             if given is not None:
-                values[setting.name] = given  # argparse already parsed and validated it
+                values[setting.name] = tuple(given) if setting.many else given   # argparse parsed it already
                 continue
             raw, where = environ.get(setting.env), setting.env
             if raw is None and setting.name in from_file:
@@ -394,7 +451,7 @@ class Config:
                 values[setting.name] = (setting.name == "bind" and systemd_bind(environ)) or setting.default_value()
                 continue
             try:
-                values[setting.name] = setting.parse(raw.strip())
+                values[setting.name] = setting.parse_raw(raw)
             except ValueError as exc:
                 raise ConfigError("%s=%r: %s" % (where, raw, _reason(exc))) from None
         values["config"] = config_file
@@ -402,7 +459,24 @@ class Config:
         if inherited:    # a master started by an upgrade in place: the old master's socket, whatever --bind says
             values["bind"] = BindAddress("fd", fd=int(inherited))
         app = getattr(args, "app", None) or environ.get(ENV_PREFIX + "APP") or from_file.get("app") or None
-        return cls(app=app, **values)
+        config = cls(app=app, hooks=loaded.hooks, **values)
+        check(config)
+        return config
+
+
+def check(config: Config) -> None:
+    """What no single setting can tell alone."""
+    if config.reload and config.preload:
+        raise ConfigError("--reload restarts the workers to load edited code, and a --preload app is "
+                          "loaded once in the master: use one or the other")
+    if config.keyfile and not config.certfile:
+        raise ConfigError("--keyfile needs --certfile")
+    for name in ("ca_certs", "ssl_ciphers", "keyfile_password"):
+        if getattr(config, name) and not config.certfile:
+            raise ConfigError("--%s needs --certfile (TLS)" % name.replace("_", "-"))
+    if config.cert_reqs != "none" and not config.ca_certs:
+        raise ConfigError("--cert-reqs %s needs --ca-certs (the CAs client certificates are checked against)"
+                          % config.cert_reqs)
 
 
 def systemd_bind(environ) -> Optional[BindAddress]:
@@ -422,7 +496,8 @@ def systemd_bind(environ) -> Optional[BindAddress]:
     return BindAddress("fd", fd=3)
 
 
-FIXED_ON_RELOAD = ("bind", "backlog", "pid", "log_file", "preload", "metrics_bind", "umask")   # need a full restart
+FIXED_ON_RELOAD = ("bind", "backlog", "pid", "log_file", "preload", "metrics_bind", "umask", "reload",
+                   "reload_dir", "reload_include")   # need a full restart
 
 
 def reloaded(old: Config, new: Config):
@@ -444,8 +519,40 @@ def reloaded(old: Config, new: Config):
     return dataclasses.replace(new, **fixed), warnings
 
 
-def load_file(path: str) -> dict:
-    """Read a TOML config file into {setting name: text}; keys may use '-' or '_'."""
+@dataclasses.dataclass
+class FileSettings:
+    values: dict = dataclasses.field(default_factory=dict)   # setting name -> str (or a list of str)
+    hooks: dict = dataclasses.field(default_factory=dict)    # hook name -> callable
+
+
+# gunicorn's names for fastcluster's settings, so that a gunicorn.conf.py reads as it is
+GUNICORN_NAMES = {
+    "preload_app": "preload", "accesslog": "access_log", "errorlog": "log_file", "loglevel": "log_level",
+    "keepalive": "keep_alive", "pidfile": "pid", "limit_request_line": "max_request_line",
+    "limit_request_fields": "max_headers", "worker_connections": "max_connections", "wsgi_app": "app",
+    "ciphers": "ssl_ciphers", "reload_extra_files": None,
+}
+# gunicorn settings with no fastcluster counterpart: a warning each, and the rest of the file counts
+GUNICORN_IGNORED = ("worker_class", "daemon", "raw_env", "chdir", "proc_name", "default_proc_name",
+                    "worker_tmp_dir", "limit_request_field_size", "capture_output", "enable_stdio_inheritance",
+                    "statsd_host", "statsd_prefix", "logconfig", "logconfig_dict", "syslog", "reuse_port",
+                    "sendfile", "spew", "check_config", "print_config", "paste", "tmp_upload_dir",
+                    "secure_scheme_headers", "forwarder_headers", "initgroups", "disable_redirect_access_to_syslog",
+                    "strip_header_spaces", "permit_unconventional_http_method", "casefold_http_method",
+                    "header_map", "ssl_version", "suppress_ragged_eofs", "do_handshake_on_connect",
+                    "is_ssl", "reload_engine", "errorlog_format")
+_NAMES = {s.name for s in SETTINGS if s.name != "config"} | {"app"}
+_MANY = {s.name for s in SETTINGS if s.many}
+
+
+def load_file(path: str) -> FileSettings:
+    """Read a config file: Python when its name ends in .py, else TOML."""
+    if path.endswith(".py"):
+        return _load_python(path)
+    return _load_toml(path)
+
+
+def _load_toml(path: str) -> FileSettings:
     try:
         import tomllib
     except ImportError:  # Python < 3.11
@@ -457,18 +564,113 @@ def load_file(path: str) -> dict:
         raise ConfigError("cannot read config file %s: %s" % (path, exc.strerror or exc)) from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError("config file %s: %s" % (path, exc)) from None
-    known = {s.name for s in SETTINGS if s.name != "config"} | {"app"}
-    values = {}
+    loaded = FileSettings()
     for key, value in data.items():
         name = key.replace("-", "_")
-        if name not in known:
+        if name in _hook_names():
+            if not isinstance(value, str):
+                raise ConfigError('config file %s: %s must name a function, as "module:function"' % (path, key))
+            loaded.hooks[name] = _import_hook(path, key, value)
+            continue
+        if name not in _NAMES:
             raise ConfigError("config file %s: unknown setting %r" % (path, key))
-        if isinstance(value, bool):
-            value = "true" if value else "false"
-        elif not isinstance(value, (str, int, float)):
-            raise ConfigError("config file %s: %s must be a string or a number" % (path, key))
-        values[name] = str(value)
-    return values
+        loaded.values[name] = _text(path, key, name, value)
+    return loaded
+
+
+def _load_python(path: str) -> FileSettings:
+    """A Python config file is run, and its module-level names are read: settings by their option
+    names with underscores (or gunicorn's), hooks as functions. Names that are neither are ignored,
+    with a warning for a gunicorn setting fastcluster does not have."""
+    import runpy
+    import traceback
+    import types
+
+    if not os.path.isfile(path):
+        raise ConfigError("cannot read config file %s: No such file" % path)
+    try:
+        namespace = runpy.run_path(path, run_name="__config__")
+    except OSError as exc:
+        raise ConfigError("cannot read config file %s: %s" % (path, exc.strerror or exc)) from None
+    except SyntaxError as exc:
+        raise ConfigError("config file %s, line %s: %s" % (path, exc.lineno, exc.msg)) from None
+    except BaseException as exc:
+        lines = [frame.lineno for frame in traceback.extract_tb(exc.__traceback__)
+                 if os.path.abspath(frame.filename) == os.path.abspath(path)]
+        where = ", line %d" % lines[-1] if lines else ""
+        raise ConfigError("config file %s%s raised %s" % (
+            path, where, "".join(traceback.format_exception_only(type(exc), exc)).strip())) from None
+    from . import hooks
+
+    loaded = FileSettings()
+    notes = []
+    for key, value in namespace.items():
+        if key.startswith("_") or isinstance(value, types.ModuleType):
+            continue
+        if key in hooks.NAMES:
+            if not callable(value):
+                raise ConfigError("config file %s: %s must be a function" % (path, key))
+            loaded.hooks[key] = value
+            continue
+        if key in hooks.UNSUPPORTED and callable(value):
+            notes.append("the %s hook is gunicorn's and fastcluster does not call it" % key)
+            continue
+        if callable(value):
+            continue       # a helper function or class of the file's own
+        name = GUNICORN_NAMES.get(key, key)
+        if key in GUNICORN_IGNORED or (key in GUNICORN_NAMES and name is None):
+            notes.append("%s is a gunicorn setting fastcluster does not have; ignored" % key)
+            continue
+        if name not in _NAMES:
+            notes.append("%s is not a fastcluster setting; ignored" % key)
+            continue
+        if value is None:
+            continue
+        if name == "log_file" and value == "-":
+            continue       # gunicorn's errorlog "-": stderr, which is fastcluster's default
+        if name == "bind" and isinstance(value, (list, tuple)):
+            if len(value) != 1:
+                raise ConfigError("config file %s: bind lists %d addresses and fastcluster serves one socket"
+                                  % (path, len(value)))
+            value = value[0]
+        if name == "forwarded_allow_ips" and isinstance(value, (list, tuple)):
+            value = ",".join(str(item) for item in value)
+        loaded.values[name] = _text(path, key, name, value)
+    for note in notes:
+        logging.getLogger("fastcluster").warning("config file %s: %s", path, note)
+    return loaded
+
+
+def _text(path, key, name, value):
+    """A file's value as the text (or, for a repeatable setting, the list of texts) `parse` reads."""
+    if name in _MANY and isinstance(value, (list, tuple)):
+        return [_text(path, key, "", item) for item in value]
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (str, int, float)):
+        return str(value)
+    raise ConfigError("config file %s: %s must be a string or a number" % (path, key))
+
+
+def _hook_names():
+    from . import hooks
+
+    return hooks.NAMES
+
+
+def _import_hook(path, key, target):
+    from .importer import import_object, is_target
+
+    if not is_target(target):
+        raise ConfigError('config file %s: %s = %r: name a function as "module:function"' % (path, key, target))
+    try:
+        hook = import_object(target, "hook")
+    except AppImportError as exc:
+        raise ConfigError("config file %s: %s: %s" % (path, key, exc)) from None
+    except Exception as exc:
+        raise ConfigError("config file %s: %s: importing %s raised %s: %s" % (
+            path, key, target, type(exc).__name__, exc)) from None
+    return hook
 
 
 def _reason(exc: ValueError) -> str:
@@ -490,26 +692,30 @@ def _argparse_type(setting: Setting) -> Callable[[str], Any]:
     return convert
 
 
+def _shown_default(setting: Setting) -> str:
+    if callable(setting.default):
+        return "number of CPUs"
+    return "none" if setting.default in (None, ()) else setting.default
+
+
 def add_settings(parser: argparse.ArgumentParser) -> None:
     """Add one option per Setting; argparse leaves unset options as None."""
     for setting in SETTINGS:
-        default = "number of CPUs" if callable(setting.default) else (
-            "none" if setting.default is None else setting.default)
+        default = _shown_default(setting)
         text = ("%s [default: %s; env %s]" % (setting.help, default, setting.env)).replace("%", "%%")
         if setting.parse is boolean:   # a flag on the command line; true/false in env and file
             parser.add_argument(*setting.flags, dest=setting.name, action="store_const", const=True,
                                 default=None, help=text)
             continue
         parser.add_argument(*setting.flags, dest=setting.name, type=_argparse_type(setting), default=None,
-                            metavar=setting.metavar, help=text)
+                            metavar=setting.metavar, help=text, action="append" if setting.many else "store")
 
 
 def options_table() -> str:
     """The README's options table, made from SETTINGS (a test keeps the README in step)."""
     rows = ["| option | environment | default | meaning |", "|---|---|---|---|"]
     for setting in SETTINGS:
-        default = "number of CPUs" if callable(setting.default) else (
-            "none" if setting.default is None else setting.default)
+        default = _shown_default(setting)
         flags = ", ".join("`%s %s`" % (flag, setting.metavar) if flag.startswith("--") and setting.metavar
                           else "`%s`" % flag for flag in setting.flags)
         rows.append("| %s | `%s` | `%s` | %s |" % (flags, setting.env, default, setting.help.replace("|", "\\|")))

@@ -20,16 +20,21 @@ _DOTTED = r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*"
 _APP_RE = re.compile(r"^%s:%s$" % (_DOTTED, _DOTTED))
 
 
+def is_target(text: str) -> bool:
+    """True for "module:attribute" (dotted names on both sides)."""
+    return bool(_APP_RE.match(text))
+
+
 def check_app_string(app: str) -> None:
-    if not _APP_RE.match(app):
+    if not is_target(app):
         raise AppImportError(
             'APP %r must be in format "<module>:<attribute>", as in "myproject.wsgi:application"' % app
         )
 
 
-def import_app(app: str):
-    check_app_string(app)
-    module_name, _, attrs = app.partition(":")
+def import_object(target: str, what: str = "APP"):
+    """The callable "module:attribute" names; AppImportError for a missing module or attribute."""
+    module_name, _, attrs = target.partition(":")
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
@@ -37,7 +42,7 @@ def import_app(app: str):
         # a missing import inside the app is the app's bug and keeps its traceback.
         if exc.name is None or not (module_name == exc.name or module_name.startswith(exc.name + ".")):
             raise
-        raise AppImportError('could not import module "%s" for APP %r' % (module_name, app)) from None
+        raise AppImportError('could not import module "%s" for %s %r' % (module_name, what, target)) from None
     obj = module
     try:
         for attr in attrs.split("."):
@@ -45,8 +50,14 @@ def import_app(app: str):
     except AttributeError:
         raise AppImportError('attribute "%s" not found in module "%s"' % (attrs, module_name)) from None
     if not callable(obj):
-        raise AppImportError('APP %r is a %s, not a WSGI callable' % (app, type(obj).__name__))
+        raise AppImportError('%s %r is a %s, not a %s' % (
+            what, target, type(obj).__name__, "WSGI callable" if what == "APP" else "function"))
     return obj
+
+
+def import_app(app: str):
+    check_app_string(app)
+    return import_object(app)
 
 
 def load_app(config):

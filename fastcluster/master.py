@@ -21,7 +21,7 @@ import socket
 import sys
 import time
 
-from . import __version__, board, logs, loop, metrics, privileges
+from . import __version__, board, hooks, logs, loop, metrics, privileges, tls
 from .errors import BOOT_EXIT_CODES, EXIT_OK, AppImportError, ConfigError
 from .config import reloaded
 from .importer import load_app
@@ -112,14 +112,33 @@ class Master:
             signal.SIGURG: self.on_sigurg,
         }
         self.next_status = 0.0
+        self.master_pid = None            # (set in a forked worker's copy: the master's pid)
+        self.tls = None                   # --certfile: the ssl.SSLContext the workers serve with
+        self.reloader = None              # --reload: reloader.Poller or Notifier
+        self.reload_wait = False          # --reload: the app failed to load; start again on the next edit
 
     # --- start-up ---
 
+    @property
+    def pid(self) -> int:            # (hooks: gunicorn's arbiter.pid)
+        return os.getpid() if self.master_pid is None else self.master_pid
+
+    def _hook(self, name, *args):
+        return hooks.call(self.config.hooks, name, self, *args)
+
     def run(self) -> int:
+        try:
+            return self._run()
+        finally:
+            self._hook("on_exit")
+
+    def _run(self) -> int:
         config = self.config
+        self._hook("on_starting")
         if config.umask is not None:
             os.umask(config.umask)
         uid, gid, _name = privileges.resolve(config.user, config.group)   # (checked before anything binds)
+        self.tls = tls.make_context(config)       # (a bad certificate or key: an error before anything binds)
         if config.log_file:
             logs.reopen_log(config.log_file)
         try:
@@ -137,6 +156,8 @@ class Master:
             for name in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
                 os.environ.pop(name, None)   # systemd's socket is ours now; the app's children do not inherit it
         self.url, _name, _port, _short = describe(self.listener)
+        if self.tls is not None and self.url.startswith("http:"):
+            self.url = "https:" + self.url[5:]
         # the workers' bells, one per board index a worker may use (twice the workers, for a rolling
         # restart): a worker rings a lighter one's to hand it the connections queued (_server.py)
         self._more_bells(2 * self.target + 2)
@@ -156,6 +177,8 @@ class Master:
         if self.metrics is not None:
             logs.say("fastcluster: metrics on %s/metrics" % describe(self.metrics.sock)[0])
         self._install_signals()
+        if config.reload:
+            self._start_reloader()
         if config.pid and not self.upgraded_from:
             write_atomically(config.pid, "%d\n" % os.getpid())
         self._retitle()
@@ -168,6 +191,8 @@ class Master:
                 os.close(fd)
             if self.metrics is not None:
                 self.metrics.close()
+            if self.reloader is not None:
+                self.reloader.close()
             self.selector.close()
             if config.pid and _holds_pid(config.pid, os.getpid()):   # (not when a new master took it over)
                 for name in (config.pid, config.pid + ".json"):
@@ -176,6 +201,37 @@ class Master:
                     except FileNotFoundError:
                         pass
         return self.exit_code
+
+    def _start_reloader(self):
+        from . import reloader
+
+        extra = [self.config.config] if self.config.config else []
+        self.reloader = reloader.start(self.config, time.monotonic(), extra)
+        for fd in self.reloader.fds()[:1]:
+            self.selector.register(fd, selectors.EVENT_READ, lambda _events: self._check_reload())
+        logs.say("fastcluster: reloading on changes to %s in %s (%s)" % (
+            ", ".join(self.config.reload_include or reloader.DEFAULT_INCLUDES),
+            ", ".join(reloader.watched_dirs(self.config)), self.reloader.kind))
+
+    def _check_reload(self):
+        changed = self.reloader.check(time.monotonic())
+        if not changed or self.stopping:
+            return
+        shown = ", ".join(os.path.relpath(p) for p in changed[:3]) + (" and %d more" % (len(changed) - 3)
+                                                                     if len(changed) > 3 else "")
+        if self.reload_wait:
+            log.info("reload: %s changed; starting the workers again", shown)
+            self.reload_wait = False
+            self.failures.clear()
+            return
+        if not self.booted:
+            return
+        log.info("reload: %s changed; restarting the workers", shown)
+        if self.config.config and os.path.abspath(self.config.config) in changed:
+            self.on_sighup()            # the config file itself: read it again, then restart
+            return
+        self._hook("on_reload")
+        self.on_sigusr2()
 
     def _start_metrics(self, address):
         try:
@@ -223,6 +279,8 @@ class Master:
             self._check_deadlines()
             if self.metrics is not None:
                 self.metrics.expire(time.monotonic())
+            if self.reloader is not None and time.monotonic() >= self.reloader.deadline():
+                self._check_reload()
             if self.config.pid and time.monotonic() >= self.next_status:
                 self.next_status = time.monotonic() + 1.0
                 write_atomically(self.config.pid + ".json", self.collect().to_json())
@@ -289,6 +347,8 @@ class Master:
             times.append(self.stop_at)
         if self.upgrade_pid:
             times.append(self.upgrade_deadline)
+        if self.reloader is not None:
+            times.append(self.reloader.deadline())
         return min(times)
 
     def _check_deadlines(self):
@@ -324,7 +384,7 @@ class Master:
 
     def _maintain(self):
         """Start a worker for every empty slot that is due; stop workers above the target."""
-        if self.stopping:
+        if self.stopping or self.reload_wait:
             return
         now = time.monotonic()
         live = {w.slot for w in self.workers.values() if not w.expected_exit}
@@ -344,6 +404,7 @@ class Master:
         is tried again later, with backoff)."""
         board_index = self.board.take()
         self._more_bells(board_index + 1)
+        self._hook("pre_fork", hooks.WorkerInfo(slot, None, self.generation))
         sys.stdout.flush()
         sys.stderr.flush()
         # Every signal we handle stays blocked across the fork: a signal sent to the new worker
@@ -370,11 +431,14 @@ class Master:
             inherited.extend(w.status_fd for w in self.workers.values() if w.status_fd >= 0)
             if self.metrics is not None:
                 inherited.extend(self.metrics.fds())
+            if self.reloader is not None:
+                inherited.extend(self.reloader.fds())
+            self.master_pid = os.getppid()
             worker.run(worker.WorkerSpec(
                 config=self.config, listener=self.listener, status_fd=write_fd, master_pid=os.getppid(),
                 loop_name=self.loop_name, slot=slot, generation=self.generation,
                 board=self.board.mem if board_index >= 0 else None, board_index=board_index, app=self.app,
-                close_fds=tuple(inherited), sigmask=mask, bells=tuple(self.bells)))
+                close_fds=tuple(inherited), sigmask=mask, bells=tuple(self.bells), master=self, tls=self.tls))
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         os.close(write_fd)
         os.set_blocking(read_fd, False)
@@ -425,6 +489,7 @@ class Master:
                 self.announced = True
                 if self.interface:
                     logs.say("fastcluster: the app is %s" % self.interface)
+                self._hook("when_ready")
                 logs.say("fastcluster: listening on %s" % self.url)
                 if self.upgraded_from:
                     self._take_over()
@@ -455,6 +520,8 @@ class Master:
             self.retired.setdefault(rec.slot, board.Counts()).add(self.board.read(rec.board_index)[0])
         self.board.release(rec.board_index)
         self._unwatch(rec)
+        self._hook("child_exit", hooks.WorkerInfo(rec.slot, pid, rec.generation, code,
+                                                  time.monotonic() - rec.born_at))
         how = "exited with code %d" % code if code >= 0 else "was killed by %s" % _signame(-code)
         # Why it went, for the restart counters: asked to (rollout, recycle; a scale-down counts
         # as nothing), killed past --timeout, or any other death (crash), also while it waited
@@ -466,6 +533,12 @@ class Master:
             log.info("worker %d (pid %d) stopped: %s", rec.slot, rec.pid, how)
             return
         if self.rollout.exited(rec, how):
+            return
+        if rec.state == "spawning" and not self.booted and self.reloader is not None:
+            # --reload: the app does not load yet; the next edit starts a worker again
+            log.error("worker %d (pid %d) %s before it was ready; waiting for a change to the app's files "
+                      "(--reload)", rec.slot, rec.pid, how)
+            self.reload_wait = True
             return
         if rec.state == "spawning" and not self.booted:
             # The first worker could not load the app: every other would fail the same way.
@@ -583,6 +656,7 @@ class Master:
             except (ConfigError, AppImportError) as exc:
                 log.error("config reload failed: %s; keeping the running settings and workers", exc)
                 return
+        self._hook("on_reload")
         self.on_sigusr2()
 
     def _apply(self, new):
@@ -593,7 +667,9 @@ class Master:
                 logs.check_access_target(new.access_log)
             except OSError as exc:
                 raise ConfigError("cannot open the access log %s: %s" % (new.access_log, exc.strerror)) from None
+        context = tls.make_context(new)       # (renewed certificates: the restarted workers take them)
         self.config, warnings = reloaded(self.config, new)
+        self.tls = context
         for warning in warnings:
             log.warning("config reload: %s", warning)
         self.loop_name = loop.resolve(self.config.loop)

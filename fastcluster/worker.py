@@ -24,7 +24,7 @@ import time
 import traceback
 from typing import Any, Optional
 
-from . import loop, privileges
+from . import hooks, loop, privileges
 from .errors import EXIT_APP_LOAD_ERROR, EXIT_BOOT_ERROR, EXIT_OK
 from .importer import interface_of, load_app
 from .logs import AccessLog, reopen_log, say
@@ -61,6 +61,11 @@ class WorkerSpec:
     close_fds: tuple = ()         # the master's descriptors the worker must not keep
     bells: tuple = ()             # the workers' bells (eventfds), by board index (accept balancing)
     sigmask: Optional[set] = None  # the signal mask to restore once the handlers are set
+    master: Any = None            # the master (the fork's copy), for the config file's hooks
+    tls: Any = None               # --certfile: the master's ssl.SSLContext
+
+    def info(self) -> hooks.WorkerInfo:
+        return hooks.WorkerInfo(self.slot, os.getpid(), self.generation)
 
 
 class _Stop:
@@ -198,16 +203,31 @@ def _serve(spec, stop, wake_r, wake_w):
     # before the parent-death signal is set: a change of credentials clears it)
     privileges.drop(*privileges.resolve(config.user, config.group))
     _die_with_parent(spec.master_pid)
+    info = spec.info()
+    # the config file's worker hooks: a failure before the worker is ready is a boot failure
+    if not hooks.call(config.hooks, "post_fork", spec.master, info):
+        return EXIT_APP_LOAD_ERROR
+    try:
+        return _serve_app(spec, stop, wake_r, impl, heartbeat, access_log, info)
+    finally:
+        hooks.call(config.hooks, "worker_exit", spec.master, info)
 
+
+def _serve_app(spec, stop, wake_r, impl, heartbeat, access_log, info):
+    config = spec.config
     app = spec.app
     if app is None:       # not preloaded by the master
         app = load_app(config)
         if isinstance(app, int):
             return app
+    if not hooks.call(config.hooks, "post_worker_init", info):
+        return EXIT_APP_LOAD_ERROR
 
     server = impl.Server(spec.listener, app, config, wakeup_fd=wake_r.fileno(), master_pid=spec.master_pid,
                          tick=heartbeat, board=spec.board, board_index=spec.board_index, access_log=access_log,
                          bells=spec.bells)
+    if spec.tls is not None:
+        server.use_tls(spec.tls)
     _url, _name, _port, short = describe(spec.listener)
     if interface_of(app, config.interface) == "asgi":
         return _serve_asgi(spec, server, app, stop, access_log, short)

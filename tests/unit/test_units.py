@@ -71,7 +71,7 @@ def test_defaults_are_typed_values():
     for setting in SETTINGS:
         assert not isinstance(getattr(config, setting.name), str) or setting.name in (
             "loop", "interface", "event_loop", "lifespan", "log_level", "log_format", "access_log_format",
-            "forwarded_allow_ips", "root_path")
+            "forwarded_allow_ips", "root_path", "cert_reqs")
 
 
 def test_bad_env_value_names_the_variable():
@@ -300,7 +300,7 @@ def test_config_has_one_field_per_setting_with_its_default():
     from fastcluster.config import SETTINGS, Config
 
     names = [field.name for field in dataclasses.fields(Config)]
-    assert names == ["app"] + [setting.name for setting in SETTINGS]
+    assert names == ["app", "hooks"] + [setting.name for setting in SETTINGS]
     plain = Config()
     for setting in SETTINGS:
         assert getattr(plain, setting.name) == setting.default_value(), setting.name
@@ -320,3 +320,35 @@ def test_a_reloaded_config_keeps_what_needs_a_full_restart():
     assert reloaded(old, dataclasses.replace(old, workers=3)) == (dataclasses.replace(old, workers=3), [])
     with pytest.raises(AppImportError):
         reloaded(old, dataclasses.replace(old, app="not an app"))
+
+
+def test_a_gunicorn_conf_py_reads_as_fastclusters_settings(monkeypatch):
+    monkeypatch.setenv("FC_ACCESS_LOG", "/tmp/access.log")
+    path = os.path.join(os.path.dirname(__file__), "..", "configs", "gunicorn.conf.py")
+    config = _config(["-c", path], dict(os.environ))
+    assert config.bind == BindAddress("tcp", host="127.0.0.1", port=0)
+    assert (config.workers, config.timeout, config.graceful_timeout, config.keep_alive) == (2, 30.0, 10.0, 5.0)
+    assert (config.max_requests, config.max_requests_jitter, config.preload) == (1000, 50, True)
+    assert (config.access_log, config.log_file, config.log_level) == ("/tmp/access.log", None, "info")
+    assert config.app == "apps.suite:app"
+    assert sorted(config.hooks) == ["post_fork"] and callable(config.hooks["post_fork"])
+
+
+def test_repeatable_settings_from_flags_env_and_files(tmp_path):
+    assert _config(["--reload-include", "*.html", "--reload-include", "*.py"]).reload_include == ("*.html", "*.py")
+    assert _config([], {"FASTCLUSTER_RELOAD_DIR": "a, b"}).reload_dir == ("a", "b")
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('reload-include = ["*.txt", "*.py"]\n')
+    assert _config(["-c", str(cfg)]).reload_include == ("*.txt", "*.py")
+    assert _config([]).reload_dir == ()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--reload", "--preload"], "--reload restarts the workers"),
+    (["--keyfile", "k.pem"], "--keyfile needs --certfile"),
+    (["--ca-certs", "ca.pem"], "--ca-certs needs --certfile"),
+    (["--certfile", "c.pem", "--cert-reqs", "optional"], "--cert-reqs optional needs --ca-certs"),
+])
+def test_settings_that_go_together(argv, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        _config(argv)
