@@ -4,6 +4,7 @@
     python benchmarks/compare.py --waits [--quick]     # apps that wait (benchmarks/waits.py)
     python benchmarks/compare.py --asgi [--quick]      # ASGI servers (benchmarks/asgi_workloads.py)
     python benchmarks/compare.py --tls [--quick]       # HTTPS (benchmarks/tls_workloads.py)
+    python benchmarks/compare.py --speed [--quick]     # the three rows of issue 14, against nginx
 
 It installs what it needs (apt: wrk, apache2-utils, nginx, libev-dev; PyPI, into
 benchmarks/.venv-peers: gunicorn, uvicorn, uvloop, granian, fastpysgi, bjoern, matplotlib and
@@ -162,6 +163,16 @@ SERVERS = ["nginx", "fastcluster-cython", "fastcluster-python", "fastpysgi", "bj
            "uvicorn-httptools", "gunicorn-sync", "node-cluster"]
 
 
+def _insecure_tls():
+    """A client context for the readiness probe of a TLS server (the test certificate, unchecked)."""
+    import ssl
+
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
+
+
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -182,6 +193,7 @@ class Running:
             with open(conf, "w") as f:
                 f.write(NGINX_CONF.format(workers=workers, tmp=self.tmp, port=self.port, body=BODY.replace("\n", "\\n")))
             cmd = [c.replace("{conf}", conf) for c in cmd]
+        self.tls = any(flag in cmd for flag in ("--certfile", "--ssl-certfile", "--ssl-certificate"))
         if pin:
             cmd = ["taskset", "-c", "0"] + cmd
         env = dict(os.environ, PYTHONPATH=HERE, BENCH_WORK_MS=str(work_ms), BENCH_WORKERS=str(workers),
@@ -190,7 +202,11 @@ class Running:
         self.out = open(os.path.join(self.tmp, "stdout"), "wb")
         self.proc = subprocess.Popen(cmd, cwd=HERE, env=env, stdout=self.out, stderr=self.err,
                                      start_new_session=True)
-        self._wait_ready(workers, fastcluster="fastcluster" in " ".join(cmd))
+        try:
+            self._wait_ready(workers, fastcluster="fastcluster" in " ".join(cmd))
+        except BaseException:
+            self.stop()          # a server that never got ready is not left running
+            raise
 
     def _wait_ready(self, workers, fastcluster=False, timeout=30.0):
         """Ready when it answers a request and every process exists: with several workers, a
@@ -208,6 +224,8 @@ class Running:
                         continue
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
+                    if self.tls:
+                        s = _insecure_tls().wrap_socket(s)
                     s.sendall(b"GET / HTTP/1.0\r\n\r\n")
                     if s.recv(100).startswith(b"HTTP/1."):
                         if len(self.pids()) >= processes:
@@ -388,6 +406,30 @@ def _items(report):
         yield (name, int(workers), workload), value
 
 
+def is_stall(result, reference_rps):
+    """A run that mostly waited (bjoern on pipelined input): under 5% of nginx's req/s in the
+    same run. Its CPU per request would be drawn as a cost; it is a stall."""
+    return "error" not in result and bool(reference_rps) and result["rps"] < 0.05 * reference_rps
+
+
+def ratio_bars(ax, rows, reference, title):
+    """Horizontal bars of value / reference on a log scale (1 = nginx); a stall is a label."""
+    names = [n for n, _v, _s in rows]
+    ax.set_xscale("log")
+    for i, (name, value, stall) in enumerate(rows):
+        if stall:
+            ax.text(1.0, i, "  stall (requests waited)", va="center", fontsize=7, color="#7f7f7f")
+            continue
+        ax.barh(i, value / reference, color="#d62728" if name.startswith("fastcluster") else "#7f7f7f")
+        ax.text(value / reference, i, " %.2f" % (value / reference), va="center", fontsize=7)
+    ax.axvline(1.0, color="black", linewidth=0.8)
+    ax.set_yticks(range(len(names)))
+    ax.set_yticklabels(names)
+    ax.set_title(title, fontsize=10)
+    ax.tick_params(labelsize=8)
+    ax.invert_yaxis()
+
+
 def charts(report, missing):
     try:
         import matplotlib
@@ -397,22 +439,121 @@ def charts(report, missing):
         missing.append("matplotlib: no charts")
         return []
     made = []
-    for metric, label in (("rps", "requests/s"), ("server_cpu_us_per_request", "server CPU us per request")):
-        fig, axes = plt.subplots(1, len(WORKLOADS), figsize=(4.2 * len(WORKLOADS), 4.2))
+    for metric, label in (("rps", "requests/s"), ("server_cpu_us_per_request", "server CPU per request")):
+        fig, axes = plt.subplots(1, len(WORKLOADS), figsize=(4.4 * len(WORKLOADS), 4.2))
         for ax, workload in zip(axes, WORKLOADS):
-            rows = [(n, r[metric]) for (n, w, wl), r in _items(report) if wl == workload and w == 1 and "error" not in r]
-            ax.barh([n for n, _ in rows], [v for _, v in rows],
-                    color=["#d62728" if n.startswith("fastcluster") else "#7f7f7f" for n, _ in rows])
-            ax.set_title(workload, fontsize=10)
-            ax.tick_params(labelsize=8)
-            ax.invert_yaxis()
-        fig.suptitle("%s, 1 worker (%s)" % (label, report["machine"]), fontsize=10)
+            runs = {n: r for (n, w, wl), r in _items(report) if wl == workload and w == 1 and "error" not in r}
+            nginx = runs.get("nginx")
+            if nginx is None:
+                continue
+            rows = [(n, r[metric], is_stall(r, nginx["rps"])) for n, r in runs.items()]
+            ratio_bars(ax, rows, nginx[metric], workload)
+        fig.suptitle("%s relative to nginx (log scale; %s), 1 worker (%s)" % (
+            label, "higher is faster" if metric == "rps" else "lower is cheaper", report["machine"]), fontsize=10)
         fig.tight_layout()
         path = os.path.join(RESULTS, "compare-%s.png" % ("rps" if metric == "rps" else "cpu"))
         fig.savefig(path, dpi=90)
         plt.close(fig)
         made.append(path)
     return made
+
+
+# --- --speed: issue 14's three rows -------------------------------------------------------------
+
+SPEED_SERVERS = ["nginx", "fastcluster-cython", "fastpysgi", "bjoern"]
+SPEED_WORKLOADS = ["wrk-keepalive", "ab-c200", "wrk-pipeline16"]
+SPEED_TARGETS = {"wrk-keepalive": 1.0, "ab-c200": 1.1, "wrk-pipeline16": 0.5}   # fastcluster / nginx, at most
+
+
+def compare_speed(args, missing, started):
+    """--speed: nginx, fastcluster, fastpysgi and bjoern on the three workloads of issue 14, 1
+    worker pinned, rounds interleaved, medians; then fastcluster's worker RSS over a million
+    keep-alive requests. Writes results/compare-speed.{json,md,png}."""
+    report = _rounds(args, missing, started, "--speed", SPEED_SERVERS, SPEED_WORKLOADS,
+                     lambda name, port, workload: server_commands(name, port, 1),
+                     lambda workload, port, seconds: WORKLOADS[workload](port, seconds, True),
+                     speed_markdown, "compare-speed", "Speed: fastcluster, nginx, fastpysgi, bjoern",
+                     extra=lambda report: report.update(rss=_rss_over_a_million()))
+    speed_chart(report, missing)
+
+
+def _rss_over_a_million(target=1_000_000):
+    """fastcluster-cython's worker RSS after start-up, then after keep-alive load until it served
+    `target` requests (bounded by 60 s)."""
+    server = Running("fastcluster-cython", 1, True)
+    try:
+        worker = max(server.pids())
+        def rss():
+            with open("/proc/%d/status" % worker) as f:
+                return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024.0
+        samples = [(0, round(rss(), 1))]
+        served, deadline = 0, time.monotonic() + 60
+        while served < target and time.monotonic() < deadline:
+            served += run_wrk(server.port, 5, True)["requests"]
+            samples.append((served, round(rss(), 1)))
+        return {"samples_requests_mib": samples, "requests": served}
+    finally:
+        server.stop()
+
+
+def speed_markdown(report):
+    med = report["medians"]
+    lines = ["Server CPU microseconds per request (median of the rounds); ratios are fastcluster's over "
+             "nginx's and over the better of fastpysgi and bjoern, from the same rounds.", "",
+             "| workload | nginx | fastcluster | fastpysgi | bjoern | fastcluster / nginx | target | "
+             "fastcluster / best peer |", "|---|---|---|---|---|---|---|---|"]
+    for workload in SPEED_WORKLOADS:
+        row = med.get(workload, {})
+        nginx = row.get("nginx", {})
+        cells, peers = [], []
+        for name in SPEED_SERVERS:
+            r = row.get(name)
+            if r is None:
+                cells.append("-")
+                continue
+            stall = is_stall(r, nginx.get("rps"))
+            cells.append("stall" if stall else "%.1f" % r["server_cpu_us_per_request"])
+            if name in ("fastpysgi", "bjoern") and not stall:
+                peers.append(r["server_cpu_us_per_request"])
+        ours = row.get("fastcluster-cython", {}).get("server_cpu_us_per_request")
+        ratio = "%.2f" % (ours / nginx["server_cpu_us_per_request"]) if ours and nginx else "-"
+        best = "%.2f" % (ours / min(peers)) if ours and peers else "-"
+        lines.append("| %s | %s | %s | at most %.1f | %s |" % (workload, " | ".join(cells), ratio,
+                                                               SPEED_TARGETS[workload], best))
+    lines += ["", "req/s (medians): " + "; ".join(
+        "%s: %s" % (w, ", ".join("%s %.0f" % (n, r["rps"]) for n, r in med.get(w, {}).items()))
+        for w in SPEED_WORKLOADS), ""]
+    rss = report.get("rss")
+    if rss:
+        lines += ["fastcluster-cython's worker RSS (MiB) after start-up and after each 5 s of keep-alive load, "
+                  "by requests served: " + ", ".join("%d: %.1f" % tuple(x) for x in rss["samples_requests_mib"])
+                  + " (target: at most 15 MiB, flat).", ""]
+    return "\n".join(lines)
+
+
+def speed_chart(report, missing):
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        missing.append("matplotlib: no chart")
+        return
+    fig, axes = plt.subplots(1, len(SPEED_WORKLOADS), figsize=(4.4 * len(SPEED_WORKLOADS), 3.2))
+    for ax, workload in zip(axes, SPEED_WORKLOADS):
+        row = report["medians"].get(workload, {})
+        nginx = row.get("nginx")
+        if not nginx:
+            continue
+        rows = [(n, row[n]["server_cpu_us_per_request"], is_stall(row[n], nginx["rps"]))
+                for n in SPEED_SERVERS if n in row]
+        ratio_bars(ax, rows, nginx["server_cpu_us_per_request"], "%s (target %.1f)" % (workload,
+                                                                                   SPEED_TARGETS[workload]))
+    fig.suptitle("server CPU per request relative to nginx (log scale, lower is cheaper; %s)" % report["machine"],
+                 fontsize=10)
+    fig.tight_layout()
+    fig.savefig(os.path.join(RESULTS, "compare-speed.png"), dpi=90)
+    plt.close(fig)
 
 
 # --- main -------------------------------------------------------------------------------------
@@ -427,7 +568,10 @@ def main():
                     help="the ASGI comparison instead (raw hello, pipelining, FastAPI, WebSocket echo)")
     ap.add_argument("--tls", action="store_true",
                     help="the TLS comparison instead (HTTPS keep-alive and pipelining; benchmarks/tls_workloads.py)")
-    ap.add_argument("--rounds", type=int, default=3, help="--asgi, --tls: interleaved rounds (medians are reported)")
+    ap.add_argument("--speed", action="store_true",
+                    help="issue 14's comparison instead: nginx, fastcluster, fastpysgi, bjoern on keep-alive, a new "
+                         "connection per request and 16-deep pipelining, plus the worker's RSS over 1M requests")
+    ap.add_argument("--rounds", type=int, default=3, help="--asgi, --tls, --speed: interleaved rounds (medians are reported)")
     ap.add_argument("--installed", default=None, help=argparse.SUPPRESS)   # set by the re-exec below
     args = ap.parse_args()
     if args.installed is None:
@@ -447,6 +591,8 @@ def main():
         return compare_asgi(args, missing, started)
     if args.tls:
         return compare_tls(args, missing, started)
+    if args.speed:
+        return compare_speed(args, missing, started)
     names = [n for n in SERVERS if not args.only or n in args.only.split(",")]
     if shutil.which("node") is None and "node-cluster" in names:
         missing.append("node: not installed, node-cluster skipped")
@@ -586,7 +732,7 @@ def compare_tls(args, missing, started):
             tw.markdown, "compare-tls", "TLS: fastcluster and its peers")
 
 
-def _rounds(args, missing, started, flag, servers, workloads, command, load, markdown, stem, title):
+def _rounds(args, missing, started, flag, servers, workloads, command, load, markdown, stem, title, extra=None):
     """Each server fresh for each run, 1 worker pinned to CPU 0, the load on CPU 1; rounds
     interleaved and medians kept; writes results/<stem>.json and .md."""
     import statistics
@@ -629,6 +775,8 @@ def _rounds(args, missing, started, flag, servers, workloads, command, load, mar
                 report["medians"].setdefault(workload, {})[name] = {
                     key: statistics.median(r[key] for r in good)
                     for key in ("rps", "server_cpu_us_per_request", "errors", "rss_mib")}
+    if extra is not None:
+        extra(report)
     report["elapsed_s"] = round(time.monotonic() - started)
     os.makedirs(RESULTS, exist_ok=True)
     with open(os.path.join(RESULTS, stem + ".json"), "w") as f:
@@ -642,6 +790,7 @@ def _rounds(args, missing, started, flag, servers, workloads, command, load, mar
         if missing:
             f.write("\n## Missing\n\n" + "\n".join("- %s" % m for m in missing) + "\n")
     log("wrote %s (%d s)" % (os.path.relpath(os.path.join(RESULTS, stem + ".md"), ROOT), report["elapsed_s"]))
+    return report
 
 
 def _cpu_bound_waits(name, workers, seconds, bin_):

@@ -34,6 +34,67 @@ cdef class Connection(HttpConnection):
         self._pump()
         return 0
 
+    # --- the parser: llhttp itself where it passed its checks, else httptools (_llhttp.pxi) ---
+
+    cdef int _new_parser(self) except -1:
+        if not DIRECT:
+            return HttpConnection._new_parser(self)
+        self.parser = None
+        ll.init(&self.cp, LL_REQUEST, ll_settings)
+        self.cp.owner = <void*>self
+        self.hname = self.hvalue = None
+        return 0
+
+    cdef int _parse(self, object data) except -1:
+        cdef const char* buf
+        cdef Py_ssize_t length
+        cdef Py_buffer* view
+        cdef int err
+        if self.parser is not None:
+            return HttpConnection._parse(self, data)
+        if PyMemoryView_Check(data):
+            view = PyMemoryView_GET_BUFFER(data)
+            buf = <const char*>view.buf
+            length = view.len
+        else:
+            if not PyBytes_Check(data):
+                data = bytes(data)
+            buf = PyBytes_AS_STRING(data)
+            length = PyBytes_GET_SIZE(data)
+        err = ll.execute(&self.cp, buf, length)
+        if err == 0:
+            return 0
+        if err == LL_PAUSED_UPGRADE and ll.get_upgrade(&self.cp):
+            offset = ll.get_error_pos(&self.cp) - buf
+            ll.resume_after_upgrade(&self.cp)
+            raise _Upgrade(offset)
+        raise _parse_error(self, err)
+
+    cdef str _method(self):
+        cdef int number
+        if self.parser is not None:
+            return HttpConnection._method(self)
+        number = ll.get_method(&self.cp)
+        name = METHOD_NAMES[number]
+        if name is None:
+            name = METHOD_NAMES[number] = ll.method_name(number).decode("ascii")
+        return name
+
+    cdef str _version(self):
+        cdef int major, minor
+        if self.parser is not None:
+            return HttpConnection._version(self)
+        major = ll.get_http_major(&self.cp)
+        minor = ll.get_http_minor(&self.cp)
+        if major == 1:
+            return "1.1" if minor == 1 else "1.0" if minor == 0 else "1.%d" % minor
+        return "%d.%d" % (major, minor)
+
+    cdef bint _keeps_alive(self) except -1:
+        if self.parser is not None:
+            return HttpConnection._keeps_alive(self)
+        return ll.should_keep_alive(&self.cp) != 0
+
     # --- writing ---
 
     cdef int _queue(self, bytes data) except -1:

@@ -67,6 +67,29 @@ def splits_header(value):
     return False
 
 
+def content_length_of(value):
+    """A Content-Length value as a number: ASCII digits (at most 18), with spaces or tabs around
+    them; -1 for anything else."""
+    if not cython.compiled:
+        text = value.strip(" \t")
+        return int(text) if text.isascii() and text.isdigit() and len(text) <= 18 else -1
+    start = 0
+    end = len(value)
+    while start < end and (value[start] == " " or value[start] == "\t"):
+        start += 1
+    while end > start and (value[end - 1] == " " or value[end - 1] == "\t"):
+        end -= 1
+    if start == end or end - start > 18:
+        return -1
+    number = 0
+    for i in range(start, end):
+        c = value[i]
+        if c < "0" or c > "9":
+            return -1
+        number = number * 10 + (cython.cast(cython.int, c) - 48)
+    return number
+
+
 def encode_headers(headers):
     """Validate a WSGI app's response headers and encode them.
 
@@ -91,12 +114,12 @@ def encode_headers(headers):
             raise TypeError("header %s value must be str, not %s" % (name, type(value).__name__))
         if kind:
             if kind == H_CONTENT_LENGTH:
-                text = value.strip()
-                if not (text.isascii() and text.isdigit()) or (clen >= 0 and int(text) != clen):
+                length = content_length_of(value)
+                if length < 0 or (clen >= 0 and length != clen):
                     raise ValueError("invalid Content-Length %r" % value)
                 if clen >= 0:
                     continue
-                clen = int(text)
+                clen = length
             elif kind == H_DATE:
                 flags |= HAS_DATE
             elif kind == H_SERVER:

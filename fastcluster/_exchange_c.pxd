@@ -21,7 +21,9 @@ cdef int HAS_DATE, HAS_SERVER, WANTS_CLOSE, H_CONTENT_LENGTH, H_DATE, H_SERVER, 
 
 @cython.locals(c=cython.uchar)
 cpdef bint splits_header(bytes value) except -1
-@cython.locals(parts=list, clen=cython.longlong, flags=int, kind=int, data=bytes, entry=tuple)
+@cython.locals(start=Py_ssize_t, end=Py_ssize_t, i=Py_ssize_t, c=Py_UCS4, number=cython.longlong)
+cpdef long long content_length_of(str value) except -2
+@cython.locals(parts=list, clen=cython.longlong, flags=int, kind=int, data=bytes, entry=tuple, length=cython.longlong)
 cpdef tuple encode_headers(object headers)
 @cython.locals(parts=list, clen=cython.longlong, flags=int, kind=int, entry=tuple)
 cpdef tuple encode_asgi_headers(object headers)

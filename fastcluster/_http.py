@@ -144,7 +144,7 @@ class HttpConnection(Channel):
         self.app = server.app
         self.fd = fd
         self.base_environ = env
-        self.parser = HttpRequestParser(self)
+        self._new_parser()
         self.url = b""
         self.pending = deque()
         self.state = OPEN
@@ -248,14 +248,9 @@ class HttpConnection(Channel):
         ex = self.cur
         env = ex.environ
         server = self.server
-        parser = self.parser
-        raw = parser.get_method()
-        method = METHODS.get(raw)
-        if method is None:
-            method = raw.decode("ascii")
-            METHODS[raw] = method
+        method = self._method()
         env["REQUEST_METHOD"] = method
-        version = parser.get_http_version()
+        version = self._version()
         protocol = PROTOCOLS.get(version)
         env["SERVER_PROTOCOL"] = protocol if protocol is not None else "HTTP/" + version
         url = self.url
@@ -291,7 +286,7 @@ class HttpConnection(Channel):
         if self.trusted and ("HTTP_X_FORWARDED_FOR" in env or "HTTP_X_FORWARDED_PROTO" in env
                              or "HTTP_FORWARDED" in env):
             self._forwarded(ex, env)
-        ex.keep_alive = parser.should_keep_alive() and server.keep_alive > 0
+        ex.keep_alive = self._keeps_alive() and server.keep_alive > 0
         ex.head = method == "HEAD"
         if server.health is not None and (url == server.health or url.startswith(server.health_query)) and (
                 ex.head or method == "GET"):
@@ -388,7 +383,7 @@ class HttpConnection(Channel):
     def parse_only(self, data):
         """Run `data` through the parser and the request callbacks, answering nothing
         (the `parse` benchmark); returns how many requests it completed."""
-        self.parser.feed_data(data)
+        self._parse(data)
         count = len(self.pending)
         self.pending.clear()
         self.server.cells[B_IN_FLIGHT] -= self.inflight
@@ -415,7 +410,7 @@ class HttpConnection(Channel):
                 return 0
         self.head_done = False
         try:
-            self.parser.feed_data(data)
+            self._parse(data)
         except HttpParserUpgrade as exc:
             # Upgrade/CONNECT: answered as a plain request, then the connection ends; for an
             # ASGI app, a WebSocket handshake becomes a session, which takes the rest of the input.
@@ -898,6 +893,34 @@ class HttpConnection(Channel):
             self.start_response = None  # break the cycles self -> bound method -> self
             self.write = None
         return 0
+
+    # --- the parser: httptools' HttpRequestParser, calling the on_* methods above. (The compiled
+    # loop's Connection drives llhttp itself where it can: _llhttp.pxi.) ---
+
+    def _new_parser(self):
+        self.parser = HttpRequestParser(self)
+        return 0
+
+    def _parse(self, data):
+        """Parse `data`: the on_* callbacks run; HttpParserError or HttpParserUpgrade as httptools
+        raises them."""
+        self.parser.feed_data(data)
+        return 0
+
+    def _method(self):
+        """The method of the request whose headers just ended, as the environ has it."""
+        raw = self.parser.get_method()
+        method = METHODS.get(raw)
+        if method is None:
+            method = raw.decode("ascii")
+            METHODS[raw] = method
+        return method
+
+    def _version(self):
+        return self.parser.get_http_version()
+
+    def _keeps_alive(self):
+        return self.parser.should_keep_alive()
 
     # --- the loop's I/O: each loop's Connection provides these ---
 

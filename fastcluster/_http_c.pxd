@@ -79,7 +79,7 @@ cdef class HttpConnection(Channel):
     @cython.locals(start=Py_ssize_t, end=Py_ssize_t, server=HttpServer, env=dict)
     cpdef on_header(self, bytes name, bytes value)
     @cython.locals(ex=Exchange, env=dict, server=HttpServer, uri=str, url=bytes, query=Py_ssize_t,
-                   protocol=str, method=str, scope=dict)
+                   protocol=str, method=str, scope=dict, version=str)
     cpdef on_headers_complete(self)
     @cython.locals(path=str)
     cdef int _strip_root(self, dict env, str root) except -1
@@ -138,6 +138,14 @@ cdef class HttpConnection(Channel):
     cpdef close(self)
     @cython.locals(ex=Exchange, cur=Exchange)
     cdef int _release(self) except -1
+
+    # the parser (the compiled loop's Connection overrides these: _llhttp.pxi)
+    cdef int _new_parser(self) except -1
+    cdef int _parse(self, object data) except -1
+    @cython.locals(raw=bytes, method=str)
+    cdef str _method(self)
+    cdef str _version(self)
+    cdef bint _keeps_alive(self) except -1
 
     # the loop's I/O (_parser.pyx)
     cdef int _on_event(self) except -1

@@ -69,11 +69,22 @@ cdef class Server(HttpServer):
     cdef int _drain_bell(self) except -1
 
 
+cdef enum:
+    LL_STATE_SIZE = 256        # bytes kept for an llhttp_t (llhttp 9's is under 100)
+
+cdef struct CParser:
+    char state[LL_STATE_SIZE]  # the llhttp_t, first, so that its address is the struct's
+    void* owner                # the Connection that embeds this (borrowed: it owns the struct)
+
+
 cdef class Connection(HttpConnection):
     cdef:
         list out                # bytes waiting to be sent, in order; out[0] from out_off
         Py_ssize_t out_off
         unsigned int mask       # the epoll events we are registered for
+        CParser cp              # llhttp's state, driven directly (_llhttp.pxi), unless it is off
+        bytes hname, hvalue     # the header field being read, in pieces
+        object parse_failure    # what a callback raised, for the HttpParserError that follows
 
     cdef setup(self, Server server, int fd, dict env)
     cdef int _on_event(self) except -1

@@ -69,3 +69,10 @@ class AccessWriter:
     def __init__(self, log: AccessLog) -> None: ...
     def add(self, env: Mapping[str, Any], status: int, size: int, usecs: int) -> None: ...
     def flush_now(self) -> None: ...
+
+PARSER: str          # "llhttp" (driven directly) or "httptools" (its callbacks): what new connections use
+PARSER_DEFAULT: str  # what the import chose
+PARSER_WHY: str      # why the direct path is off ("" when it is on)
+
+def use_parser(name: str) -> None:
+    """"llhttp" or "httptools" for the connections made from now on (tests, benchmarks)."""

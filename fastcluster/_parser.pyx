@@ -59,6 +59,7 @@ cdef Py_ssize_t B_BYTES_IN = _board.BYTES_IN, B_BYTES_OUT = _board.BYTES_OUT
 cdef int SIGTERM_NUMBER = _signal_module.SIGTERM
 
 
+include "_llhttp.pxi"
 include "_access.pxi"
 include "_pool.pxi"
 include "_server.pxi"

@@ -125,16 +125,21 @@ class Session:
                 return b"", False
             self.ready = True
         chunks = []
+        incoming = self.incoming
         try:
             while True:
                 chunk = obj.read(READ_SIZE)
                 if not chunk:
                     return b"".join(chunks), True
                 chunks.append(chunk)
+                if not incoming.pending and not obj.pending():
+                    break        # all of it decrypted: no read that can only raise WantRead
         except WantRead:
             pass
         except ssl.SSLZeroReturnError:
             return b"".join(chunks), True
+        if not chunks:
+            return b"", False
         return (chunks[0] if len(chunks) == 1 else b"".join(chunks)), False
 
     def seal(self, data):
