@@ -93,8 +93,9 @@ def content_length_of(value):
 def encode_headers(headers):
     """Validate a WSGI app's response headers and encode them.
 
-    Returns (block, content_length, flags): `block` is the latin-1 bytes of the header lines
-    passed on, `content_length` is -1 when the app gave none, `flags` holds HAS_DATE, HAS_SERVER
+    Returns (lines, content_length, flags): `lines` is a list of the latin-1 pieces of the header
+    lines passed on (name and colon, value, CRLF, for each; send_headers joins them with the rest
+    of the head), `content_length` is -1 when the app gave none, `flags` holds HAS_DATE, HAS_SERVER
     and WANTS_CLOSE. Hop-by-hop headers are the server's business: Connection: close is honoured
     (as WANTS_CLOSE) and the others are dropped. Raises ValueError or TypeError for anything that
     could split the response or is not latin-1.
@@ -136,12 +137,12 @@ def encode_headers(headers):
         parts.append(entry[0])
         parts.append(data)
         parts.append(b"\r\n")
-    return b"".join(parts), clen, flags
+    return parts, clen, flags
 
 
 def encode_asgi_headers(headers):
     """The same for an ASGI app's headers: an iterable of (name, value) byte strings. Returns
-    (block, content_length, flags) as encode_headers does; ValueError or TypeError otherwise."""
+    (lines, content_length, flags) as encode_headers does; ValueError or TypeError otherwise."""
     parts = []
     clen = -1
     flags = 0
@@ -180,7 +181,7 @@ def encode_asgi_headers(headers):
         parts.append(entry[0])
         parts.append(value)
         parts.append(b"\r\n")
-    return b"".join(parts), clen, flags
+    return parts, clen, flags
 
 
 def asgi_status_line(status):
@@ -380,20 +381,20 @@ class Exchange:
             known = (status_line(status), int(status[:3]))     # status_line validates
             if len(STATUSES) < 256:
                 STATUSES[status] = known
-        block, clen, flags = encode_headers(headers)
+        lines, clen, flags = encode_headers(headers)
         self.status = known[0]
         self.code = known[1]
-        self.headers = block
+        self.headers = lines
         self.clen = clen
         self.hflags = flags
         return 0
 
     def set_asgi_status(self, status, headers):
         """ASGI's http.response.start: the status (an int) and the headers (byte pairs)."""
-        block, clen, flags = encode_asgi_headers(headers)
+        lines, clen, flags = encode_asgi_headers(headers)
         self.status = asgi_status_line(status)
         self.code = status
-        self.headers = block
+        self.headers = lines
         self.clen = clen
         self.hflags = flags
         return 0
@@ -424,7 +425,9 @@ class Exchange:
         code = self.code
         flags = self.hflags
         bodiless_status = code < 200 or code == 204 or code == 304
-        parts = [self.status, self.headers]
+        parts = self.headers         # (the app's header lines: the status line goes first)
+        self.headers = None
+        parts.insert(0, self.status)
         if not flags & HAS_DATE:
             parts.append(server.date_line)
         if not flags & HAS_SERVER:

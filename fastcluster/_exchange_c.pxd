@@ -62,7 +62,7 @@ cdef class Exchange:
         public double called        # monotonic time its app call began on an app thread (--timeout)
         # the response
         public object status        # the status line (bytes), None until start_response
-        public bytes headers        # the app's header lines, encoded
+        public list headers         # the app's header lines, encoded: name, value, CRLF, ... (until sent)
         public int hflags
         public int code
         public long long clen       # -1: no Content-Length
@@ -98,7 +98,7 @@ cdef class Exchange:
     cpdef int set_asgi_status(self, object status, object headers) except -1
     @cython.locals(conn=Channel)
     cpdef int write(self, object data) except -1
-    @cython.locals(conn=Channel, server=HttpServer, code=int, flags=int, bodiless_status=bint)
+    @cython.locals(conn=Channel, server=HttpServer, code=int, flags=int, bodiless_status=bint, parts=list)
     cpdef int send_headers(self, long long known_length) except -1
     @cython.locals(size=cython.longlong, room=cython.longlong, conn=Channel)
     cpdef int send_body(self, bytes data) except -1

@@ -10,8 +10,8 @@ httptools calls the `on_*` methods, which build each request as an `Exchange` (`
 only moves forward (OPEN -> ... -> CLOSED), and what its deadline is for is one `wait`.
 """
 
+import sys as _sys
 import threading
-from collections import deque
 
 from httptools import HttpParserError, HttpParserUpgrade, HttpRequestParser
 
@@ -68,10 +68,18 @@ METHODS = {}
 LOWER_NAMES = {}     # a request header name as sent -> lower-cased, for an ASGI scope
 HEALTH_HEADERS = [("Content-Type", "text/plain"), ("Cache-Control", "no-store")]
 FORBIDDEN_TRAILERS = frozenset((b"host", b"content-length", b"transfer-encoding"))
+# the environ keys on_header notes in `seen` (header_key interns every key it makes)
+K_CONTENT_LENGTH = _sys.intern("CONTENT_LENGTH")
+K_TRANSFER_ENCODING = _sys.intern("HTTP_TRANSFER_ENCODING")
+K_FORWARDED_FOR = _sys.intern("HTTP_X_FORWARDED_FOR")
+K_FORWARDED_PROTO = _sys.intern("HTTP_X_FORWARDED_PROTO")
+K_FORWARDED = _sys.intern("HTTP_FORWARDED")
+SEEN_BODY, SEEN_FORWARDED = 1, 2          # HttpConnection.seen: a body is announced; proxy headers came
 HEALTH_OK = b"ok\n"
 HEALTH_STOPPING = b"stopping\n"
 PROTOCOLS = {"1.1": "HTTP/1.1", "1.0": "HTTP/1.0"}
 HTTP11 = PROTOCOLS["1.1"]
+HTTP10 = PROTOCOLS["1.0"]
 
 
 def plain_host(host):
@@ -135,7 +143,9 @@ class HttpConnection(Channel):
         deadline = write_deadline = 0.0
         served = inflight = head_bytes = nheaders = header_bytes = 0
         body_bytes = 0
-        in_head = head_done = waiting = asgi = read_paused = trusted = False
+        in_head = head_done = waiting = asgi = read_paused = False
+        trusted = -1
+        seen = 0
         cond = scope_base = hlist = ws = proxy_buf = None
         pumping = 0
 
@@ -146,13 +156,14 @@ class HttpConnection(Channel):
         self.base_environ = env
         self._new_parser()
         self.url = b""
-        self.pending = deque()
+        self.pending = []
         self.state = OPEN
         self._arm(W_HEADERS, server.header_timeout)
         self.start_response = self._start_response
         self.write = self._write
-        # a proxy's headers may set the client's address and scheme (--forwarded-allow-ips)
-        self.trusted = server.trust(env["REMOTE_ADDR"]) if server.tcp else True
+        # a proxy's headers may set the client's address and scheme (--forwarded-allow-ips):
+        # whether this peer may is found out when a request first carries such a header
+        self.trusted = -1
         self.proxy_buf = b"" if server.proxy_protocol else None
         self.asgi = server.asgi
         if self.asgi:
@@ -188,6 +199,7 @@ class HttpConnection(Channel):
         self.url = b""
         self.in_head = True
         self.nheaders = 0
+        self.seen = 0
         self.header_bytes = 0
         if self.asgi:
             scope = self.scope_base.copy()
@@ -234,14 +246,18 @@ class HttpConnection(Channel):
             key = header_key(name)
             if key is None:
                 return
+        # the few fields on_headers_complete looks for, noted here (the keys are interned, so
+        # identity tells them) instead of looked up in the environ there
+        if key is K_CONTENT_LENGTH or key is K_TRANSFER_ENCODING:
+            self.seen |= SEEN_BODY
+        elif key is K_FORWARDED_FOR or key is K_FORWARDED_PROTO or key is K_FORWARDED:
+            self.seen |= SEEN_FORWARDED
         text = value[start:end].decode("latin-1")
         env = self.cur.environ
-        old = env.get(key)
-        if old is None:
-            env[key] = text
-        elif key == "CONTENT_TYPE":
-            raise Reject(400)          # two Content-Type fields: which one the app reads is a guess
-        else:
+        old = env.setdefault(key, text)
+        if old is not text:            # a repeated field
+            if key == "CONTENT_TYPE":
+                raise Reject(400)      # two Content-Type fields: which one the app reads is a guess
             env[key] = old + "," + text
 
     def on_headers_complete(self):
@@ -283,8 +299,7 @@ class HttpConnection(Channel):
                 scope["path"] = uri[:query]
                 scope["raw_path"] = url[:query]
                 scope["query_string"] = url[query + 1:]
-        if self.trusted and ("HTTP_X_FORWARDED_FOR" in env or "HTTP_X_FORWARDED_PROTO" in env
-                             or "HTTP_FORWARDED" in env):
+        if self.seen & SEEN_FORWARDED and self._trusts_peer():
             self._forwarded(ex, env)
         ex.keep_alive = self._keeps_alive() and server.keep_alive > 0
         ex.head = method == "HEAD"
@@ -296,12 +311,12 @@ class HttpConnection(Channel):
         self.head_done = True
         self.head_bytes = 0
         host = env.get("HTTP_HOST")
-        if not (protocol is HTTP11 and host is not None and plain_host(host)
-                and "HTTP_TRANSFER_ENCODING" not in env and "CONTENT_LENGTH" not in env):
+        if not ((protocol is HTTP11 and host is not None and plain_host(host)
+                 or protocol is HTTP10 and (host is None or plain_host(host))) and not self.seen & SEEN_BODY):
             status = check_head(env, ex.http10, server.max_body)   # the general case
             if status:
                 raise Reject(status)
-        if "CONTENT_LENGTH" in env or "HTTP_TRANSFER_ENCODING" in env:
+        if self.seen & SEEN_BODY:
             self.body_bytes = 0
             self._arm(W_BODY, server.body_timeout)
             expect = env.get("HTTP_EXPECT")
@@ -332,6 +347,14 @@ class HttpConnection(Channel):
         if path.startswith(root) and (len(path) == len(root) or path[len(root)] == "/"):
             env["PATH_INFO"] = path[len(root):]
         return 0
+
+    def _trusts_peer(self):
+        """Whether the peer is a proxy whose Forwarded / X-Forwarded-* headers count (unix-socket
+        peers are); asked once per connection, when a request first carries one."""
+        if self.trusted < 0:
+            server = self.server
+            self.trusted = 1 if not server.tcp or server.trust(self.base_environ["REMOTE_ADDR"]) else 0
+        return self.trusted == 1
 
     def _forwarded(self, ex, env):
         """A trusted proxy's Forwarded or X-Forwarded-* headers: the client's address and scheme."""
@@ -471,7 +494,7 @@ class HttpConnection(Channel):
             env = self.base_environ
             env["REMOTE_ADDR"] = addr
             env["REMOTE_PORT"] = port
-            self.trusted = self.server.trust(addr)
+            self.trusted = -1                # (the proxy's peer now: found out again when needed)
             if self.asgi:
                 self.scope_base["client"] = (addr, int(port))
         return buf[size:]
@@ -562,7 +585,7 @@ class HttpConnection(Channel):
         server = self.server
         pending = self.pending
         while pending:
-            first = pending.popleft()
+            first = pending.pop(0)
             if type(first) is not int:
                 first.discard_body()
                 if self.inflight:
@@ -640,7 +663,7 @@ class HttpConnection(Channel):
                     if not ex.health and (server.nested or (server.pool is not None and not server.pool._can_call())):
                         server._defer(self)  # an app call may not start now: later, in turn
                         break
-                pending.popleft()
+                pending.pop(0)
                 self._respond(first)
             else:
                 break

@@ -29,8 +29,10 @@ cdef object Reject, log, refusal_cell, Demoted
 cdef dict HEADER_KEYS, METHODS, PROTOCOLS, LOWER_NAMES
 cdef list HEALTH_HEADERS
 cdef frozenset FORBIDDEN_TRAILERS
+cdef str K_CONTENT_LENGTH, K_TRANSFER_ENCODING, K_FORWARDED_FOR, K_FORWARDED_PROTO, K_FORWARDED
+cdef int SEEN_BODY, SEEN_FORWARDED
 cdef bytes HEALTH_OK, HEALTH_STOPPING
-cdef str HTTP11
+cdef str HTTP11, HTTP10
 
 @cython.locals(port=bint, c=Py_UCS4)
 cpdef bint plain_host(str host)
@@ -48,7 +50,7 @@ cdef class HttpConnection(Channel):
         object parser           # httptools.HttpRequestParser driving our on_* methods
         public Exchange cur     # the request being parsed
         bytes url
-        public object pending   # deque of Exchange (or the int status of a refused request), in order
+        public list pending     # Exchange (or the int status of a refused request), in order
         public Exchange resp    # the request being answered
         public int wait         # W_NONE ... W_LINGER: what `deadline` is for
         public double deadline
@@ -59,12 +61,14 @@ cdef class HttpConnection(Channel):
         bint head_done          # a header section ended during the current feed
         Py_ssize_t head_bytes   # bytes read while in_head (bounds what httptools buffers)
         Py_ssize_t nheaders
+        int seen                # SEEN_BODY, SEEN_FORWARDED: what on_header noted of this request
         Py_ssize_t header_bytes
         long long body_bytes
         public object write            # the write() start_response returns (bound once)
         public bint waiting            # an app thread waits on `cond` for this connection
         object cond                    # threading.Condition, made the first time one waits
-        public bint trusted            # the peer is a proxy whose Forwarded headers count (--forwarded-allow-ips)
+        public int trusted             # 1: the peer is a proxy whose Forwarded headers count (--forwarded-allow-ips);
+                                       # 0: it is not; -1: not asked yet
         bytes proxy_buf                # --proxy-protocol: the header so far (None once it is read)
         public bint asgi               # the app is an ASGI app
         public bint read_paused        # an ASGI app is 1 MiB behind its request body
@@ -83,6 +87,8 @@ cdef class HttpConnection(Channel):
     cpdef on_headers_complete(self)
     @cython.locals(path=str)
     cdef int _strip_root(self, dict env, str root) except -1
+    @cython.locals(server=HttpServer)
+    cdef bint _trusts_peer(self) except -1
     @cython.locals(scope=dict)
     cdef int _forwarded(self, Exchange ex, dict env) except -1
     @cython.locals(server=HttpServer)

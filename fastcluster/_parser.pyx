@@ -45,7 +45,6 @@ import signal as _signal_module
 import threading as _threading
 
 from . import board as _board
-from . import tls as _tls
 from .errors import Demoted
 
 IMPLEMENTATION = "cython"
@@ -65,4 +64,13 @@ include "_pool.pxi"
 include "_server.pxi"
 include "_connection.pxi"
 
-cdef Py_ssize_t SEAL_SIZE = _tls.SEAL_SIZE
+cdef object _tls = None          # fastcluster.tls, imported with the first TLS connection (ssl is loaded
+cdef Py_ssize_t SEAL_SIZE = 0    # only by a worker that serves TLS), and its SEAL_SIZE
+
+
+cdef object _load_tls():
+    global _tls, SEAL_SIZE
+    from . import tls
+    SEAL_SIZE = tls.SEAL_SIZE
+    _tls = tls
+    return tls

@@ -19,7 +19,6 @@ import time
 from time import monotonic
 
 from . import board as _board
-from . import tls as _tls
 from ._exchange import CLOSED, PEER_CLOSED, LINGERING
 from ._http import HttpConnection
 from ._server import AppPool, HttpServer, _fail_worker
@@ -433,6 +432,18 @@ class Connection(HttpConnection):
 
 
 
+_tls = None     # fastcluster.tls, imported with the first TLS connection (ssl is loaded only by a
+                # worker that serves TLS)
+
+
+def _load_tls():
+    global _tls
+    from . import tls
+
+    _tls = tls
+    return tls
+
+
 class TlsConnection(Connection):
     """HTTPS: a Connection whose bytes go through a tls.Session. What is read is decrypted before
     the parser sees it; what is queued is encrypted SEAL_SIZE bytes at a time as the socket takes
@@ -442,7 +453,7 @@ class TlsConnection(Connection):
     out_size = property(lambda self: self.queued - self.sent_bytes + len(self.sealed))
 
     def __init__(self, server, sock, env):
-        self.tls = _tls.Session(server.tls)
+        self.tls = (_tls if _tls is not None else _load_tls()).Session(server.tls)
         self.sealed = b""
         super().__init__(server, sock, env)
 

@@ -326,8 +326,8 @@ class WebSocket:
             if type(subprotocol) is not str or not subprotocol.isprintable() or "," in subprotocol:
                 raise ValueError("invalid subprotocol %r" % (subprotocol,))
             parts.append(b"Sec-WebSocket-Protocol: %s\r\n" % subprotocol.encode("ascii"))
-        block, _clen, _flags = encode_asgi_headers(headers)
-        parts.append(block)
+        lines, _clen, _flags = encode_asgi_headers(headers)
+        parts.extend(lines)
         parts.append(server.date_line)
         parts.append(SERVER_HEADER)
         parts.append(b"\r\n")

@@ -21,7 +21,7 @@ import socket
 import sys
 import time
 
-from . import __version__, board, hooks, logs, loop, metrics, privileges, tls
+from . import __version__, board, hooks, logs, loop, metrics, privileges
 from .errors import BOOT_EXIT_CODES, EXIT_OK, AppImportError, ConfigError
 from .config import reloaded
 from .importer import load_app
@@ -138,7 +138,7 @@ class Master:
         if config.umask is not None:
             os.umask(config.umask)
         uid, gid, _name = privileges.resolve(config.user, config.group)   # (checked before anything binds)
-        self.tls = tls.make_context(config)       # (a bad certificate or key: an error before anything binds)
+        self.tls = _tls_context(config)           # (a bad certificate or key: an error before anything binds)
         if config.log_file:
             logs.reopen_log(config.log_file)
         try:
@@ -667,7 +667,7 @@ class Master:
                 logs.check_access_target(new.access_log)
             except OSError as exc:
                 raise ConfigError("cannot open the access log %s: %s" % (new.access_log, exc.strerror)) from None
-        context = tls.make_context(new)       # (renewed certificates: the restarted workers take them)
+        context = _tls_context(new)           # (renewed certificates: the restarted workers take them)
         self.config, warnings = reloaded(self.config, new)
         self.tls = context
         for warning in warnings:
@@ -717,6 +717,16 @@ class Master:
             for rec in self.workers.values():
                 if not rec.expected_exit:
                     self._stop_worker(rec)
+
+
+def _tls_context(config):
+    """The SSLContext for --certfile, or None (ssl is imported only when TLS is asked for: every
+    worker's memory would carry it)."""
+    if not config.certfile:
+        return None
+    from . import tls
+
+    return tls.make_context(config)
 
 
 def _holds_pid(path, pid):

@@ -43,6 +43,7 @@ def header_key(name: bytes):
         key = text.upper().replace("-", "_")
         if key not in ("CONTENT_TYPE", "CONTENT_LENGTH"):
             key = "HTTP_" + key
+        key = sys.intern(key)     # (so that _http.py can tell a few keys by identity)
     if len(HEADER_KEYS) < _MAX_LEARNED:
         HEADER_KEYS[name] = key
     return key

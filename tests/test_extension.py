@@ -108,14 +108,16 @@ def test_the_stub_types_what_the_compiled_loop_exports():
 
 
 def test_a_wsgi_worker_loads_neither_asyncio_nor_websockets():
-    """Both loops, the worker module and a WSGI app: asyncio (~9 MiB) and websockets (~4 MiB) are
-    loaded only by an ASGI worker or with a first WebSocket handshake."""
+    """The master (whose modules every forked worker carries), both loops, the worker module and a
+    WSGI app: asyncio (~9 MiB) and websockets (~4 MiB) are loaded only by an ASGI worker or with a
+    first WebSocket handshake, ssl only with --certfile, watchfiles only with --reload."""
     import subprocess
     import sys
 
-    code = ("import sys, fastcluster._parser_py, fastcluster.worker, fastcluster.demo\n"
+    code = ("import sys, fastcluster.cli, fastcluster.master, fastcluster._parser_py, fastcluster.worker\n"
+            "import fastcluster.demo\n"
             "try:\n    import fastcluster._parser\nexcept ImportError:\n    pass\n"
-            "print(sorted(m for m in ('asyncio', 'websockets') if m in sys.modules))")
+            "print(sorted(m for m in ('asyncio', 'websockets', 'ssl', 'watchfiles') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
