@@ -407,27 +407,40 @@ def _items(report):
 
 
 def is_stall(result, reference_rps):
-    """A run that mostly waited (bjoern on pipelined input): under 5% of nginx's req/s in the
-    same run. Its CPU per request would be drawn as a cost; it is a stall."""
-    return "error" not in result and bool(reference_rps) and result["rps"] < 0.05 * reference_rps
+    """A run that mostly waited (bjoern on pipelined input: 20 req/s): under 1% of nginx's req/s
+    in the same run. Its CPU per request would be drawn as a cost; it is a stall."""
+    return "error" not in result and bool(reference_rps) and result["rps"] < 0.01 * reference_rps
 
 
 def ratio_bars(ax, rows, reference, title):
-    """Horizontal bars of value / reference on a log scale (1 = nginx); a stall is a label."""
-    names = [n for n, _v, _s in rows]
+    """Horizontal bars of value / reference on a log scale, drawn from 1 (= nginx) to the ratio,
+    so that cheaper goes left and costlier right; a stall is a label, not a bar."""
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
+
+    ratios = [value / reference for _n, value, stall in rows if not stall] + [1.0]
+    low, high = min(ratios) / 1.6, max(ratios) * 1.6
     ax.set_xscale("log")
+    ax.set_xlim(low, high)
     for i, (name, value, stall) in enumerate(rows):
         if stall:
-            ax.text(1.0, i, "  stall (requests waited)", va="center", fontsize=7, color="#7f7f7f")
+            ax.text(low * 1.08, i, "stall (requests waited)", va="center", fontsize=8, color="#555555")
             continue
-        ax.barh(i, value / reference, color="#d62728" if name.startswith("fastcluster") else "#7f7f7f")
-        ax.text(value / reference, i, " %.2f" % (value / reference), va="center", fontsize=7)
+        ratio = value / reference
+        color = "#d62728" if name.startswith("fastcluster") else "#7f7f7f"
+        ax.barh(i, abs(ratio - 1.0) or 0.002, left=min(ratio, 1.0), color=color)
+        ax.text(ratio * (1.03 if ratio >= 1 else 0.97), i, "%.2f" % ratio, va="center", fontsize=8,
+                ha="left" if ratio >= 1 else "right")
     ax.axvline(1.0, color="black", linewidth=0.8)
-    ax.set_yticks(range(len(names)))
-    ax.set_yticklabels(names)
+    steps = (0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 16, 32, 64) if high / low > 6 else (0.5, 0.75, 1, 1.25, 1.5, 2)
+    ticks = [t for t in steps if low <= t <= high]
+    ax.xaxis.set_major_locator(FixedLocator(ticks))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _pos: "%gx" % x))
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.set_yticks(range(len(rows)))
+    ax.set_yticklabels([n for n, _v, _s in rows])
     ax.set_title(title, fontsize=10)
     ax.tick_params(labelsize=8)
-    ax.invert_yaxis()
+    ax.set_ylim(len(rows) - 0.5, -0.5)     # (the first row on top, a stalled last row inside too)
 
 
 def charts(report, missing):
@@ -442,7 +455,8 @@ def charts(report, missing):
     for metric, label in (("rps", "requests/s"), ("server_cpu_us_per_request", "server CPU per request")):
         fig, axes = plt.subplots(1, len(WORKLOADS), figsize=(4.4 * len(WORKLOADS), 4.2))
         for ax, workload in zip(axes, WORKLOADS):
-            runs = {n: r for (n, w, wl), r in _items(report) if wl == workload and w == 1 and "error" not in r}
+            found = {n: r for (n, w, wl), r in _items(report) if wl == workload and w == 1 and "error" not in r}
+            runs = {n: found[n] for n in SERVERS if n in found}
             nginx = runs.get("nginx")
             if nginx is None:
                 continue
@@ -531,6 +545,12 @@ def speed_markdown(report):
     return "\n".join(lines)
 
 
+def speed_chart_from(path):
+    """Draw compare-speed.png again from a saved compare-speed.json."""
+    with open(path) as f:
+        speed_chart(json.load(f), [])
+
+
 def speed_chart(report, missing):
     try:
         import matplotlib
@@ -549,8 +569,8 @@ def speed_chart(report, missing):
                 for n in SPEED_SERVERS if n in row]
         ratio_bars(ax, rows, nginx["server_cpu_us_per_request"], "%s (target %.1f)" % (workload,
                                                                                    SPEED_TARGETS[workload]))
-    fig.suptitle("server CPU per request relative to nginx (log scale, lower is cheaper; %s)" % report["machine"],
-                 fontsize=10)
+    fig.suptitle("server CPU per request relative to nginx (log scale; left of 1x is cheaper; %s)"
+                 % report["machine"], fontsize=10)
     fig.tight_layout()
     fig.savefig(os.path.join(RESULTS, "compare-speed.png"), dpi=90)
     plt.close(fig)
