@@ -15,7 +15,7 @@ import warnings
 
 import pytest
 
-from helpers import TESTS, Server, read_response, read_to_eof, wait_until
+from helpers import IMPLS, TESTS, Server, read_response, read_to_eof, wait_until
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -41,7 +41,7 @@ def https(server, context=None):
     return http.client.HTTPSConnection("localhost", server.port, timeout=20, context=context or client_context())
 
 
-@pytest.fixture(params=["cython", "python"])
+@pytest.fixture(params=IMPLS)
 def tls_server(request):
     server = Server("apps.suite:app", "--bind", "127.0.0.1:0", "--workers", "1", "--loop", request.param, *TLS)
     server.impl = request.param
