@@ -55,19 +55,26 @@ for _ in range(count):
 """
 
 
-def count_instructions(python, loop, requests, access):
+def callgrind(python, driver_text, args, env=None, options=()):
+    """Run `driver_text` (a Python script, given `args`, in a temporary directory that it may use)
+    under callgrind; the instructions it counted."""
     with tempfile.TemporaryDirectory() as tmp:
         driver = os.path.join(tmp, "driver.py")
         with open(driver, "w") as f:
-            f.write(DRIVER % {"here": HERE})
-        out = subprocess.run(["valgrind", "--tool=callgrind", "--callgrind-out-file=%s/cg.out" % tmp, python,
-                              driver, loop, str(requests), access if access == "-" else os.path.join(tmp, "a.log")],
-                             capture_output=True, text=True, timeout=900, cwd=tmp,
-                             env=dict(os.environ, PYTHONHASHSEED="0"))   # dict lookups the same each run
+            f.write(driver_text)
+        out = subprocess.run(["valgrind", "--tool=callgrind", "--callgrind-out-file=%s/cg.out" % tmp, *options,
+                              python, driver, *[a.replace("{tmp}", tmp) for a in args]],
+                             capture_output=True, text=True, timeout=1200, cwd=tmp,
+                             env=dict(os.environ, PYTHONHASHSEED="0", **(env or {})))   # dict lookups the same each run
         match = re.search(r"Collected : (\d+)", out.stderr)
         if out.returncode != 0 or not match:
             raise RuntimeError("callgrind run failed: %s" % out.stderr[-2000:])
         return int(match.group(1))
+
+
+def count_instructions(python, loop, requests, access):
+    return callgrind(python, DRIVER % {"here": HERE},
+                     [loop, str(requests), access if access == "-" else os.path.join("{tmp}", "a.log")])
 
 
 def main():

@@ -21,14 +21,13 @@ import argparse
 import json
 import os
 import platform
-import re
-import subprocess
 import sys
-import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 RESULTS = os.path.join(HERE, "results")
+sys.path.insert(0, HERE)
+from instructions import callgrind  # noqa: E402  (the same callgrind run, another driver)
 
 DRIVER = r"""
 import importlib, socket, sys
@@ -69,19 +68,8 @@ COUNTS = {"keepalive": (2000, 6000), "connection": (1000, 3000)}
 
 
 def count(python, workload, n, env):
-    with tempfile.TemporaryDirectory() as tmp:
-        driver = os.path.join(tmp, "driver.py")
-        with open(driver, "w") as f:
-            f.write(DRIVER % {"here": HERE})
-        out = subprocess.run(["valgrind", "--tool=callgrind", "--callgrind-out-file=%s/cg.out" % tmp,
-                              "--toggle-collect=*Server_*adopt", "--toggle-collect=*HttpConnection_*on_readable",
-                              python, driver, workload, str(n)],
-                             capture_output=True, text=True, timeout=1200, cwd=tmp,
-                             env=dict(os.environ, PYTHONHASHSEED="0", **env))
-        match = re.search(r"Collected : (\d+)", out.stderr)
-        if out.returncode != 0 or not match:
-            raise RuntimeError("callgrind run failed: %s" % out.stderr[-2000:])
-        return int(match.group(1))
+    return callgrind(python, DRIVER % {"here": HERE}, [workload, str(n)], env,
+                     ("--toggle-collect=*Server_*adopt", "--toggle-collect=*HttpConnection_*on_readable"))
 
 
 def main():
