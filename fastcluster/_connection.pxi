@@ -277,8 +277,9 @@ cdef class TlsConnection(Connection):
         return 0
 
     cdef int _add_sealed(self, bytes data) except -1:
+        """More ciphertext to send after what `sealed` still holds (the part already sent left
+        out_size when it was sent)."""
         if self.sealed_off:
-            self.out_size -= self.sealed_off
             self.sealed = self.sealed[self.sealed_off:]
             self.sealed_off = 0
         self.sealed += data
@@ -307,9 +308,7 @@ cdef class TlsConnection(Connection):
                     i += 1
                 del out[:i]
                 self.out_size -= size
-                self.sealed = b""
-                self.sealed_off = 0
-                self._add_sealed(tls.pending())
+                self._add_sealed(tls.pending())     # (`sealed` is empty here: all of it was sent)
                 continue
             n = send(self.fd, PyBytes_AS_STRING(self.sealed) + self.sealed_off, left, MSG_NOSIGNAL)
             if n < 0:
