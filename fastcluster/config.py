@@ -18,7 +18,7 @@ import re
 import socket
 from typing import Any, Callable, Optional
 
-from . import logs
+from . import hooks, logs
 from .errors import AppImportError, ConfigError
 
 ENV_PREFIX = "FASTCLUSTER_"
@@ -567,7 +567,7 @@ def _load_toml(path: str) -> FileSettings:
     loaded = FileSettings()
     for key, value in data.items():
         name = key.replace("-", "_")
-        if name in _hook_names():
+        if name in hooks.NAMES:
             if not isinstance(value, str):
                 raise ConfigError('config file %s: %s must name a function, as "module:function"' % (path, key))
             loaded.hooks[name] = _import_hook(path, key, value)
@@ -600,8 +600,6 @@ def _load_python(path: str) -> FileSettings:
         where = ", line %d" % lines[-1] if lines else ""
         raise ConfigError("config file %s%s raised %s" % (
             path, where, "".join(traceback.format_exception_only(type(exc), exc)).strip())) from None
-    from . import hooks
-
     loaded = FileSettings()
     notes = []
     for key, value in namespace.items():
@@ -650,12 +648,6 @@ def _text(path, key, name, value):
     if isinstance(value, (str, int, float)):
         return str(value)
     raise ConfigError("config file %s: %s must be a string or a number" % (path, key))
-
-
-def _hook_names():
-    from . import hooks
-
-    return hooks.NAMES
 
 
 def _import_hook(path, key, target):

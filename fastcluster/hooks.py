@@ -41,10 +41,6 @@ class WorkerInfo:
     exit_code: Optional[int] = None    # child_exit: its exit code, or minus the signal that killed it
     age: float = 0.0                   # child_exit: seconds it lived
 
-    @property
-    def booted(self) -> bool:          # gunicorn's Worker.booted, for hooks that look at it
-        return self.pid is not None
-
 
 def call(hooks, name, *args) -> bool:
     """Run hook `name` if the config defines it; False when it raised (logged with its traceback)."""

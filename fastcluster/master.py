@@ -435,7 +435,7 @@ class Master:
                 inherited.extend(self.reloader.fds())
             self.master_pid = os.getppid()
             worker.run(worker.WorkerSpec(
-                config=self.config, listener=self.listener, status_fd=write_fd, master_pid=os.getppid(),
+                config=self.config, listener=self.listener, status_fd=write_fd, master_pid=self.master_pid,
                 loop_name=self.loop_name, slot=slot, generation=self.generation,
                 board=self.board.mem if board_index >= 0 else None, board_index=board_index, app=self.app,
                 close_fds=tuple(inherited), sigmask=mask, bells=tuple(self.bells), master=self, tls=self.tls))

@@ -157,6 +157,3 @@ class Session:
             except (ssl.SSLError, ValueError, OSError):
                 pass     # (it waits for the client's alert; we do not)
         return self.outgoing.read()
-
-    def peer_certificate(self):
-        return self.obj.getpeercert()
