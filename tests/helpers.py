@@ -264,6 +264,26 @@ def exchange(server, data, count=1, head=False, timeout=10.0):
     return responses, sock, f
 
 
+def get(server, path="/"):
+    """One GET of `path` on a new connection that asks to close; its Response."""
+    sock = server.connect()
+    try:
+        sock.sendall(b"GET %s HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n" % path.encode())
+        return read_response(sock.makefile("rb"))
+    finally:
+        sock.close()
+
+
+def exit_of(*args, timeout=20.0):
+    """Run a server that is expected not to start; (its exit code, what it wrote on stderr)."""
+    server = Server(*args, wait=False)
+    try:
+        code = server.wait(timeout=timeout)
+    finally:
+        server.stop()
+    return code, server.stderr()
+
+
 def read_to_eof(sock):
     """Everything the server sends until it closes the connection."""
     data = b""

@@ -6,21 +6,12 @@ import signal
 
 import pytest
 
-from helpers import TESTS, Server, pid_alive, read_response, wait_until
+from helpers import TESTS, Server, exit_of, get, pid_alive, wait_until
 
 pytestmark = pytest.mark.timeout(90)
 
 HOOKS = ("on_starting", "when_ready", "pre_fork", "post_fork", "post_worker_init", "worker_exit", "child_exit",
          "on_reload", "on_exit")
-
-
-def get(server, path):
-    sock = server.connect()
-    try:
-        sock.sendall(b"GET %s HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n" % path.encode())
-        return read_response(sock.makefile("rb"))
-    finally:
-        sock.close()
 
 
 def text_of(path):
@@ -86,14 +77,10 @@ def test_every_hook_runs_where_and_when_it_should(impl, tmp_path):
 def test_a_hook_that_raises_before_the_worker_is_ready_is_a_boot_failure(impl, tmp_path):
     conf = tmp_path / "conf.py"
     conf.write_text("from apps.hookmod import raises as post_worker_init\n")
-    server = Server("apps.suite:app", "--bind", "127.0.0.1:0", "--workers", "1", "--loop", impl, "-c", str(conf),
-                    wait=False)
-    try:
-        assert server.wait(timeout=30) == 4
-        text = server.stderr()
-        assert "the post_worker_init hook raised" in text and "RuntimeError: boom from a hook" in text
-    finally:
-        server.stop()
+    code, text = exit_of("apps.suite:app", "--bind", "127.0.0.1:0", "--workers", "1", "--loop", impl,
+                         "-c", str(conf), timeout=30)
+    assert code == 4
+    assert "the post_worker_init hook raised" in text and "RuntimeError: boom from a hook" in text
 
 
 def test_a_master_hook_that_raises_is_logged_and_the_server_serves(impl, tmp_path):
@@ -131,12 +118,9 @@ def test_a_toml_file_names_hooks_as_module_function(impl, tmp_path):
 def test_config_file_errors_are_one_line(tmp_path, name, text, message):
     conf = tmp_path / name
     conf.write_text(text)
-    server = Server("--bind", "127.0.0.1:0", "-c", str(conf), wait=False)
-    try:
-        assert server.wait(timeout=20) == 2
-        assert message in server.stderr() and "Traceback" not in server.stderr()
-    finally:
-        server.stop()
+    code, text = exit_of("--bind", "127.0.0.1:0", "-c", str(conf))
+    assert code == 2
+    assert message in text and "Traceback" not in text
 
 
 def test_sighup_reads_a_python_config_again(impl, tmp_path):

@@ -8,18 +8,13 @@ import tempfile
 
 import pytest
 
-from helpers import Server, read_response, read_to_eof
+from helpers import Server, exit_of, get, read_to_eof
 
 pytestmark = pytest.mark.timeout(60)
 
 
 def ask(server, path):
-    sock = server.connect()
-    try:
-        sock.sendall(b"GET %s HTTP/1.1\r\nHost: t\r\n\r\n" % path.encode())
-        return json.loads(read_response(sock.makefile("rb")).body)
-    finally:
-        sock.close()
+    return json.loads(get(server, path).body)
 
 
 @pytest.mark.parametrize("prefix", ["/api", "/api/"])
@@ -46,11 +41,8 @@ def test_root_path_over_asgi(impl):
 
 
 def test_a_bad_root_path_is_refused():
-    server = Server("--bind", "127.0.0.1:0", "--root-path", "api", wait=False)
-    try:
-        assert server.wait(timeout=20) == 2 and "--root-path" in server.stderr()
-    finally:
-        server.stop()
+    code, text = exit_of("--bind", "127.0.0.1:0", "--root-path", "api")
+    assert code == 2 and "--root-path" in text
 
 
 def test_server_name_and_port_are_never_empty_on_a_unix_socket(impl):

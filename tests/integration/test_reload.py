@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from helpers import TESTS, Server, read_response, wait_until
+from helpers import TESTS, Server, exit_of, get, wait_until
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -17,15 +17,6 @@ def app(environ, start_response):
     start_response("200 OK", [("Content-Type", "text/plain")])
     return [b"%s"]
 '''
-
-
-def get(server, path="/"):
-    sock = server.connect()
-    try:
-        sock.sendall(b"GET %s HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n" % path.encode())
-        return read_response(sock.makefile("rb"))
-    finally:
-        sock.close()
 
 
 def write(path, text):
@@ -102,9 +93,6 @@ def test_an_app_that_fails_to_load_at_start_waits_for_the_fix(impl, engine, tmp_
 
 
 def test_reload_is_refused_with_preload():
-    server = Server("--bind", "127.0.0.1:0", "--reload", "--preload", wait=False)
-    try:
-        assert server.wait(timeout=20) == 2
-        assert "--reload restarts the workers" in server.stderr()
-    finally:
-        server.stop()
+    code, text = exit_of("--bind", "127.0.0.1:0", "--reload", "--preload")
+    assert code == 2
+    assert "--reload restarts the workers" in text
