@@ -27,49 +27,40 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 RESULTS = os.path.join(HERE, "results")
 sys.path.insert(0, HERE)
-from instructions import callgrind  # noqa: E402  (the same callgrind run, another driver)
+from instructions import DRIVER as KEEPALIVE_DRIVER, callgrind  # noqa: E402
 
-DRIVER = r"""
+# "keepalive" is instructions.py's driver; "connection" is this one
+CONNECTION_DRIVER = r"""
 import importlib, socket, sys
 sys.path.insert(0, %(here)r)
 from bench_app import app
 from fastcluster.config import Config
-workload, count = sys.argv[1], int(sys.argv[2])
+count = int(sys.argv[1])
 module = importlib.import_module("fastcluster._parser")
-if workload == "keepalive":
-    listener = socket.socket(socket.AF_UNIX)
-    listener.bind("l.sock")
-    server = module.Server(listener, app, Config(workers=1))
-    ours, client = socket.socketpair()
+listener = socket.socket(socket.AF_INET)
+listener.bind(("127.0.0.1", 0))
+listener.listen(64)
+server = module.Server(listener, app, Config(workers=1))
+request = b"GET / HTTP/1.0\r\nHost: 127.0.0.1:8000\r\nUser-Agent: ApacheBench/2.3\r\nAccept: */*\r\n\r\n"
+address = listener.getsockname()
+for _ in range(count):
+    client = socket.create_connection(address)
+    ours, _peer = listener.accept()
     conn = server.adopt(ours)
-    request = b"GET / HTTP/1.1\r\nHost: 127.0.0.1:8000\r\n\r\n"
-    for _ in range(count):
-        client.send(request)
-        conn.on_readable()
-        client.recv(65536)
-else:
-    listener = socket.socket(socket.AF_INET)
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(64)
-    server = module.Server(listener, app, Config(workers=1))
-    request = b"GET / HTTP/1.0\r\nHost: 127.0.0.1:8000\r\nUser-Agent: ApacheBench/2.3\r\nAccept: */*\r\n\r\n"
-    address = listener.getsockname()
-    for _ in range(count):
-        client = socket.create_connection(address)
-        ours, _peer = listener.accept()
-        conn = server.adopt(ours)
-        client.sendall(request)
-        conn.on_readable()
-        client.recv(65536)
-        client.close()
+    client.sendall(request)
+    conn.on_readable()
+    client.recv(65536)
+    client.close()
 """
 
 COUNTS = {"keepalive": (2000, 6000), "connection": (1000, 3000)}
 
 
 def count(python, workload, n, env):
-    return callgrind(python, DRIVER % {"here": HERE}, [workload, str(n)], env,
-                     ("--toggle-collect=*Server_*adopt", "--toggle-collect=*HttpConnection_*on_readable"))
+    options = ("--toggle-collect=*Server_*adopt", "--toggle-collect=*HttpConnection_*on_readable")
+    if workload == "keepalive":
+        return callgrind(python, KEEPALIVE_DRIVER % {"here": HERE}, ["cython", str(n), "-"], env, options)
+    return callgrind(python, CONNECTION_DRIVER % {"here": HERE}, [str(n)], env, options)
 
 
 def main():
