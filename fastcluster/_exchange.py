@@ -13,7 +13,6 @@ says `if not cython.compiled:` and gives the builtin first, a branch Cython drop
 - `encode_headers`: a WSGI app's response headers, checked and encoded.
 """
 
-import http as _http_status
 import os
 import stat as _stat
 
@@ -191,8 +190,9 @@ def asgi_status_line(status):
         return line
     if type(status) is not int or not 100 <= status <= 999:
         raise ValueError("invalid status %r: expected an int from 100 to 999" % (status,))
+    import http   # here, not at the top: the enum costs every worker memory, and only ASGI uses it
     try:
-        phrase = _http_status.HTTPStatus(status).phrase
+        phrase = http.HTTPStatus(status).phrase
     except ValueError:
         phrase = ""
     line = ("HTTP/1.1 %d %s\r\n" % (status, phrase)).encode("latin-1")

@@ -76,3 +76,6 @@ PARSER_WHY: str      # why the direct path is off ("" when it is on)
 
 def use_parser(name: str) -> None:
     """"llhttp" or "httptools" for the connections made from now on (tests, benchmarks)."""
+
+def set_parent_death_signal(signum: int) -> None:
+    """prctl(PR_SET_PDEATHSIG): the kernel sends `signum` to this process when its parent dies."""

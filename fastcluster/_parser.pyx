@@ -58,6 +58,17 @@ cdef Py_ssize_t B_BYTES_IN = _board.BYTES_IN, B_BYTES_OUT = _board.BYTES_OUT
 cdef int SIGTERM_NUMBER = _signal_module.SIGTERM
 
 
+cdef extern from "sys/prctl.h":
+    int prctl(int option, unsigned long arg2, unsigned long arg3, unsigned long arg4, unsigned long arg5)
+    int PR_SET_PDEATHSIG
+
+
+def set_parent_death_signal(int signum):
+    """prctl(PR_SET_PDEATHSIG): the kernel sends `signum` to this process when its parent dies."""
+    if prctl(PR_SET_PDEATHSIG, <unsigned long>signum, 0, 0, 0) != 0:
+        PyErr_SetFromErrno(OSError)
+
+
 include "_llhttp.pxi"
 include "_access.pxi"
 include "_pool.pxi"

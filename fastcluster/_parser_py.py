@@ -436,6 +436,16 @@ _tls = None     # fastcluster.tls, imported with the first TLS connection (ssl i
                 # worker that serves TLS)
 
 
+def set_parent_death_signal(signum):
+    """prctl(PR_SET_PDEATHSIG): the kernel sends `signum` to this process when its parent dies."""
+    import ctypes   # only here: the compiled loop calls prctl itself, without ctypes in its memory
+    # dlopen(NULL): libc is already loaded; find_library would run ldconfig in a subprocess
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(1, signum, 0, 0, 0) != 0:   # 1: PR_SET_PDEATHSIG
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
 def _load_tls():
     global _tls
     from . import tls

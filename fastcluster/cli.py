@@ -12,8 +12,34 @@ from .errors import EXIT_USAGE, AppImportError, ConfigError
 from .importer import check_app_string
 
 
+def _columns() -> int:
+    """The terminal's width as shutil.get_terminal_size() tells it: $COLUMNS, stdout's terminal, or 80."""
+    try:
+        columns = int(os.environ.get("COLUMNS", 0))
+    except ValueError:
+        columns = 0
+    if columns <= 0:
+        try:
+            columns = os.get_terminal_size(sys.__stdout__.fileno()).columns
+        except (AttributeError, ValueError, OSError):
+            columns = 0
+    return columns or 80
+
+
+class _Formatter(argparse.HelpFormatter):
+    """argparse's formatter, given the width: left to find it, argparse imports shutil (and with it
+    zlib, bz2 and lzma), and the master's memory is what every forked worker starts with."""
+
+    def __init__(self, prog, indent_increment=2, max_help_position=24, width=None):
+        super().__init__(prog, indent_increment, max_help_position, _columns() - 2 if width is None else width)
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse, but a usage error is one line on stderr and exit code 2."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", _Formatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message):
         self.exit(EXIT_USAGE, "fastcluster: error: %s (see '%s --help')\n" % (message, self.prog))

@@ -10,13 +10,13 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import os
-import platform
+import sys
 
 from .errors import ConfigError
 
 LOOPS = {"cython": "fastcluster._parser", "python": "fastcluster._parser_py"}
 
-NO_EXTENSIONS = bool(os.environ.get("FASTCLUSTER_NO_EXTENSIONS")) or platform.python_implementation() != "CPython"
+NO_EXTENSIONS = bool(os.environ.get("FASTCLUSTER_NO_EXTENSIONS")) or sys.implementation.name != "cpython"
 
 
 def has_extension() -> bool:

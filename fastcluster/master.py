@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import os
-import random
 import selectors
 import signal
 import socket
@@ -444,7 +443,9 @@ class Master:
         os.set_blocking(read_fd, False)
         lifetime = self.config.max_worker_lifetime
         if lifetime:
-            lifetime *= random.uniform(1.0, 1.1)   # so that workers started together do not all go at once
+            # 1.0 to 1.1 times, so that workers started together do not all go at once (from os.urandom:
+            # the random module would be one more import every forked worker carries)
+            lifetime *= 1.0 + int.from_bytes(os.urandom(2), "little") / 655360
         rec = WorkerRecord(slot, pid, read_fd, replaces, lifetime, board_index, self.generation)
         self.workers[pid] = rec
         log.debug("worker %d (pid %d) started, generation %d%s", slot, pid, self.generation,

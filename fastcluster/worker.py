@@ -11,12 +11,10 @@ of reaching the master's do-nothing handlers.
 
 from __future__ import annotations
 
-import ctypes
 import dataclasses
 import faulthandler
 import logging
 import os
-import random
 import signal
 import socket
 import sys
@@ -31,7 +29,11 @@ from .logs import AccessLog, reopen_log, say
 from .proctitle import set_title
 from .sockets import describe
 
-PR_SET_PDEATHSIG = 1
+
+def random_below(n: int) -> int:
+    """A random int in [0, n) from os.urandom (the random module is not worth its memory here)."""
+    return int.from_bytes(os.urandom(8), "little") % n if n > 0 else 0
+
 
 # Status pipe messages, one line each, worker -> master:
 READY = b"R %s\n"         # the app is loaded and the loop accepts; what the app is ("an ASGI app on uvloop")
@@ -80,10 +82,9 @@ class _Stop:
             self.server.request_stop()
 
 
-def _die_with_parent(master_pid: int) -> None:
+def _die_with_parent(master_pid: int, impl) -> None:
     try:
-        # dlopen(NULL): libc is already loaded; find_library would run ldconfig in a subprocess
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        impl.set_parent_death_signal(signal.SIGTERM)
     except (OSError, AttributeError):  # pragma: no cover - not Linux; the loop also watches getppid()
         pass
     if os.getppid() != master_pid:  # the master died before prctl took effect
@@ -106,7 +107,7 @@ class _Heartbeat:
         self.name = "fc worker %d" % slot
         self.max_requests = config.max_requests
         if self.max_requests and config.max_requests_jitter:
-            self.max_requests += random.randint(0, config.max_requests_jitter)
+            self.max_requests += random_below(config.max_requests_jitter + 1)
         self.max_rss = config.max_worker_memory * 1024 * 1024
         self.asked = False
         self.reopen = False
@@ -202,7 +203,7 @@ def _serve(spec, stop, wake_r, wake_w):
     # --user/--group: after fastcluster's own modules are loaded, before the app is imported (and
     # before the parent-death signal is set: a change of credentials clears it)
     privileges.drop(*privileges.resolve(config.user, config.group))
-    _die_with_parent(spec.master_pid)
+    _die_with_parent(spec.master_pid, impl)
     info = spec.info()
     # the config file's worker hooks: a failure before the worker is ready is a boot failure
     if not hooks.call(config.hooks, "post_fork", spec.master, info):

@@ -12,10 +12,8 @@ import io
 import logging
 import re
 import sys
-import tempfile
 import threading
 import time
-from email.utils import formatdate
 from urllib.parse import unquote_to_bytes
 
 log = logging.getLogger("fastcluster")
@@ -199,6 +197,7 @@ class BodyBuffer:
         self.parts.append(data)
         if self.size > SPILL_BYTES:
             self._take(self.size)
+            import tempfile   # here: with shutil, bz2 and lzma it is 1 MiB a worker that never spills
             self.file = tempfile.TemporaryFile(prefix="fastcluster-body-")
             self.file.writelines(self.parts)
             self.parts = None
@@ -358,6 +357,18 @@ def has_token(value: str, token: str) -> bool:
     return any(part.strip().lower() == token for part in value.split(","))
 
 
+_DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+
+
+def http_date(second: float) -> str:
+    """RFC 9110's IMF-fixdate, "Sun, 06 Nov 1994 08:49:37 GMT" (the names are English in every locale).
+    email.utils.formatdate does the same, but importing the email package costs every worker 2 MiB."""
+    t = time.gmtime(second)
+    return "%s, %02d %s %04d %02d:%02d:%02d GMT" % (_DAYS[t.tm_wday], t.tm_mday, _MONTHS[t.tm_mon - 1], t.tm_year,
+                                                  t.tm_hour, t.tm_min, t.tm_sec)
+
+
 class DateHeader:
     """The `Date:` line, formatted at most once a second."""
 
@@ -371,7 +382,7 @@ class DateHeader:
         second = int(time.time() if now is None else now)
         if second != self.second:
             self.second = second
-            self.line = ("Date: %s\r\n" % formatdate(second, usegmt=True)).encode("ascii")
+            self.line = ("Date: %s\r\n" % http_date(second)).encode("ascii")
         return self.line
 
 

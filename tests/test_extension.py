@@ -107,17 +107,27 @@ def test_the_stub_types_what_the_compiled_loop_exports():
         assert set(stub) == set(_defined(compiled))
 
 
-def test_a_wsgi_worker_loads_neither_asyncio_nor_websockets():
-    """The master (whose modules every forked worker carries), both loops, the worker module and a
-    WSGI app: asyncio (~9 MiB) and websockets (~4 MiB) are loaded only by an ASGI worker or with a
-    first WebSocket handshake, ssl only with --certfile, watchfiles only with --reload."""
+# what a WSGI worker must not load, and why: asyncio (~9 MiB) and websockets (~4 MiB) come with an
+# ASGI worker or a first WebSocket handshake, ssl with --certfile, watchfiles with --reload; the rest
+# were the imports of a helper or two each (RSS of a worker, issue 14): hashlib loads libcrypto (3 MiB,
+# for the handshake's SHA-1), email (2 MiB, for the Date header), tempfile with shutil, bz2 and lzma
+# (1 MiB, for a spilled body; argparse imports shutil too unless told the terminal's width),
+# datetime, ctypes, base64, random and http's status enum.
+NOT_IN_A_WSGI_WORKER = ("asyncio", "websockets", "ssl", "watchfiles", "hashlib", "_hashlib", "email", "tempfile",
+                        "shutil", "datetime", "ctypes", "base64", "random", "http")
+
+
+def test_a_wsgi_worker_loads_none_of_the_heavy_modules():
+    """The master (whose modules every forked worker carries, its command line parsed), both loops,
+    the worker module and a WSGI app load none of NOT_IN_A_WSGI_WORKER."""
     import subprocess
     import sys
 
     code = ("import sys, fastcluster.cli, fastcluster.master, fastcluster._parser_py, fastcluster.worker\n"
+            "fastcluster.cli.build_parser().parse_args(['serve', '--workers', '2'])\n"
             "import fastcluster.demo\n"
             "try:\n    import fastcluster._parser\nexcept ImportError:\n    pass\n"
-            "print(sorted(m for m in ('asyncio', 'websockets', 'ssl', 'watchfiles') if m in sys.modules))")
+            "print(sorted(m for m in %r if m in sys.modules))" % (NOT_IN_A_WSGI_WORKER,))
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"

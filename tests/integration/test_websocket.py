@@ -113,10 +113,16 @@ def test_a_refused_handshake_is_an_http_response(ws_server, path, status, body):
         assert response.headers["x-why"] == "no-token"
 
 
-def test_invalid_handshakes_are_refused_before_the_app(ws_server):
-    sock, f, resp = raw_handshake(ws_server, key=b"too-short")
+@pytest.mark.parametrize("key", [b"too-short", base64.b64encode(os.urandom(17)), base64.b64encode(os.urandom(15)),
+                                 base64.b64encode(os.urandom(16))[:22], b"!" + base64.b64encode(os.urandom(16))[1:],
+                                 b"AAAAAAAAAAAAAAAAAAAA\xffA=="])
+def test_a_key_that_is_not_16_bytes_of_base64_is_refused(ws_server, key):
+    sock, f, resp = raw_handshake(ws_server, key=key)
     sock.close()
     assert resp.status == 400
+
+
+def test_invalid_handshakes_are_refused_before_the_app(ws_server):
     sock, f, resp = raw_handshake(ws_server, version=b"8")
     sock.close()
     assert resp.status == 426 and resp.header("Sec-WebSocket-Version") == "13"

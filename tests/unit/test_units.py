@@ -353,3 +353,30 @@ def test_repeatable_settings_from_flags_env_and_files(tmp_path):
 def test_settings_that_go_together(argv, message):
     with pytest.raises(ConfigError, match=re.escape(message)):
         _config(argv)
+
+
+@pytest.mark.parametrize("second", [0, 784111777, 951782400, 1700000000.75, 4102444799, 2 ** 33])
+def test_http_date_is_what_email_utils_formats(second):
+    from email.utils import formatdate
+
+    assert wsgi.http_date(second) == formatdate(second, usegmt=True)
+
+
+@pytest.mark.parametrize("tz", ["UTC", "America/St_Johns", "Asia/Kolkata", "Europe/Berlin"])
+def test_log_times_are_what_datetime_formats(tz, monkeypatch):
+    import datetime
+    import time
+
+    from fastcluster.logs import AccessLog, iso_time
+
+    monkeypatch.setenv("TZ", tz)
+    time.tzset()
+    try:
+        for when in (0.25, 1700000000.5, 1719000000.125, 1735689599.999):
+            assert iso_time(when) == datetime.datetime.fromtimestamp(when).astimezone().isoformat(
+                timespec="milliseconds")
+            assert AccessLog.stamp_for(int(when)) == datetime.datetime.fromtimestamp(int(when)).astimezone().strftime(
+                "[%d/%b/%Y:%H:%M:%S %z]")
+    finally:
+        monkeypatch.undo()
+        time.tzset()
