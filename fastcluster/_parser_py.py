@@ -9,6 +9,7 @@ name, in `_server.pxi` or `_connection.pxi`.
 
 from __future__ import annotations
 
+import ctypes   # for prctl (the compiled loop calls it itself, without ctypes in its memory)
 import errno
 import os
 import select
@@ -438,7 +439,6 @@ _tls = None     # fastcluster.tls, imported with the first TLS connection (ssl i
 
 def set_parent_death_signal(signum):
     """prctl(PR_SET_PDEATHSIG): the kernel sends `signum` to this process when its parent dies."""
-    import ctypes   # only here: the compiled loop calls prctl itself, without ctypes in its memory
     # dlopen(NULL): libc is already loaded; find_library would run ldconfig in a subprocess
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.prctl(1, signum, 0, 0, 0) != 0:   # 1: PR_SET_PDEATHSIG

@@ -45,6 +45,12 @@ STUCK = b"S\n"            # an app call has run past --timeout (with app threads
 # the master sends it to a worker stuck past --timeout). These the master alone acts on:
 _MASTER_ONLY = (signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU, signal.SIGINT)
 
+# What the loops import when they first need it, not at start (each would be memory in every
+# worker): tempfile for a body that spills to disk, http for an uncommon ASGI status, ipaddress for
+# --forwarded-allow-ips and PROXY headers. A worker that changes user imports them before it does:
+# the new user may not be able to read the interpreter's files (a Python under /root).
+LATE_IMPORTS = ("tempfile", "http", "ipaddress")
+
 
 @dataclasses.dataclass
 class WorkerSpec:
@@ -202,7 +208,11 @@ def _serve(spec, stop, wake_r, wake_w):
     impl = loop.load(spec.loop_name)
     # --user/--group: after fastcluster's own modules are loaded, before the app is imported (and
     # before the parent-death signal is set: a change of credentials clears it)
-    privileges.drop(*privileges.resolve(config.user, config.group))
+    credentials = privileges.resolve(config.user, config.group)
+    if credentials != (None, None, None):
+        for name in LATE_IMPORTS:   # the new user may not be able to read the interpreter's files
+            __import__(name)
+    privileges.drop(*credentials)
     _die_with_parent(spec.master_pid, impl)
     info = spec.info()
     # the config file's worker hooks: a failure before the worker is ready is a boot failure

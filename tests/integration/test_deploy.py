@@ -247,6 +247,13 @@ def test_workers_run_as_user_and_group_with_the_umask(impl, tmp_path):
         # imported as nobody, served as nobody
         assert get(server, "/") == (200, b"%d %d %d" % (nobody.pw_uid, nobody.pw_uid, nobody.pw_gid))
         assert os.stat(access).st_uid == nobody.pw_uid                   # the workers reopen it
+        # a body over 1 MiB spills to a temporary file: tempfile, imported only then, came in before
+        # the switch (nobody may not read this Python's files)
+        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=20)
+        conn.request("POST", "/", body=b"x" * (3 << 20))
+        response = conn.getresponse()
+        assert (response.status, response.read()) == (200, b"%d %d %d" % (nobody.pw_uid, nobody.pw_uid, nobody.pw_gid))
+        conn.close()
 
 
 def test_unknown_user_or_group_is_a_clear_error():
