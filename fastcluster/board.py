@@ -9,9 +9,10 @@ and the two loops take the cell numbers from here.
 
 from __future__ import annotations
 
-import dataclasses
 import heapq
 import mmap
+
+from .record import Record, field
 
 HEADER = 8       # cells before slot 0; [0] = slots ever handed out (the readers' scan bound)
 STOPPING = 1     # header cell: 1 once the master stops (or drains for --shutdown-delay): health says 503
@@ -100,8 +101,7 @@ class Board:
         return counts, cells[BEAT]
 
 
-@dataclasses.dataclass
-class Counts:
+class Counts(Record):
     """A worker process's numbers on the board, or a slot's summed over its processes."""
 
     conns: int = 0
@@ -112,8 +112,8 @@ class Counts:
     accepted: int = 0
     rss: int = 0
     busy: int = 0       # app calls in progress
-    responses: dict = dataclasses.field(default_factory=lambda: dict.fromkeys(CLASSES, 0))    # by class
-    refused: dict = dataclasses.field(default_factory=lambda: {reason(status): 0 for status in REFUSALS})
+    responses: dict = field(lambda: dict.fromkeys(CLASSES, 0))    # by class
+    refused: dict = field(lambda: {reason(status): 0 for status in REFUSALS})
 
     def add(self, other: "Counts", names=COUNTERS) -> None:
         """Add `other`'s counters (and, given their names, gauges) into these."""

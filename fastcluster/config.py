@@ -11,7 +11,6 @@ order command line > environment > config file > default, validating as it goes,
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
 import os
 import re
@@ -20,6 +19,7 @@ from typing import Any, Callable, Optional
 
 from . import hooks, logs
 from .errors import AppImportError, ConfigError
+from .record import Record, field
 
 ENV_PREFIX = "FASTCLUSTER_"
 LOOPS = ("auto", "cython", "python")
@@ -136,8 +136,7 @@ def tcp_address(text: str) -> "BindAddress":
     return address
 
 
-@dataclasses.dataclass(frozen=True)
-class BindAddress:
+class BindAddress(Record, frozen=True):
     """Where the master listens: kind is 'tcp' (host, port), 'unix' (path) or 'fd' (fd)."""
 
     kind: str
@@ -195,8 +194,7 @@ def _default_workers() -> int:
         return os.cpu_count() or 1
 
 
-@dataclasses.dataclass(frozen=True)
-class Setting:
+class Setting(Record, frozen=True):
     name: str                      # attribute of Config; env var is FASTCLUSTER_<NAME>
     flags: tuple                   # command-line flags
     parse: Callable[[str], Any]    # str -> value, raises ValueError
@@ -367,15 +365,14 @@ _BY_NAME = {setting.name: setting for setting in SETTINGS}
 
 def _default(name: str) -> Any:
     """A Config field whose default is its Setting's."""
-    return dataclasses.field(default_factory=_BY_NAME[name].default_value)
+    return field(_BY_NAME[name].default_value)
 
 
-@dataclasses.dataclass(frozen=True)
-class Config:
+class Config(Record, frozen=True):
     """Every setting, resolved; one field per SETTINGS entry (a test keeps the two in step)."""
 
     app: Optional[str] = None      # "module:attribute"; None serves the built-in demo app
-    hooks: dict = dataclasses.field(default_factory=dict, compare=False)   # hook name -> callable (hooks.py)
+    hooks: dict = field(dict, compare=False)   # hook name -> callable (hooks.py)
     config: Optional[str] = _default("config")
     bind: BindAddress = _default("bind")
     workers: int = _default("workers")
@@ -516,13 +513,12 @@ def reloaded(old: Config, new: Config):
     if new.app != old.app and old.preload:
         warnings.append("the app was preloaded; a new APP needs a full restart")
         fixed["app"] = old.app
-    return dataclasses.replace(new, **fixed), warnings
+    return new.replace(**fixed), warnings
 
 
-@dataclasses.dataclass
-class FileSettings:
-    values: dict = dataclasses.field(default_factory=dict)   # setting name -> str (or a list of str)
-    hooks: dict = dataclasses.field(default_factory=dict)    # hook name -> callable
+class FileSettings(Record):
+    values: dict = field(dict)   # setting name -> str (or a list of str)
+    hooks: dict = field(dict)    # hook name -> callable
 
 
 # gunicorn's names for fastcluster's settings, so that a gunicorn.conf.py reads as it is

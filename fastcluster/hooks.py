@@ -16,10 +16,11 @@ not ready yet: that is a boot failure, as an app that fails to import is.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 from typing import Optional
+
+from .record import Record
 
 log = logging.getLogger("fastcluster")
 
@@ -31,8 +32,7 @@ UNSUPPORTED = ("pre_exec", "pre_request", "post_request", "worker_int", "worker_
                "ssl_context")
 
 
-@dataclasses.dataclass
-class WorkerInfo:
+class WorkerInfo(Record):
     """What a hook is told of a worker."""
 
     slot: int                          # 1..N, as `fastcluster status` numbers them

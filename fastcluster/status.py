@@ -7,7 +7,6 @@ and the `--pid FILE` master writes it to FILE.json, so every reader works from t
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import time
@@ -15,6 +14,7 @@ from typing import List, Optional, Tuple
 
 from . import board
 from .board import Counts
+from .record import Record, field
 
 CAUSES = ("crash", "recycle", "rollout", "timeout")   # why a worker was replaced (restart counters)
 
@@ -23,7 +23,6 @@ def no_restarts() -> dict:
     return dict.fromkeys(CAUSES, 0)
 
 
-@dataclasses.dataclass
 class WorkerRow(Counts):
     """One live worker process."""
 
@@ -35,43 +34,39 @@ class WorkerRow(Counts):
     last_heartbeat: float = 0.0   # seconds since its last tick
 
 
-@dataclasses.dataclass
 class SlotTotals(Counts):
     """One slot, 1..N: the counters of every process it ever had, the gauges of its live ones."""
 
     heartbeat: float = 0.0        # Unix time of the newest tick of its processes (0: none yet)
-    restarts: dict = dataclasses.field(default_factory=no_restarts)   # by cause
+    restarts: dict = field(no_restarts)   # by cause
 
 
-@dataclasses.dataclass
-class Replacing:
+class Replacing(Record):
     slot: int
     pid: int                      # the new worker, not ready yet
     replaces: int                 # the pid it takes over from
 
 
-@dataclasses.dataclass
-class RolloutState:
+class RolloutState(Record):
     in_progress: bool = False     # a rolling restart or a recycling is replacing workers
     waiting: int = 0              # workers still to be replaced after the current one
     replacing: Optional[Replacing] = None
 
 
-@dataclasses.dataclass
-class Snapshot:
+class Snapshot(Record):
     master_pid: int
     started: float                # Unix time the master started
     generation: int               # 1, plus one per rolling restart begun
     workers_wanted: int
     loop: str
     stopping: bool = False
-    rollout: RolloutState = dataclasses.field(default_factory=RolloutState)
-    restarts: dict = dataclasses.field(default_factory=no_restarts)      # summed over the slots
-    workers: List[WorkerRow] = dataclasses.field(default_factory=list)
-    slots: List[Tuple[int, SlotTotals]] = dataclasses.field(default_factory=list)
+    rollout: RolloutState = field(RolloutState)
+    restarts: dict = field(no_restarts)      # summed over the slots
+    workers: List[WorkerRow] = field(list)
+    slots: List[Tuple[int, SlotTotals]] = field(list)
 
     def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self))
+        return json.dumps(self.as_dict())
 
     @classmethod
     def from_json(cls, text: str) -> "Snapshot":
@@ -99,7 +94,7 @@ def snapshot(master) -> Snapshot:
     for rec in sorted(master.workers.values(), key=lambda w: (w.slot, w.born_at)):
         counts, beat_us = master.board.read(rec.board_index)
         beat = beat_us / 1e6 or rec.last_beat
-        rows.append(WorkerRow(**dataclasses.asdict(counts), slot=rec.slot, pid=rec.pid, generation=rec.generation,
+        rows.append(WorkerRow(**counts.as_dict(), slot=rec.slot, pid=rec.pid, generation=rec.generation,
                               state="draining" if rec.expected_exit else rec.state,
                               age=round(wall - rec.started, 1), last_heartbeat=round(max(0.0, now - beat), 1)))
         total = slots.setdefault(rec.slot, slot_total(rec.slot))

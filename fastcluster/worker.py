@@ -11,7 +11,6 @@ of reaching the master's do-nothing handlers.
 
 from __future__ import annotations
 
-import dataclasses
 import faulthandler
 import logging
 import os
@@ -27,6 +26,7 @@ from .errors import EXIT_APP_LOAD_ERROR, EXIT_BOOT_ERROR, EXIT_OK
 from .importer import interface_of, load_app
 from .logs import AccessLog, reopen_log, say
 from .proctitle import set_title
+from .record import Record
 from .sockets import describe
 
 
@@ -52,8 +52,7 @@ _MASTER_ONLY = (signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU, signal.SIGINT)
 LATE_IMPORTS = ("tempfile", "http", "ipaddress")
 
 
-@dataclasses.dataclass
-class WorkerSpec:
+class WorkerSpec(Record):
     """Everything a new worker process is given by the master that forked it."""
 
     config: Any                   # config.Config

@@ -112,9 +112,11 @@ def test_the_stub_types_what_the_compiled_loop_exports():
 # were the imports of a helper or two each (RSS of a worker, issue 14): hashlib loads libcrypto (3 MiB,
 # for the handshake's SHA-1), email (2 MiB, for the Date header), tempfile with shutil, bz2 and lzma
 # (1 MiB, for a spilled body; argparse imports shutil too unless told the terminal's width),
-# datetime, ctypes, base64, random and http's status enum.
+# datetime, ctypes, base64, random and http's status enum; dataclasses with inspect, ast and dis
+# (1 MiB, for a dozen plain records: record.py).
 NOT_IN_A_WSGI_WORKER = ("asyncio", "websockets", "ssl", "watchfiles", "hashlib", "_hashlib", "email", "tempfile",
-                        "shutil", "datetime", "ctypes", "base64", "random", "http")
+                        "shutil", "datetime", "ctypes", "base64", "random", "http", "dataclasses", "inspect", "ast",
+                        "dis")
 
 
 @pytest.mark.parametrize("impl", ["cython", "python"])

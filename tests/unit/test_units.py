@@ -1,7 +1,6 @@
 """In-process tests of the pure-Python pieces: config, importer, and the shared WSGI helpers."""
 
 import re
-import dataclasses
 import io
 import os
 
@@ -296,11 +295,9 @@ def test_missing_config_file():
 
 
 def test_config_has_one_field_per_setting_with_its_default():
-    import dataclasses
-
     from fastcluster.config import SETTINGS, Config
 
-    names = [field.name for field in dataclasses.fields(Config)]
+    names = list(Config.FIELDS)
     assert names == ["app", "hooks"] + [setting.name for setting in SETTINGS]
     plain = Config()
     for setting in SETTINGS:
@@ -318,9 +315,9 @@ def test_a_reloaded_config_keeps_what_needs_a_full_restart():
     assert config.bind == old.bind and config.app == "a:app"              # kept
     assert warnings == ["bind only change with a full restart; keeping the running values",
                         "the app was preloaded; a new APP needs a full restart"]
-    assert reloaded(old, dataclasses.replace(old, workers=3)) == (dataclasses.replace(old, workers=3), [])
+    assert reloaded(old, old.replace(workers=3)) == (old.replace(workers=3), [])
     with pytest.raises(AppImportError):
-        reloaded(old, dataclasses.replace(old, app="not an app"))
+        reloaded(old, old.replace(app="not an app"))
 
 
 def test_a_gunicorn_conf_py_reads_as_fastclusters_settings(monkeypatch):
@@ -380,3 +377,79 @@ def test_log_times_are_what_datetime_formats(tz, monkeypatch):
     finally:
         monkeypatch.undo()
         time.tzset()
+
+
+def test_coroutine_functions_are_told_apart_without_inspect(monkeypatch):
+    import functools
+    import inspect
+    import sys
+
+    from fastcluster.importer import _coroutine_function, is_asgi
+
+    async def coro(scope, receive, send):
+        pass
+
+    def plain(environ, start_response):
+        pass
+
+    class Asgi:
+        async def __call__(self, scope, receive, send):
+            pass
+
+        async def method(self):
+            pass
+
+    class Wsgi:
+        def __call__(self, environ, start_response):
+            pass
+
+    cases = [coro, plain, Asgi, Asgi(), Asgi().method, Asgi.__call__, Wsgi, Wsgi(), functools.partial(coro, {}),
+             functools.partial(plain, {}), len, lambda: None, "not callable", None]
+    expected = [inspect.iscoroutinefunction(obj) for obj in cases]
+    asgi = [is_asgi(obj) for obj in cases]
+    monkeypatch.delitem(sys.modules, "inspect")
+    assert [_coroutine_function(obj) for obj in cases] == expected
+    assert [is_asgi(obj) for obj in cases] == asgi
+    assert asgi[:8] == [True, False, False, True, True, True, False, False]
+
+
+def test_records_do_what_the_dataclasses_they_replace_did():
+    from fastcluster.record import FrozenError, Record, field
+
+    class Base(Record):
+        a: int
+        b: list = field(list)
+        hidden: dict = field(dict, compare=False)
+
+    class Child(Base):
+        c: str = "c"
+
+    class Point(Record, frozen=True):
+        x: int
+        y: int = 0
+
+    assert Child.FIELDS == ("a", "b", "hidden", "c")
+    one, two = Child(1), Child(1)
+    assert one == two and one.b is not two.b                 # a field(make) default is made per instance
+    one.hidden["k"] = 1
+    assert one == two                                        # compare=False: left out of ==
+    one.b.append(2)
+    assert one != two and one != Base(1) and repr(one).endswith(".Child(a=1, b=[2], hidden={'k': 1}, c='c')")
+    assert Child(5, [1], {}, "d") == Child(a=5, b=[1], c="d")
+    for bad in (lambda: Child(), lambda: Child(1, a=2), lambda: Child(1, nope=3), lambda: Point(1, 2, 3)):
+        with pytest.raises(TypeError):
+            bad()
+    with pytest.raises(TypeError):
+        hash(one)                                            # mutable: not hashable
+    p = Point(1)
+    assert hash(p) == hash(Point(1, 0)) and {p: "v"}[Point(1)] == "v"
+    with pytest.raises(FrozenError):
+        p.x = 2
+    with pytest.raises(AttributeError):
+        del p.y
+    assert p.replace(y=5) == Point(1, 5) and p == Point(1, 0)
+    nested = Child(1, [Point(2, 3), (Point(4),)], {"p": Point(5)})
+    assert nested.as_dict() == {"a": 1, "b": [{"x": 2, "y": 3}, ({"x": 4, "y": 0},)], "hidden": {"p": {"x": 5, "y": 0}},
+                                "c": "c"}
+    with pytest.raises(AttributeError):
+        Child.a                                              # a field is no class attribute
