@@ -449,7 +449,8 @@ class HttpConnection(Channel):
                         self.pending.append(problem)
                     else:
                         last.keep_alive = False
-            self._stop_reading(LAST_IN)
+            # (bytes after the upgrade request are input left unread: the close lingers for them)
+            self._stop_reading(UNREAD if n > exc.args[0] else LAST_IN)
             return 0
         except HttpParserError as exc:
             if self.state != OPEN:
@@ -570,7 +571,9 @@ class HttpConnection(Channel):
         if server.access is not None:
             server._log_access(ex.environ, code, ex.sent, monotonic() - ex.start)
         self.resp = None
-        if not ex.keep:
+        if not ex.keep and not (self.state == LAST_IN and not self.pending):
+            # (the client's own last request, with nothing after it: LAST_IN stays, and _end
+            # closes at once instead of lingering, as nginx does when no input is pending)
             self._close_after()
         return 0
 
@@ -951,6 +954,13 @@ class HttpConnection(Channel):
         """Read what the client sent and answer what can be answered."""
         raise NotImplementedError
 
+    # NODELAY: both loops set TCP_NODELAY on a TCP connection before its first write that is not
+    # its last one, the first unless that write is the whole response to a request that ends the
+    # connection (state not OPEN, no response in progress, none pending). Nagle's algorithm holds a
+    # small segment back while earlier data is unacknowledged: a stall for a second response, a
+    # streamed one or a WebSocket's frames, nothing for one write before the close (the FIN pushes
+    # it out). So a connection per request (ab, HTTP/1.0 through a proxy) saves the setsockopt
+    # (nginx sets it on keep-alive connections only). TLS connections set it at the accept.
     def _flush(self):
         """Send queued output; False when the socket is full (write interest armed) or the peer
         is gone."""

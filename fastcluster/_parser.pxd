@@ -82,6 +82,7 @@ cdef class Connection(HttpConnection):
         list out                # bytes waiting to be sent, in order; out[0] from out_off
         Py_ssize_t out_off
         unsigned int mask       # the epoll events we are registered for
+        bint nodelay            # TCP_NODELAY is set (or is nothing to set: a unix socket)
         CParser cp              # llhttp's state, driven directly (_llhttp.pxi), unless it is off
         bytes hname, hvalue     # the header field being read, in pieces
         object parse_failure    # what a callback raised, for the HttpParserError that follows

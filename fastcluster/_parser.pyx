@@ -37,7 +37,7 @@ from posix.types cimport off_t
 from ._syscalls cimport *
 from fastcluster._clock cimport monotonic
 from fastcluster._server_c cimport DRAIN_LINGER, _fail_worker
-from fastcluster._exchange_c cimport LINGERING, CLOSED, PEER_CLOSED
+from fastcluster._exchange_c cimport LINGERING, CLOSED, OPEN, PEER_CLOSED
 from fastcluster._threads cimport *
 
 import os
@@ -67,6 +67,11 @@ def set_parent_death_signal(int signum):
     """prctl(PR_SET_PDEATHSIG): the kernel sends `signum` to this process when its parent dies."""
     if prctl(PR_SET_PDEATHSIG, <unsigned long>signum, 0, 0, 0) != 0:
         PyErr_SetFromErrno(OSError)
+
+
+cdef inline int set_nodelay(int fd) noexcept:
+    cdef int one = 1
+    return setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one))
 
 
 include "_llhttp.pxi"

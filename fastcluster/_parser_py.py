@@ -20,7 +20,7 @@ import time
 from time import monotonic
 
 from . import board as _board
-from ._exchange import CLOSED, PEER_CLOSED, LINGERING
+from ._exchange import CLOSED, OPEN, PEER_CLOSED, LINGERING
 from ._http import HttpConnection
 from ._server import AppPool, HttpServer, _fail_worker
 from .errors import Demoted
@@ -236,8 +236,6 @@ class Server(HttpServer):
                 continue  # ECONNABORTED and friends: that client is gone, take the next
             self.accept_error_logged = False
             sock.setblocking(False)
-            if self.tcp:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             self._add(sock, addr)
             if self._accepted():
                 return
@@ -289,6 +287,11 @@ class Connection(HttpConnection):
         self._setup(server, sock.fileno(), env)
         self.out = []               # bytes-like objects waiting to be sent, in order
         self.mask = EPOLLIN
+        # TCP_NODELAY: set by the first write that is not the last (_flush); nothing to set on a
+        # unix socket; a TLS handshake is writes both ways, so at once
+        self.nodelay = not server.tcp or server.tls is not None
+        if server.tcp and server.tls is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def _on_event(self):
         if self.state == LINGERING:
@@ -324,6 +327,11 @@ class Connection(HttpConnection):
     def _flush(self):
         """Send queued output; False when the socket is full (EPOLLOUT armed) or the peer is gone."""
         out, sock = self.out, self.sock
+        if not self.nodelay and (self.state == OPEN or self.resp is not None or self.pending):
+            # TCP_NODELAY before the first write that is not the connection's last (see _http.py's
+            # NODELAY note): a connection answered by one write and closed never needs it
+            self.nodelay = True
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         while out:
             try:
                 n = sock.send(out[0]) if len(out) == 1 else sock.sendmsg(out[:MAX_IOV])

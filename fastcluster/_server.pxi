@@ -159,7 +159,7 @@ cdef class Server(HttpServer):
     cdef int _accept(self) except -1:
         cdef sockaddr_storage addr
         cdef socklen_t addrlen
-        cdef int fd, i, one = 1
+        cdef int fd, i
         cdef char host[INET6_ADDRSTRLEN + 1]
         cdef unsigned int port
         for i in range(ACCEPT_BATCH):
@@ -178,7 +178,6 @@ cdef class Server(HttpServer):
             self.accept_error_logged = False
             env = PyDict_Copy(self.base_environ)
             if self.tcp:
-                setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one))
                 if addr.ss_family == AF_INET6:
                     inet_ntop(AF_INET6, &(<sockaddr_in6*>&addr).sin6_addr, host, sizeof(host))
                     port = ntohs((<sockaddr_in6*>&addr).sin6_port)
@@ -212,8 +211,12 @@ cdef class Server(HttpServer):
         cdef Connection conn
         if self.tls is None:
             conn = Connection.__new__(Connection)
+            conn.nodelay = not self.tcp     # else set by the first write that is not the last (_flush)
         else:
             conn = TlsConnection.__new__(TlsConnection)
+            conn.nodelay = True             # a handshake is writes both ways: at once
+            if self.tcp:
+                set_nodelay(fd)
         conn.setup(self, fd, env)
         self.conns[fd] = conn
         self._watch(fd, EPOLLIN)

@@ -429,3 +429,57 @@ def _ignore_errors(fn, *args):
         fn(*args)
     except OSError:
         pass
+
+
+def _server_side_nodelay(server, client):
+    """TCP_NODELAY on the worker's side of `client`'s connection, read through a copy of the worker's
+    descriptor (pidfd_getfd: Linux 5.6, and the right to trace the worker)."""
+    import ctypes
+
+    port = client.getsockname()[1]
+    with open("/proc/net/tcp") as f:
+        rows = [line.split() for line in f.readlines()[1:]]
+    inodes = {row[9] for row in rows if int(row[1].split(":")[1], 16) == server.port
+              and int(row[2].split(":")[1], 16) == port}
+    assert len(inodes) == 1, rows
+    target = "socket:[%s]" % inodes.pop()
+    for pid in server.worker_pids:
+        for fd in os.listdir("/proc/%d/fd" % pid):
+            try:
+                if os.readlink("/proc/%d/fd/%s" % (pid, fd)) != target:
+                    continue
+            except OSError:
+                continue
+            pidfd = os.pidfd_open(pid)
+            try:
+                copy = ctypes.CDLL(None, use_errno=True).syscall(438, pidfd, int(fd), 0)   # SYS_pidfd_getfd
+                if copy < 0:
+                    pytest.skip("pidfd_getfd: %s" % os.strerror(ctypes.get_errno()))
+                with socket.socket(fileno=copy) as sock:   # (closing the copy leaves the worker's open)
+                    return sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+            finally:
+                os.close(pidfd)
+    raise AssertionError("no worker holds %s" % target)
+
+
+def test_tcp_nodelay_is_set_before_any_write_but_a_connections_last(suite_server, tmp_path):
+    """Nagle's algorithm would hold back a second response or a streamed one: TCP_NODELAY is on by
+    then. A connection answered in one write and closed never needs it (nginx does the same)."""
+    keep = socket.create_connection((suite_server.host, suite_server.port), timeout=10)
+    keep.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    resp = read_response(keep.makefile("rb"))
+    assert resp.status == 200 and _server_side_nodelay(suite_server, keep)
+    keep.close()
+    marker = tmp_path / "in-app"
+    once = socket.create_connection((suite_server.host, suite_server.port), timeout=10)
+    once.sendall(b"GET /sleep?s=0.5&marker=%s HTTP/1.0\r\n\r\n" % str(marker).encode())
+    wait_until(marker.exists, what="the request in the app")
+    assert not _server_side_nodelay(suite_server, once)     # HTTP/1.0, closing: nothing written yet
+    assert read_response(once.makefile("rb")).status == 200
+    once.close()
+    stream = socket.create_connection((suite_server.host, suite_server.port), timeout=10)
+    stream.sendall(b"GET /closing?marker=%s&n=40&size=10&delay=0.05 HTTP/1.0\r\n\r\n"
+                   % str(tmp_path / "closed").encode())
+    assert stream.recv(100).startswith(b"HTTP/1.1 200 OK")
+    assert _server_side_nodelay(suite_server, stream)        # a response in pieces, to a closing request
+    stream.close()
