@@ -182,7 +182,7 @@ cdef class Server(HttpServer):
                     inet_ntop(AF_INET6, &(<sockaddr_in6*>&addr).sin6_addr, host, sizeof(host))
                     port = ntohs((<sockaddr_in6*>&addr).sin6_port)
                 else:
-                    inet_ntop(AF_INET, &(<sockaddr_in*>&addr).sin_addr, host, sizeof(host))
+                    ipv4_text(<const unsigned char*>&(<sockaddr_in*>&addr).sin_addr, host)
                     port = ntohs((<sockaddr_in*>&addr).sin_port)
                 env["REMOTE_ADDR"] = host.decode("ascii")
                 env["REMOTE_PORT"] = str(port)

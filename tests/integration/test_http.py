@@ -483,3 +483,17 @@ def test_tcp_nodelay_is_set_before_any_write_but_a_connections_last(suite_server
     assert stream.recv(100).startswith(b"HTTP/1.1 200 OK")
     assert _server_side_nodelay(suite_server, stream)        # a response in pieces, to a closing request
     stream.close()
+
+
+@pytest.mark.parametrize("source", ["127.0.0.1", "127.10.200.5", "127.255.0.99", "127.1.23.100", "127.9.99.250"])
+def test_remote_addr_is_the_clients_address(suite_server, source):
+    """REMOTE_ADDR and REMOTE_PORT from the accepted socket (the compiled loop formats IPv4 itself):
+    every octet width, from clients bound to other loopback addresses."""
+    client = socket.socket()
+    client.settimeout(10)
+    client.bind((source, 0))
+    client.connect((suite_server.host, suite_server.port))
+    client.sendall(b"GET /environ HTTP/1.0\r\n\r\n")
+    env = json.loads(read_response(client.makefile("rb")).body)
+    assert (env["REMOTE_ADDR"], env["REMOTE_PORT"]) == (source, str(client.getsockname()[1]))
+    client.close()
