@@ -66,6 +66,7 @@ def count(python, workload, n, env):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--baseline-python", default=None)
+    ap.add_argument("--baseline-name", default="", help="what the baseline is (a commit), for the report")
     args = ap.parse_args()
     variants = {"httptools": (sys.executable, {"FASTCLUSTER_PARSER": "httptools"}),
                 "llhttp": (sys.executable, {"FASTCLUSTER_PARSER": ""})}
@@ -79,7 +80,8 @@ def main():
             results[workload][name] = round((high - low) / (n2 - n1))
             print("%-10s %-9s %6d instructions" % (workload, name, results[workload][name]), flush=True)
     report = {"started": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "python": platform.python_version(),
-              "machine": "%d CPUs, %s" % (os.cpu_count(), platform.machine()), "counts": COUNTS, "results": results}
+              "machine": "%d CPUs, %s" % (os.cpu_count(), platform.machine()), "counts": COUNTS, "results": results,
+              "baseline": args.baseline_name}
     os.makedirs(RESULTS, exist_ok=True)
     with open(os.path.join(RESULTS, "speed-instructions.json"), "w") as f:
         json.dump(report, f, indent=2)
@@ -91,9 +93,9 @@ def main():
                                              row["llhttp"] / row[names[0]]))
     with open(os.path.join(RESULTS, "speed-instructions.md"), "w") as f:
         f.write("Instructions per keep-alive request and per new connection (callgrind, in-process, the server's "
-                "calls only; `python benchmarks/speed_instructions.py%s`), run %s, Python %s.\n\n%s\n"
+                "calls only; `python benchmarks/speed_instructions.py%s`), run %s, Python %s.%s\n\n%s\n"
                 % (" --baseline-python ..." if args.baseline_python else "", report["started"], report["python"],
-                   "\n".join(lines)))
+                   " before: %s." % args.baseline_name if args.baseline_name else "", "\n".join(lines)))
     print("\n".join(lines))
 
 
