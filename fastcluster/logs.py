@@ -10,7 +10,6 @@ bytes, so the lines of several workers sharing one pipe never interleave.
 from __future__ import annotations
 
 import errno
-import json
 import logging
 import os
 import re
@@ -261,6 +260,12 @@ def iso_time(when: float) -> str:
 class JsonFormatter(logging.Formatter):
     """One JSON object per line: time, level, pid, logger, message, and the traceback as one string."""
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        import json   # here: only --log-format json needs it in every process
+
+        self.dumps = json.dumps
+
     def format(self, record):
         entry = {
             "time": iso_time(record.created),
@@ -275,7 +280,7 @@ class JsonFormatter(logging.Formatter):
             entry["exception"] = record.exc_text
         if record.stack_info:
             entry["stack"] = record.stack_info
-        return json.dumps(entry, ensure_ascii=False)
+        return self.dumps(entry, ensure_ascii=False)
 
 
 class TextFormatter(logging.Formatter):

@@ -7,7 +7,6 @@ and the `--pid FILE` master writes it to FILE.json, so every reader works from t
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from typing import List, Optional, Tuple
@@ -66,10 +65,14 @@ class Snapshot(Record):
     slots: List[Tuple[int, SlotTotals]] = field(list)
 
     def to_json(self) -> str:
+        import json   # here: only the master's --pid status file and `fastcluster status` need it
+
         return json.dumps(self.as_dict())
 
     @classmethod
     def from_json(cls, text: str) -> "Snapshot":
+        import json
+
         data = json.loads(text)
         rollout = data.pop("rollout")
         replacing = rollout.pop("replacing")

@@ -73,7 +73,10 @@ def answer(impl, parser, pieces, tmp_path):
         out = b""
         try:
             for piece in pieces:
-                theirs.sendall(piece)
+                try:
+                    theirs.sendall(piece)
+                except (BrokenPipeError, ConnectionResetError):
+                    break   # the server ended the connection after a request that asked it to
                 conn.on_readable()
                 try:
                     while True:

@@ -453,3 +453,16 @@ def test_records_do_what_the_dataclasses_they_replace_did():
                                 "c": "c"}
     with pytest.raises(AttributeError):
         Child.a                                              # a field is no class attribute
+
+
+def test_percent_decoding_follows_urllib():
+    import random
+    from urllib.parse import unquote_to_bytes
+
+    cases = [b"", b"%", b"%%", b"%4", b"%41", b"%4g", b"a%2Fb", b"%e2%82%ac%E2%82%AC", b"%%41", b"x%41%", b"%ZZ%20",
+             b"/caf%C3%A9 x", b"%00%ff%FF%fF"]
+    rng = random.Random(14)
+    alphabet = b"%%%0123456789abcdefABCDEFgxyz/ "
+    cases += [bytes(rng.choice(alphabet) for _ in range(rng.randrange(12))) for _ in range(2000)]
+    for case in cases:
+        assert wsgi.unquote_to_bytes(case) == unquote_to_bytes(case), case
