@@ -49,6 +49,7 @@ HAS_DATE, HAS_SERVER, WANTS_CLOSE = _wsgi.HAS_DATE, _wsgi.HAS_SERVER, _wsgi.WANT
 H_CONTENT_LENGTH, H_DATE = _wsgi.H_CONTENT_LENGTH, _wsgi.H_DATE
 H_SERVER, H_CONNECTION = _wsgi.H_SERVER, _wsgi.H_CONNECTION
 HEADER_NAMES = {}   # an app's header name -> (b"Name: ", kind)
+HEADER_LINES = {}   # an app's (name, value) -> (b"Name: value\r\n", its Content-Length or -1): see encode_headers
 STATUSES = {}       # an app's status -> (its status line, its code)
 ASGI_HEADER_NAMES = {}   # an ASGI app's header name (bytes) -> (b"name: ", kind)
 ASGI_STATUS_LINES = {}   # an ASGI status (int) -> its status line
@@ -102,7 +103,26 @@ def encode_headers(headers):
     parts = []
     clen = -1
     flags = 0
-    for name, value in headers:
+    for item in headers:
+        # an ordinary header or a Content-Length seen before, as the same (name, value) pair: its
+        # line as it was encoded then (most apps send the same few pairs on every response)
+        known = None
+        if type(item) is tuple:
+            try:
+                known = HEADER_LINES.get(item)
+            except TypeError:   # an unhashable value: the checks below say what is wrong with it
+                pass
+        if known is not None:
+            length = known[1]
+            if length >= 0:
+                if clen >= 0:
+                    if length != clen:
+                        raise ValueError("invalid Content-Length %r" % (item[1],))
+                    continue
+                clen = length
+            parts.append(known[0])
+            continue
+        name, value = item
         entry = HEADER_NAMES.get(name)
         if entry is None:
             prefix, kind = _wsgi.learn_name(name)       # validates the name; ValueError otherwise
@@ -133,9 +153,10 @@ def encode_headers(headers):
         data = cython.cast(str, value).encode("latin-1")      # UnicodeEncodeError (a ValueError) if not latin-1
         if splits_header(data):
             raise ValueError("header value contains CR, LF or NUL")
-        parts.append(entry[0])
-        parts.append(data)
-        parts.append(b"\r\n")
+        line = entry[0] + data + b"\r\n"
+        parts.append(line)
+        if (kind == 0 or kind == H_CONTENT_LENGTH) and type(item) is tuple and len(HEADER_LINES) < 1024:
+            HEADER_LINES[item] = (line, clen if kind == H_CONTENT_LENGTH else -1)
     return parts, clen, flags
 
 

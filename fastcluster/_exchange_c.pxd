@@ -16,14 +16,15 @@ cdef enum:
 cdef Py_ssize_t HIGH_WATER, SMALL_CHUNK
 cdef bytes FAILED_BODY, SERVER_HEADER
 cdef object BodyBuffer, LazyInput, FileWrapper, status_line, simple_response, log_app_error
-cdef dict STATUSES, HEADER_NAMES, ASGI_HEADER_NAMES, ASGI_STATUS_LINES
+cdef dict STATUSES, HEADER_NAMES, HEADER_LINES, ASGI_HEADER_NAMES, ASGI_STATUS_LINES
 cdef int HAS_DATE, HAS_SERVER, WANTS_CLOSE, H_CONTENT_LENGTH, H_DATE, H_SERVER, H_CONNECTION
 
 @cython.locals(c=cython.uchar)
 cpdef bint splits_header(bytes value) except -1
 @cython.locals(start=Py_ssize_t, end=Py_ssize_t, i=Py_ssize_t, c=Py_UCS4, number=cython.longlong)
 cpdef long long content_length_of(str value) except -2
-@cython.locals(parts=list, clen=cython.longlong, flags=int, kind=int, data=bytes, entry=tuple, length=cython.longlong)
+@cython.locals(parts=list, clen=cython.longlong, flags=int, kind=int, data=bytes, entry=tuple, length=cython.longlong,
+               known=tuple, line=bytes)
 cpdef tuple encode_headers(object headers)
 @cython.locals(parts=list, clen=cython.longlong, flags=int, kind=int, entry=tuple)
 cpdef tuple encode_asgi_headers(object headers)

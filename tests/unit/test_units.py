@@ -157,6 +157,27 @@ def test_encode_headers_flags_and_length(encode):
 
 
 @pytest.mark.parametrize("encode", list(_encoders()))
+def test_encoded_header_lines_are_remembered_only_for_what_was_valid(encode):
+    """A (name, value) pair seen before gives its remembered line: the same answers the second
+    time, for tuples and lists alike, and nothing wrong is remembered as right."""
+    headers = [("Content-Type", "text/plain"), ("Content-Length", "12"), ["X-List", "l"], ("Date", "x")]
+    first = encode(headers)
+    assert encode(headers) == first == ([b"Content-Type: text/plain\r\n", b"Content-Length: 12\r\n",
+                                         b"X-List: l\r\n", b"Date: x\r\n"], 12, wsgi.HAS_DATE)
+    assert encode([("Content-Length", "12"), ("Content-Length", "12")])[:2] == ([b"Content-Length: 12\r\n"], 12)
+    with pytest.raises(ValueError):
+        encode([("Content-Length", "12"), ("Content-Length", "13")])   # both remembered, and they differ
+    for _ in range(2):
+        with pytest.raises(ValueError):
+            encode([("X-Split", "a\r\nb")])
+        with pytest.raises(TypeError, match="X-Unhashable value must be str"):
+            encode([("X-Unhashable", ["a"])])
+        with pytest.raises(TypeError, match="X-Bytes value must be str"):
+            encode([("X-Bytes", b"a")])
+    assert encode([("Connection", "close")])[2] == wsgi.WANTS_CLOSE            # never remembered as a line
+
+
+@pytest.mark.parametrize("encode", list(_encoders()))
 @pytest.mark.parametrize("value, closes", [
     ("close", True), ("Close", True), ("keep-alive, close", True), (" upgrade ,CLOSE ", True),
     ("keep-alive", False), ("x-enclosed", False), ("closed", False), ("close-later", False),
