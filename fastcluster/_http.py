@@ -588,7 +588,8 @@ class HttpConnection(Channel):
         server = self.server
         pending = self.pending
         while pending:
-            first = pending.pop(0)
+            first = pending[0]
+            del pending[0]
             if type(first) is not int:
                 first.discard_body()
                 if self.inflight:
@@ -666,7 +667,7 @@ class HttpConnection(Channel):
                     if not ex.health and (server.nested or (server.pool is not None and not server.pool._can_call())):
                         server._defer(self)  # an app call may not start now: later, in turn
                         break
-                pending.pop(0)
+                del pending[0]               # (Cython's pop(0) is a method call: 500 instructions)
                 self._respond(first)
             else:
                 break
