@@ -110,9 +110,7 @@ cdef class Connection(HttpConnection):
         cdef Py_ssize_t count, i, size
         cdef ssize_t n
         cdef bytes item
-        if not self.nodelay and (self.state == OPEN or self.resp is not None or self.pending):
-            # TCP_NODELAY before the first write that is not the connection's last (see _http.py's
-            # NODELAY note): a connection answered by one write and closed never needs it
+        if not self.nodelay and self._writes_again():   # (TCP_NODELAY: see _writes_again)
             self.nodelay = True
             set_nodelay(self.fd)
         while out:

@@ -545,6 +545,16 @@ class HttpConnection(Channel):
         ex = self.cur
         return ex is not None and ex is self.resp and ex.cycle is not None and not ex.headers_sent
 
+    def _writes_again(self):
+        """More output may follow what is queued now: the connection stays open, or a response is
+        in progress or pending. Each loop's _flush sets TCP_NODELAY on a TCP connection before the
+        first write for which this holds: Nagle's algorithm holds a small segment back while earlier
+        data is unacknowledged, a stall for a second response, a streamed one or a WebSocket's frames,
+        and nothing for the one write before a close (the FIN pushes it out). So a connection per
+        request (ab, HTTP/1.0 through a proxy) saves the setsockopt, as nginx, which sets it on
+        keep-alive connections only. (TLS connections set it at the accept.)"""
+        return self.state == OPEN or self.resp is not None or len(self.pending) > 0
+
     def _received(self, ex):
         self.inflight += 1
         self.server.cells[B_IN_FLIGHT] += 1
@@ -955,13 +965,6 @@ class HttpConnection(Channel):
         """Read what the client sent and answer what can be answered."""
         raise NotImplementedError
 
-    # NODELAY: both loops set TCP_NODELAY on a TCP connection before its first write that is not
-    # its last one, the first unless that write is the whole response to a request that ends the
-    # connection (state not OPEN, no response in progress, none pending). Nagle's algorithm holds a
-    # small segment back while earlier data is unacknowledged: a stall for a second response, a
-    # streamed one or a WebSocket's frames, nothing for one write before the close (the FIN pushes
-    # it out). So a connection per request (ab, HTTP/1.0 through a proxy) saves the setsockopt
-    # (nginx sets it on keep-alive connections only). TLS connections set it at the accept.
     def _flush(self):
         """Send queued output; False when the socket is full (write interest armed) or the peer
         is gone."""

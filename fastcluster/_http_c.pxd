@@ -106,6 +106,7 @@ cdef class HttpConnection(Channel):
     cdef int _reject(self, int status) except -1
     @cython.locals(ex=Exchange)
     cdef bint _refusable(self) except -1
+    cdef bint _writes_again(self) except -1
     cdef int _received(self, Exchange ex) except -1
     cdef int _unreceive(self) except -1
     @cython.locals(server=HttpServer, code=int)

@@ -37,7 +37,7 @@ from posix.types cimport off_t
 from ._syscalls cimport *
 from fastcluster._clock cimport monotonic
 from fastcluster._server_c cimport DRAIN_LINGER, _fail_worker
-from fastcluster._exchange_c cimport LINGERING, CLOSED, OPEN, PEER_CLOSED
+from fastcluster._exchange_c cimport LINGERING, CLOSED, PEER_CLOSED
 from fastcluster._threads cimport *
 
 import os

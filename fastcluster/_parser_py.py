@@ -20,7 +20,7 @@ import time
 from time import monotonic
 
 from . import board as _board
-from ._exchange import CLOSED, OPEN, PEER_CLOSED, LINGERING
+from ._exchange import CLOSED, PEER_CLOSED, LINGERING
 from ._http import HttpConnection
 from ._server import AppPool, HttpServer, _fail_worker
 from .errors import Demoted
@@ -327,9 +327,7 @@ class Connection(HttpConnection):
     def _flush(self):
         """Send queued output; False when the socket is full (EPOLLOUT armed) or the peer is gone."""
         out, sock = self.out, self.sock
-        if not self.nodelay and (self.state == OPEN or self.resp is not None or self.pending):
-            # TCP_NODELAY before the first write that is not the connection's last (see _http.py's
-            # NODELAY note): a connection answered by one write and closed never needs it
+        if not self.nodelay and self._writes_again():   # (TCP_NODELAY: see _writes_again)
             self.nodelay = True
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         while out:
