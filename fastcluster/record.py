@@ -50,6 +50,8 @@ class Record:
         cls._frozen = frozen or cls._frozen
         if cls._frozen:
             cls.__hash__ = Record._hash
+            cls.__setattr__ = Record._frozen_setattr
+            cls.__delattr__ = Record._frozen_delattr
         else:
             cls.__hash__ = None   # mutable and compared by value, as a dataclass: not hashable
 
@@ -72,15 +74,13 @@ class Record:
         if kwargs:
             raise TypeError("%s() got an unexpected argument %r" % (cls.__name__, next(iter(kwargs))))
 
-    def __setattr__(self, name, value):
-        if self._frozen:
-            raise FrozenError("cannot assign to field %r of a frozen %s" % (name, type(self).__name__))
-        object.__setattr__(self, name, value)
+    # (a frozen class's __setattr__ and __delattr__; a mutable record keeps object's, so that setting
+    # its attributes costs what it costs on any object)
+    def _frozen_setattr(self, name, value):
+        raise FrozenError("cannot assign to field %r of a frozen %s" % (name, type(self).__name__))
 
-    def __delattr__(self, name):
-        if self._frozen:
-            raise FrozenError("cannot delete field %r of a frozen %s" % (name, type(self).__name__))
-        object.__delattr__(self, name)
+    def _frozen_delattr(self, name):
+        raise FrozenError("cannot delete field %r of a frozen %s" % (name, type(self).__name__))
 
     def _values(self):
         return tuple(getattr(self, name) for name in self._compared)
