@@ -207,6 +207,8 @@ cdef class Connection(HttpConnection):
     cdef int _set_mask(self, unsigned int mask) except -1:
         cdef epoll_event ev
         self.mask = mask
+        if not self.watched:
+            return 0                 # a fresh connection: registered with this mask when watched
         ev.events = mask
         ev.data.u64 = 0
         ev.data.fd = self.fd

@@ -53,6 +53,8 @@ cdef class Server(HttpServer):
         int bell_fd             # this worker's own bell, or -1
         char* rbuf              # every connection's recv() lands here, then goes to httptools
         AccessWriter writer     # the C renderer, when the access log has the default format
+        bint read_first         # TCP_DEFER_ACCEPT is on: a new connection is read before it is watched
+        Connection fresh        # the connection being read right after its accept, not yet watched
 
     cdef int _set_accepting(self, bint on) except -1
     cdef int _ring(self, Py_ssize_t index) except -1
@@ -62,6 +64,7 @@ cdef class Server(HttpServer):
     cdef int _watch(self, int fd, unsigned int events) except -1
     cdef int _accept(self) except -1
     cdef Connection _add(self, int fd, dict env)
+    cdef int _watch_fresh(self) except -1
     cdef int _log_access(self, dict env, int status, long long size, double secs) except -1
     cdef int _flush_access(self) except -1
     cdef int _drain_wakeup(self) except -1
@@ -81,7 +84,8 @@ cdef class Connection(HttpConnection):
     cdef:
         list out                # bytes waiting to be sent, in order; out[0] from out_off
         Py_ssize_t out_off
-        unsigned int mask       # the epoll events we are registered for
+        unsigned int mask       # the epoll events we are registered for (or will be, once watched)
+        bint watched            # registered with the epoll (a fresh connection is not, yet)
         bint nodelay            # TCP_NODELAY is set (or is nothing to set: a unix socket)
         CParser cp              # llhttp's state, driven directly (_llhttp.pxi), unless it is off
         bytes hname, hvalue     # the header field being read, in pieces

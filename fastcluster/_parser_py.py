@@ -118,6 +118,9 @@ class Server(HttpServer):
         self.efd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)   # app threads wake the wait (_signal)
         if self.threads > 1:
             self.pool = Pool(self, self.threads)
+        # TCP_DEFER_ACCEPT on: a new connection is read before it is watched (_add)
+        self.read_first = self.tcp and listener.getsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT) > 0
+        self.fresh = None           # the connection being read right after its accept, not yet watched
 
     def serve(self, ready=None):
         """Run until stopped; `ready()` is called once the listening socket is watched."""
@@ -175,14 +178,17 @@ class Server(HttpServer):
 
     def _iterate(self, limit):
         conns = self.conns
+        if self.fresh is not None:
+            self._watch_fresh()     # a wait inside its request's app call, or another thread's turn
         events = self.ep.poll(self._wait_ms(limit) / 1000.0, MAX_EVENTS)
         self._woke(monotonic())
+        incoming = False
         for fd, _ev in events:
             conn = conns.get(fd)
             if conn is not None:
                 conn._on_event()
             elif fd == self.lfd:
-                self._accept()
+                incoming = True
             elif fd == self.efd:
                 try:
                     os.eventfd_read(self.efd)
@@ -197,6 +203,8 @@ class Server(HttpServer):
             elif fd == self.wakeup_fd:
                 self._drain_wakeup()
             # else: a connection closed earlier in this batch
+        if incoming and not self.stop_requested:
+            self._accept()          # (after the batch: a stop in it takes these at its final accept)
         self._after_events()
 
     def _signal(self):
@@ -255,10 +263,31 @@ class Server(HttpServer):
             env["REMOTE_ADDR"] = ""
         conn = (Connection if self.tls is None else TlsConnection)(self, sock, env)
         self.conns[conn.fd] = conn
-        self.ep.register(conn.fd, EPOLLIN)
         self.cells[B_ACCEPTED] += 1
         self._publish_count()
+        if self.read_first:
+            # The kernel woke us for this connection only once its first bytes came (TCP_DEFER_ACCEPT):
+            # read them now, and watch the connection only if it is still open after that. A
+            # request answered at once and closed never costs an epoll_ctl and an epoll_wait.
+            self.fresh = conn
+            conn._on_event()
+            if self.fresh is conn:
+                self._watch_fresh()
+        else:
+            self.ep.register(conn.fd, EPOLLIN)
+            conn.watched = True
         return conn
+
+    def _watch_fresh(self):
+        """Register the connection being read right after its accept (still open), with the events
+        it wants by now. Also done by the loop's next wait, if the request's app call waits
+        (--threads 1) or loses the loop to another thread before its _add is over."""
+        conn = self.fresh
+        if conn is not None:
+            self.fresh = None
+            if conn.state != CLOSED:
+                self.ep.register(conn.fd, conn.mask)
+                conn.watched = True
 
     def _drain_wakeup(self):
         """The signals that arrived (their numbers, from Python's wake-up fd). A SIGTERM is acted on
@@ -286,7 +315,8 @@ class Connection(HttpConnection):
         self.queued = self.sent_bytes = 0
         self._setup(server, sock.fileno(), env)
         self.out = []               # bytes-like objects waiting to be sent, in order
-        self.mask = EPOLLIN
+        self.mask = EPOLLIN         # the epoll events we are registered for (or will be, once watched)
+        self.watched = False        # registered with the epoll (a fresh connection is not, yet)
         # TCP_NODELAY: set by the first write that is not the last (_flush); nothing to set on a
         # unix socket; a TLS handshake is writes both ways, so at once
         self.nodelay = not server.tcp or server.tls is not None
@@ -402,7 +432,8 @@ class Connection(HttpConnection):
 
     def _set_mask(self, mask):
         self.mask = mask
-        self.server.ep.modify(self.fd, mask)
+        if self.watched:             # (a fresh connection is registered with this mask when watched)
+            self.server.ep.modify(self.fd, mask)
 
     # --- ending ---
 

@@ -30,6 +30,7 @@ cdef class Server(HttpServer):
             self.writer = AccessWriter(access_log)
         if self.threads > 1:
             self.pool = Pool(self, self.threads)
+        self.read_first = self.tcp and deferred_accept(self.lfd)
 
     def __dealloc__(self):
         if self.epfd >= 0:
@@ -93,8 +94,11 @@ cdef class Server(HttpServer):
     cpdef _iterate(self, double limit):
         cdef epoll_event events[MAX_EVENTS]
         cdef int n, i, fd
+        cdef bint incoming = False
         cdef int timeout = self._wait_ms(limit)
         cdef dict conns = self.conns
+        if self.fresh is not None:
+            self._watch_fresh()     # a wait inside its request's app call, or another thread's turn
         if timeout:
             with nogil:
                 n = epoll_wait(self.epfd, events, MAX_EVENTS, timeout)
@@ -112,7 +116,7 @@ cdef class Server(HttpServer):
             if obj is not None:
                 (<Connection>obj)._on_event()
             elif fd == self.lfd:
-                self._accept()
+                incoming = True
             elif fd == self.efd:
                 self._drain_eventfd()
             elif fd == self.bell_fd:
@@ -120,6 +124,8 @@ cdef class Server(HttpServer):
             elif fd == self.wakeup_fd:
                 self._drain_wakeup()
             # else: a connection closed earlier in this batch
+        if incoming and not self.stop_requested:
+            self._accept()          # (after the batch: a stop in it takes these at its final accept)
         self._after_events()
 
     cpdef _signal(self):
@@ -219,10 +225,32 @@ cdef class Server(HttpServer):
                 set_nodelay(fd)
         conn.setup(self, fd, env)
         self.conns[fd] = conn
-        self._watch(fd, EPOLLIN)
         self.cells[B_ACCEPTED] += 1
         self._publish_count()
+        if self.read_first:
+            # The kernel woke us for this connection only once its first bytes came (TCP_DEFER_ACCEPT):
+            # read them now, and watch the connection only if it is still open after that. A
+            # request answered at once and closed never costs an epoll_ctl and an epoll_wait.
+            self.fresh = conn
+            conn._on_event()
+            if self.fresh is conn:
+                self._watch_fresh()
+        else:
+            self._watch(fd, EPOLLIN)
+            conn.watched = True
         return conn
+
+    cdef int _watch_fresh(self) except -1:
+        """Register the connection being read right after its accept (still open), with the events
+        it wants by now. Also done by the loop's next wait, if the request's app call waits
+        (--threads 1) or loses the loop to another thread before its _add is over."""
+        cdef Connection conn = self.fresh
+        if conn is not None:
+            self.fresh = None
+            if conn.state != CLOSED:
+                self._watch(conn.fd, conn.mask)
+                conn.watched = True
+        return 0
 
     cdef int _log_access(self, dict env, int status, long long size, double secs) except -1:
         """One access log line: rendered in C for the default format, by the AccessLog otherwise."""

@@ -13,6 +13,7 @@ cdef extern from "<sys/socket.h>" nogil:
     ssize_t recv(int fd, void* buf, size_t n, int flags)
     ssize_t send(int fd, const void* buf, size_t n, int flags)
     int setsockopt(int fd, int level, int optname, const void* optval, socklen_t optlen)
+    int getsockopt(int fd, int level, int optname, void* optval, socklen_t* optlen)
     int shutdown(int fd, int how)
     enum:
         AF_INET
@@ -44,6 +45,7 @@ cdef extern from "<netinet/in.h>" nogil:
 cdef extern from "<netinet/tcp.h>" nogil:
     enum:
         TCP_NODELAY
+        TCP_DEFER_ACCEPT
 
 cdef extern from "<arpa/inet.h>" nogil:
     const char* inet_ntop(int af, const void* src, char* dst, socklen_t size)

@@ -253,6 +253,10 @@ SETTINGS = (
             "seconds a WebSocket client gets to answer a ping before it is closed (0: no limit)", "S"),
     Setting("backlog", ("--backlog",), positive_int, 2048,
             "listen queue length of the shared socket", "N"),
+    Setting("defer_accept", ("--defer-accept",), non_negative_int, 1,
+            "seconds the kernel holds a new TCP connection until its first bytes arrive (TCP_DEFER_ACCEPT: "
+            "a worker wakes for a request, not for a bare connect, and reads it at once); a silent client "
+            "is handed over after them and the header timeout starts then (0: off)", "S"),
     Setting("keep_alive", ("--keep-alive",), non_negative_float, 75.0,
             "seconds an idle keep-alive connection is kept open (0 closes after each response)", "S"),
     Setting("graceful_timeout", ("--graceful-timeout",), non_negative_float, 30.0,
@@ -385,6 +389,7 @@ class Config(Record, frozen=True):
     ws_ping_interval: float = _default("ws_ping_interval")
     ws_ping_timeout: float = _default("ws_ping_timeout")
     backlog: int = _default("backlog")
+    defer_accept: int = _default("defer_accept")
     keep_alive: float = _default("keep_alive")
     graceful_timeout: float = _default("graceful_timeout")
     header_timeout: float = _default("header_timeout")
@@ -493,7 +498,7 @@ def systemd_bind(environ) -> Optional[BindAddress]:
     return BindAddress("fd", fd=3)
 
 
-FIXED_ON_RELOAD = ("bind", "backlog", "pid", "log_file", "preload", "metrics_bind", "umask", "reload",
+FIXED_ON_RELOAD = ("bind", "backlog", "defer_accept", "pid", "log_file", "preload", "metrics_bind", "umask", "reload",
                    "reload_dir", "reload_include")   # need a full restart
 
 

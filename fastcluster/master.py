@@ -150,7 +150,7 @@ class Master:
             self.app = load_app(config)
             if isinstance(self.app, int):
                 return self.app
-        self.listener = create_listener(config.bind, config.backlog)
+        self.listener = create_listener(config.bind, config.backlog, config.defer_accept)
         if config.bind.kind == "fd" and os.environ.get("LISTEN_PID") == str(os.getpid()):
             for name in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
                 os.environ.pop(name, None)   # systemd's socket is ours now; the app's children do not inherit it

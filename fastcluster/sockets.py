@@ -11,10 +11,13 @@ from .config import BindAddress
 from .errors import ConfigError
 
 
-def create_listener(bind: BindAddress, backlog: int) -> socket.socket:
-    """Bind and listen, or raise ConfigError with one line saying why not."""
+def create_listener(bind: BindAddress, backlog: int, defer_accept: int = 0) -> socket.socket:
+    """Bind and listen, or raise ConfigError with one line saying why not. `defer_accept`: seconds
+    of TCP_DEFER_ACCEPT for a TCP socket (0 clears it, on an inherited socket too)."""
     if bind.kind == "fd":
-        return _adopt_fd(bind.fd, backlog)
+        sock = _adopt_fd(bind.fd, backlog)
+        _defer_accept(sock, defer_accept)
+        return sock
     sock = socket.socket(bind.family, socket.SOCK_STREAM)
     try:
         if bind.kind == "unix":
@@ -25,6 +28,7 @@ def create_listener(bind: BindAddress, backlog: int) -> socket.socket:
             if bind.family == socket.AF_INET6:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
             sock.bind((bind.host, bind.port))
+            _defer_accept(sock, defer_accept)
         sock.listen(backlog)
     except OSError as exc:
         sock.close()
@@ -32,6 +36,14 @@ def create_listener(bind: BindAddress, backlog: int) -> socket.socket:
             raise ConfigError("cannot bind %s: address already in use" % bind) from None
         raise ConfigError("cannot bind %s: %s" % (bind, exc.strerror or exc)) from None
     return sock
+
+
+def _defer_accept(sock: socket.socket, seconds: int) -> None:
+    """The workers read a connection at once when its listener has TCP_DEFER_ACCEPT (the loop's
+    Server._add): the kernel queues it for accept() only once its first bytes have arrived, or
+    once `seconds` have passed (Linux rounds them up to its SYN-ACK retransmission steps)."""
+    if sock.family in (socket.AF_INET, socket.AF_INET6):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT, seconds)
 
 
 def _adopt_fd(fd: int, backlog: int) -> socket.socket:

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from helpers import at_eof, exchange, pid_alive, read_response, rss_kib, wait_until
+from helpers import Server, at_eof, exchange, pid_alive, read_response, rss_kib, wait_until
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -497,3 +497,49 @@ def test_remote_addr_is_the_clients_address(suite_server, source):
     env = json.loads(read_response(client.makefile("rb")).body)
     assert (env["REMOTE_ADDR"], env["REMOTE_PORT"]) == (source, str(client.getsockname()[1]))
     client.close()
+
+
+def _server_side_states(server, client):
+    """The TCP states of the server's side of `client`'s connection, from /proc/net/tcp: "01"
+    established, "03" SYN_RECV (a connection TCP_DEFER_ACCEPT still holds back from accept())."""
+    port = client.getsockname()[1]
+    with open("/proc/net/tcp") as f:
+        rows = [line.split() for line in f.readlines()[1:]]
+    return [row[3] for row in rows if int(row[1].split(":")[1], 16) == server.port
+            and int(row[2].split(":")[1], 16) == port]
+
+
+def test_a_connection_reaches_a_worker_with_its_first_bytes(impl):
+    """--defer-accept (default 1 s): the kernel queues a connection for accept() once its request
+    arrives, and the worker reads it at once; a client that says nothing is held by the kernel,
+    then handed over, and the header timeout runs from there."""
+    with Server("apps.suite:app", "--bind", "127.0.0.1:0", "--workers", "1", "--loop", impl,
+                "--header-timeout", "1") as server:
+        silent = server.connect()
+        assert _server_side_states(server, silent) == ["03"]          # not accepted: no data yet
+        for _ in range(3):                                            # others are served meanwhile
+            talking = server.connect()
+            talking.sendall(b"GET /pid HTTP/1.1\r\nHost: t\r\n\r\n")
+            f = talking.makefile("rb")
+            assert read_response(f).status == 200
+            talking.sendall(b"GET /pid HTTP/1.1\r\nHost: t\r\n\r\n")   # and kept alive
+            assert read_response(f).status == 200
+            talking.close()
+        wait_until(lambda: _server_side_states(server, silent) == ["01"], timeout=10,
+                   what="the deferral to pass")
+        f = silent.makefile("rb")
+        assert read_response(f).status == 408
+        assert at_eof(silent, f)
+        silent.close()
+
+
+def test_defer_accept_0_accepts_a_silent_connection_at_once(impl):
+    with Server("apps.suite:app", "--bind", "127.0.0.1:0", "--workers", "1", "--loop", impl,
+                "--header-timeout", "1", "--defer-accept", "0") as server:
+        silent = server.connect()
+        start = time.monotonic()
+        wait_until(lambda: _server_side_states(server, silent) == ["01"], timeout=10)
+        assert time.monotonic() - start < 0.5       # (deferred, it would be a second at the least)
+        f = silent.makefile("rb")
+        assert read_response(f).status == 408
+        silent.close()

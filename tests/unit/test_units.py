@@ -487,3 +487,26 @@ def test_percent_decoding_follows_urllib():
     cases += [bytes(rng.choice(alphabet) for _ in range(rng.randrange(12))) for _ in range(2000)]
     for case in cases:
         assert wsgi.unquote_to_bytes(case) == unquote_to_bytes(case), case
+
+
+def test_defer_accept_is_set_on_tcp_listeners_and_cleared_on_an_inherited_one(tmp_path):
+    import socket
+
+    from fastcluster.sockets import create_listener
+
+    assert _config([]).defer_accept == 1
+    assert _config(["--defer-accept", "0"]).defer_accept == 0
+    with pytest.raises(SystemExit):
+        _config(["--defer-accept", "-1"])
+    with create_listener(parse_bind("127.0.0.1:0"), 16, 3) as sock:
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT) == 3
+    with create_listener(parse_bind("127.0.0.1:0"), 16) as sock:
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT) == 0
+    with create_listener(parse_bind("unix:%s" % (tmp_path / "s")), 16, 1) as sock:
+        assert sock.family == socket.AF_UNIX           # (nothing to defer on a unix socket)
+    inherited = socket.socket()
+    inherited.bind(("127.0.0.1", 0))
+    inherited.listen(8)
+    inherited.setsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT, 5)
+    with create_listener(BindAddress("fd", fd=inherited.detach()), 16, 0) as sock:
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT) == 0
