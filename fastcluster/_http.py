@@ -28,10 +28,6 @@ from . import wsgi as _wsgi
 from .errors import Demoted
 
 if not cython.compiled:   # the compiled build cimports these (_http_c.pxd)
-    from ._asgi import BodyQueue
-    from ._asgi import start as asgi_start
-    from ._websocket import handshake_problem, is_upgrade
-    from ._websocket import upgrade as ws_upgrade
     from ._exchange import (CLOSED, HIGH_WATER, LAST_IN, LINGERING, OPEN, PEER_CLOSED, UNREAD, Channel,
                            new_exchange)
     # what the read-side deadline is for (HttpConnection.wait)
@@ -40,6 +36,23 @@ if not cython.compiled:   # the compiled build cimports these (_http_c.pxd)
     W_BODY = 2        # the next piece of a request body
     W_IDLE = 3        # the next request on a kept-alive connection
     W_LINGER = 4      # the client's close after our FIN
+
+# The ASGI and WebSocket modules (fastcluster._asgi and ._websocket, or their compiled builds):
+# loaded with an ASGI worker's first connection, never by a WSGI worker (two extension modules,
+# binascii and zlib: about 0.7 MiB of RSS it has no use for).
+BodyQueue = asgi_start = handshake_problem = is_upgrade = ws_upgrade = None
+
+
+def load_asgi():
+    global BodyQueue, asgi_start, handshake_problem, is_upgrade, ws_upgrade
+    if cython.compiled:
+        from . import _asgi_c as asgi, _websocket_c as websocket
+    else:
+        from . import _asgi as asgi, _websocket as websocket
+    BodyQueue, asgi_start = asgi.BodyQueue, asgi.start
+    handshake_problem, is_upgrade, ws_upgrade = websocket.handshake_problem, websocket.is_upgrade, websocket.upgrade
+    return 0
+
 
 AWAIT_BODY, AWAIT_DRAINED = 1, 2   # what an app call waits for (HttpServer._await)
 HEAD_SLACK = 4096           # request line, CRLFs and colons around the counted header bytes
@@ -167,6 +180,8 @@ class HttpConnection(Channel):
         self.proxy_buf = b"" if server.proxy_protocol else None
         self.asgi = server.asgi
         if self.asgi:
+            if asgi_start is None:
+                load_asgi()
             # an ASGI request's environ holds only what the server itself reads (its checks, the
             # access log): the client's address, then the request line and the headers
             self.scope_base = server._scope_base(env)

@@ -7,8 +7,6 @@ from fastcluster._clock cimport monotonic
 from fastcluster._server_c cimport HttpServer, AppPool
 from fastcluster._exchange_c cimport (Channel, Exchange, new_exchange, OPEN, LAST_IN, UNREAD, PEER_CLOSED,
                                       LINGERING, CLOSED, HIGH_WATER)
-from fastcluster._asgi_c cimport BodyQueue, start as asgi_start
-from fastcluster._websocket_c cimport WebSocket, handshake_problem, is_upgrade, upgrade as ws_upgrade
 
 # what the read-side deadline is for (HttpConnection.wait)
 cdef enum:
@@ -24,6 +22,7 @@ cdef double LINGER
 cdef bytes CONTINUE_LINE
 cdef object BodyBuffer, LazyInput, EMPTY_INPUT, header_key, split_target, split_asgi_target, check_head
 cdef object forwarded_client, parse_proxy_header
+cdef object BodyQueue, asgi_start, handshake_problem, is_upgrade, ws_upgrade   # load_asgi()
 cdef object error_response
 cdef object Reject, log, refusal_cell, Demoted
 cdef dict HEADER_KEYS, METHODS, PROTOCOLS, LOWER_NAMES
@@ -75,7 +74,7 @@ cdef class HttpConnection(Channel):
         dict scope_base                # ASGI: what every request's scope on this connection starts from
         list hlist                     # ASGI: the headers of the request being parsed, as the scope has them
         int pumping                    # _pump() calls on the stack
-        public WebSocket ws            # after a WebSocket handshake: the session, which takes the input
+        public object ws               # after a WebSocket handshake: the session, which takes the input
 
     cdef int _setup(self, HttpServer server, int fd, dict env) except -1
     @cython.locals(server=HttpServer, ex=Exchange, scope=dict)

@@ -115,16 +115,19 @@ def test_the_stub_types_what_the_compiled_loop_exports():
 # datetime, ctypes, base64, random and http's status enum; dataclasses with inspect, ast and dis
 # (1 MiB, for a dozen plain records: record.py); urllib.parse with ipaddress (0.3 MiB, for
 # percent-decoding a path); json (0.1 MiB: --log-format json and the --pid status file only).
+# The loop's ASGI and WebSocket modules (two extension modules in the compiled build, and the
+# handshake's binascii and _sha1) come with an ASGI worker's first connection.
 NOT_IN_A_WSGI_WORKER = ("asyncio", "websockets", "ssl", "watchfiles", "hashlib", "_hashlib", "email", "tempfile",
                         "shutil", "datetime", "ctypes", "base64", "random", "http", "dataclasses", "inspect", "ast",
-                        "dis", "urllib.parse", "ipaddress", "json")
+                        "dis", "urllib.parse", "ipaddress", "json", "fastcluster._asgi", "fastcluster._asgi_c",
+                        "fastcluster._websocket", "fastcluster._websocket_c", "binascii", "_sha1")
 
 
 @pytest.mark.parametrize("impl", ["cython", "python"])
 def test_a_wsgi_worker_loads_none_of_the_heavy_modules(impl):
     """The master (whose modules every forked worker carries, its command line parsed), a loop,
-    the worker module and a WSGI app load none of NOT_IN_A_WSGI_WORKER (the pure loop: ctypes, for
-    prctl)."""
+    the worker module and a WSGI app answering a request load none of NOT_IN_A_WSGI_WORKER (the
+    pure loop: ctypes, for prctl)."""
     import subprocess
     import sys
 
@@ -135,8 +138,16 @@ def test_a_wsgi_worker_loads_none_of_the_heavy_modules(impl):
     code = ("import sys\nbefore = set(sys.modules)\n"
             "import fastcluster.cli, fastcluster.master, fastcluster.worker, %s\n"
             "fastcluster.cli.build_parser().parse_args(['serve', '--workers', '2'])\n"
-            "import fastcluster.demo\n"
-            "print(sorted(m for m in %r if m in sys.modules and m not in before))" % (loop.LOOPS[impl], heavy))
+            "import fastcluster.demo, socket\n"
+            "from fastcluster.config import Config\n"
+            "listener = socket.socket()\nlistener.bind(('127.0.0.1', 0))\nlistener.listen(8)\n"
+            "server = sys.modules[%r].Server(listener, fastcluster.demo.app, Config(workers=1))\n"
+            "client = socket.create_connection(listener.getsockname())\n"
+            "conn = server.adopt(listener.accept()[0])\n"
+            "client.sendall(b'GET / HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n')\n"
+            "conn.on_readable()\n"
+            "assert client.recv(65536).startswith(b'HTTP/1.1 200 '), 'no answer'\n"
+            "print(sorted(m for m in %r if m in sys.modules and m not in before))" % (loop.LOOPS[impl], loop.LOOPS[impl], heavy))
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
