@@ -45,7 +45,7 @@ class Pool(AppPool):
     """The app threads' primitives (the twin of _pool.pxi and _threads.pxd): the token is a Lock
     held by the thread that runs the loop, a spare thread waits on a Semaphore, and the monitor is
     a Python thread that looks every 0.1 ms for a second after a handover, and otherwise at times
-    that double from 1 ms to 10 ms."""
+    that double from 1 ms to 10 ms; in an idle worker it sleeps until the next call begins."""
 
     def __init__(self, server, limit):
         self._setup(server, limit)
@@ -55,6 +55,8 @@ class Pool(AppPool):
         self.seq = 0                    # app calls begun
         self.hot = 0                    # looks left at the short interval
         self.finished = False
+        self.parked = False             # the monitor sleeps on `wake` until the next call begins
+        self.wake = threading.Semaphore(0)
 
     def _start(self):
         threading.Thread(target=self._watch, name="fastcluster-monitor", daemon=True).start()
@@ -62,6 +64,14 @@ class Pool(AppPool):
     def _release(self):
         self.seq += 1
         self.token.release()
+        if self.parked:
+            self._unpark()
+
+    def _unpark(self):
+        # (the monitor may clear `parked` at the same time and take no post: it then wakes once
+        # early at its next park, which costs a look and loses nothing)
+        self.parked = False
+        self.wake.release()
 
     def _reclaim(self):
         return self.token.acquire(False)
@@ -81,6 +91,7 @@ class Pool(AppPool):
     def finish(self):
         if not self.finished:
             self.finished = True
+            self._unpark()
             for _ in range(self.total + 1):
                 self.promote.release()
 
@@ -89,7 +100,9 @@ class Pool(AppPool):
 
     def _watch(self):
         signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
+        _set_thread_name(b"fc-monitor")
         last = -1
+        idle = 0
         period = 0.001        # doubles up to 10 ms while no call blocks
         while not self.finished:
             if self.hot > 0:
@@ -102,6 +115,17 @@ class Pool(AppPool):
             seq = self.seq
             if seq == last and self.token.acquire(False):
                 self._hand_over()
+            # ten looks at 10 ms with no call begun while the loop's thread holds the token: an
+            # idle worker, whose monitor sleeps until the next call (_release wakes it)
+            idle = idle + 1 if seq == last and self.hot <= 0 and period >= 0.01 and self.token.locked() else 0
+            if idle >= 10:
+                self.parked = True
+                if self.seq == seq and not self.finished:
+                    self.wake.acquire()
+                self.parked = False
+                idle = 0
+                period = 0.001
+                seq = self.seq
             last = seq
 
 
@@ -472,6 +496,11 @@ class Connection(HttpConnection):
 
 _tls = None     # fastcluster.tls, imported with the first TLS connection (ssl is loaded only by a
                 # worker that serves TLS)
+
+
+def _set_thread_name(name):
+    """prctl(PR_SET_NAME): this thread's name in /proc (at most 15 bytes)."""
+    ctypes.CDLL(None).prctl(15, ctypes.c_char_p(name), 0, 0, 0)   # 15: PR_SET_NAME
 
 
 def set_parent_death_signal(signum):

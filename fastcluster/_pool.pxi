@@ -12,7 +12,7 @@ cdef class Pool(AppPool):
             raise MemoryError()
         memset(self.st, 0, sizeof(fc_pool_t))
         self.st.token = 1               # the thread that calls serve() runs the loop
-        if sem_init(&self.st.promote, 0, 0) != 0:
+        if sem_init(&self.st.promote, 0, 0) != 0 or sem_init(&self.st.wake, 0, 0) != 0:
             PyErr_SetFromErrno(OSError)
 
     def __init__(self, server, limit):
@@ -22,6 +22,7 @@ cdef class Pool(AppPool):
         if self.st is not NULL:
             self._stop_monitor()
             sem_destroy(&self.st.promote)
+            sem_destroy(&self.st.wake)
             PyMem_Free(self.st)
 
     cdef int _start(self) except -1:
@@ -31,7 +32,7 @@ cdef class Pool(AppPool):
         return 0
 
     cdef int _stop_monitor(self) noexcept:
-        self.st.finished = 1
+        fc_pool_end(self.st)
         if self.monitoring:
             self.monitoring = False
             with nogil:

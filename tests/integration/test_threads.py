@@ -295,3 +295,44 @@ def test_bursts_of_keep_alive_connections_spread_over_the_workers(impl):
                     sock.close()
                 assert min(shares) >= burst * 3 // 8, shares
                 wait_until(lambda: [sockets_of(p) for p in pids] == base, timeout=10, what="the connections closed")
+
+
+def _monitor_switches(pid):
+    """Voluntary context switches of the worker's monitor thread (named fc-monitor)."""
+    for task in os.listdir("/proc/%d/task" % pid):
+        try:
+            with open("/proc/%d/task/%s/comm" % (pid, task)) as f:
+                if f.read().strip() != "fc-monitor":
+                    continue
+            with open("/proc/%d/task/%s/status" % (pid, task)) as f:
+                return next(int(line.split()[1]) for line in f if line.startswith("voluntary_ctxt_switches"))
+        except OSError:
+            continue
+    raise AssertionError("no fc-monitor thread in %d" % pid)
+
+
+def test_an_idle_workers_monitor_sleeps_and_the_next_waiting_call_still_hands_over(impl, tmp_path):
+    """The monitor looks at the app calls every 1-10 ms while calls come; in an idle worker it
+    sleeps until the next call begins, and that call can still wait without holding up the loop."""
+    with Server("apps.suite:app", "--bind", "127.0.0.1:0", "--workers", "1", "--loop", impl) as server:
+        worker = server.worker_pids[0]
+        assert get(server, "/pid")[0] == 200
+        seen = [_monitor_switches(worker)]
+
+        def still():      # no wake-up since the last look, 0.3 s ago
+            time.sleep(0.3)
+            seen.append(_monitor_switches(worker))
+            return seen[-1] == seen[-2]
+
+        wait_until(still, timeout=10, what="the idle monitor to stop waking")
+        time.sleep(1.0)
+        assert _monitor_switches(worker) == seen[-1]     # a second without one wake-up
+        marker = tmp_path / "in-app"
+        slow = threading.Thread(target=get, args=(server, "/sleep?s=1&marker=%s" % marker))
+        slow.start()
+        wait_until(marker.exists, what="the waiting call")
+        start = time.monotonic()
+        assert get(server, "/pid")[0] == 200             # the loop was handed to another thread
+        assert time.monotonic() - start < 0.5
+        slow.join(30)
+        assert _monitor_switches(worker) > seen[-1]
