@@ -513,9 +513,10 @@ def _rss_over_a_million(target=1_000_000):
 def speed_markdown(report):
     med = report["medians"]
     lines = ["Server CPU microseconds per request (median of the rounds); ratios are fastcluster's over "
-             "nginx's and over the better of fastpysgi and bjoern, from the same rounds.", "",
-             "| workload | nginx | fastcluster | fastpysgi | bjoern | fastcluster / nginx | target | "
-             "fastcluster / best peer |", "|---|---|---|---|---|---|---|---|"]
+             "nginx's and over the better of fastpysgi and bjoern, from the same rounds; \"paired\" is the "
+             "median (and range) of the ratio taken within each round, steadier on a busy machine.", "",
+             "| workload | nginx | fastcluster | fastpysgi | bjoern | fastcluster / nginx | paired | target | "
+             "fastcluster / best peer |", "|---|---|---|---|---|---|---|---|---|"]
     for workload in SPEED_WORKLOADS:
         row = med.get(workload, {})
         nginx = row.get("nginx", {})
@@ -532,8 +533,8 @@ def speed_markdown(report):
         ours = row.get("fastcluster-cython", {}).get("server_cpu_us_per_request")
         ratio = "%.2f" % (ours / nginx["server_cpu_us_per_request"]) if ours and nginx else "-"
         best = "%.2f" % (ours / min(peers)) if ours and peers else "-"
-        lines.append("| %s | %s | %s | at most %.1f | %s |" % (workload, " | ".join(cells), ratio,
-                                                               SPEED_TARGETS[workload], best))
+        lines.append("| %s | %s | %s | %s | at most %.1f | %s |" % (
+            workload, " | ".join(cells), ratio, paired_ratio(report, workload), SPEED_TARGETS[workload], best))
     lines += ["", "req/s (medians): " + "; ".join(
         "%s: %s" % (w, ", ".join("%s %.0f" % (n, r["rps"]) for n, r in med.get(w, {}).items()))
         for w in SPEED_WORKLOADS), ""]
@@ -543,6 +544,20 @@ def speed_markdown(report):
                   "by requests served: " + ", ".join("%d: %.1f" % tuple(x) for x in rss["samples_requests_mib"])
                   + " (target: at most 15 MiB, flat).", ""]
     return "\n".join(lines)
+
+
+def paired_ratio(report, workload, ours="fastcluster-cython", base="nginx"):
+    """The median and range of ours/base CPU per request taken round by round (both runs of a
+    round ran within seconds of each other), as text; "-" without a pair."""
+    import statistics
+
+    runs = report["runs"].get(workload, {})
+    ratios = sorted(a["server_cpu_us_per_request"] / b["server_cpu_us_per_request"]
+                    for a, b in zip(runs.get(ours, []), runs.get(base, []))
+                    if "error" not in a and "error" not in b and b["server_cpu_us_per_request"])
+    if not ratios:
+        return "-"
+    return "%.2f (%.2f-%.2f)" % (statistics.median(ratios), ratios[0], ratios[-1])
 
 
 def speed_chart_from(path):
