@@ -65,7 +65,7 @@ http {{
     scgi_temp_path {tmp}/scgi;
     keepalive_requests 1000000;
     server {{
-        listen 127.0.0.1:{port};
+        listen 127.0.0.1:{port}{deferred};
         location / {{ default_type text/plain; return 200 "{body}"; }}
     }}
 }}
@@ -132,10 +132,11 @@ def server_commands(name, port, workers):
     """The command (and extra env) that serves the hello app; None when `name` has no multi-worker mode."""
     bin_ = os.path.join(VENV, "bin")
     host = "127.0.0.1"
-    if name in ("fastcluster-cython", "fastcluster-python"):
-        loop = name.split("-")[1]
+    if name in ("fastcluster-cython", "fastcluster-python", "fastcluster-no-defer"):
+        loop = "python" if name == "fastcluster-python" else "cython"
         return [os.path.join(bin_, "fastcluster"), "serve", "bench_app:app", "--workers", str(workers),
-                "--loop", loop, "--bind", "%s:%d" % (host, port)]
+                "--loop", loop, "--bind", "%s:%d" % (host, port)] + (
+                    ["--defer-accept", "0"] if name == "fastcluster-no-defer" else [])
     if name == "gunicorn-sync":
         return [os.path.join(bin_, "gunicorn"), "-w", str(workers), "-k", "sync", "--bind", "%s:%d" % (host, port),
                 "--log-level", "warning", "bench_app:app"]
@@ -154,7 +155,7 @@ def server_commands(name, port, workers):
         return [PY, "-c", "import bjoern, bench_app; bjoern.run(bench_app.app, %r, %d)" % (host, port)]
     if name == "node-cluster":
         return ["node", os.path.join(HERE, "node_cluster.js")]
-    if name == "nginx":
+    if name in ("nginx", "nginx-deferred"):
         return ["nginx", "-c", "{conf}"]
     raise KeyError(name)
 
@@ -188,10 +189,11 @@ class Running:
         cmd = command(self.port, self.tmp) if command else server_commands(name, self.port, workers)
         if cmd is None:
             raise LookupError("no %d-worker mode" % workers)
-        if name == "nginx":
+        if name in ("nginx", "nginx-deferred"):
             conf = os.path.join(self.tmp, "nginx.conf")
             with open(conf, "w") as f:
-                f.write(NGINX_CONF.format(workers=workers, tmp=self.tmp, port=self.port, body=BODY.replace("\n", "\\n")))
+                f.write(NGINX_CONF.format(workers=workers, tmp=self.tmp, port=self.port, body=BODY.replace("\n", "\\n"),
+                                          deferred=" deferred" if name == "nginx-deferred" else ""))
             cmd = [c.replace("{conf}", conf) for c in cmd]
         self.tls = any(flag in cmd for flag in ("--certfile", "--ssl-certfile", "--ssl-certificate"))
         if pin:
@@ -491,6 +493,35 @@ def compare_speed(args, missing, started):
     speed_chart(report, missing)
 
 
+DEFER_SERVERS = ["nginx", "nginx-deferred", "fastcluster-cython", "fastcluster-no-defer"]
+
+
+def compare_speed_deferred(args, missing, started):
+    """--speed --deferred: what TCP_DEFER_ACCEPT is worth to each side. nginx as --speed runs it and
+    with `listen ... deferred`; fastcluster with its default --defer-accept 1 and with 0. Writes
+    results/compare-speed-deferred.{json,md}."""
+    def markdown(report):
+        lines = ["Server CPU microseconds per request (median of the rounds), and each one's ratio to plain "
+                 "nginx's within each round (median, range).", "",
+                 "| workload | " + " | ".join(DEFER_SERVERS) + " |", "|---|" + "---|" * len(DEFER_SERVERS)]
+        for workload in ("ab-c200", "wrk-keepalive"):
+            row = report["medians"].get(workload, {})
+            cells = []
+            for name in DEFER_SERVERS:
+                if name not in row:
+                    cells.append("-")
+                    continue
+                ratio = "" if name == "nginx" else " (%s)" % paired_ratio(report, workload, ours=name)
+                cells.append("%.1f%s" % (row[name]["server_cpu_us_per_request"], ratio))
+            lines.append("| %s | %s |" % (workload, " | ".join(cells)))
+        return "\n".join(lines) + "\n"
+
+    _rounds(args, missing, started, "--speed --deferred", DEFER_SERVERS, ["ab-c200", "wrk-keepalive"],
+            lambda name, port, workload: server_commands(name, port, 1),
+            lambda workload, port, seconds: WORKLOADS[workload](port, seconds, True),
+            markdown, "compare-speed-deferred", "TCP_DEFER_ACCEPT on both sides: nginx and fastcluster")
+
+
 def _rss_over_a_million(target=1_000_000):
     """fastcluster-cython's worker RSS after start-up, then after keep-alive load until it served
     `target` requests (bounded by 60 s)."""
@@ -606,6 +637,9 @@ def main():
     ap.add_argument("--speed", action="store_true",
                     help="issue 14's comparison instead: nginx, fastcluster, fastpysgi, bjoern on keep-alive, a new "
                          "connection per request and 16-deep pipelining, plus the worker's RSS over 1M requests")
+    ap.add_argument("--deferred", action="store_true",
+                    help="with --speed: nginx with and without `listen ... deferred`, fastcluster with --defer-accept 1 "
+                         "and 0, on the new-connection and keep-alive rows")
     ap.add_argument("--rounds", type=int, default=3, help="--asgi, --tls, --speed: interleaved rounds (medians are reported)")
     ap.add_argument("--installed", default=None, help=argparse.SUPPRESS)   # set by the re-exec below
     args = ap.parse_args()
@@ -626,6 +660,8 @@ def main():
         return compare_asgi(args, missing, started)
     if args.tls:
         return compare_tls(args, missing, started)
+    if args.speed and args.deferred:
+        return compare_speed_deferred(args, missing, started)
     if args.speed:
         return compare_speed(args, missing, started)
     names = [n for n in SERVERS if not args.only or n in args.only.split(",")]
