@@ -701,6 +701,7 @@ class Master:
         """`leaving`: the host leaves service (the health path says 503); not when a new master
         took over the socket."""
         self.stop_at = 0.0
+        announce = False
         if not self.stopping:
             self.stopping = True
             if leaving:
@@ -708,8 +709,7 @@ class Master:
             self.listener.close()
             self.rollout.clear()
             self.respawn_at.clear()
-            if self.workers:
-                log.info("%s stop of %d workers", "quick" if quick else "graceful", len(self.workers))
+            announce = bool(self.workers)
         if quick and not self.quick:
             self.quick = True
             for rec in self.workers.values():
@@ -718,6 +718,8 @@ class Master:
             for rec in self.workers.values():
                 if not rec.expected_exit:
                     self._stop_worker(rec)
+        if announce:   # (after the signals: once this line is out, every worker has been told)
+            log.info("%s stop of %d workers", "quick" if quick else "graceful", len(self.workers))
 
 
 def _tls_context(config):

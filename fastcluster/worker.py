@@ -211,6 +211,10 @@ def _serve(spec, stop, wake_r, wake_w):
     if credentials != (None, None, None):
         for name in LATE_IMPORTS:   # the new user may not be able to read the interpreter's files
             __import__(name)
+        # and the loop's ASGI and WebSocket modules, which an ASGI worker loads with its first connection
+        shared = "fastcluster._http_c" if impl.IMPLEMENTATION == "cython" else "fastcluster._http"
+        __import__(shared)
+        sys.modules[shared].load_asgi()
     privileges.drop(*credentials)
     _die_with_parent(spec.master_pid, impl)
     info = spec.info()

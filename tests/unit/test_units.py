@@ -510,3 +510,45 @@ def test_defer_accept_is_set_on_tcp_listeners_and_cleared_on_an_inherited_one(tm
     inherited.setsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT, 5)
     with create_listener(BindAddress("fd", fd=inherited.detach()), 16, 0) as sock:
         assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT) == 0
+
+
+def test_trust_matches_ipaddress_without_importing_it_for_plain_addresses():
+    """--forwarded-allow-ips: plain addresses are compared as canonical text (the socket module),
+    networks through ipaddress; both give ipaddress's own answer, IPv4-mapped IPv6 included."""
+    import ipaddress
+    import random
+    import subprocess
+    import sys
+
+    spec = "127.0.0.1,::1,10.0.0.0/8,2001:db8::/32,192.0.2.7"
+    nets = [ipaddress.ip_network(s) for s in ("127.0.0.1/32", "::1/128", "10.0.0.0/8", "2001:db8::/32", "192.0.2.7/32")]
+
+    def expected(text):
+        ip = ipaddress.ip_address(text)
+        if ip.version == 6 and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        return any(ip in net for net in nets)
+
+    trust = wsgi.Trust(spec)
+    rng = random.Random(7)
+    samples = ["127.0.0.1", "::1", "0:0:0:0:0:0:0:1", "::ffff:127.0.0.1", "::ffff:10.9.8.7", "192.0.2.7",
+               "192.0.2.8", "2001:db8::1", "2001:DB8:0::2", "2001:db9::1", "fe80::1"]
+    for _ in range(500):
+        if rng.random() < 0.5:
+            samples.append(str(ipaddress.IPv4Address(rng.choice([0x0A000000, 0x7F000000, 0xC0000200]) + rng.randrange(512))))
+        else:
+            samples.append(str(ipaddress.IPv6Address((0x20010DB8 << 96) + rng.randrange(1 << 20) if rng.random() < 0.5
+                                                     else rng.getrandbits(128))))
+    for text in samples:
+        assert trust(text) == expected(text), text
+    assert not trust("not an address") and not trust("") and wsgi.Trust("*")("anything")
+    for bad in ("1.2.3", "x", "1.2.3.4/33", "::1::2"):
+        with pytest.raises(ValueError):
+            wsgi.Trust(bad)
+    # (an editable install's finder loads urllib.parse, and with it ipaddress, before any of ours)
+    code = ("import sys\nbefore = set(sys.modules)\nfrom fastcluster.wsgi import Trust\n"
+            "t = Trust('127.0.0.1,::1')\n"
+            "assert t('127.0.0.1') and t('::ffff:127.0.0.1') and not t('10.0.0.1')\n"
+            "print('ipaddress' in sys.modules and 'ipaddress' not in before)")
+    out = subprocess.run([sys.executable, "-I", "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == "False", out
