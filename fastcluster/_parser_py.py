@@ -227,8 +227,11 @@ class Server(HttpServer):
             elif fd == self.wakeup_fd:
                 self._drain_wakeup()
             # else: a connection closed earlier in this batch
-        if incoming and not self.stop_requested:
-            self._accept()          # (after the batch: a stop in it takes these at its final accept)
+        if incoming:
+            # after the batch, so that a SIGTERM in it is known and these are answered with
+            # Connection: close. (Always taken, even then: with EPOLLEXCLUSIVE no other worker was
+            # woken for them, and a worker replaced in a rolling restart leaves nothing stranded.)
+            self._accept()
         self._after_events()
 
     def _signal(self):
