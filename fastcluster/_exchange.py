@@ -453,7 +453,7 @@ class Exchange:
             parts.append(server.date_line)
         if not flags & HAS_SERVER:
             parts.append(SERVER_HEADER)
-        if flags & WANTS_CLOSE or self.body_unsure() or server.stopping or server.stop_requested:
+        if flags & WANTS_CLOSE or self.body_unsure() or server.stop_requested:   # (stopping implies it)
             self.keep = False   # (an unread 100-continue body cannot be skipped; a draining worker closes)
         self.no_body = self.head or bodiless_status
         if self.clen < 0 and not bodiless_status:

@@ -744,7 +744,7 @@ class HttpConnection(Channel):
         server.requests += 1
         server.cells[B_REQUESTS] += 1
         self.resp = ex
-        ex.keep = ex.keep_alive and not (server.stopping or server.stop_requested)   # (a stop on its way too)
+        ex.keep = ex.keep_alive and not server.stop_requested   # (set before `stopping`, which implies it)
         self._produce(ex, True)
         return 0
 

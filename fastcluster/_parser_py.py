@@ -292,17 +292,14 @@ class Server(HttpServer):
         self.conns[conn.fd] = conn
         self.cells[B_ACCEPTED] += 1
         self._publish_count()
+        self.fresh = conn
         if self.read_first:
             # The kernel woke us for this connection only once its first bytes came (TCP_DEFER_ACCEPT):
             # read them now, and watch the connection only if it is still open after that. A
             # request answered at once and closed never costs an epoll_ctl and an epoll_wait.
-            self.fresh = conn
             conn._on_event()
-            if self.fresh is conn:
-                self._watch_fresh()
-        else:
-            self.ep.register(conn.fd, EPOLLIN)
-            conn.watched = True
+        if self.fresh is conn:
+            self._watch_fresh()
         return conn
 
     def _watch_fresh(self):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import logging
 import re
+import socket
 import sys
 import threading
 import time
@@ -491,8 +492,6 @@ class Trust:
 def canonical_address(text: str) -> str:
     """An IPv4 or IPv6 address in its canonical text (an IPv4-mapped IPv6 address as the IPv4
     one); ValueError when `text` is neither."""
-    import socket
-
     try:
         return socket.inet_ntop(socket.AF_INET, socket.inet_pton(socket.AF_INET, text))
     except OSError:
@@ -628,8 +627,6 @@ def parse_proxy_header(buf: bytes):
             return total, None, None
         if command != 1:
             raise ValueError("a PROXY v2 header with the command %d" % command)
-        import socket
-
         if family == 1 and total >= 16 + 12:
             return total, socket.inet_ntop(socket.AF_INET, buf[16:20]), str(int.from_bytes(buf[24:26], "big"))
         if family == 2 and total >= 16 + 36:

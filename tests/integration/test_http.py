@@ -431,16 +431,23 @@ def _ignore_errors(fn, *args):
         pass
 
 
+def _server_side_rows(server, client):
+    """The /proc/net/tcp rows of the server's side of `client`'s connection (split in fields: [3]
+    is the state, [9] the inode)."""
+    port = client.getsockname()[1]
+    with open("/proc/net/tcp") as f:
+        rows = [line.split() for line in f.readlines()[1:]]
+    return [row for row in rows if int(row[1].split(":")[1], 16) == server.port
+            and int(row[2].split(":")[1], 16) == port]
+
+
 def _server_side_nodelay(server, client):
     """TCP_NODELAY on the worker's side of `client`'s connection, read through a copy of the worker's
     descriptor (pidfd_getfd: Linux 5.6, and the right to trace the worker)."""
     import ctypes
 
-    port = client.getsockname()[1]
-    with open("/proc/net/tcp") as f:
-        rows = [line.split() for line in f.readlines()[1:]]
-    inodes = {row[9] for row in rows if int(row[1].split(":")[1], 16) == server.port
-              and int(row[2].split(":")[1], 16) == port}
+    rows = _server_side_rows(server, client)
+    inodes = {row[9] for row in rows}
     assert len(inodes) == 1, rows
     target = "socket:[%s]" % inodes.pop()
     for pid in server.worker_pids:
@@ -500,13 +507,9 @@ def test_remote_addr_is_the_clients_address(suite_server, source):
 
 
 def _server_side_states(server, client):
-    """The TCP states of the server's side of `client`'s connection, from /proc/net/tcp: "01"
-    established, "03" SYN_RECV (a connection TCP_DEFER_ACCEPT still holds back from accept())."""
-    port = client.getsockname()[1]
-    with open("/proc/net/tcp") as f:
-        rows = [line.split() for line in f.readlines()[1:]]
-    return [row[3] for row in rows if int(row[1].split(":")[1], 16) == server.port
-            and int(row[2].split(":")[1], 16) == port]
+    """The TCP states of the server's side of `client`'s connection: "01" established, "03"
+    SYN_RECV (a connection TCP_DEFER_ACCEPT still holds back from accept())."""
+    return [row[3] for row in _server_side_rows(server, client)]
 
 
 def test_a_connection_reaches_a_worker_with_its_first_bytes(impl):
