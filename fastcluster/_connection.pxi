@@ -28,11 +28,22 @@ cdef class Connection(HttpConnection):
             return 0
         if n:
             server.cells[B_BYTES_IN] += n
-            self._feed(PyMemoryView_FromMemory(server.rbuf, n, PyBUF_READ), n)
+            self._feed_read(n)
         else:
             self._stop_reading(PEER_CLOSED)
         self._pump()
         return 0
+
+    cdef int _feed_read(self, Py_ssize_t n) except -1:
+        """The `n` bytes recv() just put in the server's buffer, to the parser: llhttp reads them
+        there (no memoryview made) unless a PROXY header, a WebSocket or httptools takes them."""
+        if self.parser is None and self.ws is None and self.proxy_buf is None:
+            self.rlen = n
+            return self._feed(None, n)
+        return self._feed(PyMemoryView_FromMemory((<Server>self.server).rbuf, n, PyBUF_READ), n)
+
+    cdef object _input(self):
+        return PyMemoryView_FromMemory((<Server>self.server).rbuf, self.rlen, PyBUF_READ)
 
     # --- the parser: llhttp itself where it passed its checks, else httptools (_llhttp.pxi) ---
 
@@ -52,7 +63,10 @@ cdef class Connection(HttpConnection):
         cdef int err
         if self.parser is not None:
             return HttpConnection._parse(self, data)
-        if PyMemoryView_Check(data):
+        if data is None:
+            buf = (<Server>self.server).rbuf
+            length = self.rlen
+        elif PyMemoryView_Check(data):
             view = PyMemoryView_GET_BUFFER(data)
             buf = <const char*>view.buf
             length = view.len
@@ -77,7 +91,7 @@ cdef class Connection(HttpConnection):
         number = ll.get_method(&self.cp)
         name = METHOD_NAMES[number]
         if name is None:
-            name = METHOD_NAMES[number] = ll.method_name(number).decode("ascii")
+            name = METHOD_NAMES[number] = _sys.intern(ll.method_name(number).decode("ascii"))   # (see M_HEAD)
         return name
 
     cdef str _version(self):
@@ -148,7 +162,7 @@ cdef class Connection(HttpConnection):
                 else:
                     self.out_off += n
                     n = 0
-            del out[:i]
+            list_del_slice(out, 0, i, NULL)     # del out[:i], without a slice object
         return True
 
     cdef bint _sendfile_step(self) except -1:
@@ -259,6 +273,9 @@ cdef class TlsConnection(Connection):
         self.sealed = b""
         self.sealed_off = 0
         Connection.setup(self, server, fd, env)
+
+    cdef int _feed_read(self, Py_ssize_t n) except -1:
+        return self._feed(PyMemoryView_FromMemory((<Server>self.server).rbuf, n, PyBUF_READ), n)
 
     cdef int _feed(self, object data, Py_ssize_t n) except -1:
         cdef bytes handshake

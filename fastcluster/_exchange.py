@@ -33,6 +33,9 @@ if not cython.compiled:   # the compiled build has these as a C enum (_exchange_
     LINGERING = 4     # our FIN is out; input is read and dropped until the client closes or LINGER passes
     CLOSED = 5
 
+    def _join_head(status, lines, a, b, c, end):   # (the compiled build's is a C loop: _join.pxd)
+        return b"".join([status, *lines, *[line for line in (a, b, c) if line is not None], end])
+
 HIGH_WATER = 1 << 20        # output queued before a streamed body is paused
 SMALL_CHUNK = 8192          # chunked body pieces below this are framed with one copy
 FAILED_BODY = b"Internal Server Error\n"
@@ -446,34 +449,32 @@ class Exchange:
         code = self.code
         flags = self.hflags
         bodiless_status = code < 200 or code == 204 or code == 304
-        parts = self.headers         # (the app's header lines: the status line goes first)
+        lines = self.headers         # (the app's header lines, after the status line)
         self.headers = None
-        parts.insert(0, self.status)
-        if not flags & HAS_DATE:
-            parts.append(server.date_line)
-        if not flags & HAS_SERVER:
-            parts.append(SERVER_HEADER)
+        date = None if flags & HAS_DATE else server.date_line
+        ours = None if flags & HAS_SERVER else SERVER_HEADER
+        framing = None
         if flags & WANTS_CLOSE or self.body_unsure() or server.stop_requested:   # (stopping implies it)
             self.keep = False   # (an unread 100-continue body cannot be skipped; a draining worker closes)
         self.no_body = self.head or bodiless_status
         if self.clen < 0 and not bodiless_status:
             if known_length >= 0:
                 self.clen = known_length
-                parts.append(b"Content-Length: %d\r\n" % known_length)
+                framing = b"Content-Length: %d\r\n" % known_length
             elif self.head:
                 pass
             elif not self.http10:
                 self.chunked = True
-                parts.append(b"Transfer-Encoding: chunked\r\n")
+                framing = b"Transfer-Encoding: chunked\r\n"
             else:
                 self.keep = False  # HTTP/1.0 without a length: the close ends the body
         if not self.keep:
-            parts.append(b"Connection: close\r\n\r\n")
+            end = b"Connection: close\r\n\r\n"
         elif self.http10:
-            parts.append(b"Connection: keep-alive\r\n\r\n")
+            end = b"Connection: keep-alive\r\n\r\n"
         else:
-            parts.append(b"\r\n")
-        conn._queue(b"".join(parts))
+            end = b"\r\n"
+        conn._queue(_join_head(self.status, lines, date, ours, framing, end))
         self.headers_sent = True
         return 0
 
@@ -560,7 +561,8 @@ class Exchange:
         result = self.result
         self.result = None
         self.iter = None
-        if result is not None and hasattr(result, "close"):
+        # (a plain list or tuple has no close(): the common answer, asked for it without a lookup)
+        if result is not None and type(result) is not list and type(result) is not tuple and hasattr(result, "close"):
             try:
                 result.close()
             except Exception:

@@ -3,6 +3,7 @@
 
 cimport cython
 from fastcluster._server_c cimport HttpServer
+from fastcluster._join cimport _join_head
 
 # how a connection ends (Channel.state); a state only ever moves to a later one
 cdef enum:
@@ -99,7 +100,8 @@ cdef class Exchange:
     cpdef int set_asgi_status(self, object status, object headers) except -1
     @cython.locals(conn=Channel)
     cpdef int write(self, object data) except -1
-    @cython.locals(conn=Channel, server=HttpServer, code=int, flags=int, bodiless_status=bint, parts=list)
+    @cython.locals(conn=Channel, server=HttpServer, code=int, flags=int, bodiless_status=bint, lines=list, date=bytes,
+                   ours=bytes, framing=bytes, end=bytes)
     cpdef int send_headers(self, long long known_length) except -1
     @cython.locals(size=cython.longlong, room=cython.longlong, conn=Channel)
     cpdef int send_body(self, bytes data) except -1

@@ -87,12 +87,14 @@ K_TRANSFER_ENCODING = _sys.intern("HTTP_TRANSFER_ENCODING")
 K_FORWARDED_FOR = _sys.intern("HTTP_X_FORWARDED_FOR")
 K_FORWARDED_PROTO = _sys.intern("HTTP_X_FORWARDED_PROTO")
 K_FORWARDED = _sys.intern("HTTP_FORWARDED")
+K_HOST = _sys.intern("HTTP_HOST")
 SEEN_BODY, SEEN_FORWARDED = 1, 2          # HttpConnection.seen: a body is announced; proxy headers came
 HEALTH_OK = b"ok\n"
 HEALTH_STOPPING = b"stopping\n"
 PROTOCOLS = {"1.1": "HTTP/1.1", "1.0": "HTTP/1.0"}
 HTTP11 = PROTOCOLS["1.1"]
 HTTP10 = PROTOCOLS["1.0"]
+M_HEAD = _sys.intern("HEAD")   # (every _method() gives its name interned: identity tells a HEAD)
 
 
 def plain_host(host):
@@ -160,6 +162,7 @@ class HttpConnection(Channel):
         trusted = -1
         seen = 0
         cond = scope_base = hlist = ws = proxy_buf = None
+        hkey = htext = host = None
         pumping = 0
 
     def _setup(self, server, fd, env):
@@ -215,6 +218,7 @@ class HttpConnection(Channel):
         self.in_head = True
         self.nheaders = 0
         self.seen = 0
+        self.host = None
         self.header_bytes = 0
         if self.asgi:
             scope = self.scope_base.copy()
@@ -259,21 +263,46 @@ class HttpConnection(Channel):
         key = HEADER_KEYS.get(name)
         if key is None:
             key = header_key(name)
-            if key is None:
-                return
+        self.hkey = key                # (what the compiled loop's memo keeps of this field: _llhttp.pxi)
+        if key is None:
+            self.htext = None
+            return
+        text = value[start:end].decode("latin-1")
+        self.htext = text
+        self._store_header(key, text)
+
+    def _header_again(self, name, value, key, text):
+        """on_header for a field the same as one the compiled loop saw before at its position in
+        a head (_llhttp.pxi's memo): `key` and `text` are what on_header made of it then."""
+        server = self.server
+        self.nheaders += 1
+        self.header_bytes += len(name) + len(value) + 4
+        if self.nheaders > server.max_headers or self.header_bytes > server.max_header_bytes:
+            raise Reject(431)
+        if key is not None:
+            self._store_header(key, text)
+        return 0
+
+    def _store_header(self, key, text):
         # the few fields on_headers_complete looks for, noted here (the keys are interned, so
         # identity tells them) instead of looked up in the environ there
         if key is K_CONTENT_LENGTH or key is K_TRANSFER_ENCODING:
             self.seen |= SEEN_BODY
         elif key is K_FORWARDED_FOR or key is K_FORWARDED_PROTO or key is K_FORWARDED:
             self.seen |= SEEN_FORWARDED
-        text = value[start:end].decode("latin-1")
+        elif key is K_HOST:
+            self.host = text
         env = self.cur.environ
+        size = len(env)
         old = env.setdefault(key, text)
-        if old is not text:            # a repeated field
+        if len(env) == size:           # a repeated field (told by the size: "" and one-character
+                                       # texts are shared objects, so identity cannot tell)
             if key == "CONTENT_TYPE":
                 raise Reject(400)      # two Content-Type fields: which one the app reads is a guess
             env[key] = old + "," + text
+            if key is K_HOST:
+                self.host = env[key]
+        return 0
 
     def on_headers_complete(self):
         ex = self.cur
@@ -317,15 +346,15 @@ class HttpConnection(Channel):
         if self.seen & SEEN_FORWARDED and self._trusts_peer():
             self._forwarded(ex, env)
         ex.keep_alive = self._keeps_alive() and server.keep_alive > 0
-        ex.head = method == "HEAD"
+        ex.head = method is M_HEAD
         if server.health is not None and (url == server.health or url.startswith(server.health_query)) and (
                 ex.head or method == "GET"):
             ex.health = True                 # --health-path: answered by the server (_answer_health)
-        ex.http10 = version != "1.1"
+        ex.http10 = protocol is not HTTP11
         self.in_head = False
         self.head_done = True
         self.head_bytes = 0
-        host = env.get("HTTP_HOST")
+        host = self.host
         if not ((protocol is HTTP11 and host is not None and plain_host(host)
                  or protocol is HTTP10 and (host is None or plain_host(host))) and not self.seen & SEEN_BODY):
             status = check_head(env, ex.http10, server.max_body)   # the general case
@@ -435,7 +464,8 @@ class HttpConnection(Channel):
 
     def _feed(self, data, n):
         """Give `n` bytes just read to the parser (or, after a WebSocket handshake, to the
-        session); a bad request is refused here."""
+        session); a bad request is refused here. (`data` None: the compiled loop's parser reads
+        them where recv() put them; `_input()` gives them as an object.)"""
         if self.ws is not None:
             self.ws.feed(data)
             return 0
@@ -458,6 +488,8 @@ class HttpConnection(Channel):
                     if self.asgi and is_upgrade(last.environ):
                         problem = handshake_problem(last)
                         if not problem:
+                            if data is None:
+                                data = self._input()
                             self.ws = ws_upgrade(self, last, bytes(data[exc.args[0]:]))
                             return 0
                         self._unreceive()
@@ -964,12 +996,16 @@ class HttpConnection(Channel):
         raw = self.parser.get_method()
         method = METHODS.get(raw)
         if method is None:
-            method = raw.decode("ascii")
+            method = _sys.intern(raw.decode("ascii"))
             METHODS[raw] = method
         return method
 
     def _version(self):
         return self.parser.get_http_version()
+
+    def _input(self):
+        """What `_feed(None, n)` parsed, as a bytes-like object (the compiled loop's; never None here)."""
+        raise NotImplementedError
 
     def _keeps_alive(self):
         return self.parser.should_keep_alive()

@@ -28,10 +28,10 @@ cdef object Reject, log, refusal_cell, Demoted
 cdef dict HEADER_KEYS, METHODS, PROTOCOLS, LOWER_NAMES
 cdef list HEALTH_HEADERS
 cdef frozenset FORBIDDEN_TRAILERS
-cdef str K_CONTENT_LENGTH, K_TRANSFER_ENCODING, K_FORWARDED_FOR, K_FORWARDED_PROTO, K_FORWARDED
+cdef str K_CONTENT_LENGTH, K_TRANSFER_ENCODING, K_FORWARDED_FOR, K_FORWARDED_PROTO, K_FORWARDED, K_HOST
 cdef int SEEN_BODY, SEEN_FORWARDED
 cdef bytes HEALTH_OK, HEALTH_STOPPING
-cdef str HTTP11, HTTP10
+cdef str HTTP11, HTTP10, M_HEAD
 
 @cython.locals(port=bint, c=Py_UCS4)
 cpdef bint plain_host(str host)
@@ -75,12 +75,19 @@ cdef class HttpConnection(Channel):
         list hlist                     # ASGI: the headers of the request being parsed, as the scope has them
         int pumping                    # _pump() calls on the stack
         public object ws               # after a WebSocket handshake: the session, which takes the input
+        object hkey, htext             # the environ key and text on_header made of its last field (or None)
+        str host                       # the request's Host field as the environ has it (None: none yet)
 
     cdef int _setup(self, HttpServer server, int fd, dict env) except -1
     @cython.locals(server=HttpServer, ex=Exchange, scope=dict)
     cpdef on_message_begin(self)
-    @cython.locals(start=Py_ssize_t, end=Py_ssize_t, server=HttpServer, env=dict)
+    cpdef on_url(self, bytes url)
+    @cython.locals(start=Py_ssize_t, end=Py_ssize_t, server=HttpServer)
     cpdef on_header(self, bytes name, bytes value)
+    @cython.locals(server=HttpServer)
+    cdef int _header_again(self, bytes name, bytes value, str key, str text) except -1
+    @cython.locals(env=dict, size=Py_ssize_t)
+    cdef int _store_header(self, str key, str text) except -1
     @cython.locals(ex=Exchange, env=dict, server=HttpServer, uri=str, url=bytes, query=Py_ssize_t,
                    protocol=str, method=str, scope=dict, version=str)
     cpdef on_headers_complete(self)
@@ -151,6 +158,7 @@ cdef class HttpConnection(Channel):
     @cython.locals(raw=bytes, method=str)
     cdef str _method(self)
     cdef str _version(self)
+    cdef object _input(self)
     cdef bint _keeps_alive(self) except -1
 
     # the loop's I/O (_parser.pyx)

@@ -12,6 +12,8 @@
 # path, which the pure-Python loop always uses). `PARSER` says which one runs.
 
 from libc.stdint cimport uint8_t
+from libc.string cimport memcmp
+from cpython.list cimport PyList_GET_ITEM, PyList_GET_SIZE
 from cpython.memoryview cimport PyMemoryView_Check, PyMemoryView_GET_BUFFER
 from cpython.bytes cimport PyBytes_Check
 from cpython.object cimport PyObject
@@ -56,6 +58,14 @@ cdef list METHOD_NAMES = []            # llhttp's method numbers -> the environ'
 PARSER = "httptools"                   # "llhttp" once the direct path is in use
 PARSER_WHY = ""                        # why not, when it is not
 
+# The header fields this worker saw last, by their position in a head: (name, value, environ key,
+# text), as on_header made them. Clients send the same fields in the same order on every request
+# (and every client of one kind the same ones), so a field that equals the one seen at its position
+# reuses that entry: no bytes objects, no decoding, no header_key lookup (_header_again). Every
+# entry is immutable and only ever replaced, so an app thread that holds the loop reads it as safely.
+cdef list HEADER_MEMO = []
+cdef Py_ssize_t HEADER_MEMO_SIZE = 32
+
 # callback slots in llhttp_settings_t: (before llhttp 9.3, since 9.3)
 cdef int S_BEGIN = 0
 cdef int S_URL, S_FIELD, S_VALUE, S_HEADERS, S_BODY, S_MESSAGE, S_CHUNK_HEADER, S_CHUNK_COMPLETE
@@ -69,15 +79,46 @@ cdef inline int _failed(Connection conn, void* p, object exc) noexcept:
     return LL_USER
 
 
+cdef inline object _memo_entry(Py_ssize_t index):
+    """HEADER_MEMO[index] (a borrowed tuple), or NULL past its end."""
+    if index < PyList_GET_SIZE(HEADER_MEMO):
+        return <object>PyList_GET_ITEM(HEADER_MEMO, index)
+    return None
+
+
+cdef inline bytes _same_or_new(bytes known, const char* at, size_t length):
+    """`known` when it holds exactly these bytes, else a new bytes object of them."""
+    if known is not None and <size_t>PyBytes_GET_SIZE(known) == length and \
+            memcmp(PyBytes_AS_STRING(known), at, length) == 0:
+        return known
+    return at[:length]
+
+
 cdef int _flush_header(Connection conn) except -1:
     cdef bytes name = conn.hname, value = conn.hvalue
+    cdef Py_ssize_t index = conn.hindex
+    cdef tuple entry = _memo_entry(index)
     conn.hname = conn.hvalue = None
+    conn.hindex = index + 1
+    if not conn.in_head or conn.asgi:
+        conn.on_header(name, value)      # a trailer field, or an ASGI scope's (never memoized)
+        return 0
+    if entry is not None and entry[0] is name and entry[1] is value:
+        conn._header_again(name, value, entry[2], entry[3])
+        return 0
     conn.on_header(name, value)
+    if index < HEADER_MEMO_SIZE:
+        entry = (name, value, conn.hkey, conn.htext)
+        if index < PyList_GET_SIZE(HEADER_MEMO):
+            HEADER_MEMO[index] = entry
+        elif index == PyList_GET_SIZE(HEADER_MEMO):
+            HEADER_MEMO.append(entry)
     return 0
 
 
 cdef int _cb_begin(void* p) noexcept:
     cdef Connection conn = <Connection>(<CParser*>p).owner
+    conn.hindex = 0
     try:
         conn.on_message_begin()
     except BaseException as exc:
@@ -96,11 +137,13 @@ cdef int _cb_url(void* p, const char* at, size_t length) noexcept:
 
 cdef int _cb_field(void* p, const char* at, size_t length) noexcept:
     cdef Connection conn = <Connection>(<CParser*>p).owner
+    cdef tuple entry
     try:
         if conn.hvalue is not None:
             _flush_header(conn)
         if conn.hname is None:
-            conn.hname = at[:length]
+            entry = _memo_entry(conn.hindex)
+            conn.hname = _same_or_new(entry[0] if entry is not None else None, at, length)
         else:
             conn.hname += at[:length]       # a name split across two reads
     except BaseException as exc:
@@ -110,9 +153,11 @@ cdef int _cb_field(void* p, const char* at, size_t length) noexcept:
 
 cdef int _cb_value(void* p, const char* at, size_t length) noexcept:
     cdef Connection conn = <Connection>(<CParser*>p).owner
+    cdef tuple entry
     try:
         if conn.hvalue is None:
-            conn.hvalue = at[:length]
+            entry = _memo_entry(conn.hindex)
+            conn.hvalue = _same_or_new(entry[1] if entry is not None else None, at, length)
         else:
             conn.hvalue += at[:length]
     except BaseException as exc:

@@ -89,10 +89,13 @@ cdef class Connection(HttpConnection):
         bint nodelay            # TCP_NODELAY is set (or is nothing to set: a unix socket)
         CParser cp              # llhttp's state, driven directly (_llhttp.pxi), unless it is off
         bytes hname, hvalue     # the header field being read, in pieces
+        Py_ssize_t hindex       # its position in the head (HEADER_MEMO, _llhttp.pxi)
         object parse_failure    # what a callback raised, for the HttpParserError that follows
+        Py_ssize_t rlen         # _feed(None, n): the server's read buffer holds the input, rlen bytes
 
     cdef setup(self, Server server, int fd, dict env)
     cdef int _on_event(self) except -1
+    cdef int _feed_read(self, Py_ssize_t n) except -1
     cdef int _queue(self, bytes data) except -1
     cdef bint _flush(self) except -1
     cdef bint _sendfile_step(self) except -1

@@ -42,6 +42,7 @@ from fastcluster._threads cimport *
 
 import os
 import signal as _signal_module
+import sys as _sys
 import threading as _threading
 
 from . import board as _board
@@ -56,6 +57,11 @@ SIZES = {"RECV_SIZE": RECV_SIZE, "MAX_IOV": MAX_IOV, "ACCEPT_BATCH": ACCEPT_BATC
 cdef Py_ssize_t B_NOT_ACCEPTING = _board.NOT_ACCEPTING, B_ACCEPTED = _board.ACCEPTED
 cdef Py_ssize_t B_BYTES_IN = _board.BYTES_IN, B_BYTES_OUT = _board.BYTES_OUT
 cdef int SIGTERM_NUMBER = _signal_module.SIGTERM
+
+
+cdef extern from "Python.h":
+    # (cpython.list's declaration takes an object: NULL, which deletes the slice, is not one)
+    int list_del_slice "PyList_SetSlice" (object lst, Py_ssize_t low, Py_ssize_t high, void* items) except -1
 
 
 cdef extern from "sys/prctl.h":

@@ -205,6 +205,81 @@ def test_environ_follows_pep3333(suite_server):
     sock.close()
 
 
+def _head(fields, path="/v/environ"):
+    return b"GET %s HTTP/1.1\r\n%s\r\n" % (path.encode(), b"".join(b"%s: %s\r\n" % f for f in fields))
+
+
+def _http_fields(env):
+    return {k: v for k, v in env.items() if k.startswith("HTTP_") or k in ("CONTENT_TYPE", "CONTENT_LENGTH")}
+
+
+# The compiled loop remembers the header fields it saw last at each position of a head and reuses
+# what it made of one that comes again (_llhttp.pxi): these heads repeat, change and move fields.
+HEADS = [
+    [(b"Host", b"t"), (b"X-A", b"1"), (b"Accept", b"*/*")],
+    [(b"Host", b"t"), (b"X-A", b"1"), (b"Accept", b"*/*")],                  # the same again
+    [(b"Host", b"t"), (b"X-A", b"2"), (b"Accept", b"*/*")],                  # a value changes
+    [(b"Host", b"t"), (b"X-B", b"2"), (b"Accept", b"*/*")],                  # a name changes, not its value
+    [(b"Host", b"u"), (b"Accept", b"*/*"), (b"X-A", b"1")],                  # fields move
+    [(b"Host", b"t"), (b"X-A", b"1"), (b"X-A", b"1"), (b"X_A", b"3")],       # repeated: combined; X_A dropped
+    [(b"Host", b"t"), (b"X-A", b""), (b"X-A", b"")],                         # repeated empty values
+    [(b"Host", b"t"), (b"X-A", b"  1  ")],                                   # the same text, padded
+    [(b"Host", b"t"), (b"x-a", b"1"), (b"Content-Type", b"text/x")],        # another spelling
+    [(b"Host", b"t")],
+    [(b"Host", b"t"), (b"X-A", b"1"), (b"Accept", b"*/*")],
+]
+EXPECTED = [
+    {"HTTP_HOST": "t", "HTTP_X_A": "1", "HTTP_ACCEPT": "*/*"},
+    {"HTTP_HOST": "t", "HTTP_X_A": "1", "HTTP_ACCEPT": "*/*"},
+    {"HTTP_HOST": "t", "HTTP_X_A": "2", "HTTP_ACCEPT": "*/*"},
+    {"HTTP_HOST": "t", "HTTP_X_B": "2", "HTTP_ACCEPT": "*/*"},
+    {"HTTP_HOST": "u", "HTTP_ACCEPT": "*/*", "HTTP_X_A": "1"},
+    {"HTTP_HOST": "t", "HTTP_X_A": "1,1"},
+    {"HTTP_HOST": "t", "HTTP_X_A": ","},
+    {"HTTP_HOST": "t", "HTTP_X_A": "1"},
+    {"HTTP_HOST": "t", "HTTP_X_A": "1", "CONTENT_TYPE": "text/x"},
+    {"HTTP_HOST": "t"},
+    {"HTTP_HOST": "t", "HTTP_X_A": "1", "HTTP_ACCEPT": "*/*"},
+]
+
+
+def test_header_fields_that_repeat_change_and_move_on_one_connection(suite_server):
+    sock = suite_server.connect()
+    f = sock.makefile("rb")
+    for fields, expected in zip(HEADS * 2, EXPECTED * 2):
+        sock.sendall(_head(fields))
+        resp = read_response(f)
+        assert resp.status == 200, (fields, resp)
+        assert _http_fields(json.loads(resp.body)) == expected, fields
+    sock.close()
+
+
+def test_header_fields_in_pieces_and_on_new_connections(suite_server):
+    """A field split across reads is parsed as a whole; other connections see the same environ."""
+    for fields, expected in zip(HEADS, EXPECTED):
+        with suite_server.connect() as sock:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            data = _head(fields)
+            for i in range(0, len(data), 3):     # (TCP_NODELAY on the client: small writes, several reads)
+                sock.sendall(data[i:i + 3])
+                time.sleep(0.001)
+            resp = read_response(sock.makefile("rb"))
+            assert resp.status == 200 and _http_fields(json.loads(resp.body)) == expected, fields
+
+
+def test_repeated_fields_still_count_toward_the_limits(impl):
+    with Server("apps.suite:app", "--bind", "127.0.0.1:0", "--loop", impl, "--max-headers", "6") as server:
+        sock = server.connect()
+        f = sock.makefile("rb")
+        fields = [(b"Host", b"t")] + [(b"X-%d" % i, b"v") for i in range(5)]
+        for _ in range(3):
+            sock.sendall(_head(fields))
+            assert read_response(f).status == 200
+        sock.sendall(_head(fields + [(b"X-9", b"v")]))
+        assert read_response(f).status == 431
+        sock.close()
+
+
 def test_absolute_form_target(suite_server):
     (resp,), sock, f = exchange(suite_server, b"GET http://example.com/environ?x=1 HTTP/1.1\r\nHost: example.com\r\n\r\n")
     env = json.loads(resp.body)
