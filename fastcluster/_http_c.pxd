@@ -32,6 +32,7 @@ cdef str K_CONTENT_LENGTH, K_TRANSFER_ENCODING, K_FORWARDED_FOR, K_FORWARDED_PRO
 cdef int SEEN_BODY, SEEN_FORWARDED
 cdef bytes HEALTH_OK, HEALTH_STOPPING
 cdef str HTTP11, HTTP10, M_HEAD
+cdef tuple LINE_KEYS
 
 @cython.locals(port=bint, c=Py_UCS4)
 cpdef bint plain_host(str host)
@@ -77,6 +78,9 @@ cdef class HttpConnection(Channel):
         public object ws               # after a WebSocket handshake: the session, which takes the input
         object hkey, htext             # the environ key and text on_header made of its last field (or None)
         str host                       # the request's Host field as the environ has it (None: none yet)
+        dict line_env                  # base_environ plus the keys of a request line sent twice in a row
+        bytes line_url                 # the last request line: its target, method and protocol
+        str line_method, line_protocol
 
     cdef int _setup(self, HttpServer server, int fd, dict env) except -1
     @cython.locals(server=HttpServer, ex=Exchange, scope=dict)
@@ -88,9 +92,12 @@ cdef class HttpConnection(Channel):
     cdef int _header_again(self, bytes name, bytes value, str key, str text) except -1
     @cython.locals(env=dict, size=Py_ssize_t)
     cdef int _store_header(self, str key, str text) except -1
-    @cython.locals(ex=Exchange, env=dict, server=HttpServer, uri=str, url=bytes, query=Py_ssize_t,
-                   protocol=str, method=str, scope=dict, version=str)
+    @cython.locals(ex=Exchange, env=dict, server=HttpServer, url=bytes, protocol=str, method=str, version=str)
     cpdef on_headers_complete(self)
+    @cython.locals(server=HttpServer, uri=str, query=Py_ssize_t, scope=dict, line=dict, key=str)
+    cdef int _request_line(self, Exchange ex, dict env, str method, str version, str protocol, bytes url) except -1
+    @cython.locals(server=HttpServer, host=str)
+    cdef int _head_complete(self, Exchange ex, dict env, str protocol) except -1
     @cython.locals(path=str)
     cdef int _strip_root(self, dict env, str root) except -1
     @cython.locals(server=HttpServer)

@@ -280,6 +280,36 @@ def test_repeated_fields_still_count_toward_the_limits(impl):
         sock.close()
 
 
+def test_request_lines_that_repeat_and_change_on_one_connection(suite_server):
+    """A connection that repeats its request line starts later requests from an environ that has
+    that line's keys (_request_line): every change of target, method or version is seen, and the
+    app's edits of its environ (the /v/ prefix is cut from PATH_INFO) do not leak into the next."""
+    lines = [b"GET /v/environ/a?x=1 HTTP/1.1", b"GET /v/environ/a?x=1 HTTP/1.1", b"GET /v/environ/a?x=1 HTTP/1.1",
+             b"GET /v/environ/a?x=2 HTTP/1.1", b"GET /v/environ/a?x=2 HTTP/1.1", b"POST /v/environ/a?x=2 HTTP/1.1",
+             b"GET /v/environ/a?x=2 HTTP/1.0", b"GET /v/environ/a?x=2 HTTP/1.1", b"GET /v/environ/a?x=2 HTTP/1.1",
+             b"GET /v/environ/caf%C3%A9 HTTP/1.1", b"GET /v/environ/caf%C3%A9 HTTP/1.1", b"GET /v/environ/b HTTP/1.1",
+             b"GET /v/environ/b HTTP/1.1", b"GET /v/environ/a?x=1 HTTP/1.1"]
+    sock = suite_server.connect()
+    f = sock.makefile("rb")
+    for line in lines * 2:
+        method, target, version = line.decode().split(" ")
+        extra = b"Connection: keep-alive\r\n" if version == "HTTP/1.0" else b""
+        body = b"Content-Length: 0\r\n" if method == "POST" else b""
+        sock.sendall(line + b"\r\nHost: t\r\n" + extra + body + b"\r\n")
+        resp = read_response(f)
+        assert resp.status == 200, (line, resp)
+        env = json.loads(resp.body)
+        path, _, query = target.partition("?")
+        assert (env["REQUEST_METHOD"], env["RAW_URI"], env["SERVER_PROTOCOL"]) == (method, target, version), line
+        assert env["PATH_INFO"] == path[2:].replace("caf%C3%A9", "caf\u00c3\u00a9"), line
+        assert env["QUERY_STRING"] == query, line
+        if resp.header("Connection") == "close":    # (HTTP/1.0: this streamed body ends with the connection)
+            sock.close()
+            sock = suite_server.connect()
+            f = sock.makefile("rb")
+    sock.close()
+
+
 def test_absolute_form_target(suite_server):
     (resp,), sock, f = exchange(suite_server, b"GET http://example.com/environ?x=1 HTTP/1.1\r\nHost: example.com\r\n\r\n")
     env = json.loads(resp.body)
