@@ -101,7 +101,7 @@ cdef class Connection(HttpConnection):
         major = ll.get_http_major(&self.cp)
         minor = ll.get_http_minor(&self.cp)
         if major == 1:
-            return "1.1" if minor == 1 else "1.0" if minor == 0 else "1.%d" % minor
+            return V11 if minor == 1 else V10 if minor == 0 else "1.%d" % minor     # (interned: PROTOCOLS)
         return "%d.%d" % (major, minor)
 
     cdef bint _keeps_alive(self) except -1:

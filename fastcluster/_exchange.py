@@ -33,8 +33,11 @@ if not cython.compiled:   # the compiled build has these as a C enum (_exchange_
     LINGERING = 4     # our FIN is out; input is read and dropped until the client closes or LINGER passes
     CLOSED = 5
 
-    def _join_head(status, lines, a, b, c, end):   # (the compiled build's is a C loop: _join.pxd)
+    def _join_head(status, lines, a, b, c, end):   # (the compiled build's is a C loop: _inline.pxd)
         return b"".join([status, *lines, *[line for line in (a, b, c) if line is not None], end])
+
+    def _same_text(a, b):                           # (and this a memcmp)
+        return a == b
 
 HIGH_WATER = 1 << 20        # output queued before a streamed body is paused
 SMALL_CHUNK = 8192          # chunked body pieces below this are framed with one copy
@@ -53,6 +56,7 @@ H_CONTENT_LENGTH, H_DATE = _wsgi.H_CONTENT_LENGTH, _wsgi.H_DATE
 H_SERVER, H_CONNECTION = _wsgi.H_SERVER, _wsgi.H_CONNECTION
 HEADER_NAMES = {}   # an app's header name -> (b"Name: ", kind)
 HEADER_LINES = {}   # an app's (name, value) -> (b"Name: value\r\n", its Content-Length or -1): see encode_headers
+LINE_MEMO = []      # by position in a response's headers: the last pair found in HEADER_LINES there, and its entry
 STATUSES = {}       # an app's status -> (its status line, its code)
 ASGI_HEADER_NAMES = {}   # an ASGI app's header name (bytes) -> (b"name: ", kind)
 ASGI_STATUS_LINES = {}   # an ASGI status (int) -> its status line
@@ -106,15 +110,30 @@ def encode_headers(headers):
     parts = []
     clen = -1
     flags = 0
+    index = -1
     for item in headers:
+        index += 1
         # an ordinary header or a Content-Length seen before, as the same (name, value) pair: its
-        # line as it was encoded then (most apps send the same few pairs on every response)
+        # line as it was encoded then (most apps send the same few pairs on every response, in the
+        # same order: the pair last found at this position is compared first, without hashing)
         known = None
         if type(item) is tuple:
-            try:
-                known = HEADER_LINES.get(item)
-            except TypeError:   # an unhashable value: the checks below say what is wrong with it
-                pass
+            if index < len(LINE_MEMO):
+                memo = LINE_MEMO[index]
+                pair = memo[0]
+                if item is pair or (len(item) == 2 and type(item[0]) is str and type(item[1]) is str
+                                    and _same_text(item[0], pair[0]) and _same_text(item[1], pair[1])):
+                    known = memo[1]
+            if known is None:
+                try:
+                    known = HEADER_LINES.get(item)
+                except TypeError:   # an unhashable value: the checks below say what is wrong with it
+                    pass
+                if known is not None and index < 32:
+                    if index < len(LINE_MEMO):
+                        LINE_MEMO[index] = (item, known)
+                    elif index == len(LINE_MEMO):
+                        LINE_MEMO.append((item, known))
         if known is not None:
             length = known[1]
             if length >= 0:

@@ -3,7 +3,7 @@
 
 cimport cython
 from fastcluster._server_c cimport HttpServer
-from fastcluster._join cimport _join_head
+from fastcluster._inline cimport _join_head, _same_text
 
 # how a connection ends (Channel.state); a state only ever moves to a later one
 cdef enum:
@@ -18,6 +18,7 @@ cdef Py_ssize_t HIGH_WATER, SMALL_CHUNK
 cdef bytes FAILED_BODY, SERVER_HEADER
 cdef object BodyBuffer, LazyInput, FileWrapper, status_line, simple_response, log_app_error
 cdef dict STATUSES, HEADER_NAMES, HEADER_LINES, ASGI_HEADER_NAMES, ASGI_STATUS_LINES
+cdef list LINE_MEMO
 cdef int HAS_DATE, HAS_SERVER, WANTS_CLOSE, H_CONTENT_LENGTH, H_DATE, H_SERVER, H_CONNECTION
 
 @cython.locals(c=cython.uchar)
@@ -25,7 +26,7 @@ cpdef bint splits_header(bytes value) except -1
 @cython.locals(start=Py_ssize_t, end=Py_ssize_t, i=Py_ssize_t, c=Py_UCS4, number=cython.longlong)
 cpdef long long content_length_of(str value) except -2
 @cython.locals(parts=list, clen=cython.longlong, flags=int, kind=int, data=bytes, entry=tuple, length=cython.longlong,
-               known=tuple, line=bytes)
+               known=tuple, line=bytes, index=Py_ssize_t, memo=tuple, pair=tuple)
 cpdef tuple encode_headers(object headers)
 @cython.locals(parts=list, clen=cython.longlong, flags=int, kind=int, entry=tuple)
 cpdef tuple encode_asgi_headers(object headers)

@@ -91,9 +91,11 @@ K_HOST = _sys.intern("HTTP_HOST")
 SEEN_BODY, SEEN_FORWARDED = 1, 2          # HttpConnection.seen: a body is announced; proxy headers came
 HEALTH_OK = b"ok\n"
 HEALTH_STOPPING = b"stopping\n"
-PROTOCOLS = {"1.1": "HTTP/1.1", "1.0": "HTTP/1.0"}
-HTTP11 = PROTOCOLS["1.1"]
-HTTP10 = PROTOCOLS["1.0"]
+V11, V10 = _sys.intern("1.1"), _sys.intern("1.0")   # (the compiled loop's _version() gives these)
+PROTOCOLS = {V11: "HTTP/1.1", V10: "HTTP/1.0"}
+HTTP11 = PROTOCOLS[V11]
+HTTP10 = PROTOCOLS[V10]
+LAST_PLAIN_HOST = None
 M_HEAD = _sys.intern("HEAD")
 LINE_KEYS = ("REQUEST_METHOD", "SERVER_PROTOCOL", "RAW_URI", "PATH_INFO", "QUERY_STRING")   # _request_line's   # (every _method() gives its name interned: identity tells a HEAD)
 
@@ -113,6 +115,18 @@ def plain_host(host):
         elif not (("a" <= c <= "z") or ("A" <= c <= "Z") or ("0" <= c <= "9") or c == "." or c == "-"):
             return False
     return True
+
+
+def _known_plain_host(host):
+    """plain_host(host), the last plain one remembered: a client's repeated Host field is the same
+    text object each time (the compiled loop's header memo), so identity tells it."""
+    global LAST_PLAIN_HOST
+    if host is LAST_PLAIN_HOST:
+        return True
+    if plain_host(host):
+        LAST_PLAIN_HOST = host
+        return True
+    return False
 
 
 def lower_name(name):
@@ -165,6 +179,7 @@ class HttpConnection(Channel):
         cond = scope_base = hlist = ws = proxy_buf = None
         hkey = htext = host = None
         line_env = line_url = line_method = line_protocol = None
+        templated = False
         pumping = 0
 
     def _setup(self, server, fd, env):
@@ -214,7 +229,9 @@ class HttpConnection(Channel):
 
     def on_message_begin(self):
         server = self.server
-        ex = new_exchange(self, (self.line_env if self.line_env is not None else self.base_environ).copy())
+        line = self.line_env
+        ex = new_exchange(self, (line if line is not None else self.base_environ).copy())
+        self.templated = line is not None     # (its environ has wsgi.input, EMPTY_INPUT, already)
         ex.start = server.now
         self.cur = ex
         self.url = b""
@@ -372,6 +389,7 @@ class HttpConnection(Channel):
                 line = self.base_environ.copy()      # (the second time in a row: worth keeping)
                 for key in LINE_KEYS:
                     line[key] = env[key]
+                line["wsgi.input"] = EMPTY_INPUT     # (a request with a body sets its own)
                 self.line_env = line
             else:
                 self.line_env = None
@@ -387,8 +405,8 @@ class HttpConnection(Channel):
         self.head_done = True
         self.head_bytes = 0
         host = self.host
-        if not ((protocol is HTTP11 and host is not None and plain_host(host)
-                 or protocol is HTTP10 and (host is None or plain_host(host))) and not self.seen & SEEN_BODY):
+        if not ((protocol is HTTP11 and host is not None and _known_plain_host(host)
+                 or protocol is HTTP10 and (host is None or _known_plain_host(host))) and not self.seen & SEEN_BODY):
             status = check_head(env, ex.http10, server.max_body)   # the general case
             if status:
                 raise Reject(status)
@@ -412,7 +430,8 @@ class HttpConnection(Channel):
             else:
                 ex.body = BodyBuffer(server.spill)
         else:
-            env["wsgi.input"] = EMPTY_INPUT
+            if not self.templated:
+                env["wsgi.input"] = EMPTY_INPUT
             self.wait = W_NONE
 
     def _strip_root(self, env, root):

@@ -31,11 +31,12 @@ cdef frozenset FORBIDDEN_TRAILERS
 cdef str K_CONTENT_LENGTH, K_TRANSFER_ENCODING, K_FORWARDED_FOR, K_FORWARDED_PROTO, K_FORWARDED, K_HOST
 cdef int SEEN_BODY, SEEN_FORWARDED
 cdef bytes HEALTH_OK, HEALTH_STOPPING
-cdef str HTTP11, HTTP10, M_HEAD
+cdef str HTTP11, HTTP10, M_HEAD, V11, V10, LAST_PLAIN_HOST
 cdef tuple LINE_KEYS
 
 @cython.locals(port=bint, c=Py_UCS4)
 cpdef bint plain_host(str host)
+cdef bint _known_plain_host(str host) except -1
 @cython.locals(lowered=bytes)
 cpdef bytes lower_name(bytes name)
 @cython.locals(n=Py_ssize_t, i=Py_ssize_t, query=Py_ssize_t, c=Py_UCS4)
@@ -81,9 +82,10 @@ cdef class HttpConnection(Channel):
         dict line_env                  # base_environ plus the keys of a request line sent twice in a row
         bytes line_url                 # the last request line: its target, method and protocol
         str line_method, line_protocol
+        bint templated                 # the request's environ was copied from line_env
 
     cdef int _setup(self, HttpServer server, int fd, dict env) except -1
-    @cython.locals(server=HttpServer, ex=Exchange, scope=dict)
+    @cython.locals(server=HttpServer, ex=Exchange, scope=dict, line=dict)
     cpdef on_message_begin(self)
     cpdef on_url(self, bytes url)
     @cython.locals(start=Py_ssize_t, end=Py_ssize_t, server=HttpServer)

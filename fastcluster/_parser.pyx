@@ -43,6 +43,8 @@ from fastcluster._threads cimport *
 import os
 import signal as _signal_module
 import sys as _sys
+
+cdef str V11 = _sys.intern("1.1"), V10 = _sys.intern("1.0")   # the versions _version() gives (_http.py's too)
 import threading as _threading
 
 from . import board as _board

@@ -294,8 +294,8 @@ def test_request_lines_that_repeat_and_change_on_one_connection(suite_server):
     for line in lines * 2:
         method, target, version = line.decode().split(" ")
         extra = b"Connection: keep-alive\r\n" if version == "HTTP/1.0" else b""
-        body = b"Content-Length: 0\r\n" if method == "POST" else b""
-        sock.sendall(line + b"\r\nHost: t\r\n" + extra + body + b"\r\n")
+        body = b"Content-Length: 3\r\n\r\nabc" if method == "POST" else b"\r\n"
+        sock.sendall(line + b"\r\nHost: t\r\n" + extra + body)
         resp = read_response(f)
         assert resp.status == 200, (line, resp)
         env = json.loads(resp.body)
@@ -303,10 +303,16 @@ def test_request_lines_that_repeat_and_change_on_one_connection(suite_server):
         assert (env["REQUEST_METHOD"], env["RAW_URI"], env["SERVER_PROTOCOL"]) == (method, target, version), line
         assert env["PATH_INFO"] == path[2:].replace("caf%C3%A9", "caf\u00c3\u00a9"), line
         assert env["QUERY_STRING"] == query, line
+        assert env.get("CONTENT_LENGTH") == ("3" if method == "POST" else None), line
         if resp.header("Connection") == "close":    # (HTTP/1.0: this streamed body ends with the connection)
             sock.close()
             sock = suite_server.connect()
             f = sock.makefile("rb")
+    # a body after the line repeated (its environ starts with wsgi.input empty), then one without
+    for body in (b"abc", b"defg", b"h" * 5000, b"", b"ij"):
+        sock.sendall(b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+        resp = read_response(f)
+        assert resp.status == 200 and resp.body == body
     sock.close()
 
 

@@ -157,6 +157,33 @@ def test_encode_headers_flags_and_length(encode):
 
 
 @pytest.mark.parametrize("encode", list(_encoders()))
+def test_header_pairs_compared_by_position_give_their_own_lines(encode):
+    """encode_headers compares each pair with the one it last found at that position (LINE_MEMO):
+    equal text in new objects, changed values, moved and repeated pairs each get their own line."""
+    def fresh(text):      # equal text, another object
+        return "".join(list(text))
+
+    sequences = [
+        [("Content-Type", "text/plain"), ("Content-Length", "12")],
+        [("Content-Type", "text/plain"), ("Content-Length", "12")],
+        [(fresh("Content-Type"), fresh("text/plain")), (fresh("Content-Length"), fresh("12"))],
+        [("Content-Type", "text/html"), ("Content-Length", "12")],
+        [("Content-Length", "12"), ("Content-Type", "text/plain")],
+        [("Content-Type", "text/plain"), ("Content-Type", "text/plain"), ("X-A", "1")],
+        [("Content-Type", "text/plai"), ("Content-Length", "1")],
+    ]
+    for headers in sequences * 3:
+        lines, clen, _flags = encode(headers)
+        expected = [("%s: %s\r\n" % pair).encode("latin-1") for pair in headers]
+        assert lines == expected, headers
+        assert clen == next((int(v) for n, v in headers if n == "Content-Length"), -1)
+    with pytest.raises(ValueError):
+        encode([("X-Wide", "\u0101")])         # not latin-1, at a position where a valid pair was found
+    with pytest.raises(ValueError):
+        encode([("Content-Length", "12"), ("Content-Length", "13")])
+
+
+@pytest.mark.parametrize("encode", list(_encoders()))
 def test_encoded_header_lines_are_remembered_only_for_what_was_valid(encode):
     """A (name, value) pair seen before gives its remembered line: the same answers the second
     time, for tuples and lists alike, and nothing wrong is remembered as right."""

@@ -1,11 +1,10 @@
-# A response head, joined, for the compiled builds, where plain Python joins a list (the shared
-# sources define `_join_head` only when they run uncompiled): the status line, the app's header
-# lines, up to three lines of the server's (None: not sent) and the end. CPython's bytes join
-# spends most of its time on the buffer protocol for each of these few short pieces.
+# C versions of two things the shared sources do per response, for the compiled builds (the
+# shared sources define `_join_head` and `_same_text` themselves only when they run uncompiled).
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.list cimport PyList_GET_ITEM, PyList_GET_SIZE
 from cpython.object cimport PyObject
-from libc.string cimport memcpy
+from cpython.unicode cimport PyUnicode_DATA, PyUnicode_GET_LENGTH, PyUnicode_KIND
+from libc.string cimport memcmp, memcpy
 
 
 cdef inline char* _put(char* at, bytes piece) noexcept:
@@ -15,12 +14,15 @@ cdef inline char* _put(char* at, bytes piece) noexcept:
 
 
 cdef inline bytes _join_head(bytes status, list lines, bytes a, bytes b, bytes c, bytes end):
+    """A response head, joined: the status line, the app's header lines (bytes, from encode_headers),
+    up to three lines of the server's (None: not sent) and the end. CPython's bytes join spends most
+    of its time on the buffer protocol for each of these few short pieces."""
     cdef Py_ssize_t i, n = PyList_GET_SIZE(lines)
     cdef Py_ssize_t total = PyBytes_GET_SIZE(status) + PyBytes_GET_SIZE(end)
     cdef bytes out
     cdef char* at
     for i in range(n):
-        total += PyBytes_GET_SIZE(<bytes><PyObject*>PyList_GET_ITEM(lines, i))   # (encode_headers: all bytes)
+        total += PyBytes_GET_SIZE(<bytes><PyObject*>PyList_GET_ITEM(lines, i))
     if a is not None:
         total += PyBytes_GET_SIZE(a)
     if b is not None:
@@ -39,3 +41,16 @@ cdef inline bytes _join_head(bytes status, list lines, bytes a, bytes b, bytes c
         at = _put(at, c)
     _put(at, end)
     return out
+
+
+cdef inline bint _same_text(str a, str b) noexcept:
+    """a == b for two str objects (Cython's == calls PyUnicode_Compare: ~90 instructions)."""
+    cdef Py_ssize_t n
+    cdef int kind
+    if a is b:
+        return True
+    n = PyUnicode_GET_LENGTH(a)
+    kind = PyUnicode_KIND(a)
+    if n != PyUnicode_GET_LENGTH(b) or kind != PyUnicode_KIND(b):
+        return False
+    return memcmp(PyUnicode_DATA(a), PyUnicode_DATA(b), n * kind) == 0
