@@ -95,9 +95,9 @@ V11, V10 = _sys.intern("1.1"), _sys.intern("1.0")   # (the compiled loop's _vers
 PROTOCOLS = {V11: "HTTP/1.1", V10: "HTTP/1.0"}
 HTTP11 = PROTOCOLS[V11]
 HTTP10 = PROTOCOLS[V10]
-LAST_PLAIN_HOST = None
-M_HEAD = _sys.intern("HEAD")
-LINE_KEYS = ("REQUEST_METHOD", "SERVER_PROTOCOL", "RAW_URI", "PATH_INFO", "QUERY_STRING")   # _request_line's   # (every _method() gives its name interned: identity tells a HEAD)
+LAST_PLAIN_HOST = None       # _known_plain_host's
+M_HEAD = _sys.intern("HEAD")   # (every _method() gives its name interned: identity tells a HEAD)
+LINE_KEYS = ("REQUEST_METHOD", "SERVER_PROTOCOL", "RAW_URI", "PATH_INFO", "QUERY_STRING")   # _request_line's
 
 
 def plain_host(host):

@@ -80,7 +80,7 @@ cdef inline int _failed(Connection conn, void* p, object exc) noexcept:
 
 
 cdef inline object _memo_entry(Py_ssize_t index):
-    """HEADER_MEMO[index] (a borrowed tuple), or NULL past its end."""
+    """HEADER_MEMO[index], or None past its end."""
     if index < PyList_GET_SIZE(HEADER_MEMO):
         return <object>PyList_GET_ITEM(HEADER_MEMO, index)
     return None
