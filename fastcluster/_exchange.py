@@ -387,6 +387,12 @@ class Exchange:
         try:
             data = next(self.iter)
         except StopIteration:
+            if self.status is None:    # an empty body, and start_response() never called: a 500
+                try:
+                    raise RuntimeError("the application returned without calling start_response()")
+                except RuntimeError:
+                    self.failed()
+                return 0
             self.finish()
             return 0
         except Exception:

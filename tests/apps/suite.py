@@ -140,6 +140,8 @@ def inner(environ, start_response):
     if path == "/segfault":
         import ctypes
         ctypes.string_at(0)
+    if path == "/no-start":     # an empty body and no start_response() at all: the app's error
+        return iter(()) if q.get("items") != "1" else iter([b"", b""])
     if path == "/no-content":
         start_response("204 No Content", [])
         return []

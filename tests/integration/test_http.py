@@ -394,6 +394,35 @@ def test_bad_header_from_app_is_never_written(suite_server):
     sock.close()
 
 
+def _no_start_then_pid(server):
+    sock = server.connect()
+    f = sock.makefile("rb")
+    pids = []
+    for path in (b"/pid", b"/no-start", b"/no-start?items=1", b"/pid"):
+        sock.sendall(b"GET %s HTTP/1.1\r\nHost: t\r\n\r\n" % path)
+        resp = read_response(f)
+        if path == b"/pid":
+            assert resp.status == 200
+            pids.append(resp.body)
+        else:
+            assert resp.status == 500 and resp.body == b"Internal Server Error\n", (path, resp)
+    sock.close()
+    assert pids[0] == pids[1]       # the same worker, and the connection kept
+
+
+def test_an_empty_body_without_start_response_is_a_500(suite_server):
+    """PEP 3333: the app must call start_response before its iterable ends; one that does not (an
+    empty generator, or empty items only) gets a 500 and the error logged, and the worker goes on
+    (it used to raise out of the loop: the worker exited, or the head went out without its status)."""
+    _no_start_then_pid(suite_server)
+    wait_until(lambda: "without calling start_response()" in suite_server.stderr(), what="the error logged")
+
+
+def test_an_empty_body_without_start_response_with_one_thread(impl):
+    with Server("apps.suite:app", "--bind", "127.0.0.1:0", "--loop", impl, "--threads", "1") as server:
+        _no_start_then_pid(server)
+
+
 def test_short_body_closes_and_long_body_is_cut(suite_server):
     sock = suite_server.connect()
     sock.sendall(b"GET /short HTTP/1.1\r\nHost: t\r\n\r\n")
