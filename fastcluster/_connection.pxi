@@ -37,10 +37,10 @@ cdef class Connection(HttpConnection):
     cdef int _feed_read(self, Py_ssize_t n) except -1:
         """The `n` bytes recv() just put in the server's buffer, to the parser: llhttp reads them
         there (no memoryview made) unless a PROXY header, a WebSocket or httptools takes them."""
+        self.rlen = n
         if self.parser is None and self.ws is None and self.proxy_buf is None:
-            self.rlen = n
             return self._feed(None, n)
-        return self._feed(PyMemoryView_FromMemory((<Server>self.server).rbuf, n, PyBUF_READ), n)
+        return self._feed(self._input(), n)
 
     cdef object _input(self):
         return PyMemoryView_FromMemory((<Server>self.server).rbuf, self.rlen, PyBUF_READ)
@@ -275,7 +275,8 @@ cdef class TlsConnection(Connection):
         Connection.setup(self, server, fd, env)
 
     cdef int _feed_read(self, Py_ssize_t n) except -1:
-        return self._feed(PyMemoryView_FromMemory((<Server>self.server).rbuf, n, PyBUF_READ), n)
+        self.rlen = n
+        return self._feed(self._input(), n)
 
     cdef int _feed(self, object data, Py_ssize_t n) except -1:
         cdef bytes handshake

@@ -64,7 +64,6 @@ B_REQUESTS, B_IN_FLIGHT, B_STATUS = _board.REQUESTS, _board.IN_FLIGHT, _board.ST
 # Python objects used per request, bound once (C globals in the compiled build)
 BodyBuffer = _wsgi.BodyBuffer
 LazyInput = _wsgi.LazyInput
-EMPTY_INPUT = _wsgi.EMPTY_INPUT
 HEADER_KEYS = _wsgi.HEADER_KEYS
 header_key = _wsgi.header_key
 split_target = _wsgi.split_target
@@ -179,7 +178,6 @@ class HttpConnection(Channel):
         cond = scope_base = hlist = ws = proxy_buf = None
         hkey = htext = host = None
         line_env = line_url = line_method = line_protocol = None
-        templated = False
         pumping = 0
 
     def _setup(self, server, fd, env):
@@ -231,7 +229,6 @@ class HttpConnection(Channel):
         server = self.server
         line = self.line_env
         ex = new_exchange(self, (line if line is not None else self.base_environ).copy())
-        self.templated = line is not None     # (its environ has wsgi.input, EMPTY_INPUT, already)
         ex.start = server.now
         self.cur = ex
         self.url = b""
@@ -260,12 +257,17 @@ class HttpConnection(Channel):
         if len(self.url) > self.server.max_request_line:
             raise Reject(414)
 
-    def on_header(self, name, value):
+    def _count_field(self, name, value):
+        """A header (or trailer) field counts toward --max-headers and --max-header-bytes."""
         server = self.server
         self.nheaders += 1
         self.header_bytes += len(name) + len(value) + 4
         if self.nheaders > server.max_headers or self.header_bytes > server.max_header_bytes:
             raise Reject(431)
+        return 0
+
+    def on_header(self, name, value):
+        self._count_field(name, value)
         start = 0
         end = len(value)
         while start < end and (value[start] == 32 or value[start] == 9):
@@ -294,11 +296,7 @@ class HttpConnection(Channel):
     def _header_again(self, name, value, key, text):
         """on_header for a field the same as one the compiled loop saw before at its position in
         a head (_llhttp.pxi's memo): `key` and `text` are what on_header made of it then."""
-        server = self.server
-        self.nheaders += 1
-        self.header_bytes += len(name) + len(value) + 4
-        if self.nheaders > server.max_headers or self.header_bytes > server.max_header_bytes:
-            raise Reject(431)
+        self._count_field(name, value)
         if key is not None:
             self._store_header(key, text)
         return 0
@@ -319,9 +317,10 @@ class HttpConnection(Channel):
                                        # texts are shared objects, so identity cannot tell)
             if key == "CONTENT_TYPE":
                 raise Reject(400)      # two Content-Type fields: which one the app reads is a guess
-            env[key] = old + "," + text
+            combined = old + "," + text
+            env[key] = combined
             if key is K_HOST:
-                self.host = env[key]
+                self.host = combined
         return 0
 
     def on_headers_complete(self):
@@ -332,9 +331,9 @@ class HttpConnection(Channel):
         version = self._version()
         protocol = PROTOCOLS.get(version)
         url = self.url
-        if not (self.line_env is not None and url == self.line_url and method is self.line_method
-                and protocol is self.line_protocol):
-            self._request_line(ex, env, method, version, protocol, url)
+        same_line = url == self.line_url and method is self.line_method and protocol is self.line_protocol
+        if not (same_line and self.line_env is not None):
+            self._request_line(ex, env, method, version, protocol, url, same_line)
         # (else the environ, copied from line_env, has this request line's keys already)
         if self.seen & SEEN_FORWARDED and self._trusts_peer():
             self._forwarded(ex, env)
@@ -346,7 +345,7 @@ class HttpConnection(Channel):
         ex.http10 = protocol is not HTTP11
         self._head_complete(ex, env, protocol)
 
-    def _request_line(self, ex, env, method, version, protocol, url):
+    def _request_line(self, ex, env, method, version, protocol, url, same_line):
         """The request line's keys in the environ (and the ASGI scope). A connection that sends
         the same request line twice in a row keeps an environ with them (`line_env`, the server's
         and this client's keys plus these five), which its next requests start from: a client that
@@ -385,11 +384,10 @@ class HttpConnection(Channel):
                 scope["raw_path"] = url[:query]
                 scope["query_string"] = url[query + 1:]
         elif protocol is not None:
-            if url == self.line_url and method is self.line_method and protocol is self.line_protocol:
+            if same_line:
                 line = self.base_environ.copy()      # (the second time in a row: worth keeping)
                 for key in LINE_KEYS:
                     line[key] = env[key]
-                line["wsgi.input"] = EMPTY_INPUT     # (a request with a body sets its own)
                 self.line_env = line
             else:
                 self.line_env = None
@@ -430,9 +428,7 @@ class HttpConnection(Channel):
             else:
                 ex.body = BodyBuffer(server.spill)
         else:
-            if not self.templated:
-                env["wsgi.input"] = EMPTY_INPUT
-            self.wait = W_NONE
+            self.wait = W_NONE           # (wsgi.input is the base environ's EMPTY_INPUT)
 
     def _strip_root(self, env, root):
         """--root-path: PATH_INFO without the prefix, when the path starts with it (on a segment

@@ -20,7 +20,7 @@ cdef int AWAIT_BODY, AWAIT_DRAINED
 cdef Py_ssize_t HEAD_SLACK, B_REQUESTS, B_IN_FLIGHT, B_STATUS
 cdef double LINGER
 cdef bytes CONTINUE_LINE
-cdef object BodyBuffer, LazyInput, EMPTY_INPUT, header_key, split_target, split_asgi_target, check_head
+cdef object BodyBuffer, LazyInput, header_key, split_target, split_asgi_target, check_head
 cdef object forwarded_client, parse_proxy_header
 cdef object BodyQueue, asgi_start, handshake_problem, is_upgrade, ws_upgrade   # load_asgi()
 cdef object error_response
@@ -82,22 +82,24 @@ cdef class HttpConnection(Channel):
         dict line_env                  # base_environ plus the keys of a request line sent twice in a row
         bytes line_url                 # the last request line: its target, method and protocol
         str line_method, line_protocol
-        bint templated                 # the request's environ was copied from line_env
 
     cdef int _setup(self, HttpServer server, int fd, dict env) except -1
     @cython.locals(server=HttpServer, ex=Exchange, scope=dict, line=dict)
     cpdef on_message_begin(self)
     cpdef on_url(self, bytes url)
-    @cython.locals(start=Py_ssize_t, end=Py_ssize_t, server=HttpServer)
-    cpdef on_header(self, bytes name, bytes value)
     @cython.locals(server=HttpServer)
+    cdef int _count_field(self, bytes name, bytes value) except -1
+    @cython.locals(start=Py_ssize_t, end=Py_ssize_t)
+    cpdef on_header(self, bytes name, bytes value)
     cdef int _header_again(self, bytes name, bytes value, str key, str text) except -1
-    @cython.locals(env=dict, size=Py_ssize_t)
+    @cython.locals(env=dict, size=Py_ssize_t, combined=str)
     cdef int _store_header(self, str key, str text) except -1
-    @cython.locals(ex=Exchange, env=dict, server=HttpServer, url=bytes, protocol=str, method=str, version=str)
+    @cython.locals(ex=Exchange, env=dict, server=HttpServer, url=bytes, protocol=str, method=str, version=str,
+                   same_line=bint)
     cpdef on_headers_complete(self)
     @cython.locals(server=HttpServer, uri=str, query=Py_ssize_t, scope=dict, line=dict, key=str)
-    cdef int _request_line(self, Exchange ex, dict env, str method, str version, str protocol, bytes url) except -1
+    cdef int _request_line(self, Exchange ex, dict env, str method, str version, str protocol, bytes url,
+                           bint same_line) except -1
     @cython.locals(server=HttpServer, host=str)
     cdef int _head_complete(self, Exchange ex, dict env, str protocol) except -1
     @cython.locals(path=str)

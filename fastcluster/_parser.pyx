@@ -43,8 +43,6 @@ from fastcluster._threads cimport *
 import os
 import signal as _signal_module
 import sys as _sys
-
-cdef str V11 = _sys.intern("1.1"), V10 = _sys.intern("1.0")   # the versions _version() gives (_http.py's too)
 import threading as _threading
 
 from . import board as _board
@@ -59,6 +57,7 @@ SIZES = {"RECV_SIZE": RECV_SIZE, "MAX_IOV": MAX_IOV, "ACCEPT_BATCH": ACCEPT_BATC
 cdef Py_ssize_t B_NOT_ACCEPTING = _board.NOT_ACCEPTING, B_ACCEPTED = _board.ACCEPTED
 cdef Py_ssize_t B_BYTES_IN = _board.BYTES_IN, B_BYTES_OUT = _board.BYTES_OUT
 cdef int SIGTERM_NUMBER = _signal_module.SIGTERM
+cdef str V11 = _sys.intern("1.1"), V10 = _sys.intern("1.0")   # the versions _version() gives (_http.py's too)
 
 
 cdef extern from "Python.h":

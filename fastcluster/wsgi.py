@@ -438,6 +438,7 @@ def base_environ(server_name: str, server_port: str, multiprocess: bool, multith
         "wsgi.multithread": multithread,
         "wsgi.multiprocess": multiprocess,
         "wsgi.run_once": False,
+        "wsgi.input": EMPTY_INPUT,          # (a request with a body gets its own)
         "wsgi.input_terminated": True,
         "wsgi.file_wrapper": FileWrapper,
     }
