@@ -71,6 +71,7 @@ class Host:
 HAPROXY = """
 global
     maxconn 1000
+    stats socket {stats} mode 600 level user
 defaults
     mode http
     timeout connect 2s
@@ -109,23 +110,26 @@ def _wrk_result(out):
     return requests, failed
 
 
-def _both_up(port):
-    """Both hosts answer through HAProxy (their pids differ)."""
-    import http.client
-
-    seen = set()
-    for _ in range(20):
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+def _both_up(stats):
+    """HAProxy itself counts both hosts UP (its stats socket). Two different pids through HAProxy
+    would not tell: each host runs two workers, so they could both be one host's while HAProxy
+    still waits for its next check of the host just started."""
+    with socket.socket(socket.AF_UNIX) as s:
+        s.settimeout(5)
         try:
-            conn.request("GET", "/pid", headers={"Connection": "close"})
-            resp = conn.getresponse()
-            if resp.status == 200:
-                seen.add(resp.read())
+            s.connect(stats)
+            s.sendall(b"show stat\n")
+            data = b""
+            while True:
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
         except OSError:
-            pass
-        finally:
-            conn.close()
-    return len(seen) >= 2
+            return False
+    rows = [line.split(",") for line in data.decode().splitlines() if line and not line.startswith("#")]
+    status = {row[1]: row[17] for row in rows if len(row) > 17 and row[0] == "app"}
+    return all(status.get(name, "").startswith("UP") for name in ("h0", "h1"))
 
 
 @pytest.mark.parametrize("impl", IMPLS)
@@ -141,12 +145,13 @@ def test_rolling_deploy_and_upgrade_over_two_hosts_behind_haproxy_fail_nothing(i
             servers[i] = _serve_in(host, impl, pids[i])
         port = _free_port()
         cfg = tmp_path / "haproxy.cfg"
-        cfg.write_text(HAPROXY.format(port=port, servers="\n".join(
+        stats = str(tmp_path / "haproxy.sock")
+        cfg.write_text(HAPROXY.format(port=port, stats=stats, servers="\n".join(
             "    server h%d %s:8000 check" % (i, host.addr) for i, host in enumerate(hosts))))
         with open(tmp_path / "haproxy.log", "wb") as haproxy_log:
             haproxy = subprocess.Popen(["haproxy", "-db", "-f", str(cfg)], stdout=subprocess.DEVNULL,
                                        stderr=haproxy_log, start_new_session=True)
-        wait_until(lambda: _both_up(port), timeout=20, what="HAProxy to reach both hosts")
+        wait_until(lambda: _both_up(stats), timeout=20, what="HAProxy to reach both hosts")
         wrk = subprocess.Popen(["wrk", "-t1", "-c50", "-d120s", "http://127.0.0.1:%d/pid" % port],
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
         time.sleep(1.0)          # (not a readiness wait: traffic before the deploy)
@@ -154,7 +159,7 @@ def test_rolling_deploy_and_upgrade_over_two_hosts_behind_haproxy_fail_nothing(i
         for i, host in enumerate(hosts):
             assert servers[i].stop() == 0
             servers[i] = _serve_in(host, impl, pids[i])
-            wait_until(lambda: _both_up(port), timeout=20, what="host %d back in HAProxy" % i)
+            wait_until(lambda: _both_up(stats), timeout=20, what="host %d back in HAProxy" % i)
         # then an upgrade in place on each host
         for i in range(2):
             old = servers[i].master_pid
