@@ -162,7 +162,7 @@ cdef class Connection(HttpConnection):
                 else:
                     self.out_off += n
                     n = 0
-            list_del_slice(out, 0, i, NULL)     # del out[:i], without a slice object
+            drop_front(out, i)                  # del out[:i], the list's array kept
         return True
 
     cdef bint _sendfile_step(self) except -1:

@@ -33,14 +33,15 @@ if not cython.compiled:   # the compiled build has these as a C enum (_exchange_
     LINGERING = 4     # our FIN is out; input is read and dropped until the client closes or LINGER passes
     CLOSED = 5
 
-    def _join_head(status, lines, a, b, c, end):   # (the compiled build's is a C loop: _inline.pxd)
-        return b"".join([status, *lines, *[line for line in (a, b, c) if line is not None], end])
+    def _join_head(status, lines, a, b, c, end, tail):   # (the compiled build's is a C loop: _inline.pxd)
+        return b"".join([status, *lines, *[line for line in (a, b, c, end, tail) if line is not None]])
 
     def _same_text(a, b):                           # (and this a memcmp)
         return a == b
 
 HIGH_WATER = 1 << 20        # output queued before a streamed body is paused
 SMALL_CHUNK = 8192          # chunked body pieces below this are framed with one copy
+SMALL_BODY = 4096           # a one-piece body up to this goes out in the head's buffer: one send
 FAILED_BODY = b"Internal Server Error\n"
 
 # Python objects used per request, bound once (C globals in the compiled build)
@@ -58,6 +59,9 @@ HEADER_NAMES = {}   # an app's header name -> (b"Name: ", kind)
 HEADER_LINES = {}   # an app's (name, value) -> (b"Name: value\r\n", its Content-Length or -1): see encode_headers
 LINE_MEMO = []      # by position in a response's headers: the last pair found in HEADER_LINES there, and its entry
 STATUSES = {}       # an app's status -> (its status line, its code)
+LAST_PAIRS = ()     # the pairs of the last header list that encode_headers knew every pair of,
+LAST_ENCODED = ([], -1, 0)   # and its answer (for no pairs: no lines, no length, no flags)
+LAST_STATUS, LAST_KNOWN = "", None     # set_status's last status and its STATUSES entry
 ASGI_HEADER_NAMES = {}   # an ASGI app's header name (bytes) -> (b"name: ", kind)
 ASGI_STATUS_LINES = {}   # an ASGI status (int) -> its status line
 
@@ -107,10 +111,21 @@ def encode_headers(headers):
     (as WANTS_CLOSE) and the others are dropped. Raises ValueError or TypeError for anything that
     could split the response or is not latin-1.
     """
+    global LAST_PAIRS, LAST_ENCODED
+    # the same pairs as the last list whose every pair was known (below): its whole answer again
+    if type(headers) is list and len(headers) == len(LAST_PAIRS):
+        index = 0
+        for item in headers:
+            if not _same_pair(item, LAST_PAIRS[index]):
+                break
+            index += 1
+        else:
+            return LAST_ENCODED
     parts = []
     clen = -1
     flags = 0
     index = -1
+    all_known = True
     for item in headers:
         index += 1
         # an ordinary header or a Content-Length seen before, as the same (name, value) pair: its
@@ -120,9 +135,7 @@ def encode_headers(headers):
         if type(item) is tuple:
             if index < len(LINE_MEMO):
                 memo = LINE_MEMO[index]
-                pair = memo[0]
-                if item is pair or (len(item) == 2 and type(item[0]) is str and type(item[1]) is str
-                                    and _same_text(item[0], pair[0]) and _same_text(item[1], pair[1])):
+                if _same_pair(item, memo[0]):
                     known = memo[1]
             if known is None:
                 try:
@@ -144,6 +157,7 @@ def encode_headers(headers):
                 clen = length
             parts.append(known[0])
             continue
+        all_known = False
         name, value = item
         entry = HEADER_NAMES.get(name)
         if entry is None:
@@ -179,7 +193,25 @@ def encode_headers(headers):
         parts.append(line)
         if (kind == 0 or kind == H_CONTENT_LENGTH) and type(item) is tuple and len(HEADER_LINES) < 1024:
             HEADER_LINES[item] = (line, clen if kind == H_CONTENT_LENGTH else -1)
+    if all_known and type(headers) is list and index < 32:
+        LAST_PAIRS = tuple(headers)
+        LAST_ENCODED = (parts, clen, flags)      # (parts is only read: send_headers joins it)
+        return LAST_ENCODED
     return parts, clen, flags
+
+
+def _last_status(status, known):
+    global LAST_STATUS, LAST_KNOWN
+    if type(status) is str:
+        LAST_STATUS, LAST_KNOWN = status, known
+    return 0
+
+
+def _same_pair(item, pair):
+    """`item` (from an app's headers) is `pair`, or a 2-tuple of str with the same texts."""
+    return item is pair or (type(item) is tuple and len(item) == 2 and type(item[0]) is str
+                            and type(item[1]) is str and _same_text(item[0], pair[0])
+                            and _same_text(item[1], pair[1]))
 
 
 def encode_asgi_headers(headers):
@@ -338,7 +370,11 @@ class Exchange:
                 raise TypeError("response body items must be bytes, not %s" % type(item).__name__)
             total += len(item)
         if not self.headers_sent:
-            self.send_headers(total)
+            if len(items) != 1 or total > SMALL_BODY:
+                self._send_head(total, None)
+            elif self._send_head(total, items[0]):
+                self.finish()                # (the body went out in the head's buffer)
+                return 0
         for item in items:
             self.send_body(item)
         self.finish()
@@ -425,11 +461,16 @@ class Exchange:
                 exc_info = None
         elif self.status is not None:
             raise RuntimeError("start_response() called a second time without exc_info")
-        known = STATUSES.get(status)
-        if known is None:
-            known = (status_line(status), int(status[:3]))     # status_line validates
-            if len(STATUSES) < 256:
-                STATUSES[status] = known
+        if LAST_KNOWN is not None and (status is LAST_STATUS or (type(status) is str
+                                                               and _same_text(status, LAST_STATUS))):
+            known = LAST_KNOWN
+        else:
+            known = STATUSES.get(status)
+            if known is None:
+                known = (status_line(status), int(status[:3]))     # status_line validates
+                if len(STATUSES) < 256:
+                    STATUSES[status] = known
+            _last_status(status, known)
         lines, clen, flags = encode_headers(headers)
         self.status = known[0]
         self.code = known[1]
@@ -469,6 +510,12 @@ class Exchange:
     def send_headers(self, known_length):
         """The status line and headers, with the framing the body needs: Content-Length when it
         is known, chunked on HTTP/1.1 otherwise, and a close on HTTP/1.0."""
+        self._send_head(known_length, None)
+        return 0
+
+    def _send_head(self, known_length, tail):
+        """send_headers(), and a small whole body (`tail`) in the same buffer when the response
+        has a body and a Content-Length that allows all of it: True when `tail` went out."""
         conn = self.conn
         server = conn.server
         code = self.code
@@ -499,9 +546,14 @@ class Exchange:
             end = b"Connection: keep-alive\r\n\r\n"
         else:
             end = b"\r\n"
-        conn._queue(_join_head(self.status, lines, date, ours, framing, end))
+        if tail is not None:
+            if self.no_body or self.clen < len(tail):   # (a short Content-Length: send_body cuts it)
+                tail = None
+            else:
+                self.sent += len(tail)
+        conn._queue(_join_head(self.status, lines, date, ours, framing, end, tail))
         self.headers_sent = True
-        return 0
+        return tail is not None
 
     def send_body(self, data):
         size = len(data)

@@ -14,11 +14,13 @@ cdef enum:
     LINGERING = 4     # our FIN is out; input is dropped until the client closes or LINGER passes
     CLOSED = 5
 
-cdef Py_ssize_t HIGH_WATER, SMALL_CHUNK
+cdef Py_ssize_t HIGH_WATER, SMALL_CHUNK, SMALL_BODY
 cdef bytes FAILED_BODY, SERVER_HEADER
 cdef object BodyBuffer, LazyInput, FileWrapper, status_line, simple_response, log_app_error
 cdef dict STATUSES, HEADER_NAMES, HEADER_LINES, ASGI_HEADER_NAMES, ASGI_STATUS_LINES
 cdef list LINE_MEMO
+cdef tuple LAST_PAIRS, LAST_ENCODED, LAST_KNOWN
+cdef str LAST_STATUS
 cdef int HAS_DATE, HAS_SERVER, WANTS_CLOSE, H_CONTENT_LENGTH, H_DATE, H_SERVER, H_CONNECTION
 
 @cython.locals(c=cython.uchar)
@@ -26,8 +28,10 @@ cpdef bint splits_header(bytes value) except -1
 @cython.locals(start=Py_ssize_t, end=Py_ssize_t, i=Py_ssize_t, c=Py_UCS4, number=cython.longlong)
 cpdef long long content_length_of(str value) except -2
 @cython.locals(parts=list, clen=cython.longlong, flags=int, kind=int, data=bytes, entry=tuple, length=cython.longlong,
-               known=tuple, line=bytes, index=Py_ssize_t, memo=tuple, pair=tuple)
+               known=tuple, line=bytes, index=Py_ssize_t, memo=tuple, all_known=bint)
 cpdef tuple encode_headers(object headers)
+cdef int _last_status(object status, tuple known) except -1
+cdef bint _same_pair(object item, tuple pair) except -1
 @cython.locals(parts=list, clen=cython.longlong, flags=int, kind=int, entry=tuple)
 cpdef tuple encode_asgi_headers(object headers)
 cpdef bytes asgi_status_line(object status)
@@ -101,9 +105,10 @@ cdef class Exchange:
     cpdef int set_asgi_status(self, object status, object headers) except -1
     @cython.locals(conn=Channel)
     cpdef int write(self, object data) except -1
+    cpdef int send_headers(self, long long known_length) except -1
     @cython.locals(conn=Channel, server=HttpServer, code=int, flags=int, bodiless_status=bint, lines=list, date=bytes,
                    ours=bytes, framing=bytes, end=bytes)
-    cpdef int send_headers(self, long long known_length) except -1
+    cdef bint _send_head(self, long long known_length, bytes tail) except -1
     @cython.locals(size=cython.longlong, room=cython.longlong, conn=Channel)
     cpdef int send_body(self, bytes data) except -1
     @cython.locals(conn=Channel)

@@ -13,9 +13,9 @@ cdef inline char* _put(char* at, bytes piece) noexcept:
     return at + size
 
 
-cdef inline bytes _join_head(bytes status, list lines, bytes a, bytes b, bytes c, bytes end):
+cdef inline bytes _join_head(bytes status, list lines, bytes a, bytes b, bytes c, bytes end, bytes tail):
     """A response head, joined: the status line, the app's header lines (bytes, from encode_headers),
-    up to three lines of the server's (None: not sent) and the end. CPython's bytes join spends most
+    up to three lines of the server's (None: not sent), the end, and a small body (`tail`, or None). CPython's bytes join spends most
     of its time on the buffer protocol for each of these few short pieces."""
     cdef Py_ssize_t i, n = PyList_GET_SIZE(lines)
     cdef Py_ssize_t total = PyBytes_GET_SIZE(status) + PyBytes_GET_SIZE(end)
@@ -29,6 +29,8 @@ cdef inline bytes _join_head(bytes status, list lines, bytes a, bytes b, bytes c
         total += PyBytes_GET_SIZE(b)
     if c is not None:
         total += PyBytes_GET_SIZE(c)
+    if tail is not None:
+        total += PyBytes_GET_SIZE(tail)
     out = PyBytes_FromStringAndSize(NULL, total)
     at = _put(PyBytes_AS_STRING(out), status)
     for i in range(n):
@@ -39,7 +41,9 @@ cdef inline bytes _join_head(bytes status, list lines, bytes a, bytes b, bytes c
         at = _put(at, b)
     if c is not None:
         at = _put(at, c)
-    _put(at, end)
+    at = _put(at, end)
+    if tail is not None:
+        _put(at, tail)
     return out
 
 

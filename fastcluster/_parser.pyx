@@ -60,9 +60,22 @@ cdef int SIGTERM_NUMBER = _signal_module.SIGTERM
 cdef str V11 = _sys.intern("1.1"), V10 = _sys.intern("1.0")   # the versions _version() gives (_http.py's too)
 
 
-cdef extern from "Python.h":
-    # (cpython.list's declaration takes an object: NULL, which deletes the slice, is not one)
-    int list_del_slice "PyList_SetSlice" (object lst, Py_ssize_t low, Py_ssize_t high, void* items) except -1
+cdef extern from *:
+    """
+    /* del out[:n] for the output queue (a list of bytes), keeping the list's item array: deleting
+       every item through PyList_SetSlice frees the array, and the next response's append allocates
+       it again. The items are bytes, whose release runs no Python code. */
+    static CYTHON_INLINE void fc_drop_front(PyObject *list, Py_ssize_t n) {
+        PyListObject *l = (PyListObject *)list;
+        Py_ssize_t k, left = Py_SIZE(l) - n;
+        for (k = 0; k < n; k++)
+            Py_DECREF(l->ob_item[k]);
+        if (left)
+            memmove(l->ob_item, l->ob_item + n, left * sizeof(PyObject *));
+        Py_SET_SIZE(l, left);
+    }
+    """
+    void drop_front "fc_drop_front" (list lst, Py_ssize_t n)
 
 
 cdef extern from "sys/prctl.h":

@@ -42,6 +42,29 @@ class ClosingIterable:
             f.write("closed")
 
 
+_SHARED_HEADERS = [("Content-Type", "text/plain")]   # one list object, edited in place by /shared-headers
+
+
+def _shared_headers(environ, start_response):
+    """The same header list object on every call, edited in place as the query asks: `ct` its
+    Content-Type (the same tuple object kept while it does not change), `extra` an X-Extra pair
+    appended (none: removed), `clen` a Content-Length pair; `code` the status, as a new string each
+    call; `size` the one-piece body's length."""
+    q = _qs(environ)
+    ct = q.get("ct", "text/plain")
+    if _SHARED_HEADERS[0][1] != ct:
+        _SHARED_HEADERS[0] = ("Content-Type", ct)
+    del _SHARED_HEADERS[1:]
+    if "extra" in q:
+        _SHARED_HEADERS.append(("X-Extra", q["extra"]))
+    if "clen" in q:
+        _SHARED_HEADERS.append(("Content-Length", q["clen"]))
+    code = q.get("code", "200")
+    reason = {"200": "OK", "201": "Created", "404": "Not Found", "299": "Whatever"}.get(code, "X")
+    start_response("%s %s" % (code, reason), _SHARED_HEADERS)
+    return [b"b" * int(q.get("size", "5"))]
+
+
 def inner(environ, start_response):
     path = environ["PATH_INFO"]
     q = _qs(environ)
@@ -49,6 +72,8 @@ def inner(environ, start_response):
         return _text(start_response, b"Hello from process %d\n" % os.getpid())
     if path == "/pid":
         return _text(start_response, b"%d" % os.getpid())
+    if path == "/shared-headers":
+        return _shared_headers(environ, start_response)
     if path == "/environ" or path.startswith("/environ/"):
         data = {k: v for k, v in environ.items() if isinstance(v, (str, bool, int, tuple))}
         data["wsgi.input"] = type(environ["wsgi.input"]).__name__

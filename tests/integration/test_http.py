@@ -316,6 +316,45 @@ def test_request_lines_that_repeat_and_change_on_one_connection(suite_server):
     sock.close()
 
 
+def test_one_header_list_edited_in_place_statuses_and_one_piece_bodies(suite_server):
+    """The app hands over the same header list object every time and edits it in place between
+    responses (encode_headers answers a list whose every pair it knew again only while each pair
+    matches), its statuses are new strings (set_status remembers the last), and one-piece bodies go
+    out in the head's buffer when the Content-Length allows all of them (a longer body is cut to
+    it, a HEAD gets none, a body above 4 KiB goes separately)."""
+    cases = [  # query -> status, Content-Type, X-Extra, Content-Length, body length
+        ("", 200, "text/plain", None, 5, 5), ("", 200, "text/plain", None, 5, 5),
+        ("ct=text/html", 200, "text/html", None, 5, 5),
+        ("ct=text/html&extra=1", 200, "text/html", "1", 5, 5), ("ct=text/html&extra=1", 200, "text/html", "1", 5, 5),
+        ("ct=text/html&extra=2", 200, "text/html", "2", 5, 5),
+        ("ct=text/html&extra=2&code=404", 404, "text/html", "2", 5, 5),
+        ("ct=text/html&extra=2&code=201", 201, "text/html", "2", 5, 5),
+        ("ct=text/html&code=299", 299, "text/html", None, 5, 5), ("code=299", 299, "text/plain", None, 5, 5),
+        ("size=4096", 200, "text/plain", None, 4096, 4096), ("size=4097", 200, "text/plain", None, 4097, 4097),
+        ("size=0", 200, "text/plain", None, 0, 0),
+        ("clen=5&size=5", 200, "text/plain", None, 5, 5), ("clen=3&size=5", 200, "text/plain", None, 3, 3),
+        ("clen=3&size=5&extra=x", 200, "text/plain", "x", 3, 3), ("clen=3&size=5", 200, "text/plain", None, 3, 3),
+        ("", 200, "text/plain", None, 5, 5),
+    ]
+    sock = suite_server.connect()
+    f = sock.makefile("rb")
+    for query, status, ctype, extra, clen, size in cases * 2:
+        for method in ("GET", "HEAD", "GET"):
+            sock.sendall(b"%s /shared-headers?%s HTTP/1.1\r\nHost: t\r\n\r\n" % (method.encode(), query.encode()))
+            resp = read_response(f, head=method == "HEAD")
+            assert resp.version == "HTTP/1.1", (query, method)      # (nothing left of the response before)
+            assert (resp.status, resp.header("Content-Type"), resp.header("X-Extra")) == (status, ctype, extra), query
+            assert resp.header("Content-Length") == str(clen), (query, method)
+            assert resp.body == (b"" if method == "HEAD" else b"b" * size), (query, method)
+            assert resp.header("Connection") is None, query
+    # a one-piece body shorter than its Content-Length: what there is, and then the connection closes
+    sock.sendall(b"GET /shared-headers?clen=8&size=5 HTTP/1.1\r\nHost: t\r\n\r\nGET /pid HTTP/1.1\r\nHost: t\r\n\r\n")
+    resp = read_response(f)
+    assert resp.status == 200 and resp.header("Content-Length") == "8" and resp.body == b"bbbbb"
+    assert f.read() == b""
+    sock.close()
+
+
 def test_absolute_form_target(suite_server):
     (resp,), sock, f = exchange(suite_server, b"GET http://example.com/environ?x=1 HTTP/1.1\r\nHost: example.com\r\n\r\n")
     env = json.loads(resp.body)

@@ -184,6 +184,57 @@ def test_header_pairs_compared_by_position_give_their_own_lines(encode):
 
 
 @pytest.mark.parametrize("encode", list(_encoders()))
+def test_a_header_list_known_whole_is_answered_again_only_while_every_pair_matches(encode):
+    """encode_headers keeps the answer for the last list whose every pair it knew: the same list
+    object edited in place, equal text in new objects, a tuple of pairs and an empty list each get
+    their own answer."""
+    def fresh(text):
+        return "".join(list(text))
+
+    plain, html = ("Content-Type", "text/plain"), ("Content-Type", "text/html")
+    h = [plain, ("Content-Length", "12")]
+    steps = [
+        (lambda: None, [b"Content-Type: text/plain\r\n", b"Content-Length: 12\r\n"], 12, 0),
+        (lambda: None, [b"Content-Type: text/plain\r\n", b"Content-Length: 12\r\n"], 12, 0),
+        (lambda: h.__setitem__(1, ("Content-Length", "13")), [b"Content-Type: text/plain\r\n", b"Content-Length: 13\r\n"], 13, 0),
+        (lambda: h.__setitem__(0, html), [b"Content-Type: text/html\r\n", b"Content-Length: 13\r\n"], 13, 0),
+        (lambda: h.__setitem__(0, (fresh("Content-Type"), fresh("text/html"))),
+         [b"Content-Type: text/html\r\n", b"Content-Length: 13\r\n"], 13, 0),
+        (lambda: h.append(("X-A", "1")), [b"Content-Type: text/html\r\n", b"Content-Length: 13\r\n", b"X-A: 1\r\n"], 13, 0),
+        (lambda: h.__setitem__(2, ("X-A", "2")), [b"Content-Type: text/html\r\n", b"Content-Length: 13\r\n", b"X-A: 2\r\n"], 13, 0),
+        (lambda: h.reverse(), [b"X-A: 2\r\n", b"Content-Length: 13\r\n", b"Content-Type: text/html\r\n"], 13, 0),
+        (lambda: h.__delitem__(0), [b"Content-Length: 13\r\n", b"Content-Type: text/html\r\n"], 13, 0),
+        (lambda: h.append(("Date", "x")), [b"Content-Length: 13\r\n", b"Content-Type: text/html\r\n", b"Date: x\r\n"],
+         13, wsgi.HAS_DATE),
+        (lambda: h.__setitem__(2, ("Connection", "close")), [b"Content-Length: 13\r\n", b"Content-Type: text/html\r\n"],
+         13, wsgi.WANTS_CLOSE),
+        (lambda: h.__setitem__(2, ["X-B", "b"]), [b"Content-Length: 13\r\n", b"Content-Type: text/html\r\n", b"X-B: b\r\n"],
+         13, 0),
+        (lambda: h.__delitem__(2), [b"Content-Length: 13\r\n", b"Content-Type: text/html\r\n"], 13, 0),
+        (lambda: h.__setitem__(slice(None), [("Content-Length", "13"), ("Content-Length", "13")]),
+         [b"Content-Length: 13\r\n"], 13, 0),
+        (lambda: h.__setitem__(slice(None), []), [], -1, 0),
+        (lambda: h.__setitem__(slice(None), [plain]), [b"Content-Type: text/plain\r\n"], -1, 0),
+    ]
+    for _ in range(2):
+        h[:] = [plain, ("Content-Length", "12")]
+        for change, lines, clen, flags in steps:
+            change()
+            for headers in (h, tuple(h), list(h), h):
+                assert encode(headers) == (lines, clen, flags), headers
+    h[:] = [("Content-Length", "13"), ("Content-Length", "13")]
+    assert encode(h)[1] == 13
+    h[1] = ("Content-Length", "14")          # the list just known whole, its second pair changed
+    with pytest.raises(ValueError):
+        encode(h)
+    h[:] = [plain]
+    assert encode(h) == ([b"Content-Type: text/plain\r\n"], -1, 0)
+    h[0] = ("Content-Type", "\u0101")
+    with pytest.raises(ValueError):
+        encode(h)
+
+
+@pytest.mark.parametrize("encode", list(_encoders()))
 def test_encoded_header_lines_are_remembered_only_for_what_was_valid(encode):
     """A (name, value) pair seen before gives its remembered line: the same answers the second
     time, for tuples and lists alike, and nothing wrong is remembered as right."""
