@@ -334,6 +334,8 @@ class Exchange:
         headers_sent = chunked = no_body = sending_file = False
         in_app = done = returned = False
         file_fd = -1
+        env_fields = None
+        env_version = 0
 
     # --- WSGI ---
 

@@ -88,6 +88,8 @@ cdef class Exchange:
         public long long file_off
         public long long file_left
         public bint health          # a --health-path request: the server answers it, not the app
+        list env_fields             # its head's fields (HttpConnection.fields), when its environ may be kept
+        unsigned long long env_version   # and the environ's dict version when it was built
         public object cycle         # ASGI: its _asgi.Cycle, once the app is called
         public object scope         # ASGI: the scope
 

@@ -27,6 +27,15 @@ from . import board as _board
 from . import wsgi as _wsgi
 from .errors import Demoted
 
+if not cython.compiled:   # the compiled build reads a dict's version and a refcount itself (_inline.pxd)
+    ENV_REUSE = False     # (so the plain-Python loop never keeps an environ: on_message_begin)
+
+    def _dict_version(d):
+        return 0
+
+    def _refs(obj):
+        return 0
+
 if not cython.compiled:   # the compiled build cimports these (_http_c.pxd)
     from ._exchange import (CLOSED, HIGH_WATER, LAST_IN, LINGERING, OPEN, PEER_CLOSED, UNREAD, Channel,
                            new_exchange)
@@ -178,6 +187,9 @@ class HttpConnection(Channel):
         cond = scope_base = hlist = ws = proxy_buf = None
         hkey = htext = host = None
         line_env = line_url = line_method = line_protocol = None
+        fields = kept_env = kept_fields = None
+        reusing = False
+        kept_version = 0
         pumping = 0
 
     def _setup(self, server, fd, env):
@@ -227,8 +239,24 @@ class HttpConnection(Channel):
 
     def on_message_begin(self):
         server = self.server
-        line = self.line_env
-        ex = new_exchange(self, (line if line is not None else self.base_environ).copy())
+        # The environ of the connection's last request, when it came back unchanged and nobody
+        # else holds it: this request starts with it, while its fields turn out to be that
+        # request's (_flush_header, _field_kept; else _unreuse builds a new one as below).
+        env = self.kept_env
+        self.reusing = False
+        if env is not None:
+            self.kept_env = None
+            if _refs(env) == 1 and _dict_version(env) == self.kept_version:   # (1: this local)
+                self.reusing = True
+                self.fields = self.kept_fields
+            else:
+                env = None
+        if env is None:
+            # the compiled loop's own parser keeps each field's memo entry (_llhttp.pxi)
+            self.fields = [] if ENV_REUSE and self.parser is None and not self.asgi else None
+            line = self.line_env
+            env = (line if line is not None else self.base_environ).copy()
+        ex = new_exchange(self, env)
         ex.start = server.now
         self.cur = ex
         self.url = b""
@@ -315,6 +343,7 @@ class HttpConnection(Channel):
         old = env.setdefault(key, text)
         if len(env) == size:           # a repeated field (told by the size: "" and one-character
                                        # texts are shared objects, so identity cannot tell)
+            self.fields = None         # (its environ is never kept: _field_kept does not combine)
             if key == "CONTENT_TYPE":
                 raise Reject(400)      # two Content-Type fields: which one the app reads is a guess
             combined = old + "," + text
@@ -323,15 +352,39 @@ class HttpConnection(Channel):
                 self.host = combined
         return 0
 
+    def _field_kept(self, name, value, key, text):
+        """_header_again for the field at the same position in the kept environ's request: counted,
+        and noted, but already in the environ (such a request had no body or proxy fields)."""
+        self._count_field(name, value)
+        if key is K_HOST:
+            self.host = text
+        return 0
+
+    def _unreuse(self, count):
+        """The request's fields or line are not the kept environ's after all: the environ
+        on_message_begin would have made, with the first `count` fields (those matched) in it."""
+        ex = self.cur
+        line = self.line_env
+        ex.environ = (line if line is not None else self.base_environ).copy()
+        self.reusing = False
+        self.fields = self.fields[:count]
+        for entry in self.fields:
+            if entry[2] is not None:
+                self._store_header(entry[2], entry[3])
+        return 0
+
     def on_headers_complete(self):
         ex = self.cur
-        env = ex.environ
         server = self.server
         method = self._method()
         version = self._version()
         protocol = PROTOCOLS.get(version)
         url = self.url
         same_line = url == self.line_url and method is self.line_method and protocol is self.line_protocol
+        if self.reusing and self.nheaders != len(self.fields):
+            # (a changed request line needs nothing more: _request_line below sets all its keys)
+            self._unreuse(self.nheaders)
+        env = ex.environ
         if not (same_line and self.line_env is not None):
             self._request_line(ex, env, method, version, protocol, url, same_line)
         # (else the environ, copied from line_env, has this request line's keys already)
@@ -344,6 +397,11 @@ class HttpConnection(Channel):
             ex.health = True                 # --health-path: answered by the server (_answer_health)
         ex.http10 = protocol is not HTTP11
         self._head_complete(ex, env, protocol)
+        if self.fields is not None and not self.seen and self.line_env is not None and not ex.health:
+            # built from the kept request line and fields alone: may serve the next such request
+            ex.env_fields = self.fields
+            ex.env_version = _dict_version(env)
+        self.reusing = False
 
     def _request_line(self, ex, env, method, version, protocol, url, same_line):
         """The request line's keys in the environ (and the ASGI scope). A connection that sends
@@ -674,6 +732,13 @@ class HttpConnection(Channel):
             server.cells[B_IN_FLIGHT] -= 1
         if server.access is not None:
             server._log_access(ex.environ, code, ex.sent, monotonic() - ex.start)
+        if ex.env_fields is not None:
+            env = ex.environ
+            if _refs(env) == 2 and _dict_version(env) == ex.env_version:    # (2: ex's and this local)
+                # unchanged by the app, and held by nothing else: the next request may start from it
+                self.kept_env = env
+                self.kept_fields = ex.env_fields
+                self.kept_version = ex.env_version
         self.resp = None
         if not ex.keep and not (self.state == LAST_IN and not self.pending):
             # (the client's own last request, with nothing after it: LAST_IN stays, and _end

@@ -5,6 +5,7 @@
 cimport cython
 from fastcluster._clock cimport monotonic
 from fastcluster._server_c cimport HttpServer, AppPool
+from fastcluster._inline cimport ENV_REUSE, _dict_version, _refs
 from fastcluster._exchange_c cimport (Channel, Exchange, new_exchange, OPEN, LAST_IN, UNREAD, PEER_CLOSED,
                                       LINGERING, CLOSED, HIGH_WATER)
 
@@ -82,9 +83,14 @@ cdef class HttpConnection(Channel):
         dict line_env                  # base_environ plus the keys of a request line sent twice in a row
         bytes line_url                 # the last request line: its target, method and protocol
         str line_method, line_protocol
+        list fields                    # the HEADER_MEMO entries of this request's fields, in order (None: not kept)
+        bint reusing                   # its environ is kept_env, while its fields are kept_fields
+        dict kept_env                  # the environ of the last request, handed back unchanged and unshared
+        list kept_fields               # that request's `fields`
+        unsigned long long kept_version   # kept_env's dict version when it was built
 
     cdef int _setup(self, HttpServer server, int fd, dict env) except -1
-    @cython.locals(server=HttpServer, ex=Exchange, scope=dict, line=dict)
+    @cython.locals(server=HttpServer, ex=Exchange, scope=dict, line=dict, env=dict)
     cpdef on_message_begin(self)
     cpdef on_url(self, bytes url)
     @cython.locals(server=HttpServer)
@@ -94,6 +100,9 @@ cdef class HttpConnection(Channel):
     cdef int _header_again(self, bytes name, bytes value, str key, str text) except -1
     @cython.locals(env=dict, size=Py_ssize_t, combined=str)
     cdef int _store_header(self, str key, str text) except -1
+    cdef int _field_kept(self, bytes name, bytes value, str key, str text) except -1
+    @cython.locals(ex=Exchange, line=dict, entry=tuple)
+    cdef int _unreuse(self, Py_ssize_t count) except -1
     @cython.locals(ex=Exchange, env=dict, server=HttpServer, url=bytes, protocol=str, method=str, version=str,
                    same_line=bint)
     cpdef on_headers_complete(self)
@@ -126,7 +135,7 @@ cdef class HttpConnection(Channel):
     cdef bint _writes_again(self) except -1
     cdef int _received(self, Exchange ex) except -1
     cdef int _unreceive(self) except -1
-    @cython.locals(server=HttpServer, code=int)
+    @cython.locals(server=HttpServer, code=int, env=dict)
     cdef int _complete(self, Exchange ex) except -1
     cdef int _close_after(self) except -1
     @cython.locals(server=HttpServer, ex=Exchange)

@@ -1,5 +1,6 @@
-# C versions of two things the shared sources do per response, for the compiled builds (the
-# shared sources define `_join_head` and `_same_text` themselves only when they run uncompiled).
+# C versions of what the shared sources do per request, for the compiled builds (the shared
+# sources define `_join_head`, `_same_text`, `_dict_version` and `_refs` themselves only when they
+# run uncompiled).
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.list cimport PyList_GET_ITEM, PyList_GET_SIZE
 from cpython.object cimport PyObject
@@ -58,3 +59,20 @@ cdef inline bint _same_text(str a, str b) noexcept:
     if n != PyUnicode_GET_LENGTH(b) or kind != PyUnicode_KIND(b):
         return False
     return memcmp(PyUnicode_DATA(a), PyUnicode_DATA(b), n * kind) == 0
+
+
+cdef extern from *:
+    """
+    /* A dict's version tag (PEP 509): CPython gives a dict a new one on every change. Read only
+       where it is known to mean that (3.11); elsewhere ENV_REUSE is off and this is 0. */
+    #if PY_VERSION_HEX >= 0x030B0000 && PY_VERSION_HEX < 0x030C0000
+    #define FC_ENV_REUSE 1
+    #define FC_DICT_VERSION(d) (((PyDictObject *)(d))->ma_version_tag)
+    #else
+    #define FC_ENV_REUSE 0
+    #define FC_DICT_VERSION(d) ((unsigned long long)0)
+    #endif
+    """
+    bint ENV_REUSE "FC_ENV_REUSE"
+    unsigned long long _dict_version "FC_DICT_VERSION" (dict d)
+    Py_ssize_t _refs "Py_REFCNT" (object o)

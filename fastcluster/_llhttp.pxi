@@ -104,8 +104,18 @@ cdef int _flush_header(Connection conn) except -1:
         conn.on_header(name, value)      # a trailer field, or an ASGI scope's (never memoized)
         return 0
     if entry is not None and entry[0] is name and entry[1] is value:
+        if conn.reusing:
+            # the environ is the kept one: this field must be the kept request's at this position
+            if index < PyList_GET_SIZE(conn.fields) and <object>PyList_GET_ITEM(conn.fields, index) is entry:
+                conn._field_kept(name, value, entry[2], entry[3])
+                return 0
+            conn._unreuse(index)
         conn._header_again(name, value, entry[2], entry[3])
+        if conn.fields is not None:
+            conn.fields.append(entry)
         return 0
+    if conn.reusing:
+        conn._unreuse(index)
     conn.on_header(name, value)
     if index < HEADER_MEMO_SIZE:
         entry = (name, value, conn.hkey, conn.htext)
@@ -113,6 +123,10 @@ cdef int _flush_header(Connection conn) except -1:
             HEADER_MEMO[index] = entry
         elif index == PyList_GET_SIZE(HEADER_MEMO):
             HEADER_MEMO.append(entry)
+        if conn.fields is not None:
+            conn.fields.append(entry)
+    else:
+        conn.fields = None
     return 0
 
 

@@ -65,6 +65,47 @@ def _shared_headers(environ, start_response):
     return [b"b" * int(q.get("size", "5"))]
 
 
+_THEN = {"calls": 0, "kept": []}
+
+
+class _ChangesOnClose:
+    """A body whose close() edits the environ it was given."""
+
+    def __init__(self, environ, body):
+        self.environ, self.body = environ, body
+
+    def __iter__(self):
+        yield self.body
+
+    def close(self):
+        self.environ["HTTP_HOST"] = "closed"
+
+
+def _environ_then(environ, start_response):
+    """/environ's answer (the environ as it came), then something done to that environ, chosen by
+    the call's number: changed, added to, a key taken out and put back, changed by the body's
+    close(), held after the response and changed at the next call. A server that gives a later
+    request an environ it handed out before must notice every one of these."""
+    if _THEN["kept"]:
+        _THEN["kept"].pop()["HTTP_HOST"] = "late"     # (before this call's environ is read)
+    data = {k: v for k, v in environ.items() if isinstance(v, (str, bool, int, tuple))}
+    body = json.dumps(data).encode()
+    step = _THEN["calls"] % 9
+    _THEN["calls"] += 1
+    start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
+    if step == 2:
+        environ["HTTP_HOST"] = "changed"
+    elif step == 4:
+        environ["x.added"] = "1"
+    elif step == 5:
+        environ["QUERY_STRING"] = environ.pop("QUERY_STRING")
+    elif step == 6:
+        return _ChangesOnClose(environ, body)
+    elif step == 7:
+        _THEN["kept"].append(environ)
+    return [body]
+
+
 def inner(environ, start_response):
     path = environ["PATH_INFO"]
     q = _qs(environ)
@@ -74,6 +115,8 @@ def inner(environ, start_response):
         return _text(start_response, b"%d" % os.getpid())
     if path == "/shared-headers":
         return _shared_headers(environ, start_response)
+    if path == "/environ-then":
+        return _environ_then(environ, start_response)
     if path == "/environ" or path.startswith("/environ/"):
         data = {k: v for k, v in environ.items() if isinstance(v, (str, bool, int, tuple))}
         data["wsgi.input"] = type(environ["wsgi.input"]).__name__

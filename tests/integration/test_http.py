@@ -243,14 +243,23 @@ EXPECTED = [
 ]
 
 
-def test_header_fields_that_repeat_change_and_move_on_one_connection(suite_server):
+@pytest.mark.parametrize("path", ["/v/environ", "/environ"])
+def test_header_fields_that_repeat_change_and_move_on_one_connection(suite_server, path):
+    """Each head twice in a row. /environ leaves its environ as it was, so the compiled loop's next
+    request with the same line and fields starts from it (HttpConnection.kept_env); /v/ edits it."""
     sock = suite_server.connect()
     f = sock.makefile("rb")
+    rest = None
     for fields, expected in zip(HEADS * 2, EXPECTED * 2):
-        sock.sendall(_head(fields))
-        resp = read_response(f)
-        assert resp.status == 200, (fields, resp)
-        assert _http_fields(json.loads(resp.body)) == expected, fields
+        for _ in range(2):
+            sock.sendall(_head(fields, path))
+            resp = read_response(f)
+            assert resp.status == 200, (fields, resp)
+            env = json.loads(resp.body)
+            assert _http_fields(env) == expected, fields
+            others = {k: v for k, v in env.items() if k not in _http_fields(env)}
+            assert others == (rest if rest is not None else others), fields
+            rest = others
     sock.close()
 
 
@@ -353,6 +362,106 @@ def test_one_header_list_edited_in_place_statuses_and_one_piece_bodies(suite_ser
     assert resp.status == 200 and resp.header("Content-Length") == "8" and resp.body == b"bbbbb"
     assert f.read() == b""
     sock.close()
+
+
+def test_an_environ_the_app_changed_or_kept_is_never_handed_out_again(suite_server):
+    """The compiled loop starts a request with the same line and fields as the last one from that
+    request's environ when the app left it unchanged and holds no reference to it (kept_env). The
+    app here changes it, adds to it, takes a key out and puts it back, changes it in its body's
+    close(), and holds it past the response to change it at the next call: every request still sees
+    the environ a new one would be. Between the repeats, requests with other fields, a body and a
+    proxy's field each get their own."""
+    plain = b"GET /environ-then?q=1 HTTP/1.1\r\nHost: t\r\nX-A: 1\r\n\r\n"
+    others = [
+        (b"GET /environ-then?q=1 HTTP/1.1\r\nHost: t\r\nX-A: 2\r\n\r\n", {"HTTP_X_A": "2"}),
+        (b"GET /environ-then?q=1 HTTP/1.1\r\nHost: t\r\n\r\n", {"HTTP_X_A": None}),
+        (b"GET /environ-then?q=1 HTTP/1.1\r\nHost: t\r\nX-A: 1\r\nX-B: 1\r\n\r\n", {"HTTP_X_B": "1"}),
+        (b"GET /environ-then?q=1 HTTP/1.1\r\nHost: t\r\nX-A: 1\r\nX-A: 1\r\n\r\n", {"HTTP_X_A": "1,1"}),
+        (b"POST /environ-then?q=1 HTTP/1.1\r\nHost: t\r\nX-A: 1\r\nContent-Length: 2\r\n\r\nab",
+         {"REQUEST_METHOD": "POST", "CONTENT_LENGTH": "2"}),
+        (b"GET /environ-then?q=1 HTTP/1.1\r\nHost: t\r\nX-A: 1\r\nX-Forwarded-For: 10.1.2.3\r\n\r\n",
+         {"HTTP_X_FORWARDED_FOR": "10.1.2.3", "REMOTE_ADDR": "10.1.2.3"}),
+        (b"GET /environ-then?q=2 HTTP/1.1\r\nHost: t\r\nX-A: 1\r\n\r\n", {"QUERY_STRING": "q=2", "RAW_URI": "/environ-then?q=2"}),
+    ]
+    sock = suite_server.connect()
+    f = sock.makefile("rb")
+
+    def ask(data):
+        sock.sendall(data)
+        resp = read_response(f)
+        assert resp.status == 200, (data, resp)
+        return json.loads(resp.body)
+
+    first = ask(plain)
+    assert first["HTTP_HOST"] == "t" and "x.added" not in first
+    for data, changes in others * 2:
+        for _ in range(11):                          # (more than the app's 9 steps)
+            assert ask(plain) == first
+        env = ask(data)
+        expected = {k: v for k, v in {**first, **changes}.items() if v is not None}
+        if "REMOTE_ADDR" in changes:                 # (a proxy's client: its port is not known)
+            expected.pop("REMOTE_PORT", None)
+            env.pop("REMOTE_PORT", None)
+        assert env == expected, data
+    assert ask(plain) == first
+    sock.close()
+
+
+def test_requests_repeated_with_a_body_or_a_proxy_field_are_each_read_whole(suite_server):
+    """A request with a body, or with a proxy's field, repeated exactly: each one's body is read
+    and each one's client is found again (such an environ is never kept for the next request),
+    and the plain request after them has neither."""
+    sock = suite_server.connect()
+    f = sock.makefile("rb")
+
+    def ask(data, path=b"/environ"):
+        sock.sendall(data.replace(b"PATH", path))
+        resp = read_response(f)
+        assert resp.status == 200, (data, resp)
+        return resp
+
+    post = b"POST PATH HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\n\r\nabc"
+    proxied = b"GET PATH HTTP/1.1\r\nHost: t\r\nX-Forwarded-For: 10.1.2.3\r\n\r\n"
+    plain = b"GET PATH HTTP/1.1\r\nHost: t\r\n\r\n"
+    for _ in range(2):
+        for _ in range(4):
+            assert ask(post, b"/echo").body == b"abc"
+        for _ in range(4):
+            env = json.loads(ask(post).body)
+            assert env["CONTENT_LENGTH"] == "3" and env["REQUEST_METHOD"] == "POST"
+        for _ in range(4):
+            env = json.loads(ask(proxied).body)
+            assert env["REMOTE_ADDR"] == "10.1.2.3" and env["HTTP_X_FORWARDED_FOR"] == "10.1.2.3"
+        for _ in range(4):
+            env = json.loads(ask(plain).body)
+            assert env["REMOTE_ADDR"] == "127.0.0.1" and "CONTENT_LENGTH" not in env
+            assert "HTTP_X_FORWARDED_FOR" not in env and env["REQUEST_METHOD"] == "GET"
+    sock.close()
+
+
+def test_a_kept_environ_is_not_taken_for_another_connections_fields(impl):
+    """One worker, two connections: A repeats a head (its environ is kept), B sends another value
+    at the same position (the worker's memo of fields now holds B's), then A sends B's value and
+    then its own again. Each request sees its own fields."""
+    with Server("apps.suite:app", "--bind", "127.0.0.1:0", "--loop", impl) as server:
+        a, b = server.connect(), server.connect()
+        fa, fb = a.makefile("rb"), b.makefile("rb")
+
+        def ask(sock, f, value):
+            sock.sendall(b"GET /environ HTTP/1.1\r\nHost: t\r\nX-A: %s\r\nAccept: */*\r\n\r\n" % value)
+            resp = read_response(f)
+            assert resp.status == 200
+            return json.loads(resp.body)["HTTP_X_A"]
+
+        for _ in range(3):
+            assert [ask(a, fa, b"1") for _ in range(3)] == ["1"] * 3
+            assert [ask(b, fb, b"2") for _ in range(2)] == ["2"] * 2
+            assert ask(a, fa, b"2") == "2"
+            assert [ask(a, fa, b"1") for _ in range(3)] == ["1"] * 3
+            assert ask(b, fb, b"1") == "1"
+            assert ask(a, fa, b"1") == "1"
+        a.close()
+        b.close()
 
 
 def test_absolute_form_target(suite_server):
