@@ -378,7 +378,8 @@ class HttpConnection(Channel):
         server = self.server
         method = self._method()
         version = self._version()
-        protocol = PROTOCOLS.get(version)
+        # (the compiled loop's versions are V11 and V10 themselves: no dict lookup for them)
+        protocol = HTTP11 if version is V11 else HTTP10 if version is V10 else PROTOCOLS.get(version)
         url = self.url
         same_line = url == self.line_url and method is self.line_method and protocol is self.line_protocol
         if self.reusing and self.nheaders != len(self.fields):

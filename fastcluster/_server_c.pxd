@@ -4,7 +4,7 @@
 cimport cython
 from fastcluster._clock cimport monotonic
 
-cdef double DRAIN_LINGER, BALANCE_PAUSE, NESTED_WAIT, LONG_CALL
+cdef double DRAIN_LINGER, BALANCE_PAUSE, NESTED_WAIT, LONG_CALL, WAITS_FLOOR
 cdef Py_ssize_t BALANCE_SLACK
 cdef Py_ssize_t B_HEADER, B_STRIDE, B_CONNS, B_NOT_ACCEPTING, B_RSS, B_BEAT, B_BUSY
 cdef object rss_bytes, log
@@ -25,6 +25,7 @@ cdef class AppPool:
     cdef int _setup(self, HttpServer server, int limit) except -1
     cdef bint _can_call(self)
     cdef double _enter(self) except -1
+    @cython.locals(waits=double)
     cdef bint _leave(self, double began) except -1
     cdef int _returned(self) except -1
     # the loop's primitives (_pool.pxi)

@@ -76,3 +76,25 @@ def test_a_worker_whose_app_threads_are_all_busy_leaves_connections_to_one_that_
     assert server._lighter_worker() == -1
     server.conns.clear()
     listener.close()
+
+
+def test_the_share_of_long_app_calls_decays_to_zero_not_to_a_subnormal(served):
+    """AppPool.waits, the moving share of recent app calls longer than LONG_CALL, after one long
+    call (its share set by hand) and then only short ones: 0.0 in the end. Left to decay by 0.9 a
+    call it would stop at the smallest subnormal double (2e-323) and stay there, and arithmetic on
+    a subnormal costs a microcode assist on every request (it did: ~35 ns a keep-alive request)."""
+    import sys
+
+    conn, client = served
+    pool = conn.server.pool
+    assert pool is not None, "the default --threads has app threads"
+    pool.waits = 0.1                        # as after one call of more than LONG_CALL
+    batch = b"GET /s HTTP/1.1\r\nHost: t\r\n\r\n" * 100
+    answered = 0
+    for _ in range(80):                     # 8,000 short calls: 0.1 * 0.9 ** n reaches 2e-323 at n ~ 7,050
+        client.sendall(batch)
+        conn.on_readable()
+        while answered < 100 * (_ + 1):
+            answered += client.recv(1 << 20).count(b"HTTP/1.1 200 OK\r\n")
+        assert 0.0 <= pool.waits < 0.1
+    assert pool.waits == 0.0, "waits = %r (subnormal: %s)" % (pool.waits, 0 < pool.waits < sys.float_info.min)
