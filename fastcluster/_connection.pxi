@@ -18,7 +18,7 @@ cdef class Connection(HttpConnection):
         if self.mask == EPOLLOUT:
             self._pump()
             return 0
-        n = recv(self.fd, server.rbuf, RECV_SIZE, 0)
+        n = fc_recv(self.fd, server.rbuf, RECV_SIZE, 0)
         if n < 0:
             if errno == EAGAIN or errno == EINTR:
                 if self.mask & EPOLLOUT:
@@ -131,7 +131,7 @@ cdef class Connection(HttpConnection):
             count = min(len(out), MAX_IOV)
             item = <bytes>out[0]
             if count == 1:
-                n = send(self.fd, PyBytes_AS_STRING(item) + self.out_off,
+                n = fc_send(self.fd, PyBytes_AS_STRING(item) + self.out_off,
                          PyBytes_GET_SIZE(item) - self.out_off, MSG_NOSIGNAL)
             else:
                 iov[0].iov_base = PyBytes_AS_STRING(item) + self.out_off
@@ -140,7 +140,7 @@ cdef class Connection(HttpConnection):
                     item = <bytes>out[i]
                     iov[i].iov_base = PyBytes_AS_STRING(item)
                     iov[i].iov_len = PyBytes_GET_SIZE(item)
-                n = writev(self.fd, iov, <int>count)
+                n = fc_writev(self.fd, iov, <int>count)
             if n < 0:
                 if errno == EINTR:
                     PyErr_CheckSignals()
@@ -239,7 +239,7 @@ cdef class Connection(HttpConnection):
         cdef Server server = <Server>self.server
         cdef ssize_t n
         while True:
-            n = recv(self.fd, server.rbuf, RECV_SIZE, 0)
+            n = fc_recv(self.fd, server.rbuf, RECV_SIZE, 0)
             if n < 0 and (errno == EAGAIN or errno == EINTR):
                 return 0
             if n <= 0:
@@ -249,7 +249,7 @@ cdef class Connection(HttpConnection):
         return 0
 
     cdef int _close_fd(self) except -1:
-        c_close(self.fd)
+        fc_close(self.fd)
         return 0
 
     cdef int _drop_output(self) except -1:
@@ -333,7 +333,7 @@ cdef class TlsConnection(Connection):
                 self.out_size -= size
                 self._add_sealed(tls.pending())     # (`sealed` is empty here: all of it was sent)
                 continue
-            n = send(self.fd, PyBytes_AS_STRING(self.sealed) + self.sealed_off, left, MSG_NOSIGNAL)
+            n = fc_send(self.fd, PyBytes_AS_STRING(self.sealed) + self.sealed_off, left, MSG_NOSIGNAL)
             if n < 0:
                 if errno == EINTR:
                     PyErr_CheckSignals()
@@ -375,7 +375,7 @@ cdef class TlsConnection(Connection):
     cdef bint _shutdown_write(self) except -1:
         cdef bytes alert = self.tls.close_notify()
         if alert:
-            send(self.fd, PyBytes_AS_STRING(alert), PyBytes_GET_SIZE(alert), MSG_NOSIGNAL)
+            fc_send(self.fd, PyBytes_AS_STRING(alert), PyBytes_GET_SIZE(alert), MSG_NOSIGNAL)
         return Connection._shutdown_write(self)
 
     cdef int _drop_output(self) except -1:

@@ -29,7 +29,7 @@ from libc.errno cimport EAGAIN, EINTR, EMFILE, ENFILE, ENOBUFS, ENOMEM, errno
 from libc.stdio cimport snprintf
 from libc.string cimport memcpy
 from libc.time cimport time as c_time
-from posix.uio cimport iovec, writev
+from posix.uio cimport iovec
 from posix.unistd cimport close as c_close, read as c_read, write as c_write
 from libc.string cimport memset
 from posix.types cimport off_t

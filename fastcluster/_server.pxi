@@ -176,7 +176,7 @@ cdef class Server(HttpServer):
                 self._set_accepting(False)    # the kernel's backlog holds the rest meanwhile
                 return 0
             addrlen = sizeof(addr)
-            fd = accept4(self.lfd, <sockaddr*>&addr, &addrlen, SOCK_NONBLOCK | SOCK_CLOEXEC)
+            fd = fc_accept4(self.lfd, <sockaddr*>&addr, &addrlen, SOCK_NONBLOCK | SOCK_CLOEXEC)
             if fd < 0:
                 if errno == EAGAIN or errno == EINTR:
                     return 0

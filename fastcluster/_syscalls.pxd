@@ -1,6 +1,7 @@
 # The C side of the compiled loop: the Linux calls it makes directly, without socket objects.
 from libc.stdint cimport uint16_t, uint32_t, uint64_t
 from posix.types cimport off_t
+from posix.uio cimport iovec
 
 cdef extern from "<sys/socket.h>" nogil:
     ctypedef unsigned int socklen_t
@@ -89,3 +90,37 @@ cdef extern from "<sys/eventfd.h>" nogil:
     enum:
         EFD_NONBLOCK
         EFD_CLOEXEC
+
+cdef extern from *:
+    """
+    #include <unistd.h>
+    #include <sys/syscall.h>
+    #include <sys/socket.h>
+    #include <sys/uio.h>
+    /* The calls made per request and per connection, as plain system calls. glibc's recv, send,
+       writev, accept4 and close are cancellation points: in a process with more than one thread
+       (a worker with app threads has their monitor and a spare) each call first switches the
+       thread to asynchronous cancellation and back, two atomic updates of its cancel state, about
+       1% of a keep-alive request's CPU (perf: __pthread_enable/disable_asynccancel). Nothing here
+       cancels threads. syscall() sets errno and returns -1 on failure, as the wrappers do. */
+    static inline ssize_t fc_recv(int fd, void *buf, size_t n, int flags) {
+        return (ssize_t)syscall(SYS_recvfrom, fd, buf, n, flags, (void *)0, (void *)0);
+    }
+    static inline ssize_t fc_send(int fd, const void *buf, size_t n, int flags) {
+        return (ssize_t)syscall(SYS_sendto, fd, buf, n, flags, (void *)0, 0);
+    }
+    static inline ssize_t fc_writev(int fd, const struct iovec *iov, int count) {
+        return (ssize_t)syscall(SYS_writev, fd, iov, count);
+    }
+    static inline int fc_accept4(int fd, struct sockaddr *addr, socklen_t *len, int flags) {
+        return (int)syscall(SYS_accept4, fd, addr, len, flags);
+    }
+    static inline int fc_close(int fd) {
+        return (int)syscall(SYS_close, fd);
+    }
+    """
+    ssize_t fc_recv(int fd, void* buf, size_t n, int flags) nogil
+    ssize_t fc_send(int fd, const void* buf, size_t n, int flags) nogil
+    ssize_t fc_writev(int fd, const iovec* iov, int count) nogil
+    int fc_accept4(int fd, sockaddr* addr, socklen_t* addrlen, int flags) nogil
+    int fc_close(int fd) nogil
