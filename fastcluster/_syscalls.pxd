@@ -10,9 +10,6 @@ cdef extern from "<sys/socket.h>" nogil:
         sa_family_t sa_family
     struct sockaddr_storage:
         sa_family_t ss_family
-    int accept4(int fd, sockaddr* addr, socklen_t* addrlen, int flags)
-    ssize_t recv(int fd, void* buf, size_t n, int flags)
-    ssize_t send(int fd, const void* buf, size_t n, int flags)
     int setsockopt(int fd, int level, int optname, const void* optval, socklen_t optlen)
     int getsockopt(int fd, int level, int optname, void* optval, socklen_t* optlen)
     int shutdown(int fd, int how)
