@@ -241,7 +241,7 @@ class HttpConnection(Channel):
         server = self.server
         # The environ of the connection's last request, when it came back unchanged and nobody
         # else holds it: this request starts with it, while its fields turn out to be that
-        # request's (_flush_header, _field_kept; else _unreuse builds a new one as below).
+        # request's (_flush_header, _field_kept; else _unreuse gives it a _new_environ()).
         env = self.kept_env
         self.reusing = False
         if env is not None:
@@ -254,8 +254,7 @@ class HttpConnection(Channel):
         if env is None:
             # the compiled loop's own parser keeps each field's memo entry (_llhttp.pxi)
             self.fields = [] if ENV_REUSE and self.parser is None and not self.asgi else None
-            line = self.line_env
-            env = (line if line is not None else self.base_environ).copy()
+            env = self._new_environ()
         ex = new_exchange(self, env)
         ex.start = server.now
         self.cur = ex
@@ -352,6 +351,12 @@ class HttpConnection(Channel):
                 self.host = combined
         return 0
 
+    def _new_environ(self):
+        """The environ a request starts from: a copy of the kept request line's (line_env) when the
+        connection repeats its line, else of the server's and this client's keys (base_environ)."""
+        line = self.line_env
+        return (line if line is not None else self.base_environ).copy()
+
     def _field_kept(self, name, value, key, text):
         """_header_again for the field at the same position in the kept environ's request: counted,
         and noted, but already in the environ (such a request had no body or proxy fields)."""
@@ -364,8 +369,7 @@ class HttpConnection(Channel):
         """The request's fields or line are not the kept environ's after all: the environ
         on_message_begin would have made, with the first `count` fields (those matched) in it."""
         ex = self.cur
-        line = self.line_env
-        ex.environ = (line if line is not None else self.base_environ).copy()
+        ex.environ = self._new_environ()
         self.reusing = False
         self.fields = self.fields[:count]
         for entry in self.fields:

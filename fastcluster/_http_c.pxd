@@ -90,7 +90,7 @@ cdef class HttpConnection(Channel):
         unsigned long long kept_version   # kept_env's dict version when it was built
 
     cdef int _setup(self, HttpServer server, int fd, dict env) except -1
-    @cython.locals(server=HttpServer, ex=Exchange, scope=dict, line=dict, env=dict)
+    @cython.locals(server=HttpServer, ex=Exchange, scope=dict, env=dict)
     cpdef on_message_begin(self)
     cpdef on_url(self, bytes url)
     @cython.locals(server=HttpServer)
@@ -101,7 +101,9 @@ cdef class HttpConnection(Channel):
     @cython.locals(env=dict, size=Py_ssize_t, combined=str)
     cdef int _store_header(self, str key, str text) except -1
     cdef int _field_kept(self, bytes name, bytes value, str key, str text) except -1
-    @cython.locals(ex=Exchange, line=dict, entry=tuple)
+    @cython.locals(line=dict)
+    cdef dict _new_environ(self)
+    @cython.locals(ex=Exchange, entry=tuple)
     cdef int _unreuse(self, Py_ssize_t count) except -1
     @cython.locals(ex=Exchange, env=dict, server=HttpServer, url=bytes, protocol=str, method=str, version=str,
                    same_line=bint)
