@@ -36,6 +36,9 @@ if not cython.compiled:   # the compiled build reads a dict's version and a refc
     def _refs(obj):
         return 0
 
+    def _del_first(items):   # (the compiled build's keeps the list's item array: _inline.pxd)
+        del items[0]
+
 if not cython.compiled:   # the compiled build cimports these (_http_c.pxd)
     from ._exchange import (CLOSED, HIGH_WATER, LAST_IN, LINGERING, OPEN, PEER_CLOSED, UNREAD, Channel,
                            new_exchange)
@@ -763,7 +766,7 @@ class HttpConnection(Channel):
         pending = self.pending
         while pending:
             first = pending[0]
-            del pending[0]
+            _del_first(pending)
             if type(first) is not int:
                 first.discard_body()
                 if self.inflight:
@@ -841,7 +844,7 @@ class HttpConnection(Channel):
                     if not ex.health and (server.nested or (server.pool is not None and not server.pool._can_call())):
                         server._defer(self)  # an app call may not start now: later, in turn
                         break
-                del pending[0]               # (Cython's pop(0) is a method call: 500 instructions)
+                _del_first(pending)          # (Cython's pop(0) is a method call: 500 instructions)
                 self._respond(first)
             else:
                 break

@@ -5,7 +5,7 @@
 cimport cython
 from fastcluster._clock cimport monotonic
 from fastcluster._server_c cimport HttpServer, AppPool
-from fastcluster._inline cimport ENV_REUSE, _dict_version, _refs
+from fastcluster._inline cimport ENV_REUSE, _dict_version, _refs, _del_first
 from fastcluster._exchange_c cimport (Channel, Exchange, new_exchange, OPEN, LAST_IN, UNREAD, PEER_CLOSED,
                                       LINGERING, CLOSED, HIGH_WATER)
 
