@@ -925,7 +925,7 @@ class HttpConnection(Channel):
             ex.in_app = False
             return 0
         began = pool._enter()
-        ex.called = began
+        ex.called = server.now      # (for --timeout: this read's time, not this call's, is near enough)
         if first:
             ex.run(self.app)
         if ex.iter is not None:

@@ -152,7 +152,7 @@ cdef class HttpConnection(Channel):
     cpdef double _call_age(self, double now) except -1
     @cython.locals(server=HttpServer, ex=Exchange)
     cdef int _respond(self, object first) except -1
-    @cython.locals(server=HttpServer, pool=AppPool, began=double)
+    @cython.locals(server=HttpServer, pool=AppPool, began='long long')
     cdef int _produce(self, Exchange ex, bint first) except -1
     @cython.locals(body=bytes)
     cdef int _answer_health(self, Exchange ex) except -1

@@ -31,8 +31,14 @@ try:
 except ImportError:   # plain Python without Cython installed
     from . import _pure as cython
 
-if not cython.compiled:   # the compiled build reads CLOCK_MONOTONIC itself (_clock.pxd)
-    from time import monotonic
+if not cython.compiled:   # the compiled build reads CLOCK_MONOTONIC and the CPU's counter itself (_clock.pxd)
+    from time import monotonic, monotonic_ns
+
+    def _ticks(cpu):
+        return monotonic_ns()
+
+    def _cpu_tick_rate():
+        return 0.0
 
 from . import board as _board
 from . import wsgi as _wsgi
@@ -66,6 +72,16 @@ def _fail_worker():
     os._exit(1)
 
 
+def _kernel_uses_cpu_counter():
+    """Whether the kernel keeps time by the CPU's own counter (x86's TSC, ARM's arch timer): then
+    it runs at one rate on every CPU, and app calls are timed by it (_clock.pxd)."""
+    try:
+        with open("/sys/devices/system/clocksource/clocksource0/current_clocksource") as f:
+            return f.read().strip() in ("tsc", "arch_sys_counter")
+    except OSError:
+        return False
+
+
 @cython.cclass
 class AppPool:
     """The threads that run one worker's app calls when --threads is above 1 (fields: _server_c.pxd).
@@ -85,6 +101,10 @@ class AppPool:
         self.limit = limit          # app calls at once (--threads)
         self.total = 1              # threads in the pool, the one that called serve() included
         self.busy = 0               # app calls begun and not handed back to the loop yet
+        # app calls are timed in _ticks(): the CPU's counter where the kernel keeps time by it
+        rate = _cpu_tick_rate() if _kernel_uses_cpu_counter() else 0.0
+        self.cpu_ticks = rate > 0.0
+        self.long_ticks = int((rate if self.cpu_ticks else 1e9) * LONG_CALL)   # LONG_CALL in ticks
         return 0
 
     def _can_call(self):
@@ -94,7 +114,7 @@ class AppPool:
         """An app call begins on this thread, which runs the loop: account for it, keep a spare
         thread, then let the loop go (`_release`), so that the monitor may hand it over. When most
         recent calls waited, hand it over now: the next request need not wait for the monitor's
-        look. Returns the time the call began, for _leave()."""
+        look. Returns when the call began (in ticks), for _leave()."""
         self.busy += 1
         self.server.cells[B_BUSY] = self.busy
         if self.total - self.busy < 1:
@@ -103,14 +123,14 @@ class AppPool:
         self._release()
         if self.waits > 0.5:
             self.block()
-        return monotonic()
+        return _ticks(self.cpu_ticks)
 
     def _leave(self, began):
         """The app call returned: True when this thread takes the loop back, False when another
         thread has been running it meanwhile. The call's length goes into `waits`, the moving
         share of calls that took more than LONG_CALL."""
         took = self._reclaim()
-        waits = self.waits + ((1.0 if monotonic() - began > LONG_CALL else 0.0) - self.waits) * 0.1
+        waits = self.waits + ((1.0 if _ticks(self.cpu_ticks) - began > self.long_ticks else 0.0) - self.waits) * 0.1
         # (flushed to zero: decaying on its own it sticks at the smallest subnormal double, 2e-323,
         # where each step costs a microcode assist, ~35 ns a request on this machine's Xeon)
         self.waits = waits if waits > WAITS_FLOOR else 0.0

@@ -2,7 +2,7 @@
 # these declarations (pure-Python mode with an augmenting .pxd). _parser.pyx subclasses HttpServer.
 
 cimport cython
-from fastcluster._clock cimport monotonic
+from fastcluster._clock cimport monotonic, ticks as _ticks, cpu_tick_rate as _cpu_tick_rate
 
 cdef double DRAIN_LINGER, BALANCE_PAUSE, NESTED_WAIT, LONG_CALL, WAITS_FLOOR
 cdef Py_ssize_t BALANCE_SLACK
@@ -21,12 +21,15 @@ cdef class AppPool:
         public int total        # threads in the pool, the serve() caller's included
         public int busy         # app calls begun and not handed back to the loop yet
         public double waits     # moving share of recent calls that took more than LONG_CALL
+        bint cpu_ticks          # ticks() reads the CPU's counter
+        long long long_ticks    # LONG_CALL in ticks
 
+    @cython.locals(rate=double)
     cdef int _setup(self, HttpServer server, int limit) except -1
     cdef bint _can_call(self)
-    cdef double _enter(self) except -1
+    cdef long long _enter(self) except? -1
     @cython.locals(waits=double)
-    cdef bint _leave(self, double began) except -1
+    cdef bint _leave(self, long long began) except -1
     cdef int _returned(self) except -1
     # the loop's primitives (_pool.pxi)
     cdef int _release(self) except -1

@@ -132,3 +132,49 @@ def test_answered_requests_leave_the_pipeline_and_are_released(served):
     assert received.index(b"hi /p0") < received.index(b"hi /p1") < received.index(b"hi /p29")
     assert conn.pending == []
     assert exchanges() - before <= 5
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_app_calls_are_timed_against_the_long_call_mark(impl, tmp_path):
+    """AppPool times each app call (the compiled loop by the CPU's counter, calibrated against
+    CLOCK_MONOTONIC at start): 20 calls spinning 0.6 ms leave the share of long calls (over
+    LONG_CALL, 1 ms) below half, and 7 calls of 3 ms take it above (1 - 0.9 ** 7 = 0.52), where
+    the next call hands the loop over up front."""
+    import time
+
+    def app(environ, start_response):
+        end = time.perf_counter() + float(environ["PATH_INFO"][1:]) / 1000.0
+        while time.perf_counter() < end:
+            pass
+        start_response("200 OK", [("Content-Length", "2")])
+        return [b"ok"]
+
+    module = importlib.import_module("fastcluster._parser" if impl == "cython" else "fastcluster._parser_py")
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(str(tmp_path / "l.sock"))
+    server = module.Server(listener, app, Config(workers=2))
+    ours, client = socket.socketpair()
+    client.settimeout(5)
+    conn = server.adopt(ours)
+    pool = server.pool
+
+    def call(ms):
+        client.sendall(b"GET /%s HTTP/1.1\r\nHost: t\r\n\r\n" % ms)
+        conn.on_readable()
+        assert client.recv(65536).endswith(b"ok")
+
+    try:
+        for _ in range(20):
+            call(b"0")
+        assert pool.waits == 0.0
+        for _ in range(20):
+            call(b"0.6")
+        assert pool.waits < 0.5
+        pool.waits = 0.0
+        for _ in range(7):
+            call(b"3")
+        assert pool.waits > 0.5
+    finally:
+        conn.close()
+        client.close()
+        listener.close()
