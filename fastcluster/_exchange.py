@@ -39,6 +39,9 @@ if not cython.compiled:   # the compiled build has these as a C enum (_exchange_
     def _same_text(a, b):                           # (and this a memcmp)
         return a == b
 
+    def _with_tail(joined, size, tail):             # (and this one copy)
+        return joined[:size] if tail is None else joined[:size] + tail
+
 HIGH_WATER = 1 << 20        # output queued before a streamed body is paused
 SMALL_CHUNK = 8192          # chunked body pieces below this are framed with one copy
 SMALL_BODY = 4096           # a one-piece body up to this goes out in the head's buffer: one send
@@ -59,9 +62,13 @@ HEADER_NAMES = {}   # an app's header name -> (b"Name: ", kind)
 HEADER_LINES = {}   # an app's (name, value) -> (b"Name: value\r\n", its Content-Length or -1): see encode_headers
 LINE_MEMO = []      # by position in a response's headers: the last pair found in HEADER_LINES there, and its entry
 STATUSES = {}       # an app's status -> (its status line, its code)
-LAST_PAIRS = ()     # the pairs of the last header list that encode_headers knew every pair of,
-LAST_ENCODED = ([], -1, 0)   # and its answer (for no pairs: no lines, no length, no flags)
-LAST_STATUS, LAST_KNOWN = "", None     # set_status's last status and its STATUSES entry
+# The memos below are each one tuple, read once and replaced whole, so that app threads (which
+# the plain-Python loop may switch between at any bytecode) never see half of one.
+HEADERS_MEMO = ((), ([], -1, 0))   # the pairs of the last header list that encode_headers knew
+                                   # every pair of, and its answer (no pairs: no lines, length, flags)
+STATUS_MEMO = ("", None)           # set_status's last status and its STATUSES entry (None: none yet)
+HEAD_MEMO = (None,) * 9            # the last response head _head() joined: see there
+FRAMING_MEMO = (-1, b"")           # the last Content-Length the server framed a body with, and its line
 ASGI_HEADER_NAMES = {}   # an ASGI app's header name (bytes) -> (b"name: ", kind)
 ASGI_STATUS_LINES = {}   # an ASGI status (int) -> its status line
 
@@ -101,6 +108,8 @@ def content_length_of(value):
     return number
 
 
+@cython.boundscheck(False)   # (its memo tuples' items read in place)
+@cython.wraparound(False)
 def encode_headers(headers):
     """Validate a WSGI app's response headers and encode them.
 
@@ -111,16 +120,18 @@ def encode_headers(headers):
     (as WANTS_CLOSE) and the others are dropped. Raises ValueError or TypeError for anything that
     could split the response or is not latin-1.
     """
-    global LAST_PAIRS, LAST_ENCODED
+    global HEADERS_MEMO
     # the same pairs as the last list whose every pair was known (below): its whole answer again
-    if type(headers) is list and len(headers) == len(LAST_PAIRS):
+    memo = HEADERS_MEMO
+    pairs = memo[0]
+    if type(headers) is list and len(headers) == len(pairs):
         index = 0
         for item in headers:
-            if not _same_pair(item, LAST_PAIRS[index]):
+            if not _same_pair(item, pairs[index]):
                 break
             index += 1
         else:
-            return LAST_ENCODED
+            return memo[1]
     parts = []
     clen = -1
     flags = 0
@@ -194,17 +205,58 @@ def encode_headers(headers):
         if (kind == 0 or kind == H_CONTENT_LENGTH) and type(item) is tuple and len(HEADER_LINES) < 1024:
             HEADER_LINES[item] = (line, clen if kind == H_CONTENT_LENGTH else -1)
     if all_known and type(headers) is list and index < 32:
-        LAST_PAIRS = tuple(headers)
-        LAST_ENCODED = (parts, clen, flags)      # (parts is only read: send_headers joins it)
-        return LAST_ENCODED
+        encoded = (parts, clen, flags)      # (parts is only read, never changed: _head() joins it)
+        HEADERS_MEMO = (tuple(headers), encoded)
+        return encoded
     return parts, clen, flags
 
 
 def _last_status(status, known):
-    global LAST_STATUS, LAST_KNOWN
+    global STATUS_MEMO
     if type(status) is str:
-        LAST_STATUS, LAST_KNOWN = status, known
+        STATUS_MEMO = (status, known)
     return 0
+
+
+@cython.boundscheck(False)   # (its memo tuples' items read in place)
+@cython.wraparound(False)
+def _head(status, lines, date, ours, framing, end, tail):
+    """A response head joined (`_join_head`), with `tail` (a small body, or None) after it.
+
+    An app that answers with the same status and the same header list (the one encode_headers
+    remembers) gets, within the second its date line lasts, a head made of the very same pieces:
+    then the last head is used again, the same object, when `tail` is the same object as then
+    too, or copied from the last one with this tail after it. HEAD_MEMO holds the pieces (which
+    it keeps alive, so that none of them can be another object at the same address later), the
+    joined bytes, the head's length in them and the tail."""
+    global HEAD_MEMO
+    memo = HEAD_MEMO
+    # (`ours` is not compared: whether it is there follows from the header lines, as the flags
+    # encode_headers gave with that very list)
+    if (lines is memo[1] and status is memo[0] and date is memo[2] and framing is memo[4]
+            and end is memo[5]):
+        if tail is memo[8]:
+            return memo[6]
+        return _with_tail(memo[6], memo[7], tail)
+    joined = _join_head(status, lines, date, ours, framing, end, tail)
+    if lines is HEADERS_MEMO[1][0]:
+        HEAD_MEMO = (status, lines, date, ours, framing, end, joined,
+                     len(joined) - (0 if tail is None else len(tail)), tail)
+    return joined
+
+
+@cython.boundscheck(False)   # (its memo tuples' items read in place)
+@cython.wraparound(False)
+def _framing(length):
+    """The Content-Length line the server adds to a whole body the app gave no length for (for
+    the same length as last time, the same line)."""
+    global FRAMING_MEMO
+    memo = FRAMING_MEMO
+    if memo[0] == length:
+        return memo[1]
+    line = b"Content-Length: %d\r\n" % length
+    FRAMING_MEMO = (length, line)
+    return line
 
 
 def _same_pair(item, pair):
@@ -453,6 +505,8 @@ class Exchange:
             self.failed()
         return 0
 
+    @cython.boundscheck(False)   # (its memo tuples' items read in place)
+    @cython.wraparound(False)
     def set_status(self, status, headers, exc_info):
         """WSGI's start_response (through HttpConnection.start_response)."""
         if exc_info is not None:
@@ -463,9 +517,9 @@ class Exchange:
                 exc_info = None
         elif self.status is not None:
             raise RuntimeError("start_response() called a second time without exc_info")
-        if LAST_KNOWN is not None and (status is LAST_STATUS or (type(status) is str
-                                                               and _same_text(status, LAST_STATUS))):
-            known = LAST_KNOWN
+        memo = STATUS_MEMO
+        if memo[1] is not None and (status is memo[0] or (type(status) is str and _same_text(status, memo[0]))):
+            known = memo[1]
         else:
             known = STATUSES.get(status)
             if known is None:
@@ -534,7 +588,7 @@ class Exchange:
         if self.clen < 0 and not bodiless_status:
             if known_length >= 0:
                 self.clen = known_length
-                framing = b"Content-Length: %d\r\n" % known_length
+                framing = _framing(known_length)
             elif self.head:
                 pass
             elif not self.http10:
@@ -553,7 +607,7 @@ class Exchange:
                 tail = None
             else:
                 self.sent += len(tail)
-        conn._queue(_join_head(self.status, lines, date, ours, framing, end, tail))
+        conn._queue(_head(self.status, lines, date, ours, framing, end, tail))
         self.headers_sent = True
         return tail is not None
 

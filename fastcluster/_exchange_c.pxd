@@ -3,7 +3,7 @@
 
 cimport cython
 from fastcluster._server_c cimport HttpServer
-from fastcluster._inline cimport _join_head, _same_text
+from fastcluster._inline cimport _join_head, _same_text, _with_tail
 
 # how a connection ends (Channel.state); a state only ever moves to a later one
 cdef enum:
@@ -19,8 +19,7 @@ cdef bytes FAILED_BODY, SERVER_HEADER
 cdef object BodyBuffer, LazyInput, FileWrapper, status_line, simple_response, log_app_error
 cdef dict STATUSES, HEADER_NAMES, HEADER_LINES, ASGI_HEADER_NAMES, ASGI_STATUS_LINES
 cdef list LINE_MEMO
-cdef tuple LAST_PAIRS, LAST_ENCODED, LAST_KNOWN
-cdef str LAST_STATUS
+cdef tuple HEADERS_MEMO, STATUS_MEMO, HEAD_MEMO, FRAMING_MEMO
 cdef int HAS_DATE, HAS_SERVER, WANTS_CLOSE, H_CONTENT_LENGTH, H_DATE, H_SERVER, H_CONNECTION
 
 @cython.locals(c=cython.uchar)
@@ -28,9 +27,14 @@ cpdef bint splits_header(bytes value) except -1
 @cython.locals(start=Py_ssize_t, end=Py_ssize_t, i=Py_ssize_t, c=Py_UCS4, number=cython.longlong)
 cpdef long long content_length_of(str value) except -2
 @cython.locals(parts=list, clen=cython.longlong, flags=int, kind=int, data=bytes, entry=tuple, length=cython.longlong,
-               known=tuple, line=bytes, index=Py_ssize_t, memo=tuple, all_known=bint)
+               known=tuple, line=bytes, index=Py_ssize_t, memo=tuple, all_known=bint, pairs=tuple,
+               encoded=tuple)
 cpdef tuple encode_headers(object headers)
 cdef int _last_status(object status, tuple known) except -1
+@cython.locals(memo=tuple, joined=bytes)
+cdef bytes _head(bytes status, list lines, bytes date, bytes ours, bytes framing, bytes end, bytes tail)
+@cython.locals(memo=tuple, line=bytes)
+cdef bytes _framing(long long length)
 cdef bint _same_pair(object item, tuple pair) except -1
 @cython.locals(parts=list, clen=cython.longlong, flags=int, kind=int, entry=tuple)
 cpdef tuple encode_asgi_headers(object headers)

@@ -1,6 +1,6 @@
 # C versions of what the shared sources do per request, for the compiled builds (the shared
-# sources define `_join_head`, `_same_text`, `_dict_version` and `_refs` themselves only when they
-# run uncompiled).
+# sources define `_join_head`, `_with_tail`, `_same_text`, `_dict_version`, `_refs` and
+# `_del_first` themselves only when they run uncompiled).
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.list cimport PyList_GET_ITEM, PyList_GET_SIZE
 from cpython.object cimport PyObject
@@ -45,6 +45,17 @@ cdef inline bytes _join_head(bytes status, list lines, bytes a, bytes b, bytes c
     at = _put(at, end)
     if tail is not None:
         _put(at, tail)
+    return out
+
+
+cdef inline bytes _with_tail(bytes joined, Py_ssize_t size, bytes tail):
+    """joined[:size] + tail (None: nothing) in one copy each."""
+    cdef Py_ssize_t more = 0 if tail is None else PyBytes_GET_SIZE(tail)
+    cdef bytes out = PyBytes_FromStringAndSize(NULL, size + more)
+    cdef char* at = PyBytes_AS_STRING(out)
+    memcpy(at, PyBytes_AS_STRING(joined), size)
+    if more:
+        memcpy(at + size, PyBytes_AS_STRING(tail), more)
     return out
 
 

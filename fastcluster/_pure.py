@@ -23,3 +23,11 @@ def freelist(size):
 
 def cast(kind, value):
     return value
+
+
+def boundscheck(flag):
+    return lambda func: func
+
+
+def wraparound(flag):
+    return lambda func: func

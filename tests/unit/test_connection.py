@@ -178,3 +178,88 @@ def test_app_calls_are_timed_against_the_long_call_mark(impl, tmp_path):
         conn.close()
         client.close()
         listener.close()
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_a_response_head_is_joined_again_whenever_any_piece_of_it_changes(impl, tmp_path):
+    """The last response head is used again while every piece of it is the same (_head): each
+    response here changes one piece (body object, status, header list, method, date line,
+    framing, Connection: close) against the one before, and each must come out exactly as
+    expected, parsed from everything the client received."""
+    body = b"constant body"
+    plain = [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))]
+
+    def app(environ, start_response):
+        kind, query = environ["PATH_INFO"], environ["QUERY_STRING"]
+        if kind == "/status":
+            start_response("201 Created", plain)
+        elif kind == "/headers":
+            start_response("200 OK", [("Content-Type", "text/html"), ("Content-Length", str(len(body)))])
+        elif kind == "/unsized":                     # the server frames it: Content-Length of its own
+            start_response("200 OK", [("Content-Type", "text/plain")])
+            return [b"y" * int(query)]
+        elif kind == "/close":
+            start_response("200 OK", plain + [("Connection", "close")])
+        else:
+            start_response("200 OK", plain)
+        if kind == "/copy":
+            return [bytes(bytearray(body))]           # equal, but another object
+        if kind == "/other":
+            return [b"other body!!!"]
+        return [body]
+
+    module = importlib.import_module("fastcluster._parser" if impl == "cython" else "fastcluster._parser_py")
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(str(tmp_path / "l.sock"))
+    server = module.Server(listener, app, Config(workers=2))
+    ours, client = socket.socketpair()
+    client.settimeout(5)
+    conn = server.adopt(ours)
+    date = server.date_line
+    steps = [  # (method, target, status line, content type, body, date line)
+        ("GET", "/", "200 OK", "text/plain", body), ("GET", "/", "200 OK", "text/plain", body),
+        ("GET", "/copy", "200 OK", "text/plain", body), ("GET", "/other", "200 OK", "text/plain", b"other body!!!"),
+        ("GET", "/", "200 OK", "text/plain", body), ("GET", "/status", "201 Created", "text/plain", body),
+        ("GET", "/", "200 OK", "text/plain", body), ("GET", "/headers", "200 OK", "text/html", body),
+        ("GET", "/", "200 OK", "text/plain", body), ("HEAD", "/", "200 OK", "text/plain", b""),
+        ("GET", "/", "200 OK", "text/plain", body),
+        ("NEWDATE", "/", "200 OK", "text/plain", body), ("GET", "/", "200 OK", "text/plain", body),
+        ("GET", "/unsized?3", "200 OK", "text/plain", b"yyy"), ("GET", "/unsized?5", "200 OK", "text/plain", b"yyyyy"),
+        ("GET", "/unsized?5", "200 OK", "text/plain", b"yyyyy"), ("GET", "/unsized?3", "200 OK", "text/plain", b"yyy"),
+        ("GET", "/", "200 OK", "text/plain", body), ("GET10", "/", "200 OK", "text/plain", body),
+        ("GET", "/", "200 OK", "text/plain", body), ("GET", "/close", "200 OK", "text/plain", body),
+    ]
+    try:
+        for method, target, status, ctype, expected in steps:
+            if method == "NEWDATE":                   # the next second's date line
+                date = b"Date: Thu, 01 Jan 2032 00:00:0%d GMT\r\n" % (len(date) % 10)
+                server.date_line = date
+                method = "GET"
+            http10 = method == "GET10"
+            if http10:                                # HTTP/1.0 kept alive: another end of the head
+                client.sendall(b"GET %s HTTP/1.0\r\nConnection: keep-alive\r\n\r\n" % target.encode())
+                method = "GET"
+            else:
+                client.sendall(b"%s %s HTTP/1.1\r\nHost: t\r\n\r\n" % (method.encode(), target.encode()))
+            conn.on_readable()
+            received = b""
+            while b"\r\n\r\n" not in received:
+                received += client.recv(65536) or pytest.fail("closed after %r" % received)
+            head, _, rest = received.partition(b"\r\n\r\n")
+            lines = head.split(b"\r\n")
+            fields = dict(line.split(b": ", 1) for line in lines[1:])
+            size = int(fields[b"Content-Length"])
+            if method == "GET":
+                while len(rest) < size:
+                    rest += client.recv(65536) or pytest.fail("closed after %r" % received)
+            assert lines[0] == b"HTTP/1.1 " + status.encode(), target
+            assert fields[b"Content-Type"] == ctype.encode(), target
+            assert b"Date: " + fields[b"Date"] + b"\r\n" == date, target
+            assert size == (len(expected) if method == "GET" else len(body)), target
+            assert rest == expected, target
+            assert fields.get(b"Connection") == (b"close" if target == "/close" else b"keep-alive" if http10 else None)
+            assert len(lines) == 5 + (target == "/close" or http10), (target, lines)   # status, 3 + Server
+    finally:
+        conn.close()
+        client.close()
+        listener.close()
