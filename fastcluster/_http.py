@@ -851,6 +851,13 @@ class HttpConnection(Channel):
         self._notify()
         if self.state == CLOSED:
             return 0
+        if self.out_size and self.state == OPEN and self._send_later():
+            return 0                         # (_pump_end comes after the loop's batch of events)
+        return self._pump_end()
+
+    def _pump_end(self):
+        """The end of a pump: send what it queued (or wait for room to), then read on or end."""
+        server = self.server
         if self.out_size and not self._flush():
             return 0
         if self.resp is not None:
@@ -1140,6 +1147,11 @@ class HttpConnection(Channel):
         """Send queued output; False when the socket is full (write interest armed) or the peer
         is gone."""
         raise NotImplementedError
+
+    def _send_later(self):
+        """True when the loop takes this connection's output (and the rest of its pump) to send
+        after the batch of events it is handling (the compiled loop: Connection._send_later)."""
+        return False
 
     def _sendfile_step(self):
         """Send more of the exchange's file; False while the socket is full."""

@@ -147,6 +147,8 @@ cdef class HttpConnection(Channel):
     cdef int _pump(self) except -1
     @cython.locals(ex=Exchange, server=HttpServer)
     cdef int _pump_all(self) except -1
+    @cython.locals(server=HttpServer)
+    cdef int _pump_end(self) except -1
     cpdef _pump_now(self)
     @cython.locals(ex=Exchange)
     cpdef double _call_age(self, double now) except -1
@@ -186,6 +188,7 @@ cdef class HttpConnection(Channel):
     # the loop's I/O (_parser.pyx)
     cdef int _on_event(self) except -1
     cdef bint _flush(self) except -1
+    cdef bint _send_later(self) except -1
     cdef bint _sendfile_step(self) except -1
     cdef int _want_read(self) except -1
     cdef bint _shutdown_write(self) except -1

@@ -55,8 +55,14 @@ cdef class Server(HttpServer):
         AccessWriter writer     # the C renderer, when the access log has the default format
         bint read_first         # TCP_DEFER_ACCEPT is on: a new connection is read before it is watched
         Connection fresh        # the connection being read right after its accept, not yet watched
+        bint batching           # in _iterate's batch of events: answers are sent after it
+        list later              # the connections whose answers wait for the batch's end
+        bint cpu_ticks          # ticks() reads the CPU's counter (as the pool's, _server.py)
+        long long batch_began   # when the batch began (or answers waiting last went out), in ticks
+        long long later_ticks   # how long answers may wait for the batch's end, in ticks
 
     cdef int _set_accepting(self, bint on) except -1
+    cdef int _send_waiting(self) except -1
     cdef int _ring(self, Py_ssize_t index) except -1
     cpdef _iterate(self, double limit)
     cpdef _signal(self)
@@ -92,12 +98,14 @@ cdef class Connection(HttpConnection):
         Py_ssize_t hindex       # its position in the head (HEADER_MEMO, _llhttp.pxi)
         object parse_failure    # what a callback raised, for the HttpParserError that follows
         Py_ssize_t rlen         # _feed(None, n): the server's read buffer holds the input, rlen bytes
+        bint later              # in the server's `later`: its output goes out after the batch
 
     cdef setup(self, Server server, int fd, dict env)
     cdef int _on_event(self) except -1
     cdef int _feed_read(self, Py_ssize_t n) except -1
     cdef int _queue(self, bytes data) except -1
     cdef bint _flush(self) except -1
+    cdef bint _send_later(self) except -1
     cdef bint _sendfile_step(self) except -1
     cdef int _want_write(self) except -1
     cdef int _want_read(self) except -1

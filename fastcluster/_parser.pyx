@@ -35,7 +35,7 @@ from libc.string cimport memset
 from posix.types cimport off_t
 
 from ._syscalls cimport *
-from fastcluster._clock cimport monotonic
+from fastcluster._clock cimport monotonic, ticks, cpu_tick_rate
 from fastcluster._server_c cimport DRAIN_LINGER, _fail_worker
 from fastcluster._exchange_c cimport LINGERING, CLOSED, PEER_CLOSED
 from fastcluster._threads cimport *
@@ -47,6 +47,7 @@ import threading as _threading
 
 from . import board as _board
 from .errors import Demoted
+from ._server_c import _kernel_uses_cpu_counter
 
 IMPLEMENTATION = "cython"
 # the sizes above (_consts.pxi), as the twin states them too (tests/test_extension.py compares)
@@ -57,6 +58,7 @@ SIZES = {"RECV_SIZE": RECV_SIZE, "MAX_IOV": MAX_IOV, "ACCEPT_BATCH": ACCEPT_BATC
 cdef Py_ssize_t B_NOT_ACCEPTING = _board.NOT_ACCEPTING, B_ACCEPTED = _board.ACCEPTED
 cdef Py_ssize_t B_BYTES_IN = _board.BYTES_IN, B_BYTES_OUT = _board.BYTES_OUT
 cdef int SIGTERM_NUMBER = _signal_module.SIGTERM
+cdef double LATER_SHARE = 0.5   # answers wait for their batch's end at most this share of LONG_CALL
 cdef str V11 = _sys.intern("1.1"), V10 = _sys.intern("1.0")   # the versions _version() gives (_http.py's too)
 
 

@@ -9,6 +9,7 @@ cdef class Server(HttpServer):
         self.bells = ()
         self.bell_fd = -1
         self.rbuf = NULL
+        self.later = []
 
     def __init__(self, listener, app, config=None, wakeup_fd=-1, master_pid=0, tick=None, board=None,
                  board_index=-1, access_log=None, bells=None):
@@ -30,6 +31,12 @@ cdef class Server(HttpServer):
             self.writer = AccessWriter(access_log)
         if self.threads > 1:
             self.pool = Pool(self, self.threads)
+            self.cpu_ticks = self.pool.cpu_ticks
+            self.later_ticks = <long long>(self.pool.long_ticks * LATER_SHARE)
+        else:
+            rate = cpu_tick_rate() if _kernel_uses_cpu_counter() else 0.0
+            self.cpu_ticks = rate > 0.0
+            self.later_ticks = <long long>((rate if self.cpu_ticks else 1e9) * 0.001 * LATER_SHARE)
         self.read_first = self.tcp and deferred_accept(self.lfd)
 
     def __dealloc__(self):
@@ -95,7 +102,7 @@ cdef class Server(HttpServer):
         cdef epoll_event events[MAX_EVENTS]
         cdef int n, i, fd
         cdef bint incoming = False
-        cdef int timeout = self._wait_ms(limit)
+        cdef int timeout = 0 if self.later else self._wait_ms(limit)
         cdef dict conns = self.conns
         if self.fresh is not None:
             self._watch_fresh()     # a wait inside its request's app call, or another thread's turn
@@ -110,6 +117,11 @@ cdef class Server(HttpServer):
             n = 0
             PyErr_CheckSignals()
         self._woke(monotonic())
+        # (answers wait for the batch's end: Connection._send_later. A connection left in `later`
+        # by another thread's batch, one that lost the loop in an app call, is sent now: the wait
+        # above did not wait)
+        self.batching = True
+        self.batch_began = ticks(self.cpu_ticks)
         for i in range(n):
             fd = events[i].data.fd
             obj = conns.get(fd)
@@ -124,12 +136,26 @@ cdef class Server(HttpServer):
             elif fd == self.wakeup_fd:
                 self._drain_wakeup()
             # else: a connection closed earlier in this batch
+        self.batching = False
+        if self.later:
+            self._send_waiting()
         if incoming:
             # after the batch, so that a SIGTERM in it is known and these are answered with
             # Connection: close. (Always taken, even then: with EPOLLEXCLUSIVE no other worker was
             # woken for them, and a worker replaced in a rolling restart leaves nothing stranded.)
             self._accept()
         self._after_events()
+
+    cdef int _send_waiting(self) except -1:
+        """Send the answers that wait for the batch's end (Connection._send_later), and do the
+        rest of their pumps."""
+        cdef list later = self.later
+        self.later = []
+        for obj in later:
+            (<Connection>obj).later = False
+            if (<Connection>obj).state != CLOSED:
+                (<Connection>obj)._pump_end()
+        return 0
 
     cpdef _signal(self):
         cdef unsigned long long one = 1
