@@ -15,7 +15,7 @@ cdef extern from *:
     /* The CPU's own counter, read without the kernel's help: x86's TSC (rdtsc, ~8 ns here) or
        ARM's virtual counter, where CLOCK_MONOTONIC through the vDSO is ~18 ns (and two reads an
        app call were 0.9% of a keep-alive worker's CPU). It is used only where the kernel keeps time
-       by it too (its clocksource: AppPool looks), so that it runs at one rate on every CPU;
+       by it too (its clocksource: HttpServer looks), so that it runs at one rate on every CPU;
        elsewhere fc_ticks() is CLOCK_MONOTONIC in nanoseconds. */
     #include <time.h>
     #if defined(__x86_64__) || defined(__i386__)

@@ -57,7 +57,6 @@ cdef class Server(HttpServer):
         Connection fresh        # the connection being read right after its accept, not yet watched
         bint batching           # in _iterate's batch of events: answers are sent after it
         list later              # the connections whose answers wait for the batch's end
-        bint cpu_ticks          # ticks() reads the CPU's counter (as the pool's, _server.py)
         long long batch_began   # when the batch began (or answers waiting last went out), in ticks
         long long later_ticks   # how long answers may wait for the batch's end, in ticks
 

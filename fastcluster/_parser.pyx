@@ -35,7 +35,7 @@ from libc.string cimport memset
 from posix.types cimport off_t
 
 from ._syscalls cimport *
-from fastcluster._clock cimport monotonic, ticks, cpu_tick_rate
+from fastcluster._clock cimport monotonic, ticks
 from fastcluster._server_c cimport DRAIN_LINGER, _fail_worker
 from fastcluster._exchange_c cimport LINGERING, CLOSED, PEER_CLOSED
 from fastcluster._threads cimport *
@@ -47,7 +47,6 @@ import threading as _threading
 
 from . import board as _board
 from .errors import Demoted
-from ._server_c import _kernel_uses_cpu_counter
 
 IMPLEMENTATION = "cython"
 # the sizes above (_consts.pxi), as the twin states them too (tests/test_extension.py compares)

@@ -31,12 +31,7 @@ cdef class Server(HttpServer):
             self.writer = AccessWriter(access_log)
         if self.threads > 1:
             self.pool = Pool(self, self.threads)
-            self.cpu_ticks = self.pool.cpu_ticks
-            self.later_ticks = <long long>(self.pool.long_ticks * LATER_SHARE)
-        else:
-            rate = cpu_tick_rate() if _kernel_uses_cpu_counter() else 0.0
-            self.cpu_ticks = rate > 0.0
-            self.later_ticks = <long long>((rate if self.cpu_ticks else 1e9) * 0.001 * LATER_SHARE)
+        self.later_ticks = <long long>(self.long_ticks * LATER_SHARE)
         self.read_first = self.tcp and deferred_accept(self.lfd)
 
     def __dealloc__(self):

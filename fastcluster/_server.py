@@ -74,7 +74,7 @@ def _fail_worker():
 
 def _kernel_uses_cpu_counter():
     """Whether the kernel keeps time by the CPU's own counter (x86's TSC, ARM's arch timer): then
-    it runs at one rate on every CPU, and app calls are timed by it (_clock.pxd)."""
+    it runs at one rate on every CPU, and app calls and batches are timed by it (_clock.pxd)."""
     try:
         with open("/sys/devices/system/clocksource/clocksource0/current_clocksource") as f:
             return f.read().strip() in ("tsc", "arch_sys_counter")
@@ -101,10 +101,8 @@ class AppPool:
         self.limit = limit          # app calls at once (--threads)
         self.total = 1              # threads in the pool, the one that called serve() included
         self.busy = 0               # app calls begun and not handed back to the loop yet
-        # app calls are timed in _ticks(): the CPU's counter where the kernel keeps time by it
-        rate = _cpu_tick_rate() if _kernel_uses_cpu_counter() else 0.0
-        self.cpu_ticks = rate > 0.0
-        self.long_ticks = int((rate if self.cpu_ticks else 1e9) * LONG_CALL)   # LONG_CALL in ticks
+        self.cpu_ticks = server.cpu_ticks   # (the server's clock: HttpServer._configure)
+        self.long_ticks = server.long_ticks
         return 0
 
     def _can_call(self):
@@ -219,6 +217,11 @@ class HttpServer:
         self.date = _wsgi.DateHeader()
         self.date_line = self.date.get()
         self.now = monotonic()
+        # app calls (AppPool) and the compiled loop's batches are timed in _ticks(): the CPU's
+        # counter where the kernel keeps time by it
+        rate = _cpu_tick_rate() if _kernel_uses_cpu_counter() else 0.0
+        self.cpu_ticks = rate > 0.0
+        self.long_ticks = int((rate if self.cpu_ticks else 1e9) * LONG_CALL)   # LONG_CALL in ticks
         # The master's board (board.py): this worker's counters, and every worker's connection
         # count and whether it accepts, so that a worker can leave new connections to a lighter one.
         self.balanced = board is not None and board_index >= 0

@@ -24,7 +24,6 @@ cdef class AppPool:
         bint cpu_ticks          # ticks() reads the CPU's counter
         long long long_ticks    # LONG_CALL in ticks
 
-    @cython.locals(rate=double)
     cdef int _setup(self, HttpServer server, int limit) except -1
     cdef bint _can_call(self)
     cdef long long _enter(self) except? -1
@@ -57,6 +56,8 @@ cdef class HttpServer:
         public long long max_body      # 0: no limit
         public double timeout          # --timeout: an app call longer than this means a stuck worker
         public int threads             # --threads
+        bint cpu_ticks                 # _ticks() reads the CPU's counter
+        long long long_ticks           # LONG_CALL in ticks
         public AppPool pool            # None with --threads 1
         public object posted           # deque of connections app threads hand back (or want flushed)
         public object deferred         # deque of connections with a request waiting for an app call
@@ -104,6 +105,7 @@ cdef class HttpServer:
         object timer                   # the event loop's TimerHandle for _on_timer
         double timer_at
 
+    @cython.locals(rate=double)
     cdef int _configure(self, object listener, object app, object config, int wakeup_fd, int master_pid,
                         object tick, object board, Py_ssize_t board_index, object access_log) except -1
     cpdef resume_accepting(self)
