@@ -15,20 +15,38 @@ def hello(environ, start_response):
     return [body]
 
 
+@pytest.fixture
+def serve(tmp_path):
+    """serve(impl, app, count=1) -> (server, conns, clients): a loop's Server on a unix listener
+    with `count` adopted socketpairs, its clients timing out after 5 s; all closed after the test."""
+    opened = []
+
+    def start(impl, app, count=1):
+        module = importlib.import_module("fastcluster._parser" if impl == "cython" else "fastcluster._parser_py")
+        listener = socket.socket(socket.AF_UNIX)
+        opened.append(listener)
+        listener.bind(str(tmp_path / "l.sock"))
+        listener.listen()
+        server = module.Server(listener, app, Config(workers=2))
+        conns, clients = [], []
+        for _ in range(count):
+            ours, theirs = socket.socketpair()
+            theirs.settimeout(5)
+            opened.append(theirs)
+            conns.append(server.adopt(ours))
+            opened.append(conns[-1])
+            clients.append(theirs)
+        return server, conns, clients
+
+    yield start
+    for obj in reversed(opened):
+        obj.close()
+
+
 @pytest.fixture(params=IMPLS)
-def served(request, tmp_path):
-    module = importlib.import_module("fastcluster._parser" if request.param == "cython" else "fastcluster._parser_py")
-    listener = socket.socket(socket.AF_UNIX)
-    listener.bind(str(tmp_path / "l.sock"))
-    listener.listen()
-    server = module.Server(listener, hello, Config(workers=2))
-    ours, theirs = socket.socketpair()
-    conn = server.adopt(ours)
-    theirs.settimeout(5)
-    yield conn, theirs
-    conn.close()
-    theirs.close()
-    listener.close()
+def served(request, serve):
+    _server, (conn,), (client,) = serve(request.param, hello)
+    return conn, client
 
 
 def test_adopted_connection_answers_pipelined_requests(served):
@@ -135,7 +153,7 @@ def test_answered_requests_leave_the_pipeline_and_are_released(served):
 
 
 @pytest.mark.parametrize("impl", IMPLS)
-def test_app_calls_are_timed_against_the_long_call_mark(impl, tmp_path):
+def test_app_calls_are_timed_against_the_long_call_mark(impl, serve):
     """AppPool times each app call (the compiled loop by the CPU's counter, calibrated against
     CLOCK_MONOTONIC at start): 20 calls spinning 0.6 ms leave the share of long calls (over
     LONG_CALL, 1 ms) below half, and 7 calls of 3 ms take it above (1 - 0.9 ** 7 = 0.52), where
@@ -149,13 +167,7 @@ def test_app_calls_are_timed_against_the_long_call_mark(impl, tmp_path):
         start_response("200 OK", [("Content-Length", "2")])
         return [b"ok"]
 
-    module = importlib.import_module("fastcluster._parser" if impl == "cython" else "fastcluster._parser_py")
-    listener = socket.socket(socket.AF_UNIX)
-    listener.bind(str(tmp_path / "l.sock"))
-    server = module.Server(listener, app, Config(workers=2))
-    ours, client = socket.socketpair()
-    client.settimeout(5)
-    conn = server.adopt(ours)
+    server, (conn,), (client,) = serve(impl, app)
     pool = server.pool
 
     def call(ms):
@@ -163,25 +175,20 @@ def test_app_calls_are_timed_against_the_long_call_mark(impl, tmp_path):
         conn.on_readable()
         assert client.recv(65536).endswith(b"ok")
 
-    try:
-        for _ in range(20):
-            call(b"0")
-        assert pool.waits == 0.0
-        for _ in range(20):
-            call(b"0.6")
-        assert pool.waits < 0.5
-        pool.waits = 0.0
-        for _ in range(7):
-            call(b"3")
-        assert pool.waits > 0.5
-    finally:
-        conn.close()
-        client.close()
-        listener.close()
+    for _ in range(20):
+        call(b"0")
+    assert pool.waits == 0.0
+    for _ in range(20):
+        call(b"0.6")
+    assert pool.waits < 0.5
+    pool.waits = 0.0
+    for _ in range(7):
+        call(b"3")
+    assert pool.waits > 0.5
 
 
 @pytest.mark.parametrize("impl", IMPLS)
-def test_a_response_head_is_joined_again_whenever_any_piece_of_it_changes(impl, tmp_path):
+def test_a_response_head_is_joined_again_whenever_any_piece_of_it_changes(impl, serve):
     """The last response head is used again while every piece of it is the same (_head): each
     response here changes one piece (body object, status, header list, method, date line,
     framing, Connection: close) against the one before, and each must come out exactly as
@@ -208,13 +215,7 @@ def test_a_response_head_is_joined_again_whenever_any_piece_of_it_changes(impl, 
             return [b"other body!!!"]
         return [body]
 
-    module = importlib.import_module("fastcluster._parser" if impl == "cython" else "fastcluster._parser_py")
-    listener = socket.socket(socket.AF_UNIX)
-    listener.bind(str(tmp_path / "l.sock"))
-    server = module.Server(listener, app, Config(workers=2))
-    ours, client = socket.socketpair()
-    client.settimeout(5)
-    conn = server.adopt(ours)
+    server, (conn,), (client,) = serve(impl, app)
     date = server.date_line
     steps = [  # (method, target, status line, content type, body, date line)
         ("GET", "/", "200 OK", "text/plain", body), ("GET", "/", "200 OK", "text/plain", body),
@@ -229,44 +230,39 @@ def test_a_response_head_is_joined_again_whenever_any_piece_of_it_changes(impl, 
         ("GET", "/", "200 OK", "text/plain", body), ("GET10", "/", "200 OK", "text/plain", body),
         ("GET", "/", "200 OK", "text/plain", body), ("GET", "/close", "200 OK", "text/plain", body),
     ]
-    try:
-        for method, target, status, ctype, expected in steps:
-            if method == "NEWDATE":                   # the next second's date line
-                date = b"Date: Thu, 01 Jan 2032 00:00:0%d GMT\r\n" % (len(date) % 10)
-                server.date_line = date
-                method = "GET"
-            http10 = method == "GET10"
-            if http10:                                # HTTP/1.0 kept alive: another end of the head
-                client.sendall(b"GET %s HTTP/1.0\r\nConnection: keep-alive\r\n\r\n" % target.encode())
-                method = "GET"
-            else:
-                client.sendall(b"%s %s HTTP/1.1\r\nHost: t\r\n\r\n" % (method.encode(), target.encode()))
-            conn.on_readable()
-            received = b""
-            while b"\r\n\r\n" not in received:
-                received += client.recv(65536) or pytest.fail("closed after %r" % received)
-            head, _, rest = received.partition(b"\r\n\r\n")
-            lines = head.split(b"\r\n")
-            fields = dict(line.split(b": ", 1) for line in lines[1:])
-            size = int(fields[b"Content-Length"])
-            if method == "GET":
-                while len(rest) < size:
-                    rest += client.recv(65536) or pytest.fail("closed after %r" % received)
-            assert lines[0] == b"HTTP/1.1 " + status.encode(), target
-            assert fields[b"Content-Type"] == ctype.encode(), target
-            assert b"Date: " + fields[b"Date"] + b"\r\n" == date, target
-            assert size == (len(expected) if method == "GET" else len(body)), target
-            assert rest == expected, target
-            assert fields.get(b"Connection") == (b"close" if target == "/close" else b"keep-alive" if http10 else None)
-            assert len(lines) == 5 + (target == "/close" or http10), (target, lines)   # status, 3 + Server
-    finally:
-        conn.close()
-        client.close()
-        listener.close()
+    for method, target, status, ctype, expected in steps:
+        if method == "NEWDATE":                   # the next second's date line
+            date = b"Date: Thu, 01 Jan 2032 00:00:0%d GMT\r\n" % (len(date) % 10)
+            server.date_line = date
+            method = "GET"
+        http10 = method == "GET10"
+        if http10:                                # HTTP/1.0 kept alive: another end of the head
+            client.sendall(b"GET %s HTTP/1.0\r\nConnection: keep-alive\r\n\r\n" % target.encode())
+            method = "GET"
+        else:
+            client.sendall(b"%s %s HTTP/1.1\r\nHost: t\r\n\r\n" % (method.encode(), target.encode()))
+        conn.on_readable()
+        received = b""
+        while b"\r\n\r\n" not in received:
+            received += client.recv(65536) or pytest.fail("closed after %r" % received)
+        head, _, rest = received.partition(b"\r\n\r\n")
+        lines = head.split(b"\r\n")
+        fields = dict(line.split(b": ", 1) for line in lines[1:])
+        size = int(fields[b"Content-Length"])
+        if method == "GET":
+            while len(rest) < size:
+                rest += client.recv(65536) or pytest.fail("closed after %r" % received)
+        assert lines[0] == b"HTTP/1.1 " + status.encode(), target
+        assert fields[b"Content-Type"] == ctype.encode(), target
+        assert b"Date: " + fields[b"Date"] + b"\r\n" == date, target
+        assert size == (len(expected) if method == "GET" else len(body)), target
+        assert rest == expected, target
+        assert fields.get(b"Connection") == (b"close" if target == "/close" else b"keep-alive" if http10 else None)
+        assert len(lines) == 5 + (target == "/close" or http10), (target, lines)   # status, 3 + Server
 
 
 @pytest.mark.parametrize("impl", IMPLS)
-def test_one_batch_of_events_is_answered_then_sent(impl, tmp_path):
+def test_one_batch_of_events_is_answered_then_sent(impl, serve):
     """One loop iteration over three connections with a request each answers all three. The
     compiled loop sends a batch's answers after the batch (Connection._send_later), so no app
     call in it finds an earlier call's answer at its client yet; the plain-Python loop sends
@@ -289,39 +285,24 @@ def test_one_batch_of_events_is_answered_then_sent(impl, tmp_path):
         start_response("200 OK", [("Content-Length", "2")])
         return [b"ok"]
 
-    module = importlib.import_module("fastcluster._parser" if impl == "cython" else "fastcluster._parser_py")
-    listener = socket.socket(socket.AF_UNIX)
-    listener.bind(str(tmp_path / "l.sock"))
-    server = module.Server(listener, app, Config(workers=2))
-    conns = []
-    try:
-        for _ in range(3):
-            ours, theirs = socket.socketpair()
-            theirs.settimeout(5)
-            conns.append(server.adopt(ours))
-            clients.append(theirs)
-        fast = []
-        for round_ in range(7):                          # a warm-up, five fast rounds, a slow one
-            slow = round_ == 6
-            spin[0] = 0.002 if slow else 0.0
-            seen.clear()
-            for c in clients:
-                c.sendall(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
-            server._iterate(1.0)
-            assert len(seen) == 3, round_
-            for c in clients:
-                assert c.recv(65536).endswith(b"\r\n\r\nok")
-            if slow:
-                assert seen == [0, 1, 2]
-            elif round_:
-                fast.append(list(seen))
-        if impl == "cython":      # (any one of them: a batch the machine preempted may run past 0.5 ms)
-            assert [0, 0, 0] in fast, fast
-        else:
-            assert fast == [[0, 1, 2]] * 5
-    finally:
-        for conn in conns:
-            conn.close()
+    server, _conns, socks = serve(impl, app, 3)
+    clients.extend(socks)
+    fast = []
+    for round_ in range(7):                          # a warm-up, five fast rounds, a slow one
+        slow = round_ == 6
+        spin[0] = 0.002 if slow else 0.0
+        seen.clear()
         for c in clients:
-            c.close()
-        listener.close()
+            c.sendall(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+        server._iterate(1.0)
+        assert len(seen) == 3, round_
+        for c in clients:
+            assert c.recv(65536).endswith(b"\r\n\r\nok")
+        if slow:
+            assert seen == [0, 1, 2]
+        elif round_:
+            fast.append(list(seen))
+    if impl == "cython":      # (any one of them: a batch the machine preempted may run past 0.5 ms)
+        assert [0, 0, 0] in fast, fast
+    else:
+        assert fast == [[0, 1, 2]] * 5
