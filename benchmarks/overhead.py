@@ -28,6 +28,7 @@ import argparse
 import json
 import os
 import platform
+import shlex
 import statistics
 import subprocess
 import sys
@@ -111,8 +112,10 @@ def main():
             lines.append("| %s | %s | %.2f | %.3f | %d | %s |" % (loop, name, r["median_us"], r["ratio"],
                                                                    r["median_rps"], ", ".join(map(str, r["runs_us"]))))
     with open(os.path.join(RESULTS, stem + ".md"), "w") as f:
-        f.write("Run %s, %s rounds of %d s, wrk -t1 -c100 keep-alive, 1 worker pinned.\n\n%s\n"
-                % (started, args.rounds, args.seconds, "\n".join(lines)))
+        f.write("Run %s, `%s`: %s rounds of %d s, wrk -t1 -c100 keep-alive, 1 worker pinned.\n%s\n\n%s\n"
+                % (started, " ".join(["python", "benchmarks/overhead.py"] + [shlex.quote(a) for a in sys.argv[1:]]),
+                   args.rounds, args.seconds, report["machine"] + ", Python " + report["python"],
+                   "\n".join(lines)))
     print("\n".join(lines))
 
 
