@@ -144,7 +144,7 @@ class Server(HttpServer):
             self.pool = Pool(self, self.threads)
         # TCP_DEFER_ACCEPT on: a new connection is read before it is watched (_add)
         self.read_first = self.tcp and listener.getsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT) > 0
-        self.fresh = None           # the connection being read right after its accept, not yet watched
+        self.fresh = []             # connections read right after their accept, not yet watched
 
     def serve(self, ready=None):
         """Run until stopped; `ready()` is called once the listening socket is watched."""
@@ -202,7 +202,7 @@ class Server(HttpServer):
 
     def _iterate(self, limit):
         conns = self.conns
-        if self.fresh is not None:
+        if self.fresh:
             self._watch_fresh()     # a wait inside its request's app call, or another thread's turn
         events = self.ep.poll(self._wait_ms(limit) / 1000.0, MAX_EVENTS)
         self._woke(monotonic())
@@ -292,24 +292,24 @@ class Server(HttpServer):
         self.conns[conn.fd] = conn
         self.cells[B_ACCEPTED] += 1
         self._publish_count()
-        self.fresh = conn
+        self.fresh.append(conn)
         if self.read_first:
             # The kernel woke us for this connection only once its first bytes came (TCP_DEFER_ACCEPT):
             # read them now, and watch the connection only if it is still open after that. A
             # request answered at once and closed never costs an epoll_ctl and an epoll_wait.
             conn._on_event()
-        if self.fresh is conn:
-            self._watch_fresh()
+        self._watch_fresh()
         return conn
 
     def _watch_fresh(self):
-        """Register the connection being read right after its accept (still open), with the events
-        it wants by now. Also done by the loop's next wait, if the request's app call waits
-        (--threads 1) or loses the loop to another thread before its _add is over."""
-        conn = self.fresh
-        if conn is not None:
-            self.fresh = None
-            if conn.state != CLOSED:
+        """Register the connections read right after their accept (those still open), with the
+        events each wants by now. Also done by the loop's next wait: an app call of one of them may
+        wait (--threads 1) or lose the loop to another thread before its _add is over, and a thread
+        that took the loop back from such a call may accept more meanwhile, so they are a list."""
+        fresh = self.fresh
+        while fresh:
+            conn = fresh.pop()
+            if conn.state != CLOSED and not conn.watched:
                 self.ep.register(conn.fd, conn.mask)
                 conn.watched = True
 
