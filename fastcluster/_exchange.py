@@ -53,6 +53,7 @@ LazyInput = _wsgi.LazyInput
 FileWrapper = _wsgi.FileWrapper
 status_line = _wsgi.status_line
 simple_response = _wsgi.simple_response
+error_response = _wsgi.error_response
 log_app_error = _wsgi.log_app_error
 SERVER_HEADER = _wsgi.SERVER_HEADER
 HAS_DATE, HAS_SERVER, WANTS_CLOSE = _wsgi.HAS_DATE, _wsgi.HAS_SERVER, _wsgi.WANTS_CLOSE
@@ -385,6 +386,7 @@ class Exchange:
         sent = file_off = file_left = 0
         headers_sent = chunked = no_body = sending_file = False
         in_app = done = returned = False
+        refusal = 0
         file_fd = -1
         env_fields = None
         env_version = 0
@@ -464,6 +466,10 @@ class Exchange:
         comes, and wait whenever the client is 1 MiB behind."""
         conn = self.conn
         while self.iter is not None:
+            if conn.state == CLOSED:
+                self.close_result()          # the client is gone: not pulled again, and closed
+                self.done = True
+                break
             self.next_chunk()
             if conn.out_size:
                 conn._produced()
@@ -551,6 +557,8 @@ class Exchange:
             raise RuntimeError("write() called before start_response()")
         if type(data) is not bytes:
             raise TypeError("write() takes bytes, not %s" % type(data).__name__)
+        if self.conn.state == CLOSED:
+            raise OSError("the client is gone")
         if not self.headers_sent:
             self.send_headers(-1)
         self.send_body(data)
@@ -656,8 +664,10 @@ class Exchange:
         return 0
 
     def failed(self):
-        """The app raised: logged with its traceback, then `abort()`."""
-        log_app_error(self.environ)
+        """The app raised: logged with its traceback, then `abort()`. (Not when its request's body
+        was refused while it read it: that refusal is the answer, and the client's doing.)"""
+        if not self.refusal:
+            log_app_error(self.environ)
         self.abort()
         return 0
 
@@ -671,6 +681,13 @@ class Exchange:
             # Part of the response is out: end the connection without a clean end of body,
             # so the client sees that it failed.
             self.keep = False
+        elif self.refusal:
+            # its body was refused while the app read it (too slow, too large, malformed): that
+            # status, and the connection ends
+            self.keep = False
+            conn._queue(error_response(self.refusal, conn.server.date_line))
+            self.headers_sent = True
+            self.code = self.refusal
         else:
             self.keep = self.keep and not self.body_unsure()
             conn._queue(simple_response("500 Internal Server Error", FAILED_BODY, not self.keep,

@@ -16,7 +16,7 @@ cdef enum:
 
 cdef Py_ssize_t HIGH_WATER, SMALL_CHUNK, SMALL_BODY
 cdef bytes FAILED_BODY, SERVER_HEADER
-cdef object BodyBuffer, LazyInput, FileWrapper, status_line, simple_response, log_app_error
+cdef object BodyBuffer, LazyInput, FileWrapper, status_line, simple_response, error_response, log_app_error
 cdef dict STATUSES, HEADER_NAMES, HEADER_LINES, ASGI_HEADER_NAMES, ASGI_STATUS_LINES
 cdef list LINE_MEMO
 cdef tuple HEADERS_MEMO, STATUS_MEMO, HEAD_MEMO, FRAMING_MEMO
@@ -76,6 +76,7 @@ cdef class Exchange:
         public list headers         # the app's header lines, encoded: name, value, CRLF, ... (until sent)
         public int hflags
         public int code
+        public int refusal          # its body was refused while the app read it: this status answers an app failure
         public long long clen       # -1: no Content-Length
         public long long sent       # body bytes queued
         public bint headers_sent

@@ -69,6 +69,7 @@ def load_asgi():
 AWAIT_BODY, AWAIT_DRAINED = 1, 2   # what an app call waits for (HttpServer._await)
 HEAD_SLACK = 4096           # request line, CRLFs and colons around the counted header bytes
 LINGER = 2.0                # a connection we end keeps reading (and dropping) input this long after our FIN
+MAX_PIPELINED = 32          # requests read ahead of the one being answered, before reading stops (_holds_input)
 
 # the board's cells (board.py), offsets in a worker's slot
 B_REQUESTS, B_IN_FLIGHT, B_STATUS = _board.REQUESTS, _board.IN_FLIGHT, _board.STATUS
@@ -540,6 +541,8 @@ class HttpConnection(Channel):
                 self._pause_reading()        # the app is 1 MiB behind: let the client wait
             return
         self.cur.body.add(data)
+        if self.cur.early and self._holds_input():
+            self._pause_reading()            # a 100-continue body 1 MiB ahead of its app: the same
         self._notify()
 
     def on_message_complete(self):
@@ -671,6 +674,8 @@ class HttpConnection(Channel):
                 self._flush()
         if self.state != OPEN:
             return False
+        if self.read_paused and self.server.pool is None and not self._holds_input():
+            self._resume_reading()           # (with app threads, the loop does: _pump_end)
         return self.server._await(self, AWAIT_BODY)
 
     def _stop_reading(self, state):
@@ -694,16 +699,46 @@ class HttpConnection(Channel):
                 cur.cycle.refused()          # an ASGI app reading this body: it is over for the app
             elif cur.early and self.pending and self.pending[-1] is cur:
                 self._unreceive()            # dispatched early but not called yet: the refusal replaces it
+            elif cur.early and cur is self.resp:
+                # a WSGI app reading this body (100-continue): its next read fails; if the app
+                # fails on that, `status` is its answer (Exchange.abort), else its own answer is
+                cur.refusal = status
+                self.cur = None
+                self.server.cells[refusal_cell(status)] += 1
+                self._notify()
+                return 0
             cur.discard_body()
             self.cur = None
         self.pending.append(status)
         return 0
 
     def _refusable(self):
-        """The request being read is an ASGI app's, called already, and nothing of its response
-        is out: a refusal of its body (408) can still be the answer."""
+        """The request being read is an app's, called already (ASGI, or WSGI with 100-continue),
+        and nothing of its response is out: a refusal of its body (408) can still be the answer."""
         ex = self.cur
-        return ex is not None and ex is self.resp and ex.cycle is not None and not ex.headers_sent
+        return ex is not None and ex is self.resp and (ex.cycle is not None or ex.early) and not ex.headers_sent
+
+    def _holds_input(self):
+        """The one rule for what a connection reads: only what it can use, so that what it holds is
+        bounded whatever the client sends. It stops reading
+        - once the client closed its side (PEER_CLOSED): the end of file would be reported again
+          and again while a response is in progress; a reset still wakes the loop (as an error),
+        - while MAX_PIPELINED requests wait behind the one being answered,
+        - while HIGH_WATER of a body that the app takes as it comes (ASGI, or WSGI with
+          100-continue) waits for the app to take it, and the app does not wait for more.
+        Each resumes by itself: _pump_end asks again after every response and every hand-back,
+        and the app's taking of its body (_body_taken, _fill_body) asks too. (A WebSocket, once
+        upgraded, keeps its own rule: _websocket.py.)"""
+        if self.ws is not None:
+            return self.read_paused
+        if self.state == PEER_CLOSED or len(self.pending) >= MAX_PIPELINED:
+            return True
+        cur = self.cur
+        if cur is None or not cur.early or cur.body is None or cur.body.size < HIGH_WATER:
+            return False
+        # (a WSGI app that waits for more than is buffered, as read() of the whole body does, is
+        # given it: the app asked, and --max-body bounds it)
+        return type(cur.body) is not LazyInput or not cur.body.wanted
 
     def _writes_again(self):
         """More output may follow what is queued now: the connection stays open, or a response is
@@ -834,7 +869,10 @@ class HttpConnection(Channel):
                 elif not self._sendfile_step():
                     return 0
             elif ex is not None and ex.iter is not None:
-                self._produce(ex, False)
+                self._produce(ex, False)     # (--threads 1: the next piece of a streamed body)
+                if self.out_size and not self._flush():
+                    return 0                 # each piece goes out as it comes (an event stream
+                                             # is read live), and a client that left is found
             elif pending:
                 first = pending[0]
                 if type(first) is not int:
@@ -860,8 +898,12 @@ class HttpConnection(Channel):
         server = self.server
         if self.out_size and not self._flush():
             return 0
-        if self.resp is not None:
-            self._want_read()                # more of its body, or the next request, may come
+        self.read_paused = self._holds_input()
+        if self.resp is not None or self.pending:
+            # a response in progress (more of its body, or the next request, may come), or a
+            # request that waits for an app call to start (HttpServer._defer): never ended here,
+            # and no keep-alive deadline runs for it
+            self._want_read()
             return 0
         if self.state != OPEN:
             self._end()
@@ -940,6 +982,8 @@ class HttpConnection(Channel):
         if pool._leave(began):
             ex.in_app = False
             pool._returned()
+            if self.state == CLOSED and ex.done:
+                self._complete(ex)           # the client left during the call: its access log line
             return 0
         ex.returned = True
         server._post(self)
@@ -992,8 +1036,9 @@ class HttpConnection(Channel):
         return 0
 
     def _body_taken(self):
-        """An ASGI app took what was read of its body: read more, if reading was paused for it."""
-        if self.read_paused:
+        """An ASGI app took what was read of its body: read more, if reading was paused for it
+        (and nothing else holds it: _holds_input)."""
+        if self.read_paused and not self._holds_input():
             self._resume_reading()
         return 0
 
@@ -1066,6 +1111,7 @@ class HttpConnection(Channel):
             return 0
         self.state = LINGERING
         self._arm(W_LINGER, LINGER)
+        self.read_paused = False             # (what comes now is read and dropped)
         self._want_read()
         return 0
 
@@ -1078,6 +1124,8 @@ class HttpConnection(Channel):
             ex.cycle.disconnect()            # an ASGI app: http.disconnect
         server = self.server
         server.conns.pop(self.fd, None)
+        if ex is not None and ex.in_app and server.pool is not None:
+            server.orphans.append(self)      # its app call runs on: --timeout still watches it (_tick)
         self._release()
         self._close_fd()
         server._publish_count()

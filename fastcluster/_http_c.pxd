@@ -20,6 +20,7 @@ cdef enum:
 cdef int AWAIT_BODY, AWAIT_DRAINED
 cdef Py_ssize_t HEAD_SLACK, B_REQUESTS, B_IN_FLIGHT, B_STATUS
 cdef double LINGER
+cdef Py_ssize_t MAX_PIPELINED
 cdef bytes CONTINUE_LINE
 cdef object BodyBuffer, LazyInput, header_key, split_target, split_asgi_target, check_head
 cdef object forwarded_client, parse_proxy_header
@@ -73,7 +74,7 @@ cdef class HttpConnection(Channel):
                                        # 0: it is not; -1: not asked yet
         bytes proxy_buf                # --proxy-protocol: the header so far (None once it is read)
         public bint asgi               # the app is an ASGI app
-        public bint read_paused        # an ASGI app is 1 MiB behind its request body
+        public bint read_paused        # not reading now (_holds_input; a WebSocket's app is behind)
         dict scope_base                # ASGI: what every request's scope on this connection starts from
         list hlist                     # ASGI: the headers of the request being parsed, as the scope has them
         int pumping                    # _pump() calls on the stack
@@ -134,6 +135,8 @@ cdef class HttpConnection(Channel):
     cdef int _reject(self, int status) except -1
     @cython.locals(ex=Exchange)
     cdef bint _refusable(self) except -1
+    @cython.locals(cur=Exchange)
+    cdef bint _holds_input(self) except -1
     cdef bint _writes_again(self) except -1
     cdef int _received(self, Exchange ex) except -1
     cdef int _unreceive(self) except -1

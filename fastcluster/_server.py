@@ -210,6 +210,7 @@ class HttpServer:
         self.conns = {}
         self.posted = deque()       # connections an app thread hands back (or wants flushed)
         self.deferred = deque()     # connections with a request to dispatch once an app call may start
+        self.orphans = []           # closed connections whose app call still runs (--timeout watches them)
         self.tcp = listener.family in (_socket.AF_INET, _socket.AF_INET6)
         _url, name, port, _short = _describe(listener)
         self.root_path = config.root_path
@@ -521,6 +522,13 @@ class HttpServer:
             conn.tick(now)      # its deadlines; when stopping, a clean close of what stayed idle
             if self.timeout and self.pool is not None and conn._call_age(now) > self.timeout:
                 stuck = True
+        if self.orphans:
+            # app calls whose client left: one that never returns holds an app thread as surely
+            # as any other, so it counts for --timeout too
+            self.orphans = [conn for conn in self.orphans if conn._call_age(now) > 0.0]
+            for conn in self.orphans:
+                if self.timeout and conn._call_age(now) > self.timeout:
+                    stuck = True
         if self.tick is not None:
             self.tick(self.requests, rss, stuck)
         if self.master_pid and os.getppid() != self.master_pid:

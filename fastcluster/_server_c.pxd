@@ -61,6 +61,7 @@ cdef class HttpServer:
         public AppPool pool            # None with --threads 1
         public object posted           # deque of connections app threads hand back (or want flushed)
         public object deferred         # deque of connections with a request waiting for an app call
+        public list orphans            # closed connections whose app call still runs (--timeout)
         public int nested              # depth of nested loop runs (an app call waiting, --threads 1)
         public double next_tick
         public bint finished           # the loop is over (--threads > 1: the last thread ended it)

@@ -256,6 +256,7 @@ class LazyInput:
         self._buf = bytearray()
         self.done = False
         self.received = 0       # body bytes added so far (what a waiting fill() watches)
+        self.wanted = False     # the app waits in fill() for more: the connection reads on past its bound
 
     def add(self, data: bytes) -> None:
         self._buf += data
@@ -264,10 +265,21 @@ class LazyInput:
     def finish(self) -> None:
         self.done = True
 
+    @property
+    def size(self) -> int:
+        """Body bytes read from the client that the app has not taken yet (the connection stops
+        reading at HIGH_WATER of them)."""
+        return len(self._buf)
+
     def _more(self) -> bool:
         if self.done:
             return False
-        if not self._fill():
+        self.wanted = True
+        try:
+            more = self._fill()
+        finally:
+            self.wanted = False
+        if not more:
             if not self.done:
                 raise OSError("client disconnected before the request body was complete")
             return False

@@ -190,6 +190,18 @@ def inner(environ, start_response):
             size += len(data)
             digest.update(data)
         return _text(start_response, b"%d %s" % (size, digest.hexdigest().encode()))
+    if path == "/slow-upload":   # reads a first piece, pauses, then the rest: the server must not buffer it all
+        stream, size = environ["wsgi.input"], 0
+        size += len(stream.read(65536))
+        if "marker" in q:
+            open(q["marker"], "w").close()
+        time.sleep(float(q.get("pause", "2")))
+        while True:
+            data = stream.read(65536)
+            if not data:
+                break
+            size += len(data)
+        return _text(start_response, b"%d" % size)
     if path == "/write-big":   # write() MB pieces of 1 MiB as fast as it can
         write = start_response("200 OK", [("Content-Type", "application/octet-stream"),
                                           ("Content-Length", str(int(q["mb"]) << 20))])
