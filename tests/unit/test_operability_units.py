@@ -127,7 +127,7 @@ texts = st.text(alphabet=st.characters(max_codepoint=0x1F64F, exclude_categories
 
 
 @pytest.mark.skipif(NO_EXTENSIONS and not HAS_EXTENSION, reason="built with FASTCLUSTER_NO_EXTENSIONS")
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=300, deadline=None, derandomize=True, database=None)
 @given(addr=texts, method=st.one_of(st.none(), texts), uri=texts, agent=st.one_of(st.none(), texts),
        referer=st.one_of(st.none(), texts), status=st.integers(100, 599), size=st.integers(0, 10 ** 12),
        secs=st.floats(0, 1000))
