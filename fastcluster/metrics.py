@@ -6,7 +6,9 @@ are per worker *slot* (label worker="1".."N"): a slot's counters carry over when
 its process is replaced, so they only ever grow while the master runs.
 
 The endpoint is a few lines of non-blocking HTTP/1.0-style serving inside the
-master's selector loop: one request per connection, answered and closed.
+master's selector loop: one request per connection, answered and closed. It holds at most
+MAX_CLIENTS connections (a new one pushes the oldest out) and each for at most CLIENT_TIMEOUT
+seconds, so idle or slow clients can never take the descriptors the master needs to fork.
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ from .board import CLASSES
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 MAX_HEAD = 8192          # bytes of request head read before giving up on a scraper
-CLIENT_TIMEOUT = 5.0     # seconds a scrape connection may stay open
+CLIENT_TIMEOUT = 2.0     # seconds a scrape connection may stay open, from its accept to its answer's end
+MAX_CLIENTS = 32         # scrape connections held at once; a new one closes the oldest
 
 # (name, type, help, where the value comes from)
 _SLOT_METRICS = (
@@ -117,6 +120,13 @@ class Endpoint:
             self.selector.unregister(self.sock)
         self.sock.close()
 
+    def deadline(self) -> float:
+        """When expire() next has something to do (the master's loop wakes for it)."""
+        times = [state[2] for state in self.clients.values()]
+        if self.paused_until:
+            times.append(self.paused_until)
+        return min(times, default=float("inf"))
+
     def expire(self, now: float) -> None:
         if self.paused_until and now >= self.paused_until:
             self.paused_until = 0.0
@@ -137,6 +147,8 @@ class Endpoint:
                 self.selector.unregister(self.sock)
                 self.paused_until = time.monotonic() + 1.0
                 return
+            if len(self.clients) >= MAX_CLIENTS:   # full: the oldest goes (a scraper asks at once)
+                self._drop(next(iter(self.clients)))
             client.setblocking(False)
             self.clients[client] = [b"", b"", time.monotonic() + CLIENT_TIMEOUT]
             self.selector.register(client, selectors.EVENT_READ, lambda events, c=client: self._on_client(c))

@@ -4,6 +4,7 @@ Counts are checked against what the test's own clients sent: every request goes 
 sockets whose bytes the test knows, so the server's counters must match exactly.
 """
 
+import errno
 import http.client
 import json
 import os
@@ -462,3 +463,45 @@ def test_access_lines_of_two_workers_on_one_pipe_never_interleave(impl):
         assert len(lines) == 2400
         assert all(LINE.match(line) and line.endswith(tuple("0123456789")) for line in lines)
         assert {LINE.match(line).group(8) for line in lines} <= {str(p) for p in server.worker_pids}
+
+
+def test_idle_metrics_clients_cannot_take_the_descriptors_the_master_forks_with():
+    """200 connections to the metrics port that never ask, to a master allowed 128 descriptors:
+    it holds at most metrics.MAX_CLIENTS of them (the oldest make room), drops the idle ones
+    after metrics.CLIENT_TIMEOUT, and still respawns a worker that dies meanwhile."""
+    from fastcluster import metrics
+
+    with Server("apps.suite:app", "--bind", "127.0.0.1:0", "--workers", "1", "--metrics-bind", "127.0.0.1:0",
+                prefix=("prlimit", "--nofile=128", "--")) as server:
+        host, port = re.match(r"http://([\d.]+):(\d+)/", metrics_url(server)).groups()
+        fd_dir = "/proc/%d/fd" % server.master_pid
+        baseline = len(os.listdir(fd_dir))
+        idle = []
+
+        def closed(sock):
+            try:
+                return sock.recv(1) == b""
+            except BlockingIOError:
+                return False
+            except OSError as exc:             # reset: closed; not connected yet: not
+                return exc.errno != errno.ENOTCONN
+        try:
+            for _ in range(4):                 # in batches the listen backlog (64) holds
+                for _ in range(50):
+                    sock = socket.socket()
+                    sock.setblocking(False)
+                    sock.connect_ex((host, int(port)))
+                    idle.append(sock)
+                wait_until(lambda: sum(map(closed, idle)) >= len(idle) - metrics.MAX_CLIENTS, timeout=10,
+                           what="the oldest idle clients to be closed", server=server)
+            assert len(os.listdir(fd_dir)) <= baseline + metrics.MAX_CLIENTS
+            worker = server.worker_pids[0]
+            os.kill(worker, signal.SIGKILL)                        # and a worker dies meanwhile
+            server.wait_line(r"^Process \d+ listening on", timeout=15)
+            assert "cannot start worker" not in server.stderr()
+            wait_until(lambda: all(map(closed, idle)), timeout=10, what="every idle client to be dropped",
+                       server=server)
+        finally:
+            for sock in idle:
+                sock.close()
+        assert scrape(server)[("fastcluster_workers_wanted", ())] == 1    # and scrapes are answered
