@@ -460,6 +460,9 @@ class Config(Record, frozen=True):
         inherited = environ.get(ENV_PREFIX + "UPGRADE_FD")
         if inherited:    # a master started by an upgrade in place: the old master's socket, whatever --bind says
             values["bind"] = BindAddress("fd", fd=int(inherited))
+        inherited = environ.get(ENV_PREFIX + "UPGRADE_METRICS_FD")
+        if inherited and values["metrics_bind"] is not None:   # and its metrics socket (master.py closes
+            values["metrics_bind"] = BindAddress("fd", fd=int(inherited))   # it when there is no --metrics-bind)
         app = getattr(args, "app", None) or environ.get(ENV_PREFIX + "APP") or from_file.get("app") or None
         config = cls(app=app, hooks=loaded.hooks, **values)
         check(config)

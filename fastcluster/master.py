@@ -39,6 +39,7 @@ HEARTBEAT_PERIOD = 1.0       # a worker's loop beats once a second
 # upgrade in place (SIGURG): what the new master inherits, and how long past --ready-timeout it may take
 UPGRADE_FD_ENV = "FASTCLUSTER_UPGRADE_FD"
 UPGRADE_FROM_ENV = "FASTCLUSTER_UPGRADE_FROM"
+UPGRADE_METRICS_FD_ENV = "FASTCLUSTER_UPGRADE_METRICS_FD"   # and the --metrics-bind socket (config.py reads both)
 START_SLACK = 10.0
 
 
@@ -161,6 +162,9 @@ class Master:
         # restart): a worker rings a lighter one's to hand it the connections queued (_server.py)
         self._more_bells(2 * self.target + 2)
         self.selector = selectors.DefaultSelector()
+        stray = os.environ.get(UPGRADE_METRICS_FD_ENV)
+        if stray and self.upgraded_from and config.metrics_bind is None:   # handed over, and no longer asked for
+            _close_fd(int(stray))
         if config.metrics_bind is not None:
             try:
                 self._start_metrics(config.metrics_bind)
@@ -585,11 +589,20 @@ class Master:
         env = dict(os.environ)
         env[UPGRADE_FD_ENV] = str(self.listener.fileno())
         env[UPGRADE_FROM_ENV] = str(os.getpid())
-        self.listener.set_inheritable(True)
+        # every listener this master owns goes to the new one: the metrics socket too (it would
+        # not bind a fixed --metrics-bind port that this master holds)
+        inherited = [self.listener]
+        env.pop(UPGRADE_METRICS_FD_ENV, None)
+        if self.metrics is not None:
+            env[UPGRADE_METRICS_FD_ENV] = str(self.metrics.sock.fileno())
+            inherited.append(self.metrics.sock)
+        for sock in inherited:
+            sock.set_inheritable(True)
         try:
             pid = os.fork()
         except OSError as exc:
-            self.listener.set_inheritable(False)
+            for sock in inherited:
+                sock.set_inheritable(False)
             log.error("upgrade not started: cannot fork: %s", exc.strerror or exc)
             return
         if pid == 0:      # the child becomes the new master
@@ -602,9 +615,11 @@ class Master:
             except BaseException as exc:
                 os.write(2, ("fastcluster: error: upgrade: cannot run %s: %s\n" % (argv[0], exc)).encode())
             os._exit(127)
-        self.listener.set_inheritable(False)
+        for sock in inherited:
+            sock.set_inheritable(False)
         self.upgrade_pid = pid
-        self.upgrade_deadline = time.monotonic() + self.config.ready_timeout + START_SLACK
+        self.upgrade_deadline = (time.monotonic() + self.config.ready_timeout + START_SLACK
+                                 if self.config.ready_timeout else float("inf"))
         log.info("upgrade: started a new master (pid %d): %s", pid, " ".join(argv))
 
     def _take_over(self):
@@ -622,6 +637,9 @@ class Master:
             # delay and the health path left at 200 (this host stays in service)
             log.info("upgrade: the new master (pid %d) took over; stopping", self.upgrade_pid)
             self.upgrade_pid = 0
+            if self.metrics is not None:   # the new master answers the scrapes from now on
+                self.metrics.close()
+                self.metrics = None
             self._stop(quick=False, leaving=False)
             return
         delay = self.config.shutdown_delay
@@ -750,6 +768,13 @@ def _check_event_loop(config):
 
         if not has_uvloop():
             raise ConfigError("--event-loop uvloop: uvloop is not installed (pip install 'fastcluster[uvloop]')")
+
+
+def _close_fd(fd):
+    try:
+        os.close(fd)
+    except OSError:
+        pass
 
 
 def _kill(pid, sig):

@@ -3,9 +3,12 @@ new code included, with nothing failed under load; and a failed upgrade leaves t
 
 import http.client
 import os
+import re
 import signal
+import socket
 import subprocess
 import sys
+import urllib.request
 
 import pytest
 
@@ -107,3 +110,39 @@ def test_a_failed_upgrade_leaves_the_old_master_serving(impl, tmp_path):
         finally:
             os.kill(new_master, signal.SIGTERM)
             wait_until(lambda: not pid_alive(new_master), timeout=30, what="the new master to stop")
+
+
+def test_an_upgrade_hands_over_a_fixed_metrics_port(tmp_path):
+    """--metrics-bind on a fixed port: the new master adopts the old one's metrics socket (it could
+    not bind the port the old one holds), and from then on the scrapes show its own workers."""
+    write_app(tmp_path, "v1")
+    pidfile = tmp_path / "master.pid"
+    env = {"PYTHONPATH": str(tmp_path) + os.pathsep + TESTS}
+    with socket.socket() as probe:          # a free port, named on the command line as a user would
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = Server("upapp:app", "--bind", "127.0.0.1:0", "--workers", "1", "--pid", str(pidfile),
+                    "--metrics-bind", "127.0.0.1:%d" % port, env=env)
+    new_master = None
+    try:
+        old_master, old_worker = server.master_pid, server.worker_pids[0]
+        assert 'pid="%d"' % old_worker in scrape(port)
+        out = upgrade(pidfile)
+        assert out.returncode == 0, out.stderr + server.stderr()
+        new_master = read_pid(pidfile)
+        assert new_master != old_master
+        assert server.wait(timeout=60) == 0                  # the old master drained and exited
+        assert "cannot bind" not in server.stderr()
+        new_workers = set(server.worker_pids) - {old_worker}
+        page = scrape(port)                                  # the same port, now the new master's
+        assert {int(p) for p in re.findall(r'fastcluster_worker_info\{[^}]*pid="(\d+)"', page)} == new_workers
+    finally:
+        if new_master is not None and pid_alive(new_master):
+            os.kill(new_master, signal.SIGTERM)
+            wait_until(lambda: not pid_alive(new_master), timeout=30, what="the new master to stop")
+        server.stop()
+
+
+def scrape(port):
+    with urllib.request.urlopen("http://127.0.0.1:%d/metrics" % port, timeout=10) as resp:
+        return resp.read().decode()
