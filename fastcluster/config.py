@@ -282,8 +282,9 @@ SETTINGS = (
             "disk one worker may use for request bodies buffered in temporary files (then 503; 0: no limit)",
             "BYTES"),
     Setting("ready_timeout", ("--ready-timeout",), non_negative_float, 60.0,
-            "seconds a new worker may take to load the app in a rolling restart before the restart is aborted",
-            "S"),
+            "seconds a new worker may take to start (app import, hooks, ASGI lifespan startup); past it its stack "
+            "is logged, it is killed and started again with backoff, and a rolling restart waiting on it is "
+            "aborted (0: no limit)", "S"),
     Setting("timeout", ("--timeout",), non_negative_float, 0.0,
             "kill and replace a worker stuck this long in one request, logging its stack (0: off)", "S"),
     Setting("max_requests", ("--max-requests",), non_negative_int, 0,

@@ -34,6 +34,7 @@ log = logging.getLogger("fastcluster")
 QUICK_STOP_GRACE = 1.0       # seconds a quick stop waits before SIGKILL
 STABLE_AFTER = 5.0           # a worker that lived this long resets its slot's failure count
 MAX_BACKOFF = 10.0
+RECYCLE_RETRY = 1.0          # a recycle whose replacement failed is asked for again after 1, 2, 4... s (to MAX_BACKOFF)
 KILL_AFTER_STACK_DUMP = 0.5  # a stuck worker gets this long to write its stack before SIGKILL
 HEARTBEAT_PERIOD = 1.0       # a worker's loop beats once a second
 # upgrade in place (SIGURG): what the new master inherits, and how long past --ready-timeout it may take
@@ -47,7 +48,8 @@ class WorkerRecord:
     """One forked worker, in Node's vocabulary: spawning -> online -> dead."""
 
     __slots__ = ("slot", "pid", "state", "born_at", "started", "expected_exit", "status_fd", "replaces",
-                 "kill_at", "last_beat", "inbox", "recycling", "lifetime", "board_index", "generation", "cause")
+                 "kill_at", "last_beat", "inbox", "recycling", "lifetime", "board_index", "generation", "cause",
+                 "limit", "recycle_tries", "recycle_at")
 
     def __init__(self, slot, pid, status_fd, replaces=0, lifetime=0.0, board_index=-1, generation=1):
         self.slot = slot
@@ -65,6 +67,9 @@ class WorkerRecord:
         self.board_index = board_index   # its cells on the shared Board
         self.generation = generation     # the master's generation when it was started
         self.cause = None                # why it is being replaced (one of CAUSES), if it is
+        self.limit = ""                  # the recycling limit it reached ("max-requests", ...), if any
+        self.recycle_tries = 0           # replacements for that limit that failed
+        self.recycle_at = 0.0            # when its replacement is asked for again (0: not scheduled)
 
 
 class Master:
@@ -321,7 +326,7 @@ class Master:
         rec.inbox = lines.pop()
         for line in lines:
             kind, _, arg = line.partition(b" ")
-            if kind == b"R" and rec.state == "spawning":
+            if kind == b"R" and rec.state == "spawning" and not rec.kill_at:   # (not once killed as late)
                 log.debug("worker %d (pid %d) is ready", rec.slot, rec.pid)
                 rec.state = "online"
                 self.interface = arg.decode("ascii", "replace") or self.interface
@@ -329,10 +334,18 @@ class Master:
                 self._on_online(rec)
             elif kind == b"S" and rec.state == "online" and not rec.expected_exit and not rec.kill_at:
                 self._stuck(rec, "an app call has run for over %g s (--timeout)" % self.config.timeout)
-            elif kind == b"X" and not rec.recycling and not rec.expected_exit:
-                log.info("worker %d (pid %d) reached its %s limit; replacing it",
-                         rec.slot, rec.pid, arg.decode("ascii", "replace"))
-                self.rollout.replace(rec, "recycle")
+            elif kind == b"X" and not rec.limit and not rec.expected_exit:
+                self._recycle(rec, arg.decode("ascii", "replace"))
+
+    def _recycle(self, rec, limit):
+        """`rec` reached a recycling limit: it is replaced, and should that replacement fail (not
+        ready in time, dead, not forked; or a rollout it waited in is aborted), asked for again with
+        backoff by _check_deadlines, since the worker asks only once."""
+        rec.limit = limit
+        if rec.recycling:      # already queued by a rolling restart
+            return
+        log.info("worker %d (pid %d) reached its %s limit; replacing it", rec.slot, rec.pid, limit)
+        self.rollout.replace(rec, "recycle")
 
     def _stuck(self, rec, why):
         """A worker stuck in one request: every thread's stack goes to the log (faulthandler), then
@@ -344,15 +357,23 @@ class Master:
 
     def _next_deadline(self):
         times = list(self.respawn_at.values())
-        times.extend(w.kill_at for w in self.workers.values() if w.kill_at)
-        times.append(self.rollout.deadline(self.config.ready_timeout))
+        ready_timeout = self.config.ready_timeout
+        for w in self.workers.values():
+            if w.kill_at:
+                times.append(w.kill_at)
+            elif w.state == "spawning" and ready_timeout and not w.expected_exit:
+                times.append(w.born_at + ready_timeout)
+            elif w.recycle_at:
+                times.append(w.recycle_at)
+        if self.metrics is not None:
+            times.append(self.metrics.deadline())
         if self.stop_at:
             times.append(self.stop_at)
         if self.upgrade_pid:
             times.append(self.upgrade_deadline)
         if self.reloader is not None:
             times.append(self.reloader.deadline())
-        return min(times)
+        return min(times, default=float("inf"))
 
     def _check_deadlines(self):
         now = time.monotonic()
@@ -364,24 +385,41 @@ class Master:
         if self.stop_at and now >= self.stop_at:
             self._stop(quick=False)          # the --shutdown-delay is over
         timeout = self.config.timeout
+        ready_timeout = self.config.ready_timeout
         for rec in list(self.workers.values()):
             if rec.kill_at and now >= rec.kill_at:
                 if rec.expected_exit:
                     log.warning("worker %d (pid %d) did not stop in time; killing it", rec.slot, rec.pid)
-                rec.kill_at = 0.0
+                rec.kill_at = float("inf")     # killed: nothing more to do until it is reaped
                 _kill(rec.pid, signal.SIGKILL)
-            elif rec.expected_exit or rec.state != "online":
+            elif rec.kill_at or rec.expected_exit:
                 continue
+            elif rec.state == "spawning":
+                if ready_timeout and now - rec.born_at >= ready_timeout:
+                    # its app import, a hook or the ASGI lifespan startup hangs (a database that
+                    # is down): its stack shows where; it is killed and started again with backoff
+                    # (on_exit), or, as a rollout's replacement, the rollout is aborted
+                    self._stuck(rec, "was not ready after %g s (--ready-timeout)" % ready_timeout)
+                    if self.rollout.replacing is rec:
+                        self.rollout.abort("worker %d (pid %d) was not ready after %g s"
+                                           % (rec.slot, rec.pid, ready_timeout))
             elif timeout and now - rec.last_beat > timeout + HEARTBEAT_PERIOD:
                 # no heartbeat (the loop itself is stuck, as a --threads 1 call stops it); one
                 # period of slack, since beats come once a second
                 self._stuck(rec, "has been stuck for over %g s (--timeout)" % timeout)
-            elif rec.lifetime and now - rec.born_at > rec.lifetime and not rec.recycling:
-                log.info("worker %d (pid %d) reached its max-worker-lifetime; replacing it", rec.slot, rec.pid)
-                self.rollout.replace(rec, "recycle")
-        late = self.rollout.overdue(now, self.config.ready_timeout)
-        if late is not None:
-            self._stop_worker(late, signal.SIGKILL)
+            elif rec.lifetime and now - rec.born_at > rec.lifetime and not rec.limit:
+                self._recycle(rec, "max-worker-lifetime")
+            elif rec.limit and not rec.recycling:
+                # past a limit and no longer queued: its replacement failed, or a rollout was aborted
+                if not rec.recycle_at:
+                    rec.recycle_tries += 1
+                    delay = min(RECYCLE_RETRY * 2 ** (rec.recycle_tries - 1), MAX_BACKOFF)
+                    rec.recycle_at = now + delay
+                    log.warning("worker %d (pid %d) is still past its %s limit; asking for its replacement "
+                                "again in %.1f s", rec.slot, rec.pid, rec.limit, delay)
+                elif now >= rec.recycle_at:
+                    rec.recycle_at = 0.0
+                    self.rollout.replace(rec, "recycle")
 
     # --- workers ---
 
@@ -539,6 +577,15 @@ class Master:
             return
         if self.rollout.exited(rec, how):
             return
+        if rec.state == "spawning" and rec.cause == "timeout" and not self.stopping:
+            # killed past --ready-timeout: never a reason to stop the master (the first worker
+            # included: what it waited for may come back), a reason to back off
+            if rec.replaces:
+                log.error("worker %d (pid %d) %s; the worker it was to replace serves on", rec.slot, rec.pid, how)
+                return
+            log.error("worker %d (pid %d) %s before it was ready; starting a new one", rec.slot, rec.pid, how)
+            self._schedule_respawn(rec)
+            return
         if rec.state == "spawning" and not self.booted and self.reloader is not None:
             # --reload: the app does not load yet; the next edit starts a worker again
             log.error("worker %d (pid %d) %s before it was ready; waiting for a change to the app's files "
@@ -559,7 +606,7 @@ class Master:
 
     def _schedule_respawn(self, rec):
         now = time.monotonic()
-        if now - rec.born_at >= STABLE_AFTER:
+        if rec.state == "online" and now - rec.born_at >= STABLE_AFTER:   # (one never ready is not stable)
             self.failures.pop(rec.slot, None)
             return
         failures = self.failures[rec.slot] = self.failures.get(rec.slot, 0) + 1
@@ -735,7 +782,8 @@ class Master:
         elif not quick:
             for rec in self.workers.values():
                 if not rec.expected_exit:
-                    self._stop_worker(rec)
+                    # one still starting has no request to finish (and may hang in its import)
+                    self._stop_worker(rec, signal.SIGQUIT if rec.state == "spawning" else signal.SIGTERM)
         if announce:   # (after the signals: once this line is out, every worker has been told)
             log.info("%s stop of %d workers", "quick" if quick else "graceful", len(self.workers))
 

@@ -3,7 +3,8 @@
 A rolling restart (SIGUSR2, SIGHUP) queues every worker; a recycling (--max-requests, memory,
 lifetime) queues one. For each, a replacement is forked into the same slot and must report ready
 before the worker it replaces is told to drain. A replacement that dies, cannot be forked, or is
-not ready within --ready-timeout aborts the whole rollout, and the old workers keep serving.
+not ready within --ready-timeout (the master watches that, as for every worker start) aborts the
+whole rollout, and the old workers keep serving; the master asks again for the recycles among them.
 """
 
 from __future__ import annotations
@@ -81,18 +82,6 @@ class Rollout:
             return False
         self.abort("its replacement worker %d (pid %d) %s" % (rec.slot, rec.pid, how))
         return True
-
-    def deadline(self, ready_timeout) -> float:
-        rep = self.replacing
-        return rep.born_at + ready_timeout if rep is not None else float("inf")
-
-    def overdue(self, now, ready_timeout):
-        """The replacement not ready in time (the rollout is aborted), or None."""
-        rep = self.replacing
-        if rep is not None and rep.state == "spawning" and now >= rep.born_at + ready_timeout:
-            self.abort("worker %d (pid %d) was not ready after %g s" % (rep.slot, rep.pid, ready_timeout))
-            return rep
-        return None
 
     def abort(self, why):
         log.error("rolling restart aborted: %s; the old workers keep serving", why)

@@ -259,6 +259,23 @@ def _serve_app(spec, stop, wake_r, impl, heartbeat, access_log, info):
     return EXIT_OK
 
 
+def _print_awaits(aloop):
+    """Each task of `aloop` with the chain of coroutines it waits in, innermost last, on stderr."""
+    import asyncio
+
+    for task in asyncio.all_tasks(aloop):
+        frames = []
+        coro = task.get_coro()
+        while coro is not None:
+            frame = getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None)
+            if frame is not None:
+                frames.append((frame, frame.f_lineno))
+            coro = getattr(coro, "cr_await", None) or getattr(coro, "gi_yieldfrom", None)
+        lines = traceback.StackSummary.extract(frames).format()
+        sys.stderr.write("ASGI task %s waits in (most recent call last):\n%s" % (task.get_name(), "".join(lines)))
+    sys.stderr.flush()
+
+
 def _serve_asgi(spec, server, app, stop, access_log, short):
     """An ASGI app: its event loop, the lifespan startup before the worker says it is ready (a
     failed one is a boot failure, as an import error is), then serving on that loop; on stop, the
@@ -269,12 +286,21 @@ def _serve_asgi(spec, server, app, stop, access_log, short):
     name = asgi.event_loop_name(config.event_loop)
     aloop = asgi.new_event_loop(name)
     lifespan = asgi.Lifespan(app, config.lifespan)
+    # past --ready-timeout the master asks for our stack (SIGUSR2): the thread's, from faulthandler,
+    # ends in the event loop's wait, so the app's coroutines that wait are printed after it
+    faulthandler.unregister(signal.SIGUSR2)
+    signal.signal(signal.SIGUSR2, lambda signum, frame: _print_awaits(aloop))
+    faulthandler.register(signal.SIGUSR2, all_threads=True, chain=True)
     try:
         aloop.run_until_complete(lifespan.startup())
     except asgi.LifespanFailed as exc:
         print("fastcluster: error: %s" % exc, file=sys.stderr, flush=True)
         aloop.close()
         return EXIT_APP_LOAD_ERROR
+    finally:
+        faulthandler.unregister(signal.SIGUSR2)
+        signal.signal(signal.SIGUSR2, signal.SIG_IGN)
+        faulthandler.register(signal.SIGUSR2, all_threads=True)
     what = "an ASGI app, on the %s event loop" % name
 
     def ready():

@@ -433,7 +433,9 @@ def test_restarts_by_cause_recycle_and_timeout(impl):
         assert len(server.worker_pids) == 2
         with socket.create_connection((server.host, server.port), timeout=30) as sock:
             sock.sendall(get("/sleep?s=30", close=True))               # stuck past --timeout: killed
-            server.wait_line(r"^Process \d+ listening on", timeout=15)
+            # (its replacement, the third worker: the recycle's own "listening" line came before)
+            wait_until(lambda: len(server.worker_pids) >= 3, timeout=15, what="the stuck worker's replacement",
+                       server=server)
             assert read_to_eof(sock) == b""                            # cut, not answered
         m = scrape(server)
         assert total(m, "fastcluster_worker_restarts_total", cause="recycle") == 1

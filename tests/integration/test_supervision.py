@@ -320,3 +320,86 @@ def test_sighup_rereads_the_config_file(tmp_path):
         wait_until(lambda: "config reload failed" in server.stderr(), what="the error")
         assert "workers='many'" in server.stderr().split("config reload failed")[1].splitlines()[0]
         assert all(pid_alive(p) for p in live) and len(server.worker_pids) == 4
+
+
+def _timed_out_pid(server):
+    """The pid of the first worker the master killed past --ready-timeout (from its log), or None."""
+    import re
+
+    m = re.search(r"worker \d+ \(pid (\d+)\) was not ready after [\d.]+ s \(--ready-timeout\); its stack follows",
+                  server.stderr())
+    return int(m.group(1)) if m else None
+
+
+def test_a_first_start_whose_import_hangs_is_dumped_killed_and_tried_again(tmp_path):
+    """An app import waiting for a database that is down: past --ready-timeout the log shows where
+    it waits, the worker is killed, and once the database is back a new start serves."""
+    marker = str(tmp_path / "db-down")
+    with open(marker, "w") as f:
+        f.write("600")                                   # apps.slowstart sleeps that long on import
+    with Server("apps.slowstart:app", "--bind", "127.0.0.1:0", "--workers", "1", "--ready-timeout", "2",
+                env={"SLOWSTART_MARKER": marker}, wait=False) as server:
+        wait_until(lambda: _timed_out_pid(server) is not None, timeout=30, what="the --ready-timeout kill",
+                   server=server)
+        hung = _timed_out_pid(server)
+        os.unlink(marker)                                # the database is back
+        server.wait_listening(timeout=30)
+        wait_until(lambda: not pid_alive(hung), timeout=10, what="the hung worker to be gone", server=server)
+        log = server.stderr()
+        assert "slowstart.py" in log and "in <module>" in log, "faulthandler's stack of the hung import"
+        assert "before it was ready; starting a new one" in log
+        conn = http.client.HTTPConnection(server.host, server.port, timeout=10)
+        conn.request("GET", "/pid")
+        assert int(conn.getresponse().read()) == server.worker_pids[-1] != hung
+        conn.close()
+
+
+@pytest.mark.parametrize("event_loop", ["asyncio", "uvloop"])
+def test_an_asgi_lifespan_startup_that_hangs_on_a_respawn_is_dumped_killed_and_retried(tmp_path, event_loop):
+    """A respawned ASGI worker whose lifespan startup waits forever: the log names the app's
+    coroutine it waits in, the worker is killed and started again with backoff."""
+    pytest.importorskip(event_loop)
+    marker = str(tmp_path / "db-down")
+    with Server("apps.hangstart:app", "--bind", "127.0.0.1:0", "--workers", "1", "--ready-timeout", "2",
+                "--lifespan", "on", "--event-loop", event_loop, env={"HANGSTART_MARKER": marker}) as server:
+        first = server.worker_pids[0]
+        open(marker, "w").close()                        # the database goes down, and the worker dies
+        os.kill(first, signal.SIGKILL)
+        wait_until(lambda: _timed_out_pid(server) is not None, timeout=30, what="the --ready-timeout kill",
+                   server=server)
+        hung = _timed_out_pid(server)
+        wait_until(lambda: "in wait_for_the_database" in server.stderr(), timeout=10,
+                   what="the lifespan's await chain in the log", server=server)
+        wait_until(lambda: not pid_alive(hung), timeout=10, what="the hung worker to be killed", server=server)
+        os.unlink(marker)
+        server.wait_line(r"^Process \d+ listening on", timeout=30)
+        log = server.stderr()
+        assert "ASGI task" in log and "hangstart.py" in log
+        conn = http.client.HTTPConnection(server.host, server.port, timeout=10)
+        conn.request("GET", "/")
+        assert int(conn.getresponse().read()) == server.worker_pids[-1] not in (first, hung)
+        conn.close()
+
+
+def test_a_recycle_whose_replacement_was_not_ready_in_time_is_asked_for_again(impl, tmp_path):
+    """--max-requests: the first replacement hangs past --ready-timeout (the rollout is aborted);
+    the master asks again, and the worker past its limit does leave."""
+    marker = str(tmp_path / "slow")
+    with Server("apps.slowstart:app", "--bind", "127.0.0.1:0", "--workers", "1", "--loop", impl,
+                "--max-requests", "10", "--ready-timeout", "2", env={"SLOWSTART_MARKER": marker}) as server:
+        old = server.worker_pids[0]
+        with open(marker, "w") as f:
+            f.write("600")                               # the next imports hang
+        conn = http.client.HTTPConnection(server.host, server.port, timeout=10)
+        for _ in range(12):
+            conn.request("GET", "/pid")
+            assert int(conn.getresponse().read()) == old
+        conn.close()
+        wait_until(lambda: "rolling restart aborted" in server.stderr(), timeout=30, what="the aborted recycle",
+                   server=server)
+        os.unlink(marker)
+        wait_until(lambda: not pid_alive(old), timeout=30, what="the old worker to be replaced after all",
+                   server=server)
+        log = server.stderr()
+        assert "is still past its max-requests limit; asking for its replacement again" in log
+        assert len(server.worker_pids) >= 2 and server.worker_pids[-1] != old

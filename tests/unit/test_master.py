@@ -152,6 +152,7 @@ def test_early_deaths_back_off_and_a_stable_worker_resets_the_count(rig):
         rig._maintain()
     assert delays == [0.0, 0.1, 0.2, 0.4]
     rec = next(r for r in rig.workers.values() if r.slot == 2)
+    ready(rig, rec)                             # stable: it was ready, and lived past STABLE_AFTER
     rec.born_at -= master_module.STABLE_AFTER
     rig.on_exit(rec.pid, 1)
     assert 2 not in rig.failures and 2 not in rig.respawn_at
@@ -218,3 +219,169 @@ def test_a_sigterm_right_after_the_fork_is_not_lost(tmp_path, monkeypatch):
         m._restore_signals()
         m.selector.close()
         m.listener.close()
+
+
+def overdue(m, rec):
+    """`rec` has been starting for longer than --ready-timeout."""
+    rec.born_at -= m.config.ready_timeout
+
+
+def kill_now(m, rec):
+    """The stack dump's half second is over: _check_deadlines sends the SIGKILL."""
+    rec.kill_at = time.monotonic() - 0.001
+    m._check_deadlines()
+    assert m.sent[-1] == (rec.pid, signal.SIGKILL)
+    m._check_deadlines()                                   # (not reaped yet: no second dump, no second kill)
+    assert m.sent[-1] == (rec.pid, signal.SIGKILL) and m.sent[-2][1] != signal.SIGKILL
+
+
+def test_a_first_start_that_hangs_is_dumped_killed_and_tried_again_with_backoff(rig, caplog):
+    """An app import that waits for a database that is down: the master does not wait forever,
+    nor stop (the first worker's import errors stop it; a hang is retried)."""
+    rig._maintain()
+    (rec,) = rig.workers.values()
+    rig._check_deadlines()
+    assert rig.sent == []                                  # within --ready-timeout: left alone
+    overdue(rig, rec)
+    rig._check_deadlines()
+    assert rig.sent == [(rec.pid, signal.SIGUSR2)]         # faulthandler's stack first
+    assert ("worker 1 (pid %d) was not ready after 60 s (--ready-timeout); its stack follows, then it is killed"
+            % rec.pid) in caplog.text
+    rig._check_deadlines()
+    assert rig.sent == [(rec.pid, signal.SIGUSR2)]         # asked once, not once per round
+    kill_now(rig, rec)
+    rig.on_exit(rec.pid, -signal.SIGKILL)
+    assert not rig.stopping and rig.exit_code == 0
+    assert "worker 1 (pid %d) was killed by SIGKILL before it was ready; starting a new one" % rec.pid in caplog.text
+    rig._maintain()
+    (again,) = rig.workers.values()
+    assert again.pid != rec.pid and again.slot == 1
+    overdue(rig, again)
+    rig._check_deadlines()
+    kill_now(rig, again)
+    rig.on_exit(again.pid, -signal.SIGKILL)
+    assert 0.05 < rig.respawn_at[1] - time.monotonic() <= 0.1     # the second in a row: backoff
+    assert rig.collect().restarts["timeout"] == 2
+    rig.respawn_at[1] = 0.0
+    rig._maintain()
+    (third,) = rig.workers.values()
+    rig.dispatch(signal.SIGTERM)             # a stop while it hangs: it has no request to finish
+    assert rig.sent[-1] == (third.pid, signal.SIGQUIT)
+
+
+def test_a_respawn_or_ttin_start_that_hangs_is_killed_and_the_others_serve_on(rig, caplog):
+    first, second = start(rig)
+    rig.dispatch(signal.SIGTTIN)
+    rig._maintain()
+    third = next(r for r in rig.workers.values() if r.slot == 3)
+    overdue(rig, third)
+    rig._check_deadlines()
+    assert rig.sent == [(third.pid, signal.SIGUSR2)]
+    kill_now(rig, third)
+    rig.on_exit(third.pid, -signal.SIGKILL)
+    rig._maintain()
+    assert {r.slot for r in rig.workers.values()} == {1, 2, 3} and third.pid not in rig.workers
+    assert first.pid in rig.workers and second.pid in rig.workers and not rig.stopping
+
+
+def test_a_rollout_replacement_that_hangs_is_dumped_and_the_rollout_aborted(rig, caplog):
+    first, second = start(rig)
+    rig.dispatch(signal.SIGUSR2)
+    rep = rig.rollout.replacing
+    overdue(rig, rep)
+    rig._check_deadlines()
+    assert rig.sent == [(rep.pid, signal.SIGUSR2)]          # its stack; the old worker is not touched
+    assert "rolling restart aborted: worker 1 (pid %d) was not ready after 60 s" % rep.pid in caplog.text
+    assert not rig.rollout.active and not first.recycling
+    kill_now(rig, rep)
+    rig.on_exit(rep.pid, -signal.SIGKILL)
+    assert "the worker it was to replace serves on" in caplog.text
+    rig._maintain()
+    assert set(rig.workers) == {first.pid, second.pid} and rig.respawn_at == {}
+
+
+def test_a_recycle_whose_replacement_failed_is_asked_for_again_with_backoff(rig, caplog):
+    first, second = start(rig)
+    rig.on_status(first, b"X max-requests\n")
+    rep = rig.rollout.replacing
+    assert rep.replaces == first.pid
+    overdue(rig, rep)
+    rig._check_deadlines()                                   # not ready in time: aborted
+    assert not rig.rollout.active
+    kill_now(rig, rep)
+    rig.on_exit(rep.pid, -signal.SIGKILL)
+    rig._check_deadlines()                                   # then asked for again, later
+    assert "worker 1 (pid %d) is still past its max-requests limit; asking for its replacement again in 1.0 s" \
+        % first.pid in caplog.text
+    assert 0.9 < rig._next_deadline() - time.monotonic() <= 1.0
+    first.recycle_at = time.monotonic() - 0.001
+    rig._check_deadlines()
+    again = rig.rollout.replacing
+    assert again is not None and again.replaces == first.pid and again.pid != rep.pid
+    rig.on_exit(again.pid, 1)                                # dies: aborted again, and the wait doubles
+    rig._check_deadlines()
+    assert "again in 2.0 s" in caplog.text
+    first.recycle_at = time.monotonic() - 0.001
+    rig._check_deadlines()
+    third = rig.rollout.replacing
+    ready(rig, third)                                        # this one makes it: the old one drains
+    assert (first.pid, signal.SIGTERM) in rig.sent and first.expected_exit
+    rig.on_exit(first.pid, 0)
+    assert rig.collect().restarts["recycle"] == 1
+
+
+def test_max_worker_lifetime_retries_with_backoff_not_on_every_round(rig, caplog):
+    rig.config = rig.config.replace(max_worker_lifetime=1.0)
+    first, second = start(rig)
+    first.lifetime = 1.0
+    first.born_at -= 2.0
+    rig._check_deadlines()
+    rep = rig.rollout.replacing
+    assert rep.replaces == first.pid
+    rig.forks.fail = OSError(11, "Resource temporarily unavailable")
+    rig.on_exit(rep.pid, 1)
+    forked = rig.forks.next_pid
+    for _ in range(5):
+        rig._check_deadlines()
+    assert rig.forks.next_pid == forked and caplog.text.count("asking for its replacement again") == 1
+
+
+def test_the_metrics_endpoint_caps_its_connections_and_drops_idle_ones():
+    from fastcluster import metrics
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    selector = selectors.DefaultSelector()
+    endpoint = metrics.Endpoint(listener, selector, lambda: None)
+    clients = []
+    try:
+        fds = open_fds()
+        for _ in range(metrics.MAX_CLIENTS + 20):
+            clients.append(socket.create_connection(listener.getsockname(), timeout=5))
+        deadline = time.monotonic() + 10
+        while len(clients) - sum(at_eof(c) for c in clients) > metrics.MAX_CLIENTS or not endpoint.clients:
+            assert time.monotonic() < deadline, "the endpoint did not accept and shed"
+            for key, events in selector.select(0.1):
+                key.data(events)
+        assert len(endpoint.clients) == metrics.MAX_CLIENTS
+        assert open_fds() - fds <= metrics.MAX_CLIENTS + len(clients)      # (the test's own + the cap)
+        assert all(at_eof(c) for c in clients[:20])               # the oldest were closed to make room
+        assert metrics.CLIENT_TIMEOUT <= 2.0
+        assert endpoint.deadline() <= time.monotonic() + metrics.CLIENT_TIMEOUT
+        endpoint.expire(time.monotonic() + metrics.CLIENT_TIMEOUT)
+        assert endpoint.clients == {} and all(at_eof(c) for c in clients)
+    finally:
+        for c in clients:
+            c.close()
+        endpoint.close()
+        selector.close()
+
+
+def at_eof(sock):
+    """True once the peer closed `sock` (without blocking)."""
+    sock.setblocking(False)
+    try:
+        return sock.recv(1) == b""
+    except BlockingIOError:
+        return False
+    except ConnectionResetError:
+        return True
