@@ -730,7 +730,7 @@ class HttpConnection(Channel):
         and the app's taking of its body (_body_taken, _fill_body) asks too. (A WebSocket, once
         upgraded, keeps its own rule: _websocket.py.)"""
         if self.ws is not None:
-            return self.read_paused
+            return False                     # (the session pauses, and _body_taken resumes)
         if self.state == PEER_CLOSED or len(self.pending) >= MAX_PIPELINED:
             return True
         cur = self.cur
@@ -898,7 +898,8 @@ class HttpConnection(Channel):
         server = self.server
         if self.out_size and not self._flush():
             return 0
-        self.read_paused = self._holds_input()
+        if self.ws is None:
+            self.read_paused = self._holds_input()
         if self.resp is not None or self.pending:
             # a response in progress (more of its body, or the next request, may come), or a
             # request that waits for an app call to start (HttpServer._defer): never ended here,
