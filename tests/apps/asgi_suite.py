@@ -149,6 +149,8 @@ async def http(scope, receive, send):
         return
     if path == "/wait-disconnect":   # answers nothing; records the http.disconnect it gets
         await receive()
+        if "started" in q:   # lets a test see that the app now waits on receive()
+            open(q["started"], "w").close()
         message = await receive()
         with open(q["marker"], "w") as f:
             f.write(message["type"])
