@@ -23,6 +23,7 @@ from .record import Record, field
 
 ENV_PREFIX = "FASTCLUSTER_"
 LOOPS = ("auto", "cython", "python")
+FORWARDED_FAMILIES = ("x-forwarded", "forwarded", "none")   # wsgi.FORWARDED_FAMILIES (not imported by the master)
 
 
 # --- value parsers: each takes a str and returns the typed value or raises ValueError ---
@@ -325,6 +326,11 @@ SETTINGS = (
     Setting("forwarded_allow_ips", ("--forwarded-allow-ips",), address_list, "127.0.0.1,::1",
             "peers (addresses, CIDR networks, * for all) whose Forwarded / X-Forwarded-For / X-Forwarded-Proto "
             "headers set the client address and scheme (unix-socket peers are trusted)", "LIST"),
+    Setting("forwarded_headers", ("--forwarded-headers",), choice(*FORWARDED_FAMILIES), FORWARDED_FAMILIES[0],
+            "the one proxy header family those peers' headers are read from: x-forwarded (X-Forwarded-For "
+            "and X-Forwarded-Proto, which nginx, HAProxy and Kubernetes ingresses set), forwarded (RFC 7239), "
+            "or none; the other family is an ordinary header, so a client cannot send it past the proxy",
+            "{%s}" % ",".join(FORWARDED_FAMILIES)),
     Setting("proxy_protocol", ("--proxy-protocol",), boolean, False,
             "each connection starts with a PROXY protocol header (v1 or v2, from HAProxy, an AWS or GCP "
             "balancer): the client address comes from it; a connection without a valid one is closed"),
@@ -420,6 +426,7 @@ class Config(Record, frozen=True):
     umask: Optional[int] = _default("umask")
     root_path: str = _default("root_path")
     forwarded_allow_ips: str = _default("forwarded_allow_ips")
+    forwarded_headers: str = _default("forwarded_headers")
     proxy_protocol: bool = _default("proxy_protocol")
     health_path: Optional[str] = _default("health_path")
     shutdown_delay: float = _default("shutdown_delay")

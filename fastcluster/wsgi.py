@@ -456,15 +456,25 @@ def base_environ(server_name: str, server_port: str, multiprocess: bool, multith
     }
 
 
-# --- proxy headers (--forwarded-allow-ips) ----------------------------------------------------
+# --- proxy headers (--forwarded-allow-ips, --forwarded-headers) -----------------------------------
+
+# The header families a proxy may speak; the server trusts one of them (--forwarded-headers), never
+# both: a family the proxy does not set passes through it untouched, so the client would choose it.
+X_FORWARDED, FORWARDED, NO_FORWARDED = "x-forwarded", "forwarded", "none"
+FORWARDED_FAMILIES = (X_FORWARDED, FORWARDED, NO_FORWARDED)
+
 
 class Trust:
     """Which peers may set the client's address and scheme through proxy headers: addresses and
-    networks (CIDR), or everyone (`*`). Answers are cached per address string. Plain addresses
-    (the default, 127.0.0.1 and ::1) are compared in their canonical text, through the socket
-    module; ipaddress (0.3 MiB in every forked worker) is imported only for networks."""
+    networks (CIDR), or everyone (`*`), and which header family they set (`family`, one of
+    FORWARDED_FAMILIES). Answers are cached per address string. Plain addresses (the default,
+    127.0.0.1 and ::1) are compared in their canonical text, through the socket module;
+    ipaddress (0.3 MiB in every forked worker) is imported only for networks."""
 
-    def __init__(self, spec: str):
+    def __init__(self, spec: str, family: str = X_FORWARDED):
+        if family not in FORWARDED_FAMILIES:
+            raise ValueError("%r is not one of %s" % (family, ", ".join(FORWARDED_FAMILIES)))
+        self.family = family
         self.everyone = False
         self.addresses = set()
         self.networks = []
@@ -541,43 +551,58 @@ def _forwarded_node(value: str):
     return host, port if port.isdigit() else "0"
 
 
-def _pick(nodes, trust):
-    """The rightmost address that is not itself a trusted proxy (the leftmost when all are)."""
-    for node in reversed(nodes):
+def _client_hop(nodes, trust):
+    """The index of the hop that is the client: walking from the right (the nearest proxy), the
+    first address that is not itself a trusted proxy (the leftmost when all are); None when the
+    walk meets a hop it cannot account for ("unknown", a name, an element without `for=`)."""
+    for index in range(len(nodes) - 1, -1, -1):
+        node = nodes[index]
         if node is None:
-            return None                          # "unknown" past the trusted ones: no address to take
+            return None
         if not trust(node[0]):
-            return node
-    return nodes[0] if nodes else None
+            return index
+    return 0 if nodes else None
 
 
 def forwarded_client(env: dict, trust):
     """From a trusted peer: (address, port, scheme) that its proxy headers give, each None where
-    they give nothing. RFC 7239 Forwarded first; X-Forwarded-For and X-Forwarded-Proto otherwise."""
+    they give nothing. Only the family `trust.family` names is read: X-Forwarded-For with the last
+    X-Forwarded-Proto (what the nearest proxy set), or RFC 7239 Forwarded, whose `proto=` is taken
+    from the same element as the client's `for=` (the hop that proxy saw)."""
     node = scheme = None
-    forwarded = env.get("HTTP_FORWARDED")
-    if forwarded is not None:
-        nodes, protos = [], []
-        for element in forwarded.split(","):
-            found = None
-            for pair in element.split(";"):
-                name, _, value = pair.partition("=")
-                name = name.strip().lower()
-                if name == "for":
-                    found = _forwarded_node(value)
-                    nodes.append(found)
-                elif name == "proto":
-                    protos.append(value.strip().strip('"').lower())
-        node = _pick(nodes, trust)
-        if protos:
-            scheme = protos[-1]
-    else:
+    family = trust.family
+    if family == X_FORWARDED:
         xff = env.get("HTTP_X_FORWARDED_FOR")
         if xff is not None:
-            node = _pick([_forwarded_node(item) for item in xff.split(",") if item.strip()], trust)
+            nodes = [_forwarded_node(item) for item in xff.split(",") if item.strip()]
+            index = _client_hop(nodes, trust)
+            if index is not None:
+                node = nodes[index]
         proto = env.get("HTTP_X_FORWARDED_PROTO")
         if proto is not None:
             scheme = proto.rsplit(",", 1)[-1].strip().lower()
+    elif family == FORWARDED:
+        forwarded = env.get("HTTP_FORWARDED")
+        if forwarded is not None:
+            nodes, protos = [], []
+            for element in forwarded.split(","):
+                found = proto = None
+                for pair in element.split(";"):
+                    name, _, value = pair.partition("=")
+                    name = name.strip().lower()
+                    if name == "for":
+                        found = _forwarded_node(value)
+                    elif name == "proto":
+                        proto = value.strip().strip('"').lower()
+                nodes.append(found)
+                protos.append(proto)
+            index = _client_hop(nodes, trust)
+            if index is not None:
+                node, scheme = nodes[index], protos[index]
+            elif nodes:
+                # the walk stopped at a hop it cannot account for (for=unknown): no address, but
+                # the trusted proxy that wrote that element still says how the hop arrived
+                scheme = protos[max(i for i, n in enumerate(nodes) if n is None)]
     if scheme not in ("http", "https"):
         scheme = None
     if node is None:

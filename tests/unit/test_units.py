@@ -70,7 +70,7 @@ def test_defaults_are_typed_values():
     for setting in SETTINGS:
         assert not isinstance(getattr(config, setting.name), str) or setting.name in (
             "loop", "interface", "event_loop", "lifespan", "log_level", "log_format", "access_log_format",
-            "forwarded_allow_ips", "root_path", "cert_reqs")
+            "forwarded_allow_ips", "forwarded_headers", "root_path", "cert_reqs")
 
 
 def test_bad_env_value_names_the_variable():
