@@ -34,13 +34,14 @@ STATUS = 9       # 9..13: responses by class, 1xx..5xx (refusals included)
 REFUSED = 14     # 14..21: requests refused by the server itself, by status (REFUSALS order)
 REFUSALS = (400, 408, 413, 414, 431, 501, 505, 0)   # 0: any other status
 BUSY = REFUSED + len(REFUSALS)   # app calls in progress (gauge); with --threads N, N means all are busy
-USED = BUSY + 1
+LOG_DROPPED = BUSY + 1   # access log lines dropped: a pipe or socket that did not read (logs.AccessLog)
+USED = LOG_DROPPED + 1
 
-COUNTERS = ("requests", "bytes_in", "bytes_out", "accepted")   # summed over a slot's processes, ever
+COUNTERS = ("requests", "bytes_in", "bytes_out", "accepted", "log_dropped")   # summed over a slot's processes, ever
 GAUGES = ("conns", "in_flight", "rss", "busy")                  # summed over a slot's live processes
 CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
 _NAMED = {"conns": CONNS, "requests": REQUESTS, "in_flight": IN_FLIGHT, "bytes_in": BYTES_IN,
-          "bytes_out": BYTES_OUT, "accepted": ACCEPTED, "rss": RSS, "busy": BUSY}
+          "bytes_out": BYTES_OUT, "accepted": ACCEPTED, "rss": RSS, "busy": BUSY, "log_dropped": LOG_DROPPED}
 
 
 def refusal_cell(status: int) -> int:
@@ -49,6 +50,14 @@ def refusal_cell(status: int) -> int:
         return REFUSED + REFUSALS.index(status)
     except ValueError:
         return REFUSED + len(REFUSALS) - 1
+
+
+def slot_cells(mem, index):
+    """A worker's own cells on the master's board memory (`mem`), or None without a slot."""
+    if mem is None or index < 0:
+        return None
+    base = HEADER + STRIDE * index
+    return memoryview(mem).cast("q")[base:base + STRIDE]
 
 
 def private_cells():
@@ -112,6 +121,7 @@ class Counts(Record):
     accepted: int = 0
     rss: int = 0
     busy: int = 0       # app calls in progress
+    log_dropped: int = 0    # access log lines dropped (a sink that did not read)
     responses: dict = field(lambda: dict.fromkeys(CLASSES, 0))    # by class
     refused: dict = field(lambda: {reason(status): 0 for status in REFUSALS})
 

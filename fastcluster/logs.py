@@ -5,24 +5,35 @@ gathered in memory and written in batches, at most ACCESS_BATCH lines or one
 second apart (on the loop's tick), and when the worker stops.  A batch never
 splits a line, and a batch for a pipe is cut into writes of at most PIPE_BUF
 bytes, so the lines of several workers sharing one pipe never interleave.
+
+A pipe or socket (stdout read by another program, journald) is written without
+blocking: a reader that stops reading must not stop the loop. What it does not
+take waits, up to ACCESS_HOLD bytes of whole lines; past that, lines are dropped
+and counted (`dropped`, and the worker's LOG_DROPPED cell on the board: /metrics).
 """
 
 from __future__ import annotations
 
 import errno
+import fcntl
 import logging
 import os
 import re
 import select
+import socket
 import stat
 import sys
 import time
+
+from .board import LOG_DROPPED
 
 LEVELS = ("debug", "info", "warning", "error", "critical")
 FORMATS = ("text", "json")
 TEXT_FORMAT = "[%(asctime)s] [%(process)d] [%(levelname)s] %(message)s"
 
 ACCESS_BATCH = 256      # lines gathered before a write (the tick writes the rest once a second)
+ACCESS_HOLD = 1 << 20   # bytes of whole lines held for a pipe or socket that is not read; then lines are dropped
+CLOSE_WAIT = 1.0        # seconds a stopping worker waits for a full pipe or socket to take what is held
 
 # The combined log format, then the worker's pid and the request time in microseconds.
 DEFAULT_ACCESS_FORMAT = '%(h)s %(l)s %(u)s %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s" %(p)s %(D)s'
@@ -126,9 +137,12 @@ def check_access_format(fmt: str) -> str:
 
 
 class AccessLog:
-    """One worker's access log: '-' is stdout, anything else a file opened for appending."""
+    """One worker's access log: '-' is stdout, anything else a file opened for appending.
 
-    def __init__(self, target: str, fmt: str = DEFAULT_ACCESS_FORMAT):
+    `cells`: the worker's slot on the board (board.slot_cells), where the count of dropped lines
+    is published; None without a master."""
+
+    def __init__(self, target: str, fmt: str = DEFAULT_ACCESS_FORMAT, cells=None):
         self.target = target
         self.render = compile_access_format(fmt)
         self.default_format = fmt == DEFAULT_ACCESS_FORMAT   # the compiled loop renders it in C
@@ -139,7 +153,12 @@ class AccessLog:
         self.fd = -1
         self.owned = False
         self.pipe = False
+        self.sock = None        # a socket sink (journald's stdout): sent to with MSG_DONTWAIT
+        self.own_fd = -1        # a pipe's own non-blocking open file description (stdout's stays blocking)
+        self.held = bytearray() # whole lines a pipe or socket has not taken yet (at most ACCESS_HOLD)
         self.dropped = 0
+        self.dropping = False   # lines are being dropped now (logged when it starts and when it ends)
+        self.cells = cells
         self.open()
 
     def open(self):
@@ -148,13 +167,27 @@ class AccessLog:
         else:
             self.fd, self.owned = os.open(self.target, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC,
                                           0o644), True
-        self.pipe = stat.S_ISFIFO(os.fstat(self.fd).st_mode)
+        mode = os.fstat(self.fd).st_mode
+        self.pipe = stat.S_ISFIFO(mode)
+        if self.pipe:
+            # O_NONBLOCK belongs to the open file description, which stdout shares with the master,
+            # the other workers and the app's print(): a description of our own, opened anew
+            # through /proc, is non-blocking for this log alone. (A FIFO we opened is ours already.)
+            try:
+                self.own_fd = self.fd if self.owned else os.open(
+                    "/proc/self/fd/%d" % self.fd, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+                if self.owned:
+                    fcntl.fcntl(self.fd, fcntl.F_SETFL, fcntl.fcntl(self.fd, fcntl.F_GETFL) | os.O_NONBLOCK)
+            except OSError:
+                self.own_fd = -1            # no /proc: blocking writes, as to a file
+        elif stat.S_ISSOCK(mode):
+            self.sock = socket.socket(fileno=os.dup(self.fd))
 
     def reopen(self):
         """SIGUSR1 (log rotation): write what is gathered, then open the file anew."""
         self.flush()
         if self.owned:
-            os.close(self.fd)
+            self._close_fds()
             self.open()
 
     def log(self, env, status, size, secs):
@@ -180,31 +213,55 @@ class AccessLog:
     def write_block(self, block: bytes):
         """Whole lines rendered elsewhere (the compiled loop), after the lines gathered here."""
         self.flush()
-        if self.pipe and len(block) > select.PIPE_BUF:
-            self._write_lines(block.decode("utf-8").splitlines(True))
-        else:
-            self._write(block)
+        self._put(block)
 
     def flush(self):
-        if not self.lines:
-            return
-        lines, self.lines = self.lines, []
-        if self.pipe:
-            self._write_lines(lines)
-        else:
-            self._write("".join(lines).encode("utf-8", "backslashreplace"))
+        """Write what is gathered; also, once a second from the tick, retry what a full sink held."""
+        if self.lines:
+            lines, self.lines = self.lines, []
+            self._put("".join(lines).encode("utf-8", "backslashreplace"))
+        elif self.held:
+            self._drain()
 
-    def _write_lines(self, lines):
-        """For a pipe: writes of whole lines, at most PIPE_BUF bytes each (a longer line alone),
-        which the kernel keeps whole even when other workers write to the same pipe."""
-        batch, size = [], 0
-        for line in lines:
-            if size + len(line) > select.PIPE_BUF and batch:
-                self._write("".join(batch).encode("utf-8", "backslashreplace"))
-                batch, size = [], 0
-            batch.append(line)
-            size += len(line)
-        self._write("".join(batch).encode("utf-8", "backslashreplace"))
+    def _put(self, data):
+        """Whole lines to the sink, after those it holds."""
+        if self.own_fd < 0 and self.sock is None:
+            self._write(data)               # a file (or a tty): it takes everything
+            return
+        held = self.held
+        room = ACCESS_HOLD - len(held)
+        if len(data) > room:                # a sink that has not read for a while: whole lines go
+            cut = data.rfind(b"\n", 0, room) + 1
+            self._lost(data.count(b"\n", cut), "its reader is not reading")
+            data = data[:cut]
+        held += data
+        self._drain()
+
+    def _drain(self):
+        """As much of what is held as the sink takes now, never waiting: for a pipe in writes of
+        whole lines of at most PIPE_BUF bytes (a longer line alone), which the kernel keeps whole
+        among the other workers' and which a full pipe refuses whole (EAGAIN)."""
+        held = self.held
+        try:
+            while held:
+                if self.sock is not None:
+                    sent = self.sock.send(held, socket.MSG_DONTWAIT)
+                else:
+                    end = len(held)
+                    if end > select.PIPE_BUF:
+                        end = held.rfind(b"\n", 0, select.PIPE_BUF) + 1 or held.find(b"\n") + 1 or end
+                    sent = os.write(self.own_fd, memoryview(held)[:end])
+                del held[:sent]
+        except (BlockingIOError, InterruptedError):
+            return                          # the tick tries again
+        except OSError as exc:
+            self._lost(held.count(b"\n"), os.strerror(exc.errno or errno.EIO))
+            del held[:]
+            return
+        if self.dropping:
+            self.dropping = False
+            logging.getLogger("fastcluster").warning("access log %s: writing again (%d lines dropped so far)",
+                                                     self.target, self.dropped)
 
     def _write(self, data):
         view = memoryview(data)
@@ -226,13 +283,37 @@ class AccessLog:
                 return
 
     def _lost(self, count, why):
-        if not self.dropped:
+        if not count:
+            return
+        if not self.dropping:
+            self.dropping = True
             logging.getLogger("fastcluster").error("access log %s: %s; dropping lines", self.target, why)
         self.dropped += count
+        if self.cells is not None:
+            self.cells[LOG_DROPPED] = self.dropped
 
     def close(self):
+        """The worker stops: what is gathered and held gets CLOSE_WAIT seconds to go out."""
         self.flush()
-        if self.owned:
+        deadline = time.monotonic() + CLOSE_WAIT
+        while self.held:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                self._lost(self.held.count(b"\n"), "its reader is not reading")
+                del self.held[:]
+                break
+            select.select([], [self.sock or self.own_fd], [], left)
+            self._drain()
+        self._close_fds()
+
+    def _close_fds(self):
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+        if self.own_fd >= 0 and self.own_fd != self.fd:
+            os.close(self.own_fd)
+        self.own_fd = -1
+        if self.owned and self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
 

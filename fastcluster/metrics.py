@@ -35,6 +35,8 @@ _SLOT_METRICS = (
     ("app_threads_busy", "gauge", "App calls in progress (with --threads N, N means every app thread is busy).",
      "busy"),
     ("worker_rss_bytes", "gauge", "Resident memory of the slot's live processes, sampled each second.", "rss"),
+    ("access_log_dropped_lines_total", "counter",
+     "Access log lines dropped because their pipe or socket was not read (1 MiB is held first).", "log_dropped"),
 )
 
 

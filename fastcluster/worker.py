@@ -22,6 +22,7 @@ import traceback
 from typing import Any, Optional
 
 from . import hooks, loop, privileges
+from .board import slot_cells
 from .errors import EXIT_APP_LOAD_ERROR, EXIT_BOOT_ERROR, EXIT_OK
 from .importer import interface_of, load_app
 from .logs import AccessLog, reopen_log, say
@@ -201,7 +202,8 @@ def _serve(spec, stop, wake_r, wake_w):
     set_title("fastcluster worker %d gen=%d req=0" % (spec.slot, spec.generation), "fc worker %d" % spec.slot)
     wake_r.setblocking(False)
     os.set_blocking(spec.status_fd, False)   # a heartbeat never waits for a busy master
-    access_log = AccessLog(config.access_log, config.access_log_format) if config.access_log else None
+    access_log = AccessLog(config.access_log, config.access_log_format, slot_cells(spec.board, spec.board_index)) \
+        if config.access_log else None
     heartbeat = _Heartbeat(spec.status_fd, config, spec.slot, spec.generation, access_log)
     _install_signals(spec, stop, wake_w, heartbeat)
     impl = loop.load(spec.loop_name)
