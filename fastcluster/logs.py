@@ -8,8 +8,9 @@ bytes, so the lines of several workers sharing one pipe never interleave.
 
 A pipe or socket (stdout read by another program, journald) is written without
 blocking: a reader that stops reading must not stop the loop. What it does not
-take waits, up to ACCESS_HOLD bytes of whole lines; past that, lines are dropped
-and counted (`dropped`, and the worker's LOG_DROPPED cell on the board: /metrics).
+take waits, up to ACCESS_HOLD bytes of whole lines, and a thread of the log's own
+writes it as soon as the reader takes it; past ACCESS_HOLD, lines are dropped and
+counted (`dropped`, and the worker's LOG_DROPPED cell on the board: /metrics).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import select
 import socket
 import stat
 import sys
+import threading
 import time
 
 from .board import LOG_DROPPED
@@ -156,6 +158,10 @@ class AccessLog:
         self.sock = None        # a socket sink (journald's stdout): sent to with MSG_DONTWAIT
         self.own_fd = -1        # a pipe's own non-blocking open file description (stdout's stays blocking)
         self.held = bytearray() # whole lines a pipe or socket has not taken yet (at most ACCESS_HOLD)
+        self.lock = threading.Lock()            # held, dropped: the loop adds, the drainer takes
+        self.wake = threading.Condition(self.lock)
+        self.drainer = None     # the thread that waits for a slow sink, started the first time one is
+        self.closing = False
         self.dropped = 0
         self.dropping = False   # lines are being dropped now (logged when it starts and when it ends)
         self.cells = cells
@@ -184,9 +190,10 @@ class AccessLog:
             self.sock = socket.socket(fileno=os.dup(self.fd))
 
     def reopen(self):
-        """SIGUSR1 (log rotation): write what is gathered, then open the file anew."""
+        """SIGUSR1 (log rotation): write what is gathered, then open the file anew (a named pipe
+        is not rotated: it stays, and so does its drainer)."""
         self.flush()
-        if self.owned:
+        if self.owned and self.own_fd < 0 and self.sock is None:
             self._close_fds()
             self.open()
 
@@ -216,52 +223,90 @@ class AccessLog:
         self._put(block)
 
     def flush(self):
-        """Write what is gathered; also, once a second from the tick, retry what a full sink held."""
         if self.lines:
             lines, self.lines = self.lines, []
             self._put("".join(lines).encode("utf-8", "backslashreplace"))
-        elif self.held:
-            self._drain()
 
     def _put(self, data):
-        """Whole lines to the sink, after those it holds."""
+        """Whole lines to the sink, after those it holds. The loop writes only while nothing is
+        held, and never waits; what a pipe or socket does not take is left to the drainer."""
         if self.own_fd < 0 and self.sock is None:
             self._write(data)               # a file (or a tty): it takes everything
             return
-        held = self.held
-        room = ACCESS_HOLD - len(held)
-        if len(data) > room:                # a sink that has not read for a while: whole lines go
-            cut = data.rfind(b"\n", 0, room) + 1
-            self._lost(data.count(b"\n", cut), "its reader is not reading")
-            data = data[:cut]
-        held += data
-        self._drain()
+        with self.lock:
+            held = self.held
+            if not held:
+                try:
+                    data = data[self._send_now(data):]
+                except OSError as exc:
+                    self._lost(data.count(b"\n"), os.strerror(exc.errno or errno.EIO))
+                    return
+                if not data:
+                    return
+            room = ACCESS_HOLD - len(held)
+            if len(data) > room:            # a sink that has not read for a while: whole lines go
+                cut = data.rfind(b"\n", 0, room) + 1
+                self._lost(data.count(b"\n", cut), "its reader is not reading")
+                data = data[:cut]
+            held += data
+            if self.drainer is None:
+                self.drainer = threading.Thread(target=self._drain, name="fastcluster access log", daemon=True)
+                self.drainer.start()
+            self.wake.notify()
 
-    def _drain(self):
-        """As much of what is held as the sink takes now, never waiting: for a pipe in writes of
+    def _send_now(self, data):
+        """Bytes of `data` (whole lines) the sink takes now, without waiting: for a pipe in writes of
         whole lines of at most PIPE_BUF bytes (a longer line alone), which the kernel keeps whole
         among the other workers' and which a full pipe refuses whole (EAGAIN)."""
-        held = self.held
+        done, size = 0, len(data)
+        view = memoryview(data)
         try:
-            while held:
+            while done < size:
                 if self.sock is not None:
-                    sent = self.sock.send(held, socket.MSG_DONTWAIT)
-                else:
-                    end = len(held)
-                    if end > select.PIPE_BUF:
-                        end = held.rfind(b"\n", 0, select.PIPE_BUF) + 1 or held.find(b"\n") + 1 or end
-                    sent = os.write(self.own_fd, memoryview(held)[:end])
-                del held[:sent]
+                    done += self.sock.send(view[done:], socket.MSG_DONTWAIT)
+                    continue
+                end = size
+                if end - done > select.PIPE_BUF:
+                    end = (data.rfind(b"\n", done, done + select.PIPE_BUF) + 1 or data.find(b"\n", done) + 1
+                           or size)
+                done += os.write(self.own_fd, view[done:end])
         except (BlockingIOError, InterruptedError):
-            return                          # the tick tries again
-        except OSError as exc:
-            self._lost(held.count(b"\n"), os.strerror(exc.errno or errno.EIO))
-            del held[:]
-            return
-        if self.dropping:
-            self.dropping = False
-            logging.getLogger("fastcluster").warning("access log %s: writing again (%d lines dropped so far)",
-                                                     self.target, self.dropped)
+            pass
+        finally:
+            view.release()
+        return done
+
+    def _drain(self):
+        """The drainer thread: waits until the sink can take what is held, so that the loop never
+        does; from the moment the reader reads again, lines flow at its pace."""
+        fd = self.sock if self.sock is not None else self.own_fd
+        while True:
+            with self.lock:
+                while not self.held and not self.closing:
+                    self.wake.wait()
+                if self.closing:
+                    return
+                held = self.held
+                chunk = bytes(held[:held.rfind(b"\n", 0, 1 << 16) + 1 or held.find(b"\n") + 1])   # whole lines
+            select.select([], [fd], [], 0.2)            # (0.2: a closing log is noticed soon)
+            try:
+                sent = self._send_now(chunk)
+            except OSError as exc:
+                with self.lock:
+                    self._lost(self.held.count(b"\n"), os.strerror(exc.errno or errno.EIO))
+                    del self.held[:]
+                    self.wake.notify_all()
+                continue
+            with self.lock:
+                if self.closing:
+                    return
+                del self.held[:sent]
+                if not self.held:
+                    self.wake.notify_all()          # (close() may be waiting)
+                    if self.dropping:
+                        self.dropping = False
+                        logging.getLogger("fastcluster").warning(
+                            "access log %s: writing again (%d lines dropped so far)", self.target, self.dropped)
 
     def _write(self, data):
         view = memoryview(data)
@@ -295,15 +340,17 @@ class AccessLog:
     def close(self):
         """The worker stops: what is gathered and held gets CLOSE_WAIT seconds to go out."""
         self.flush()
-        deadline = time.monotonic() + CLOSE_WAIT
-        while self.held:
-            left = deadline - time.monotonic()
-            if left <= 0:
+        with self.lock:
+            deadline = time.monotonic() + CLOSE_WAIT
+            while self.held and time.monotonic() < deadline:
+                self.wake.wait(deadline - time.monotonic())
+            if self.held:
                 self._lost(self.held.count(b"\n"), "its reader is not reading")
                 del self.held[:]
-                break
-            select.select([], [self.sock or self.own_fd], [], left)
-            self._drain()
+            self.closing = True
+            self.wake.notify_all()
+        if self.drainer is not None:
+            self.drainer.join(1.0)
         self._close_fds()
 
     def _close_fds(self):
