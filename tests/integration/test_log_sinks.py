@@ -1,0 +1,80 @@
+"""Issue 28 row 12: `--access-log -` to a pipe nobody reads for a while never holds up requests;
+lines past what is held are dropped and counted in /metrics, and lines go on once it is read."""
+
+import re
+import socket
+import threading
+import time
+import urllib.request
+
+from helpers import Server, read_response
+
+AGENT = b"a" * 1000     # ~1.1 KiB lines: 2,000 of them are more than a pipe and the 1 MiB held
+REQUESTS = 2000
+BATCH = 50              # pipelined per write
+
+
+class HeldStdout(Server):
+    """A Server whose stdout is read up to the "listening" line, then left unread until resume()."""
+
+    def __init__(self, *args, **kwargs):
+        self.reading = threading.Event()
+        super().__init__(*args, **kwargs)
+
+    def _read_stdout(self):
+        for raw in self.proc.stdout:
+            line = raw.decode("utf-8", "replace").rstrip("\n")
+            self._note(line)
+            self.lines.append(line)
+            self.line_queue.put(line)
+            if line.startswith("fastcluster: listening on"):
+                self.reading.wait()
+        self.line_queue.put(None)
+
+    def resume(self):
+        self.reading.set()
+
+    def stop(self, timeout=30.0):
+        self.resume()
+        return super().stop(timeout)
+
+
+def dropped(server):
+    url = next(m.group(1) for m in map(re.compile(r"^fastcluster: metrics on (\S+)$").match, server.lines) if m)
+    with urllib.request.urlopen(url, timeout=10) as resp:
+        text = resp.read().decode()
+    return int(re.search(r'^fastcluster_access_log_dropped_lines_total\{worker="1"\} (\d+)$', text, re.M).group(1))
+
+
+def test_access_log_to_a_pipe_nobody_reads(impl):
+    request = b"GET /pid HTTP/1.1\r\nHost: t\r\nUser-Agent: " + AGENT + b"\r\n\r\n"
+    with HeldStdout("apps.suite:app", "--bind", "127.0.0.1:0", "--workers", "1", "--loop", impl,
+                    "--access-log", "-", "--metrics-bind", "127.0.0.1:0") as server:
+        start = time.monotonic()
+        with server.connect(timeout=5) as sock:
+            replies = sock.makefile("rb")
+            for _ in range(REQUESTS // BATCH):
+                sock.sendall(request * BATCH)
+                for _ in range(BATCH):     # (a worker blocked on its stdout times this out)
+                    resp = read_response(replies)
+                    assert resp is not None and resp.status == 200
+        elapsed = time.monotonic() - start
+        assert elapsed < 10, "%d requests took %.1f s" % (REQUESTS, elapsed)
+        assert dropped(server) > 0
+        # read again: what was held goes out, then the lines of new requests
+        server.resume()
+        with server.connect(timeout=5) as sock:
+            sock.sendall(b"GET /after-the-drain HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+            assert read_response(sock.makefile("rb")).status == 404
+        try:
+            server.wait_line(r'"GET /after-the-drain HTTP/1\.1" 404 ', timeout=20)
+        except AssertionError:     # (not the default message: it would print a megabyte of lines)
+            raise AssertionError("no line for the request after the drain; %d lines, the last %r; stderr %r"
+                                 % (len(server.lines), server.lines[-1][-300:], server.stderr())) from None
+        lines = [line for line in server.lines if line.startswith("127.0.0.1 - - [")]
+        assert all(LINE.match(line) for line in lines)          # whole lines, none cut or run together
+        assert len(lines) + dropped(server) == REQUESTS + 1
+
+
+LINE = re.compile(r'127\.0\.0\.1 - - \[[^]]+\] "GET /(pid|after-the-drain) HTTP/1\.1" (200|404) \d+ "-" '
+                  r'"(a{1000}|-)" \d+ \d+$')
