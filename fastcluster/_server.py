@@ -236,7 +236,7 @@ class HttpServer:
         self.access = access_log
         # ASGI (use_asyncio): the scope's "server"
         self.asgi_server = (name, int(port)) if self.tcp else (name, None)
-        self.trust = _wsgi.Trust(config.forwarded_allow_ips)     # --forwarded-allow-ips
+        self.trust = _wsgi.Trust(config.forwarded_allow_ips, config.forwarded_headers)   # --forwarded-*
         self.proxy_protocol = config.proxy_protocol
         # --health-path: its target as sent, and with a query after it
         self.health = config.health_path.encode("ascii") if config.health_path else None

@@ -35,13 +35,15 @@ REFUSED = 14     # 14..21: requests refused by the server itself, by status (REF
 REFUSALS = (400, 408, 413, 414, 431, 501, 505, 0)   # 0: any other status
 BUSY = REFUSED + len(REFUSALS)   # app calls in progress (gauge); with --threads N, N means all are busy
 LOG_DROPPED = BUSY + 1   # access log lines dropped: a pipe or socket that did not read (logs.AccessLog)
-USED = LOG_DROPPED + 1
+OWN_LOG_DROPPED = LOG_DROPPED + 1   # the worker's own log lines dropped: stderr a pipe that did not read
+USED = OWN_LOG_DROPPED + 1
 
-COUNTERS = ("requests", "bytes_in", "bytes_out", "accepted", "log_dropped")   # summed over a slot's processes, ever
+COUNTERS = ("requests", "bytes_in", "bytes_out", "accepted", "log_dropped", "own_log_dropped")   # summed over a slot's processes, ever
 GAUGES = ("conns", "in_flight", "rss", "busy")                  # summed over a slot's live processes
 CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
 _NAMED = {"conns": CONNS, "requests": REQUESTS, "in_flight": IN_FLIGHT, "bytes_in": BYTES_IN,
-          "bytes_out": BYTES_OUT, "accepted": ACCEPTED, "rss": RSS, "busy": BUSY, "log_dropped": LOG_DROPPED}
+          "bytes_out": BYTES_OUT, "accepted": ACCEPTED, "rss": RSS, "busy": BUSY, "log_dropped": LOG_DROPPED,
+          "own_log_dropped": OWN_LOG_DROPPED}
 
 
 def refusal_cell(status: int) -> int:
@@ -122,6 +124,7 @@ class Counts(Record):
     rss: int = 0
     busy: int = 0       # app calls in progress
     log_dropped: int = 0    # access log lines dropped (a sink that did not read)
+    own_log_dropped: int = 0    # the worker's own log lines dropped (stderr a pipe that did not read)
     responses: dict = field(lambda: dict.fromkeys(CLASSES, 0))    # by class
     refused: dict = field(lambda: {reason(status): 0 for status in REFUSALS})
 

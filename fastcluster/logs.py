@@ -11,6 +11,8 @@ blocking: a reader that stops reading must not stop the loop. What it does not
 take waits, up to ACCESS_HOLD bytes of whole lines, and a thread of the log's own
 writes it as soon as the reader takes it; past ACCESS_HOLD, lines are dropped and
 counted (`dropped`, and the worker's LOG_DROPPED cell on the board: /metrics).
+A worker's own log lines take the same way when stderr is a pipe (WorkerLogHandler), counted in
+OWN_LOG_DROPPED.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import sys
 import threading
 import time
 
-from .board import LOG_DROPPED
+from .board import LOG_DROPPED, OWN_LOG_DROPPED
 
 LEVELS = ("debug", "info", "warning", "error", "critical")
 FORMATS = ("text", "json")
@@ -142,10 +144,14 @@ class AccessLog:
     """One worker's access log: '-' is stdout, anything else a file opened for appending.
 
     `cells`: the worker's slot on the board (board.slot_cells), where the count of dropped lines
-    is published; None without a master."""
+    is published (in its `cell`); None without a master. `announce`: log when lines start to be
+    dropped and when writing resumes (not for the log's own sink: WorkerLogHandler)."""
 
-    def __init__(self, target: str, fmt: str = DEFAULT_ACCESS_FORMAT, cells=None):
+    def __init__(self, target: str, fmt: str = DEFAULT_ACCESS_FORMAT, cells=None, cell=LOG_DROPPED,
+                 announce=True):
         self.target = target
+        self.cell = cell
+        self.announce = announce
         self.render = compile_access_format(fmt)
         self.default_format = fmt == DEFAULT_ACCESS_FORMAT   # the compiled loop renders it in C
         self.pid = os.getpid()
@@ -305,7 +311,8 @@ class AccessLog:
                     self.wake.notify_all()          # (close() may be waiting)
                     if self.dropping:
                         self.dropping = False
-                        logging.getLogger("fastcluster").warning(
+                        if self.announce:
+                            logging.getLogger("fastcluster").warning(
                             "access log %s: writing again (%d lines dropped so far)", self.target, self.dropped)
 
     def _write(self, data):
@@ -332,10 +339,11 @@ class AccessLog:
             return
         if not self.dropping:
             self.dropping = True
-            logging.getLogger("fastcluster").error("access log %s: %s; dropping lines", self.target, why)
+            if self.announce:
+                logging.getLogger("fastcluster").error("access log %s: %s; dropping lines", self.target, why)
         self.dropped += count
         if self.cells is not None:
-            self.cells[LOG_DROPPED] = self.dropped
+            self.cells[self.cell] = self.dropped
 
     def close(self):
         """The worker stops: what is gathered and held gets CLOSE_WAIT seconds to go out."""
@@ -425,6 +433,47 @@ class TextFormatter(logging.Formatter):
         first, rest = text.split("\n", 1)
         prefix = first[:len(first) - len(record.getMessage().split("\n", 1)[0])]
         return first + "".join("\n" + prefix + line for line in rest.split("\n"))
+
+
+class WorkerLogHandler(logging.Handler):
+    """A worker's own log lines, when stderr is a pipe (a container runtime's, a supervisor's),
+    through an AccessLog sink of their own: a reader that stops reading never blocks the worker's
+    loop; past ACCESS_HOLD the lines are dropped and counted (OWN_LOG_DROPPED). (Tracebacks that
+    go to sys.stderr itself, faulthandler's among them, are still written as before.)"""
+
+    def __init__(self, sink, formatter):
+        super().__init__()
+        self.sink = sink
+        self.setFormatter(formatter)
+
+    def emit(self, record):
+        try:
+            self.sink._put((self.format(record) + "\n").encode("utf-8", "backslashreplace"))
+        except Exception:
+            self.handleError(record)
+
+    def close(self):
+        self.sink.close()
+        super().close()
+
+
+def worker_log(cells):
+    """In a worker: its log lines go through a WorkerLogHandler when stderr is a pipe (a file, a
+    tty or --log-file takes every line as it comes; a socket is left as it is). Returns the
+    handler to close when the worker stops, or None."""
+    try:
+        if not stat.S_ISFIFO(os.fstat(2).st_mode):
+            return None
+        sink = AccessLog("/proc/self/fd/2", cells=cells, cell=OWN_LOG_DROPPED, announce=False)
+    except OSError:
+        return None
+    root = logging.getLogger()
+    formatter = root.handlers[0].formatter if root.handlers else TextFormatter()
+    handler = WorkerLogHandler(sink, formatter)
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    return handler
 
 
 def setup(level: str = "info", fmt: str = "text") -> None:

@@ -37,6 +37,9 @@ _SLOT_METRICS = (
     ("worker_rss_bytes", "gauge", "Resident memory of the slot's live processes, sampled each second.", "rss"),
     ("access_log_dropped_lines_total", "counter",
      "Access log lines dropped because their pipe or socket was not read (1 MiB is held first).", "log_dropped"),
+    ("log_dropped_lines_total", "counter",
+     "The workers' own log lines dropped because stderr, a pipe, was not read (1 MiB is held first).",
+     "own_log_dropped"),
 )
 
 

@@ -25,7 +25,7 @@ from . import hooks, loop, privileges
 from .board import slot_cells
 from .errors import EXIT_APP_LOAD_ERROR, EXIT_BOOT_ERROR, EXIT_OK
 from .importer import interface_of, load_app
-from .logs import AccessLog, reopen_log, say
+from .logs import AccessLog, reopen_log, say, worker_log
 from .proctitle import set_title
 from .record import Record
 from .sockets import describe
@@ -149,6 +149,9 @@ class _Heartbeat:
                 self.access_log.reopen()
 
 
+_OWN_LOG = None     # logs.WorkerLogHandler, when the worker's stderr is a pipe
+
+
 def run(spec: WorkerSpec):
     """The child's whole life; ends the process with an exit code (errors.py)."""
     code = EXIT_BOOT_ERROR
@@ -160,6 +163,8 @@ def run(spec: WorkerSpec):
         traceback.print_exc()
     finally:
         try:
+            if _OWN_LOG is not None:
+                _OWN_LOG.close()         # what a slow stderr still holds gets its second to go out
             sys.stdout.flush()
             sys.stderr.flush()
         finally:
@@ -204,6 +209,8 @@ def _serve(spec, stop, wake_r, wake_w):
     os.set_blocking(spec.status_fd, False)   # a heartbeat never waits for a busy master
     access_log = AccessLog(config.access_log, config.access_log_format, slot_cells(spec.board, spec.board_index)) \
         if config.access_log else None
+    global _OWN_LOG
+    _OWN_LOG = worker_log(slot_cells(spec.board, spec.board_index))   # (stderr a pipe: never waited for)
     heartbeat = _Heartbeat(spec.status_fd, config, spec.slot, spec.generation, access_log)
     _install_signals(spec, stop, wake_w, heartbeat)
     impl = loop.load(spec.loop_name)

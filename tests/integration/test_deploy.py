@@ -188,17 +188,6 @@ def test_a_clients_own_forwarded_header_never_overrides_its_proxys(impl, interfa
             assert seen_raw(sock, interface, [b"Forwarded: for=6.6.6.6;proto=https"]) == ("127.0.0.1", "http")
 
 
-def _server_reads_the_family():
-    """Whether the worker's Server hands --forwarded-headers to its Trust (one line of _server.py)."""
-    import inspect
-
-    from fastcluster import _server
-
-    return "forwarded_headers" in inspect.getsource(_server)
-
-
-@pytest.mark.skipif(not _server_reads_the_family(),
-                    reason="_server.py builds its Trust without config.forwarded_headers")
 @pytest.mark.parametrize("interface", sorted(APPS))
 def test_forwarded_family_reads_rfc_7239_only(impl, interface):
     with Server(APPS[interface], "--bind", "127.0.0.1:0", "--workers", "1", "--loop", impl,

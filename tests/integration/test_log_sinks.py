@@ -78,3 +78,60 @@ def test_access_log_to_a_pipe_nobody_reads(impl):
 
 LINE = re.compile(r'127\.0\.0\.1 - - \[[^]]+\] "GET /(pid|after-the-drain) HTTP/1\.1" (200|404) \d+ "-" '
                   r'"(a{1000}|-)" \d+ \d+$')
+
+
+def test_the_workers_own_log_to_a_pipe_nobody_reads(impl):
+    """The worker's own log (an app error's traceback for every request) on a stderr pipe nobody
+    reads: no request waits for it; what is not held is dropped and counted in /metrics."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from helpers import TESTS, kill_group
+
+    env = dict(os.environ, PYTHONPATH=TESTS + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.Popen([sys.executable, "-m", "fastcluster", "serve", "apps.suite:app", "--bind", "127.0.0.1:0",
+                             "--workers", "1", "--loop", impl, "--metrics-bind", "127.0.0.1:0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, env=env,
+                            start_new_session=True)
+    try:
+        lines, port = [], None
+        deadline = time.monotonic() + 30
+        while port is None and time.monotonic() < deadline:
+            line = proc.stdout.readline().decode()
+            assert line, "the server exited: %r" % lines
+            lines.append(line.rstrip("\n"))
+            m = re.match(r"fastcluster: listening on http://[^:]+:(\d+)$", lines[-1])
+            port = int(m.group(1)) if m else None
+        threading.Thread(target=lambda: lines.extend(l.decode().rstrip("\n") for l in proc.stdout),
+                         daemon=True).start()
+        request = b"GET /raise HTTP/1.1\r\nHost: t\r\n\r\n"
+        start = time.monotonic()
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+            replies = sock.makefile("rb")
+            for _ in range(REQUESTS // BATCH):
+                sock.sendall(request * BATCH)
+                for _ in range(BATCH):     # (a worker blocked on its stderr times this out)
+                    resp = read_response(replies)
+                    assert resp is not None and resp.status == 500
+        elapsed = time.monotonic() - start
+        assert elapsed < 10, "%d requests took %.1f s" % (REQUESTS, elapsed)
+        url = next(m.group(1) for m in map(re.compile(r"^fastcluster: metrics on (\S+)$").match, lines) if m)
+        with urllib.request.urlopen(url, timeout=10) as resp:
+            text = resp.read().decode()
+        count = int(re.search(r'^fastcluster_log_dropped_lines_total\{worker="1"\} (\d+)$', text, re.M).group(1))
+        assert count > 0
+    finally:
+        drain = threading.Thread(target=proc.stderr.read, daemon=True)   # (the master logs its stop there)
+        drain.start()
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            pass
+        kill_group(proc.pid)
+        proc.wait(5)
+        drain.join(10)
+        proc.stdout.close()
+        proc.stderr.close()
