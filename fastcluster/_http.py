@@ -110,6 +110,7 @@ HTTP10 = PROTOCOLS[V10]
 LAST_PLAIN_HOST = None       # _known_plain_host's
 M_HEAD = _sys.intern("HEAD")   # (every _method() gives its name interned: identity tells a HEAD)
 LINE_KEYS = ("REQUEST_METHOD", "SERVER_PROTOCOL", "RAW_URI", "PATH_INFO", "QUERY_STRING")   # _request_line's
+CHECK_THREADS = _wsgi.CHECK_THREADS     # who may run which code: _server.py, above HttpServer._check_thread
 
 
 def plain_host(host):
@@ -819,6 +820,8 @@ class HttpConnection(Channel):
         """Once a second, from the server: act on a deadline that passed; when the worker is
         stopping, end the connection cleanly once it stays idle. All of its timeouts are here
         (a WebSocket's keep-alive ping too)."""
+        if CHECK_THREADS:
+            self.server._check_thread("HttpConnection.tick")
         if self.ws is not None:
             self.ws.tick(now)
         if self.state == LINGERING:
@@ -841,6 +844,8 @@ class HttpConnection(Channel):
 
     def _pump(self):
         """Produce and send responses until done, or until the socket is full."""
+        if CHECK_THREADS:
+            self.server._check_thread("HttpConnection._pump")
         self.pumping += 1
         self._pump_all()
         self.pumping -= 1
@@ -879,8 +884,9 @@ class HttpConnection(Channel):
                     ex = first
                     if not (ex.complete or ex.early):
                         break
-                    if not ex.health and (server.nested or (server.pool is not None and not server.pool._can_call())):
-                        server._defer(self)  # an app call may not start now: later, in turn
+                    if not ex.health and (server.nested or (server.pool is not None and (
+                            not server.pool._can_call() or (server.deferred and server.turn is not self)))):
+                        server._defer(self)  # an app call may not start now, or others wait: later, in turn
                         break
                 _del_first(pending)          # (Cython's pop(0) is a method call: 500 instructions)
                 self._respond(first)
@@ -1006,6 +1012,8 @@ class HttpConnection(Channel):
 
     def _handed_back(self):
         """From the server: an app thread handed this connection back (or asked for a flush)."""
+        if CHECK_THREADS:
+            self.server._check_thread("HttpConnection._handed_back")
         ex = self.resp
         if ex is not None and ex.returned:
             ex.returned = False
@@ -1117,6 +1125,8 @@ class HttpConnection(Channel):
         return 0
 
     def close(self):
+        if CHECK_THREADS:
+            self.server._check_thread("HttpConnection.close")
         if self.state == CLOSED:
             return
         self.state = CLOSED

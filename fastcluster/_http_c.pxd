@@ -35,6 +35,7 @@ cdef int SEEN_BODY, SEEN_FORWARDED
 cdef bytes HEALTH_OK, HEALTH_STOPPING
 cdef str HTTP11, HTTP10, M_HEAD, V11, V10, LAST_PLAIN_HOST
 cdef tuple LINE_KEYS
+cdef bint CHECK_THREADS
 
 @cython.locals(port=bint, c=Py_UCS4)
 cpdef bint plain_host(str host)

@@ -174,8 +174,10 @@ class Server(HttpServer):
         """A loop thread's life (the serve() caller's, and each app thread's): run the loop while
         it holds it; when an app call of its own lost it (Demoted), wait as a spare to get it back."""
         while True:
-            if not leading and not self.pool.follow():
-                return
+            if not leading:
+                if not self.pool.follow():
+                    return
+                self._holding()          # (promoted: this thread runs the loop now)
             leading = False
             try:
                 while not self.finished:

@@ -24,6 +24,7 @@ through their Python-visible methods, so that nothing here depends on them.
 import os
 import socket as _socket
 import sys
+import threading as _threading
 from collections import deque
 
 try:
@@ -52,6 +53,19 @@ ASGI_VERSION = {"version": "3.0", "spec_version": "2.4"}
 LONG_CALL = 0.001           # an app call this long probably waits: most of them so, and the loop is handed over up front
 WAITS_FLOOR = 1e-6          # AppPool.waits below this is 0: no recent call was long
 NESTED_WAIT = 0.05          # a nested iteration waits at most this long, then looks at its condition again
+
+# Who may run the loop's code. One thread at a time holds the loop: the serve() caller when there
+# are no app threads (--threads 1, or an ASGI app on its event loop's thread); with app threads,
+# whichever thread holds the AppPool's token (it lets it go for each app call, a spare takes it
+# when a call blocks). Everything of a connection's state and the server's tables is the holder's
+# alone: an app thread touches only its own exchange's response (Exchange) and hands the
+# connection back through _post(), the one entry made for other threads. A call that returns after
+# another thread took the loop over unwinds the loop's code on its thread with Demoted, so it can
+# touch nothing more. With FASTCLUSTER_CHECK_THREADS=1 in the environment, the loop's entry points
+# (HttpServer._after_events and _tick, HttpConnection._pump, _handed_back, tick and close) assert
+# that the calling thread is the holder (HttpServer._check_thread); CI runs the suite once so.
+CHECK_THREADS = _wsgi.CHECK_THREADS
+_get_ident = _threading.get_ident
 
 # the board's cells (board.py), offsets in a worker's slot
 B_HEADER, B_STRIDE = _board.HEADER, _board.STRIDE
@@ -93,7 +107,7 @@ class AppPool:
     """
 
     if not cython.compiled:
-        busy = total = 0
+        busy = total = owner = 0
         waits = 0.0
 
     def _setup(self, server, limit):
@@ -118,6 +132,8 @@ class AppPool:
         if self.total - self.busy < 1:
             self.total += 1
             self._spawn()
+        if CHECK_THREADS:
+            self.owner = 0                   # (before the token goes: a spare may take it at once)
         self._release()
         if self.waits > 0.5:
             self.block()
@@ -128,6 +144,8 @@ class AppPool:
         thread has been running it meanwhile. The call's length goes into `waits`, the moving
         share of calls that took more than LONG_CALL."""
         took = self._reclaim()
+        if took and CHECK_THREADS:
+            self.owner = _get_ident()
         waits = self.waits + ((1.0 if _ticks(self.cpu_ticks) - began > self.long_ticks else 0.0) - self.waits) * 0.1
         # (flushed to zero: decaying on its own it sticks at the smallest subnormal double, 2e-323,
         # where each step costs a microcode assist, ~35 ns a request on this machine's Xeon)
@@ -178,7 +196,8 @@ class HttpServer:
         health = health_query = trust = None
         root_path = ""
         deadline = accept_paused_until = now = next_tick = stuck_since = 0.0
-        requests = nested = 0
+        requests = nested = loop_thread = 0
+        checking = False
         board_index = -1
         board = pool = None
         asgi = soon = False
@@ -210,6 +229,7 @@ class HttpServer:
         self.conns = {}
         self.posted = deque()       # connections an app thread hands back (or wants flushed)
         self.deferred = deque()     # connections with a request to dispatch once an app call may start
+        self.turn = None            # the one of them being dispatched now (_after_events)
         self.orphans = []           # closed connections whose app call still runs (--timeout watches them)
         self.tcp = listener.family in (_socket.AF_INET, _socket.AF_INET6)
         _url, name, port, _short = _describe(listener)
@@ -278,6 +298,27 @@ class HttpServer:
 
     def _publish_count(self):
         self.cells[B_CONNS] = len(self.conns)
+        return 0
+
+    def _holding(self):
+        """This thread runs the loop from now on (each loop's _member says so when a thread starts
+        or resumes it): with FASTCLUSTER_CHECK_THREADS, the holder _check_thread expects."""
+        if CHECK_THREADS:
+            self.checking = True
+            if self.pool is not None:
+                self.pool.owner = _get_ident()
+            else:
+                self.loop_thread = _get_ident()
+        return 0
+
+    def _check_thread(self, what):
+        """FASTCLUSTER_CHECK_THREADS: `what`, the loop's code, runs on the thread that holds the
+        loop (the rule above CHECK_THREADS), or the worker stops here, loudly."""
+        if not self.checking:
+            return 0             # (not serving: a test driving a Server in-process, say)
+        holder = self.pool.owner if self.pool is not None else self.loop_thread
+        if holder != _get_ident():
+            raise AssertionError("%s ran on thread %d, but thread %d holds the loop" % (what, _get_ident(), holder))
         return 0
 
     def _lighter_worker(self):
@@ -361,6 +402,8 @@ class HttpServer:
         threads, requests that waited for an app thread, a stop, the tick."""
         # (an app call started from here may lose the loop to another thread and get it back
         # later: these loops look at the queues afresh each time round)
+        if CHECK_THREADS:
+            self._check_thread("the loop's turn")
         while self.posted:
             self.posted.popleft()._handed_back()
         turns = len(self.deferred)
@@ -368,7 +411,12 @@ class HttpServer:
             if self.pool is not None and not self.pool._can_call():
                 break
             turns -= 1
-            self.deferred.popleft()._pump_now()
+            conn = self.deferred.popleft()
+            self.turn = conn             # (its request goes before those of connections not waiting)
+            try:
+                conn._pump_now()
+            finally:
+                self.turn = None
         if self.stop_requested and not self.stopping:
             self._begin_stop()
             self.next_tick = self.now + DRAIN_LINGER
@@ -485,7 +533,10 @@ class HttpServer:
 
     def _defer(self, conn):
         """`conn` has a request to dispatch once an app call may start (after a nested wait, or
-        when an app thread is free)."""
+        when an app thread is free). They go in the order they came: while any waits, a request on
+        another connection waits behind it, even when a thread is free at the moment it is read
+        (else the requests read in each batch of events took every thread that came free, and one
+        that waited could wait for seconds: wrk's 2 s timeouts, 5 ms CPU calls, 50 clients)."""
         self.deferred.append(conn)
         return 0
 
@@ -511,6 +562,8 @@ class HttpServer:
         threads the loop goes on ticking while a call hangs, so the heartbeat says `stuck` once a
         call has run past --timeout (the master then dumps every thread's stack and replaces the
         worker)."""
+        if CHECK_THREADS:
+            self._check_thread("the tick")
         now = self.now
         self.date_line = self.date.get()
         rss = rss_bytes()
@@ -580,11 +633,13 @@ class HttpServer:
         self.cells[B_BEAT] = int(self.now * 1e6)
         self.cells[B_RSS] = rss_bytes()
         self.next_tick = self.now + 1.0
+        self._holding()          # (the serve() caller runs the loop first)
         if ready is not None:
             ready()
         return 0
 
     def _serve_end(self):
+        self._holding()          # (the loop is over: the serve() caller closes what is left)
         for conn in list(self.conns.values()):
             conn.close()
         self._flush_access()

@@ -9,6 +9,8 @@ cdef Py_ssize_t BALANCE_SLACK
 cdef Py_ssize_t B_HEADER, B_STRIDE, B_CONNS, B_NOT_ACCEPTING, B_RSS, B_BEAT, B_BUSY
 cdef object rss_bytes, log
 cdef dict ASGI_VERSION
+cdef bint CHECK_THREADS
+cdef object _get_ident
 cpdef _fail_worker()
 
 cdef class HttpServer
@@ -21,6 +23,7 @@ cdef class AppPool:
         public int total        # threads in the pool, the serve() caller's included
         public int busy         # app calls begun and not handed back to the loop yet
         public double waits     # moving share of recent calls that took more than LONG_CALL
+        public unsigned long owner   # FASTCLUSTER_CHECK_THREADS: the thread that holds the loop (0: none)
         bint cpu_ticks          # ticks() reads the CPU's counter
         long long long_ticks    # LONG_CALL in ticks
 
@@ -63,6 +66,7 @@ cdef class HttpServer:
         public object deferred         # deque of connections with a request waiting for an app call
         public list orphans            # closed connections whose app call still runs (--timeout)
         public int nested              # depth of nested loop runs (an app call waiting, --threads 1)
+        public object turn             # the deferred connection being dispatched (_after_events), or None
         public double next_tick
         public bint finished           # the loop is over (--threads > 1: the last thread ended it)
         public object spill            # wsgi.SpillBudget: the disk request bodies may take
@@ -100,6 +104,8 @@ cdef class HttpServer:
         public double ws_ping_interval
         public double ws_ping_timeout
         public object tls              # --certfile: the ssl.SSLContext each connection's session comes from
+        public unsigned long loop_thread   # FASTCLUSTER_CHECK_THREADS, without app threads: the loop's thread
+        bint checking                  # FASTCLUSTER_CHECK_THREADS, and a thread has held the loop (_holding)
         public str scheme              # "https" with tls, else "http"
         bint soon                      # a call_soon of _turn is pending
         object failure                 # an exception raised in an event loop callback
@@ -111,6 +117,8 @@ cdef class HttpServer:
                         object tick, object board, Py_ssize_t board_index, object access_log) except -1
     cpdef resume_accepting(self)
     cdef int _publish_count(self) except -1
+    cpdef int _holding(self) except -1
+    cpdef int _check_thread(self, str what) except -1
     @cython.locals(i=Py_ssize_t, base=Py_ssize_t, count=cython.longlong, mine=cython.longlong,
                    fewest=cython.longlong, best=Py_ssize_t, saturated=bint)
     cdef Py_ssize_t _lighter_worker(self) except -2

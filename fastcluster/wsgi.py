@@ -9,6 +9,7 @@ the shared sources `_exchange.py` and `_http.py`, which use these.
 from __future__ import annotations
 
 import io
+import os
 import logging
 import re
 import socket
@@ -19,6 +20,9 @@ import time
 log = logging.getLogger("fastcluster")
 
 SERVER_HEADER = b"Server: fastcluster\r\n"
+# FASTCLUSTER_CHECK_THREADS=1: the loop asserts, where its code begins, that it runs on the thread
+# that holds the loop (the rule: _server.py, above HttpServer._check_thread)
+CHECK_THREADS = os.environ.get("FASTCLUSTER_CHECK_THREADS", "") not in ("", "0")
 SPILL_BYTES = 1 << 20          # a buffered request body above this goes to a temporary file
 CONTINUE_LINE = b"HTTP/1.1 100 Continue\r\n\r\n"
 

@@ -249,3 +249,53 @@ def test_stalled_100_continue_body_gets_408(impl, threads):
         with socket.create_connection((server.host, server.port), timeout=20) as sock:
             sock.sendall(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
             assert read_response(sock.makefile("rb")).status == 200
+
+
+def test_timeout_covers_a_call_whose_client_left(impl):
+    """An app call that never returns, whose client reset its connection: --timeout still finds it
+    (the connection is gone from the worker's table), the stack is logged and the worker replaced."""
+    import struct
+
+    with Server("apps.suite:app", "--bind", "127.0.0.1:0", "--workers", "1", "--loop", impl, "--threads", "2",
+                "--timeout", "2") as server, tempfile.TemporaryDirectory() as tmp:
+        first = server.worker_pids[0]
+        marker = os.path.join(tmp, "called")
+        sock = socket.create_connection((server.host, server.port), timeout=20)
+        sock.sendall(b"GET /sleep?s=60&marker=%s HTTP/1.1\r\nHost: t\r\n\r\n" % marker.encode())
+        wait_until(lambda: os.path.exists(marker), timeout=10, what="the call", server=server)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        sock.close()                                        # a reset: the worker closes its side at once
+        wait_until(lambda: "an app call has run for over 2 s" in server.stderr(), timeout=20,
+                   what="--timeout for the left call", server=server)
+        wait_until(lambda: len(server.worker_pids) > 1, timeout=20, what="a new worker", server=server)
+        assert server.worker_pids[-1] != first
+
+
+def test_requests_that_wait_for_an_app_thread_are_served_in_turn(impl):
+    """50 keep-alive clients, 5 ms of CPU a request, 1 worker: requests that wait for an app thread
+    go in the order they came, so none waits much longer than the rest (the requests read in each
+    batch of events took every thread that came free, and a request that waited could wait seconds)."""
+    with Server("--bind", "127.0.0.1:0", "--workers", "1", "--loop", impl, "--demo-work-ms", "5") as server:
+        latencies = []
+        lock = threading.Lock()
+        stop_at = time.monotonic() + 4.0
+
+        def client(index):
+            with socket.create_connection((server.host, server.port), timeout=30) as sock:
+                f = sock.makefile("rb")
+                while time.monotonic() < stop_at:
+                    began = time.monotonic()
+                    sock.sendall(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+                    resp = read_response(f)
+                    if resp is None or resp.status != 200:
+                        return "got %r" % (resp,)
+                    with lock:
+                        latencies.append(time.monotonic() - began)
+            return None
+
+        failures, hung = _run_clients(50, client)
+        assert hung == 0 and failures == [], (hung, failures[:5])
+        latencies.sort()
+        median, worst = latencies[len(latencies) // 2], latencies[-1]
+        assert worst < 6 * median + 0.5, "median %.3f s, worst %.3f s over %d requests" % (
+            median, worst, len(latencies))

@@ -306,3 +306,49 @@ def test_one_batch_of_events_is_answered_then_sent(impl, serve):
         assert [0, 0, 0] in fast, fast
     else:
         assert fast == [[0, 1, 2]] * 5
+
+
+THREAD_CHECK = r"""
+import importlib, socket, sys, threading
+from fastcluster.config import Config
+module = importlib.import_module(sys.argv[1])
+listener = socket.socket(socket.AF_UNIX)
+listener.bind(sys.argv[2])
+listener.listen()
+server = module.Server(listener, lambda environ, start_response: [], Config(workers=2, threads=int(sys.argv[3])))
+server._holding()                 # (what serve() does first: this thread runs the loop)
+ours, theirs = socket.socketpair()
+conn = server.adopt(ours)
+conn.tick(0.0)                    # the loop's code on the loop's thread: allowed
+caught = []
+def elsewhere():
+    try:
+        conn.close()              # the loop's code on another thread
+    except AssertionError as exc:
+        caught.append(str(exc))
+thread = threading.Thread(target=elsewhere)
+thread.start()
+thread.join()
+print(caught[0] if caught else "not caught")
+"""
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("threads", ["1", "4"])
+@pytest.mark.parametrize("check", ["1", ""])
+def test_the_thread_check_catches_loop_code_on_another_thread(impl, threads, check, tmp_path):
+    """FASTCLUSTER_CHECK_THREADS=1: the loop's code run by a thread that does not hold the loop
+    raises (with or without app threads); without it, nothing is checked (and nothing costs)."""
+    import os
+    import subprocess
+    import sys
+
+    module = "fastcluster._parser" if impl == "cython" else "fastcluster._parser_py"
+    env = dict(os.environ, FASTCLUSTER_CHECK_THREADS=check)
+    out = subprocess.run([sys.executable, "-c", THREAD_CHECK, module, str(tmp_path / "l.sock"), threads],
+                         capture_output=True, text=True, env=env, timeout=60)
+    assert out.returncode == 0, out.stderr
+    if check:
+        assert "HttpConnection.close ran on thread" in out.stdout and "holds the loop" in out.stdout, out.stdout
+    else:
+        assert out.stdout.strip() == "not caught"
