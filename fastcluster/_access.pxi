@@ -44,7 +44,8 @@ cdef inline char* put_chars(char* out, const char* data, Py_ssize_t size) noexce
 
 
 cdef inline char* put_number(char* out, long long value):
-    """Write a non-negative integer in decimal; returns the end (snprintf costs 2,000 instructions)."""
+    """Write a non-negative integer in decimal; returns the end (snprintf parses its format on
+    every call: it was half of a line's cost, benchmarks/README.md, "What operability costs")."""
     cdef char digits[24]
     cdef int n = 0
     if value < 0:

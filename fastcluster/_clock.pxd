@@ -12,9 +12,10 @@ cdef inline double monotonic() noexcept nogil:
 
 cdef extern from *:
     """
-    /* The CPU's own counter, read without the kernel's help: x86's TSC (rdtsc, ~8 ns here) or
-       ARM's virtual counter, where CLOCK_MONOTONIC through the vDSO is ~18 ns (and two reads an
-       app call were 0.9% of a keep-alive worker's CPU). It is used only where the kernel keeps time
+    /* The CPU's own counter, read without the kernel's help: x86's TSC (rdtsc) or ARM's virtual
+       counter, one instruction, where CLOCK_MONOTONIC goes through the vDSO and its data page (two
+       such reads an app call showed in a keep-alive worker's profile: benchmarks/README.md,
+       Speed II, "App calls timed by the CPU's counter"). It is used only where the kernel keeps time
        by it too (its clocksource: HttpServer looks), so that it runs at one rate on every CPU;
        elsewhere fc_ticks() is CLOCK_MONOTONIC in nanoseconds. */
     #include <time.h>

@@ -170,7 +170,7 @@ cdef class Connection(HttpConnection):
         batch's end, when every connection of the batch has been read and answered: the loop's
         code then runs back to back rather than between send() calls, which evict it from the
         CPU's caches, and a client's thread is woken once for its answers rather than once per
-        send (3% of a keep-alive worker's CPU per request, about half of it in user time). Not
+        send (benchmarks/README.md, Speed II: "A batch's answers go out at its end"). Not
         for long, though: once the batch has run LATER_SHARE of LONG_CALL (0.5 ms), what waits
         goes out at once, and so does this, so that slow app calls do not hold their answers."""
         cdef Server server = <Server>self.server

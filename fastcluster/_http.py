@@ -888,7 +888,7 @@ class HttpConnection(Channel):
                             not server.pool._can_call() or (server.deferred and server.turn is not self)))):
                         server._defer(self)  # an app call may not start now, or others wait: later, in turn
                         break
-                _del_first(pending)          # (Cython's pop(0) is a method call: 500 instructions)
+                _del_first(pending)          # (Cython's pop(0) is a Python method call)
                 self._respond(first)
             else:
                 break

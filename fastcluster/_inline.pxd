@@ -60,7 +60,8 @@ cdef inline bytes _with_tail(bytes joined, Py_ssize_t size, bytes tail):
 
 
 cdef inline bint _same_text(str a, str b) noexcept:
-    """a == b for two str objects (Cython's == calls PyUnicode_Compare: ~90 instructions)."""
+    """a == b for two str objects (Cython's == calls PyUnicode_Compare, a function call with
+    checks of its own)."""
     cdef Py_ssize_t n
     cdef int kind
     if a is b:
@@ -86,7 +87,8 @@ cdef extern from *:
 
     /* del items[0] for a connection's pipeline of requests (`pending`), keeping the list's item
        array: PyList_SetSlice frees the array when the last item goes, and the next request's
-       append allocates it again (~200 instructions a keep-alive request in all). The list is not
+       append allocates it again (a free and a malloc each keep-alive request; benchmarks/README.md,
+       Speed II, "Instructions"). The list is not
        empty; the item is released last, with the list already consistent. */
     static CYTHON_INLINE void fc_del_first(PyObject *list) {
         PyListObject *l = (PyListObject *)list;

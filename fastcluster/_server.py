@@ -148,7 +148,8 @@ class AppPool:
             self.owner = _get_ident()
         waits = self.waits + ((1.0 if _ticks(self.cpu_ticks) - began > self.long_ticks else 0.0) - self.waits) * 0.1
         # (flushed to zero: decaying on its own it sticks at the smallest subnormal double, 2e-323,
-        # where each step costs a microcode assist, ~35 ns a request on this machine's Xeon)
+        # where each step costs a microcode assist on every request; benchmarks/README.md,
+        # "A subnormal float")
         self.waits = waits if waits > WAITS_FLOOR else 0.0
         return took
 

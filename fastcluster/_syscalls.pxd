@@ -97,8 +97,9 @@ cdef extern from *:
     /* The calls made per request and per connection, as plain system calls. glibc's recv, send,
        writev, accept4 and close are cancellation points: in a process with more than one thread
        (a worker with app threads has their monitor and a spare) each call first switches the
-       thread to asynchronous cancellation and back, two atomic updates of its cancel state, about
-       1% of a keep-alive request's CPU (perf: __pthread_enable/disable_asynccancel). Nothing here
+       thread to asynchronous cancellation and back, two atomic updates of its cancel state, which
+       show in a keep-alive worker's profile (perf: __pthread_enable/disable_asynccancel; see
+       benchmarks/README.md, "glibc's cancellation points"). Nothing here
        cancels threads. syscall() sets errno and returns -1 on failure, as the wrappers do. */
     static inline ssize_t fc_recv(int fd, void *buf, size_t n, int flags) {
         return (ssize_t)syscall(SYS_recvfrom, fd, buf, n, flags, (void *)0, (void *)0);

@@ -4,12 +4,13 @@
 # the call has blocked; it takes the token then and wakes a spare thread with it, which runs the
 # loop from then on. It looks every 0.1 ms for a second after a handover; otherwise the time
 # between looks doubles from 1 ms up to 10 ms (as Go's sysmon backs off): waking on the loop's
-# CPU a thousand times a second cost the hello app about 7% of its CPU per request. After ten
+# CPU a thousand times a second preempts the loop as often, which the hello app's CPU per request
+# shows (benchmarks/README.md, "Apps that wait"). After ten
 # looks at 10 ms in which no call began and the loop's thread held the token (an idle worker), it
 # sleeps on a semaphore until the next call begins: an idle worker's monitor does not wake at all
 # (the call that wakes it pays one sem_post; the others, one atomic load). (At SCHED_IDLE
 # it would never preempt the loop, but under load it starved for milliseconds before a handover:
-# the fast clients' p99 next to a blocking endpoint went from 0.4-1.7 ms to 3.2-3.7 ms.)
+# the fast clients' p99 next to a blocking endpoint grew several times over.)
 # Pool in _pool.pxi drives it; its twin is Pool in _parser_py.py.
 
 cdef extern from *:
