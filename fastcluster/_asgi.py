@@ -28,6 +28,7 @@ if not cython.compiled:   # the compiled build cimports these (_asgi_c.pxd)
     from ._exchange import CLOSED, HIGH_WATER, PEER_CLOSED
 
 from . import wsgi as _wsgi
+from .errors import ClientDisconnected
 
 log = logging.getLogger("fastcluster")
 CONTINUE_LINE = _wsgi.CONTINUE_LINE
@@ -214,7 +215,9 @@ class Cycle:
         ex = self.ex
         kind = message["type"]
         if self.disconnected:
-            return READY_NONE                # the client is gone: what is sent goes nowhere
+            # the client is gone: spec 2.4 (the scope's spec_version) asks for an OSError, which
+            # Starlette turns into its ClientDisconnect and a streaming app stops on
+            raise ClientDisconnected("the client is gone")
         if not self.started:
             if kind != "http.response.start":
                 raise RuntimeError("expected ASGI message 'http.response.start', got %r" % (kind,))
@@ -321,7 +324,13 @@ class Cycle:
                 log.error("the ASGI app's task was cancelled before it completed its response")
         else:
             exc = task.exception()
-        if exc is not None:
+        if exc is not None and self.disconnected:
+            # (most often what send() raised once the client left, as Starlette re-raises it:
+            # the client's doing, not the app's fault; no traceback)
+            env = ex.environ
+            log.info("the ASGI app ended with %s after its client left (%s %s)", type(exc).__name__,
+                     env.get("REQUEST_METHOD", "?"), env.get("RAW_URI", "?"))
+        elif exc is not None:
             env = ex.environ
             log.error("Exception in ASGI app (%s %s)", env.get("REQUEST_METHOD", "?"), env.get("RAW_URI", "?"),
                       exc_info=(type(exc), exc, exc.__traceback__))

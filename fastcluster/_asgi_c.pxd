@@ -4,7 +4,7 @@
 cimport cython
 from fastcluster._exchange_c cimport Channel, Exchange, CLOSED, PEER_CLOSED, HIGH_WATER
 
-cdef object log, Task, _capture
+cdef object log, Task, _capture, ClientDisconnected
 cdef str TASK_NAME, CALL_FAILED
 cdef bytes CONTINUE_LINE
 cdef dict DISCONNECT, EMPTY_BODY

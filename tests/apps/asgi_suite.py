@@ -161,6 +161,18 @@ async def http(scope, receive, send):
         with open(q["marker"], "w") as f:
             f.write("background done")
         return
+    if path == "/send-after-leave":   # streams until send() fails; the marker says how it failed
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        try:
+            for _ in range(3000):
+                await send({"type": "http.response.body", "body": b"e" * 20, "more_body": True})
+                await asyncio.sleep(0.01)
+            outcome = "never failed"
+        except OSError as exc:
+            outcome = "OSError " + type(exc).__name__
+        with open(q["marker"], "w") as f:
+            f.write(outcome)
+        return
     if path == "/closing":    # a long stream; the marker once it ended (sent, or dropped with its client)
         n, size = int(q.get("n", "3")), int(q.get("size", "5"))
         try:
