@@ -299,3 +299,17 @@ def test_requests_that_wait_for_an_app_thread_are_served_in_turn(impl):
         median, worst = latencies[len(latencies) // 2], latencies[-1]
         assert worst < 6 * median + 0.5, "median %.3f s, worst %.3f s over %d requests" % (
             median, worst, len(latencies))
+
+
+def test_asgi_send_after_the_client_left_raises_oserror(impl):
+    """ASGI spec 2.4: send() on a connection whose client is gone raises an OSError (the app
+    stops), and the server logs no traceback for it."""
+    with Server("apps.asgi_suite:app", "--bind", "127.0.0.1:0", "--workers", "1", "--loop", impl) as server, \
+            tempfile.TemporaryDirectory() as tmp:
+        marker = os.path.join(tmp, "outcome")
+        with socket.create_connection((server.host, server.port), timeout=20) as sock:
+            sock.sendall(b"GET /send-after-leave?marker=%s HTTP/1.1\r\nHost: t\r\n\r\n" % marker.encode())
+            assert sock.recv(100).startswith(b"HTTP/1.1 200")
+        wait_until(lambda: _text_of(marker), timeout=15, what="send() to fail", server=server)
+        assert _text_of(marker) == "OSError ClientDisconnected"
+        assert "Traceback" not in server.stderr()
