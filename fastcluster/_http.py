@@ -885,7 +885,7 @@ class HttpConnection(Channel):
                     if not (ex.complete or ex.early):
                         break
                     if not ex.health and (server.nested or (server.pool is not None and (
-                            not server.pool._can_call() or (server.deferred and server.turn is not self)))):
+                            not server.pool._can_call() or (server.waiting and server.turn is not self)))):
                         server._defer(self)  # an app call may not start now, or others wait: later, in turn
                         break
                 _del_first(pending)          # (Cython's pop(0) is a Python method call)

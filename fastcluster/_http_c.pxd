@@ -136,6 +136,7 @@ cdef class HttpConnection(Channel):
     cdef int _reject(self, int status) except -1
     @cython.locals(ex=Exchange)
     cdef bint _refusable(self) except -1
+    @cython.final
     @cython.locals(cur=Exchange)
     cdef bint _holds_input(self) except -1
     cdef bint _writes_again(self) except -1

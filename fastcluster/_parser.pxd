@@ -54,7 +54,7 @@ cdef class Server(HttpServer):
         char* rbuf              # every connection's recv() lands here, then goes to httptools
         AccessWriter writer     # the C renderer, when the access log has the default format
         bint read_first         # TCP_DEFER_ACCEPT is on: a new connection is read before it is watched
-        list fresh              # connections read right after their accept, not yet watched
+        Connection fresh        # the connection being read right after its accept, not yet watched
         bint batching           # in _iterate's batch of events: answers are sent after it
         list later              # the connections whose answers wait for the batch's end
         long long batch_began   # when the batch began (or answers waiting last went out), in ticks

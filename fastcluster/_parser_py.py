@@ -144,7 +144,7 @@ class Server(HttpServer):
             self.pool = Pool(self, self.threads)
         # TCP_DEFER_ACCEPT on: a new connection is read before it is watched (_add)
         self.read_first = self.tcp and listener.getsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT) > 0
-        self.fresh = []             # connections read right after their accept, not yet watched
+        self.fresh = None           # the connection being read right after its accept, not yet watched
 
     def serve(self, ready=None):
         """Run until stopped; `ready()` is called once the listening socket is watched."""
@@ -204,7 +204,7 @@ class Server(HttpServer):
 
     def _iterate(self, limit):
         conns = self.conns
-        if self.fresh:
+        if self.fresh is not None:
             self._watch_fresh()     # a wait inside its request's app call, or another thread's turn
         events = self.ep.poll(self._wait_ms(limit) / 1000.0, MAX_EVENTS)
         self._woke(monotonic())
@@ -294,23 +294,27 @@ class Server(HttpServer):
         self.conns[conn.fd] = conn
         self.cells[B_ACCEPTED] += 1
         self._publish_count()
-        self.fresh.append(conn)
+        if self.fresh is not None:
+            self._watch_fresh()     # (one whose _add lost the loop in its app call: see _watch_fresh)
+        self.fresh = conn
         if self.read_first:
             # The kernel woke us for this connection only once its first bytes came (TCP_DEFER_ACCEPT):
             # read them now, and watch the connection only if it is still open after that. A
             # request answered at once and closed never costs an epoll_ctl and an epoll_wait.
             conn._on_event()
-        self._watch_fresh()
+        if self.fresh is conn:
+            self._watch_fresh()
         return conn
 
     def _watch_fresh(self):
-        """Register the connections read right after their accept (those still open), with the
-        events each wants by now. Also done by the loop's next wait: an app call of one of them may
-        wait (--threads 1) or lose the loop to another thread before its _add is over, and a thread
-        that took the loop back from such a call may accept more meanwhile, so they are a list."""
-        fresh = self.fresh
-        while fresh:
-            conn = fresh.pop()
+        """Register the connection read right after its accept (if still open), with the events it
+        wants by now. Also done by the loop's next wait, and by the next _add: its request's app
+        call may wait (--threads 1) or lose the loop to another thread before its _add is over, and
+        a thread that takes the loop back from a call of its own may accept the next connection
+        before any wait (a connection left unwatched then was never read again)."""
+        conn = self.fresh
+        if conn is not None:
+            self.fresh = None
             if conn.state != CLOSED and not conn.watched:
                 self.ep.register(conn.fd, conn.mask)
                 conn.watched = True

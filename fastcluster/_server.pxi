@@ -10,7 +10,6 @@ cdef class Server(HttpServer):
         self.bell_fd = -1
         self.rbuf = NULL
         self.later = []
-        self.fresh = []
 
     def __init__(self, listener, app, config=None, wakeup_fd=-1, master_pid=0, tick=None, board=None,
                  board_index=-1, access_log=None, bells=None):
@@ -102,7 +101,7 @@ cdef class Server(HttpServer):
         cdef bint incoming = False
         cdef int timeout = 0 if self.later else self._wait_ms(limit)
         cdef dict conns = self.conns
-        if self.fresh:
+        if self.fresh is not None:
             self._watch_fresh()     # a wait inside its request's app call, or another thread's turn
         if timeout:
             with nogil:
@@ -254,24 +253,27 @@ cdef class Server(HttpServer):
         self.conns[fd] = conn
         self.cells[B_ACCEPTED] += 1
         self._publish_count()
-        self.fresh.append(conn)
+        if self.fresh is not None:
+            self._watch_fresh()     # (one whose _add lost the loop in its app call: see _watch_fresh)
+        self.fresh = conn
         if self.read_first:
             # The kernel woke us for this connection only once its first bytes came (TCP_DEFER_ACCEPT):
             # read them now, and watch the connection only if it is still open after that. A
             # request answered at once and closed never costs an epoll_ctl and an epoll_wait.
             conn._on_event()
-        self._watch_fresh()
+        if self.fresh is conn:
+            self._watch_fresh()
         return conn
 
     cdef int _watch_fresh(self) except -1:
-        """Register the connections read right after their accept (those still open), with the
-        events each wants by now. Also done by the loop's next wait: an app call of one of them may
-        wait (--threads 1) or lose the loop to another thread before its _add is over, and a thread
-        that took the loop back from such a call may accept more meanwhile, so they are a list."""
-        cdef list fresh = self.fresh
-        cdef Connection conn
-        while fresh:
-            conn = <Connection>fresh.pop()
+        """Register the connection read right after its accept (if still open), with the events it
+        wants by now. Also done by the loop's next wait, and by the next _add: its request's app
+        call may wait (--threads 1) or lose the loop to another thread before its _add is over, and
+        a thread that takes the loop back from a call of its own may accept the next connection
+        before any wait (a connection left unwatched then was never read again)."""
+        cdef Connection conn = self.fresh
+        if conn is not None:
+            self.fresh = None
             if conn.state != CLOSED and not conn.watched:
                 self._watch(conn.fd, conn.mask)
                 conn.watched = True

@@ -197,7 +197,7 @@ class HttpServer:
         health = health_query = trust = None
         root_path = ""
         deadline = accept_paused_until = now = next_tick = stuck_since = 0.0
-        requests = nested = loop_thread = 0
+        requests = nested = loop_thread = waiting = 0
         checking = False
         board_index = -1
         board = pool = None
@@ -412,6 +412,7 @@ class HttpServer:
             if self.pool is not None and not self.pool._can_call():
                 break
             turns -= 1
+            self.waiting -= 1
             conn = self.deferred.popleft()
             self.turn = conn             # (its request goes before those of connections not waiting)
             try:
@@ -539,6 +540,7 @@ class HttpServer:
         (else the requests read in each batch of events took every thread that came free, and one
         that waited could wait for seconds: wrk's 2 s timeouts, 5 ms CPU calls, 50 clients)."""
         self.deferred.append(conn)
+        self.waiting += 1
         return 0
 
     def _await(self, conn, what):

@@ -67,6 +67,7 @@ cdef class HttpServer:
         public list orphans            # closed connections whose app call still runs (--timeout)
         public int nested              # depth of nested loop runs (an app call waiting, --threads 1)
         public object turn             # the deferred connection being dispatched (_after_events), or None
+        public Py_ssize_t waiting      # len(deferred)
         public double next_tick
         public bint finished           # the loop is over (--threads > 1: the last thread ended it)
         public object spill            # wsgi.SpillBudget: the disk request bodies may take
