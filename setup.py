@@ -8,6 +8,17 @@ runs those same sources as they are. Cython takes a module's name from its file,
 from a copy named `_<name>_c.py`, written here at build time (generated, like the .c files, and never
 committed).
 
+What fails and what falls back:
+  - Cython's own warnings are errors (Cython's -Werror, `Options.warning_errors`): a warning stops the
+    build with Cython's message and its source line, so a developer sees it and fixes it. A .pyx
+    that Cython rejects is a bug in this tree, never a reason to ship the slower loop. (Performance
+    hints, "performance hint: ...", are not warnings and do not fail it.)
+  - The C compile is allowed to fail: no compiler, no Python headers, a failing `CC`. Then
+    optional_build_ext installs the pure-Python package with a loud message on stderr, and
+    `fastcluster serve` says which loop runs. The C compiler's own warnings are shown, not errors
+    (they depend on the compiler and its version, which the user picks, not this tree).
+  - No Cython at all (or FASTCLUSTER_NO_EXTENSIONS=1, or not CPython): the pure-Python package.
+
 Knobs (environment variables at build time):
   FASTCLUSTER_NO_EXTENSIONS=1   build no extension: the package runs the pure-Python loop
   FASTCLUSTER_CYTHON_ANNOTATE=1 also write fastcluster/*.html (cython -a)
@@ -83,6 +94,9 @@ def extensions():
     except ImportError:
         sys.stderr.write("*** fastcluster: Cython is not installed; building the pure-Python loop only.\n")
         return []
+    from Cython.Compiler import Options
+    from Cython.Compiler.Errors import CompileError
+    Options.warning_errors = True   # cython -Werror: a warning is reported as an error and fails the build
     debug = _flag("FASTCLUSTER_DEBUG")
     directives = {"language_level": 3, "embedsignature": True}
     macros = []
@@ -93,7 +107,12 @@ def extensions():
                       extra_compile_args=["-O2"]) for name in SHARED]
     exts.append(Extension("fastcluster._parser", ["fastcluster/_parser.pyx"], define_macros=macros,
                           extra_compile_args=["-O2"]))
-    return cythonize(exts, compiler_directives=directives, annotate=_flag("FASTCLUSTER_CYTHON_ANNOTATE"))
+    try:
+        return cythonize(exts, compiler_directives=directives, annotate=_flag("FASTCLUSTER_CYTHON_ANNOTATE"))
+    except CompileError as exc:
+        # not the pure-Python fallback: Cython's message above names the file and line to fix
+        sys.exit("\n*** fastcluster: Cython failed on %s; its warnings are errors in this build "
+                 "(see the message above).\n" % exc)
 
 
 setup(ext_modules=extensions(), cmdclass={"build_ext": optional_build_ext, "build_py": build_py_without_copies})
