@@ -246,7 +246,7 @@ def main():
     if port is None:
         os.killpg(server.pid, signal.SIGKILL)
         sys.exit("the server did not start:\n" + "".join(lines))
-    threading.Thread(target=lambda: lines.extend(l.decode() for l in server.stdout), daemon=True).start()
+    threading.Thread(target=lambda: lines.extend(raw.decode() for raw in server.stdout), daemon=True).start()
     try:
         calm, calm_text = phase("calm", port, pids, args.seconds, False)
         hostile, hostile_text = phase("hostile", port, pids, args.seconds, True)
@@ -268,8 +268,8 @@ def main():
         json.dump(result, f, indent=1)
     with open(base + ".log", "w") as f:
         f.write("".join(["== calm: wrk\n", calm_text, "\n== hostile: wrk\n", hostile_text, "\n== server\n"] + lines))
-    rows = ["| phase | wrk req/s | wrk p50 ms | wrk p99 ms | wrk errors | hostile clients (count) | workers' peak RSS MiB |"
-            " workers' CPU s | requests lost |", "|---|---|---|---|---|---|---|---|---|"]
+    rows = ["| phase | wrk req/s | wrk p50 ms | wrk p99 ms | wrk errors | hostile clients (count) "
+            "| workers' peak RSS MiB | workers' CPU s | requests lost |", "|---|---|---|---|---|---|---|---|---|"]
     for p in (calm, hostile):
         w = p["wrk"]
         rows.append("| %s | %.0f | %.2f | %.2f | %d | %s | %s | %.1f | %d |" % (

@@ -25,7 +25,7 @@ except ImportError:   # plain Python without Cython installed
     from . import _pure as cython
 
 if not cython.compiled:   # the compiled build cimports these (_asgi_c.pxd)
-    from ._exchange import CLOSED, HIGH_WATER, PEER_CLOSED
+    from ._exchange import HIGH_WATER, PEER_CLOSED
 
 from . import wsgi as _wsgi
 from .errors import ClientDisconnected

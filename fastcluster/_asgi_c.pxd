@@ -2,7 +2,7 @@
 # declarations (pure-Python mode with an augmenting .pxd).
 
 cimport cython
-from fastcluster._exchange_c cimport Channel, Exchange, CLOSED, PEER_CLOSED, HIGH_WATER
+from fastcluster._exchange_c cimport Channel, Exchange, PEER_CLOSED, HIGH_WATER
 
 cdef object log, Task, _capture, ClientDisconnected
 cdef str TASK_NAME, CALL_FAILED

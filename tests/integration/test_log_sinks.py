@@ -104,7 +104,7 @@ def test_the_workers_own_log_to_a_pipe_nobody_reads(impl):
             lines.append(line.rstrip("\n"))
             m = re.match(r"fastcluster: listening on http://[^:]+:(\d+)$", lines[-1])
             port = int(m.group(1)) if m else None
-        threading.Thread(target=lambda: lines.extend(l.decode().rstrip("\n") for l in proc.stdout),
+        threading.Thread(target=lambda: lines.extend(raw.decode().rstrip("\n") for raw in proc.stdout),
                          daemon=True).start()
         request = b"GET /raise HTTP/1.1\r\nHost: t\r\n\r\n"
         start = time.monotonic()

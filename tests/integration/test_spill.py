@@ -3,7 +3,6 @@ its file, and one worker's spilled bodies stay within --max-spill (past it: 503,
 back when those requests end)."""
 
 import os
-import socket
 
 import pytest
 

@@ -292,7 +292,7 @@ def test_a_worker_dying_in_a_request_is_named_and_replaced(impl, path, how):
 
 def test_preload_imports_the_app_once_in_the_master():
     with Server("apps.announce:app", "--bind", "127.0.0.1:0", "--workers", "2", "--preload") as server:
-        lines = [l for l in server.stderr().splitlines() if l.startswith("announce:")]
+        lines = [line for line in server.stderr().splitlines() if line.startswith("announce:")]
         assert lines == ["announce: imported in process %d" % server.proc.pid]
         server.signal(signal.SIGUSR2)   # a reload forks from the master again: no new import
         wait_until(lambda: "rolling restart complete" in server.stderr(), timeout=20, what="the reload")
