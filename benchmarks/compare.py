@@ -376,7 +376,8 @@ def markdown(report):
             if not rows:
                 continue
             lines += ["## %s, %d worker%s (%s)" % (workload, workers, "s" if workers > 1 else "", where), "",
-                      "| server | req/s | p50 ms | p99 ms | errors | server CPU us/req | RSS MiB: all processes (count), largest |",
+                      "| server | req/s | p50 ms | p99 ms | errors | server CPU us/req "
+                      "| RSS MiB: all processes (count), largest |",
                       "|---|---|---|---|---|---|---|"]
             for name, r in rows:
                 if "error" in r:
@@ -638,9 +639,10 @@ def main():
                     help="issue 14's comparison instead: nginx, fastcluster, fastpysgi, bjoern on keep-alive, a new "
                          "connection per request and 16-deep pipelining, plus the worker's RSS over 1M requests")
     ap.add_argument("--deferred", action="store_true",
-                    help="with --speed: nginx with and without `listen ... deferred`, fastcluster with --defer-accept 1 "
-                         "and 0, on the new-connection and keep-alive rows")
-    ap.add_argument("--rounds", type=int, default=3, help="--asgi, --tls, --speed: interleaved rounds (medians are reported)")
+                    help="with --speed: nginx with and without `listen ... deferred`, fastcluster with "
+                         "--defer-accept 1 and 0, on the new-connection and keep-alive rows")
+    ap.add_argument("--rounds", type=int, default=3,
+                    help="--asgi, --tls, --speed: interleaved rounds (medians are reported)")
     ap.add_argument("--installed", default=None, help=argparse.SUPPRESS)   # set by the re-exec below
     args = ap.parse_args()
     if args.installed is None:
@@ -763,7 +765,8 @@ def compare_waits(args, missing, started):
     with open(os.path.join(RESULTS, "compare-waits.json"), "w") as f:
         json.dump(report, f, indent=1, sort_keys=True)
     with open(os.path.join(RESULTS, "compare-waits.md"), "w") as f:
-        f.write("# Apps that wait: fastcluster and its peers\n\nMachine: %s. Run %s, %s, %d s per run. Versions: %s.\n\n"
+        f.write("# Apps that wait: fastcluster and its peers\n\n"
+                "Machine: %s. Run %s, %s, %d s per run. Versions: %s.\n\n"
                 % (report["machine"], report["date"], report["command"], seconds,
                    ", ".join("%s %s" % kv for kv in sorted(report["versions"].items()))))
         f.write(waits.markdown(report["runs"]))
@@ -812,7 +815,8 @@ def _rounds(args, missing, started, flag, servers, workloads, command, load, mar
     names = [n for n in servers if not args.only or n in args.only.split(",")]
     report = {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "command": "python benchmarks/compare.py %s --rounds %d" % (flag, args.rounds) + (" --quick" if args.quick else ""),
+        "command": ("python benchmarks/compare.py %s --rounds %d" % (flag, args.rounds)
+                    + (" --quick" if args.quick else "")),
         "machine": "%d CPUs, %s, Linux %s, Python %s" % (os.cpu_count(), _cpu_name(), platform.release(),
                                                         platform.python_version()),
         "versions": versions(), "missing": missing, "seconds": seconds, "runs": {}, "medians": {},
@@ -854,7 +858,8 @@ def _rounds(args, missing, started, flag, servers, workloads, command, load, mar
         json.dump(report, f, indent=1, sort_keys=True)
     with open(os.path.join(RESULTS, stem + ".md"), "w") as f:
         f.write("# %s\n\nMachine: %s. Run %s, `%s`: %d s per run, medians of %d "
-                "interleaved rounds (each number the median of its own runs; every run is in the .json), 1 worker pinned to CPU 0, the load generator on CPU 1. Versions: %s.\n\n"
+                "interleaved rounds (each number the median of its own runs; every run is in the .json), "
+                "1 worker pinned to CPU 0, the load generator on CPU 1. Versions: %s.\n\n"
                 % (title, report["machine"], report["date"], report["command"], seconds, args.rounds,
                    ", ".join("%s %s" % kv for kv in sorted(report["versions"].items()))))
         f.write(markdown(report))

@@ -50,7 +50,8 @@ DRAIN_LINGER = 1.0          # on stop, idle connections get this long for a requ
 BALANCE_PAUSE = 0.01        # a worker that leaves connections to a lighter one stops accepting this long
 BALANCE_SLACK = 1           # a worker this many connections above an accepting peer leaves the next ones to it
 ASGI_VERSION = {"version": "3.0", "spec_version": "2.4"}
-LONG_CALL = 0.001           # an app call this long probably waits: most of them so, and the loop is handed over up front
+# an app call this long probably waits: most of them so, and the loop is handed over up front
+LONG_CALL = 0.001
 WAITS_FLOOR = 1e-6          # AppPool.waits below this is 0: no recent call was long
 NESTED_WAIT = 0.05          # a nested iteration waits at most this long, then looks at its condition again
 

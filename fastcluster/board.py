@@ -38,7 +38,8 @@ LOG_DROPPED = BUSY + 1   # access log lines dropped: a pipe or socket that did n
 OWN_LOG_DROPPED = LOG_DROPPED + 1   # the worker's own log lines dropped: stderr a pipe that did not read
 USED = OWN_LOG_DROPPED + 1
 
-COUNTERS = ("requests", "bytes_in", "bytes_out", "accepted", "log_dropped", "own_log_dropped")   # summed over a slot's processes, ever
+# summed over a slot's processes, ever
+COUNTERS = ("requests", "bytes_in", "bytes_out", "accepted", "log_dropped", "own_log_dropped")
 GAUGES = ("conns", "in_flight", "rss", "busy")                  # summed over a slot's live processes
 CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
 _NAMED = {"conns": CONNS, "requests": REQUESTS, "in_flight": IN_FLIGHT, "bytes_in": BYTES_IN,

@@ -148,7 +148,8 @@ def test_a_wsgi_worker_loads_none_of_the_heavy_modules(impl):
             "client.sendall(b'GET / HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n')\n"
             "conn.on_readable()\n"
             "assert client.recv(65536).startswith(b'HTTP/1.1 200 '), 'no answer'\n"
-            "print(sorted(m for m in %r if m in sys.modules and m not in before))" % (loop.LOOPS[impl], loop.LOOPS[impl], heavy))
+            "print(sorted(m for m in %r if m in sys.modules and m not in before))"
+            % (loop.LOOPS[impl], loop.LOOPS[impl], heavy))
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"

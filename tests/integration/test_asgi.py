@@ -138,8 +138,8 @@ def test_head_204_and_304_have_no_body(asgi_server):
     sock.close()
     assert head.status == 200 and int(head.header("Content-Length")) > 0
     for path, status in (("/no-content", 204), ("/not-modified", 304)):
-        responses, sock, _f = exchange(asgi_server, b"GET %s HTTP/1.1\r\nHost: x\r\n\r\nGET / HTTP/1.1\r\nHost: x\r\n\r\n"
-                                       % path.encode(), count=2)
+        responses, sock, _f = exchange(asgi_server, b"GET %s HTTP/1.1\r\nHost: x\r\n\r\n"
+                                       b"GET / HTTP/1.1\r\nHost: x\r\n\r\n" % path.encode(), count=2)
         sock.close()
         # no body, and none that the next response on the connection would be read into
         assert responses[0].status == status and responses[0].header("Content-Length") is None

@@ -66,7 +66,8 @@ H = b"Host: t\r\n"
 BAD_REQUESTS = {
     "content-length and transfer-encoding": b"POST /echo HTTP/1.1\r\n" + H +
         b"Content-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
-    "two different content-lengths": b"POST /echo HTTP/1.1\r\n" + H + b"Content-Length: 3\r\nContent-Length: 4\r\n\r\nabcd",
+    "two different content-lengths":
+        b"POST /echo HTTP/1.1\r\n" + H + b"Content-Length: 3\r\nContent-Length: 4\r\n\r\nabcd",
     "content-length with sign": b"POST /echo HTTP/1.1\r\n" + H + b"Content-Length: +3\r\n\r\nabc",
     "content-length in hex": b"POST /echo HTTP/1.1\r\n" + H + b"Content-Length: 0x3\r\n\r\nabc",
     "content-length with space": b"POST /echo HTTP/1.1\r\n" + H + b"Content-Length: 1 2\r\n\r\nabc",

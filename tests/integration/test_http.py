@@ -381,7 +381,8 @@ def test_an_environ_the_app_changed_or_kept_is_never_handed_out_again(suite_serv
          {"REQUEST_METHOD": "POST", "CONTENT_LENGTH": "2"}),
         (b"GET /environ-then?q=1 HTTP/1.1\r\nHost: t\r\nX-A: 1\r\nX-Forwarded-For: 10.1.2.3\r\n\r\n",
          {"HTTP_X_FORWARDED_FOR": "10.1.2.3", "REMOTE_ADDR": "10.1.2.3"}),
-        (b"GET /environ-then?q=2 HTTP/1.1\r\nHost: t\r\nX-A: 1\r\n\r\n", {"QUERY_STRING": "q=2", "RAW_URI": "/environ-then?q=2"}),
+        (b"GET /environ-then?q=2 HTTP/1.1\r\nHost: t\r\nX-A: 1\r\n\r\n",
+         {"QUERY_STRING": "q=2", "RAW_URI": "/environ-then?q=2"}),
     ]
     sock = suite_server.connect()
     f = sock.makefile("rb")
@@ -465,7 +466,8 @@ def test_a_kept_environ_is_not_taken_for_another_connections_fields(impl):
 
 
 def test_absolute_form_target(suite_server):
-    (resp,), sock, f = exchange(suite_server, b"GET http://example.com/environ?x=1 HTTP/1.1\r\nHost: example.com\r\n\r\n")
+    (resp,), sock, f = exchange(suite_server,
+                                b"GET http://example.com/environ?x=1 HTTP/1.1\r\nHost: example.com\r\n\r\n")
     env = json.loads(resp.body)
     assert env["PATH_INFO"] == "/environ" and env["QUERY_STRING"] == "x=1"
     sock.close()
@@ -578,7 +580,8 @@ def test_short_body_closes_and_long_body_is_cut(suite_server):
     assert f.readline().startswith(b"HTTP/1.1 200")
     assert f.read().endswith(b"only this")   # then EOF: the client is not left waiting for 91 bytes
     sock.close()
-    (resp,), sock, f = exchange(suite_server, b"GET /long HTTP/1.1\r\nHost: t\r\n\r\nGET /pid HTTP/1.1\r\nHost: t\r\n\r\n")
+    (resp,), sock, f = exchange(suite_server,
+                                b"GET /long HTTP/1.1\r\nHost: t\r\n\r\nGET /pid HTTP/1.1\r\nHost: t\r\n\r\n")
     assert resp.body == b"1234"
     assert read_response(f).body.isdigit(), "the extra bytes never went out"
     sock.close()

@@ -200,7 +200,8 @@ def status_of(pidfile):
 
 
 ROW = re.compile(r"^\s*(?P<slot>\d+)\s+(?P<pid>\d+)\s+(?P<gen>\d+)\s+(?P<state>\w+)\s+\S+\s+(?P<requests>\d+)\s+"
-                 r"(?P<inflight>\d+)\s+(?P<busy>\d+)\s+(?P<conns>\d+)\s+\S+ \S+\s+\S+ \S+\s+(?P<ok>\d+)\s+(?P<client>\d+)\s+"
+                 r"(?P<inflight>\d+)\s+(?P<busy>\d+)\s+(?P<conns>\d+)\s+\S+ \S+\s+\S+ \S+\s+"
+                 r"(?P<ok>\d+)\s+(?P<client>\d+)\s+"
                  r"(?P<failed>\d+)\s+(?P<refused>\d+)\s+\S+ \S+\s+\S+$")
 
 

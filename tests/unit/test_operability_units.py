@@ -83,7 +83,8 @@ ENV = {"REMOTE_ADDR": "10.1.2.3", "REQUEST_METHOD": "GET", "RAW_URI": "/a?b=c", 
 def test_default_format_is_combined_plus_pid_and_microseconds():
     render = logs.compile_access_format(logs.DEFAULT_ACCESS_FORMAT)
     line = render(ENV, 200, 12, 0.0015, "[26/Nov/2026:10:00:00 +0000]", 42)
-    assert line == '10.1.2.3 - - [26/Nov/2026:10:00:00 +0000] "GET /a?b=c HTTP/1.1" 200 12 "http://x/" "curl/8" 42 1500\n'
+    assert line == ('10.1.2.3 - - [26/Nov/2026:10:00:00 +0000] "GET /a?b=c HTTP/1.1" 200 12 "http://x/" "curl/8" '
+                    '42 1500\n')
     assert render({}, 400, 0, 0.0, "[t]", 1) == '- - - [t] "-" 400 - "-" "-" 1 0\n'
 
 
@@ -179,7 +180,8 @@ def snapshot():
     worker = WorkerRow(slot=1, pid=123, generation=3, state="online", age=12.5, last_heartbeat=0.4,
                        requests=5, bytes_out=900, rss=1 << 24, busy=3)
     return Snapshot(master_pid=1, started=1.79e9, generation=3, workers_wanted=1, loop="cython", stopping=False,
-                    rollout=RolloutState(in_progress=True, waiting=0, replacing=Replacing(slot=1, pid=124, replaces=123)),
+                    rollout=RolloutState(in_progress=True, waiting=0,
+                                         replacing=Replacing(slot=1, pid=124, replaces=123)),
                     restarts={"crash": 1, "recycle": 0, "rollout": 2, "timeout": 0}, workers=[worker],
                     slots=[(1, slot)])
 

@@ -196,20 +196,23 @@ def test_a_header_list_known_whole_is_answered_again_only_while_every_pair_match
     steps = [
         (lambda: None, [b"Content-Type: text/plain\r\n", b"Content-Length: 12\r\n"], 12, 0),
         (lambda: None, [b"Content-Type: text/plain\r\n", b"Content-Length: 12\r\n"], 12, 0),
-        (lambda: h.__setitem__(1, ("Content-Length", "13")), [b"Content-Type: text/plain\r\n", b"Content-Length: 13\r\n"], 13, 0),
+        (lambda: h.__setitem__(1, ("Content-Length", "13")),
+         [b"Content-Type: text/plain\r\n", b"Content-Length: 13\r\n"], 13, 0),
         (lambda: h.__setitem__(0, html), [b"Content-Type: text/html\r\n", b"Content-Length: 13\r\n"], 13, 0),
         (lambda: h.__setitem__(0, (fresh("Content-Type"), fresh("text/html"))),
          [b"Content-Type: text/html\r\n", b"Content-Length: 13\r\n"], 13, 0),
-        (lambda: h.append(("X-A", "1")), [b"Content-Type: text/html\r\n", b"Content-Length: 13\r\n", b"X-A: 1\r\n"], 13, 0),
-        (lambda: h.__setitem__(2, ("X-A", "2")), [b"Content-Type: text/html\r\n", b"Content-Length: 13\r\n", b"X-A: 2\r\n"], 13, 0),
+        (lambda: h.append(("X-A", "1")),
+         [b"Content-Type: text/html\r\n", b"Content-Length: 13\r\n", b"X-A: 1\r\n"], 13, 0),
+        (lambda: h.__setitem__(2, ("X-A", "2")),
+         [b"Content-Type: text/html\r\n", b"Content-Length: 13\r\n", b"X-A: 2\r\n"], 13, 0),
         (lambda: h.reverse(), [b"X-A: 2\r\n", b"Content-Length: 13\r\n", b"Content-Type: text/html\r\n"], 13, 0),
         (lambda: h.__delitem__(0), [b"Content-Length: 13\r\n", b"Content-Type: text/html\r\n"], 13, 0),
         (lambda: h.append(("Date", "x")), [b"Content-Length: 13\r\n", b"Content-Type: text/html\r\n", b"Date: x\r\n"],
          13, wsgi.HAS_DATE),
         (lambda: h.__setitem__(2, ("Connection", "close")), [b"Content-Length: 13\r\n", b"Content-Type: text/html\r\n"],
          13, wsgi.WANTS_CLOSE),
-        (lambda: h.__setitem__(2, ["X-B", "b"]), [b"Content-Length: 13\r\n", b"Content-Type: text/html\r\n", b"X-B: b\r\n"],
-         13, 0),
+        (lambda: h.__setitem__(2, ["X-B", "b"]),
+         [b"Content-Length: 13\r\n", b"Content-Type: text/html\r\n", b"X-B: b\r\n"], 13, 0),
         (lambda: h.__delitem__(2), [b"Content-Length: 13\r\n", b"Content-Type: text/html\r\n"], 13, 0),
         (lambda: h.__setitem__(slice(None), [("Content-Length", "13"), ("Content-Length", "13")]),
          [b"Content-Length: 13\r\n"], 13, 0),
@@ -361,7 +364,8 @@ def test_readme_options_table_is_generated_from_settings():
 
     with open(os.path.join(os.path.dirname(__file__), "..", "..", "README.md"), encoding="utf-8") as f:
         readme = f.read()
-    assert options_table() in readme, "regenerate the table: python -c 'from fastcluster.config import options_table; print(options_table())'"
+    assert options_table() in readme, \
+        "regenerate the table: python -c 'from fastcluster.config import options_table; print(options_table())'"
 
 
 def test_config_file_sits_between_env_and_defaults(tmp_path):
@@ -613,7 +617,8 @@ def test_trust_matches_ipaddress_without_importing_it_for_plain_addresses():
                "192.0.2.8", "2001:db8::1", "2001:DB8:0::2", "2001:db9::1", "fe80::1"]
     for _ in range(500):
         if rng.random() < 0.5:
-            samples.append(str(ipaddress.IPv4Address(rng.choice([0x0A000000, 0x7F000000, 0xC0000200]) + rng.randrange(512))))
+            base = rng.choice([0x0A000000, 0x7F000000, 0xC0000200])
+            samples.append(str(ipaddress.IPv4Address(base + rng.randrange(512))))
         else:
             samples.append(str(ipaddress.IPv6Address((0x20010DB8 << 96) + rng.randrange(1 << 20) if rng.random() < 0.5
                                                      else rng.getrandbits(128))))
