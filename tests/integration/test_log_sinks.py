@@ -39,26 +39,36 @@ class HeldStdout(Server):
         return super().stop(timeout)
 
 
-def dropped(server):
-    url = next(m.group(1) for m in map(re.compile(r"^fastcluster: metrics on (\S+)$").match, server.lines) if m)
+def metric(lines, name):
+    """Worker 1's value of the counter `name` on the /metrics endpoint the server's `lines` announce."""
+    url = next(m.group(1) for m in map(re.compile(r"^fastcluster: metrics on (\S+)$").match, lines) if m)
     with urllib.request.urlopen(url, timeout=10) as resp:
         text = resp.read().decode()
-    return int(re.search(r'^fastcluster_access_log_dropped_lines_total\{worker="1"\} (\d+)$', text, re.M).group(1))
+    return int(re.search(r'^fastcluster_%s\{worker="1"\} (\d+)$' % name, text, re.M).group(1))
+
+
+def dropped(server):
+    return metric(server.lines, "access_log_dropped_lines_total")
+
+
+def pipelined(sock, request, status):
+    """REQUESTS of `request`, BATCH pipelined per write, each answered `status`; the seconds it took."""
+    start = time.monotonic()
+    with sock.makefile("rb") as replies:
+        for _ in range(REQUESTS // BATCH):
+            sock.sendall(request * BATCH)
+            for _ in range(BATCH):     # (a worker blocked on its log times this out)
+                resp = read_response(replies)
+                assert resp is not None and resp.status == status
+    return time.monotonic() - start
 
 
 def test_access_log_to_a_pipe_nobody_reads(impl):
     request = b"GET /pid HTTP/1.1\r\nHost: t\r\nUser-Agent: " + AGENT + b"\r\n\r\n"
     with HeldStdout("apps.suite:app", "--bind", "127.0.0.1:0", "--workers", "1", "--loop", impl,
                     "--access-log", "-", "--metrics-bind", "127.0.0.1:0") as server:
-        start = time.monotonic()
         with server.connect(timeout=5) as sock:
-            replies = sock.makefile("rb")
-            for _ in range(REQUESTS // BATCH):
-                sock.sendall(request * BATCH)
-                for _ in range(BATCH):     # (a worker blocked on its stdout times this out)
-                    resp = read_response(replies)
-                    assert resp is not None and resp.status == 200
-        elapsed = time.monotonic() - start
+            elapsed = pipelined(sock, request, 200)
         assert elapsed < 10, "%d requests took %.1f s" % (REQUESTS, elapsed)
         assert dropped(server) > 0
         # read again: what was held goes out, then the lines of new requests
@@ -107,21 +117,10 @@ def test_the_workers_own_log_to_a_pipe_nobody_reads(impl):
         threading.Thread(target=lambda: lines.extend(raw.decode().rstrip("\n") for raw in proc.stdout),
                          daemon=True).start()
         request = b"GET /raise HTTP/1.1\r\nHost: t\r\n\r\n"
-        start = time.monotonic()
         with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
-            replies = sock.makefile("rb")
-            for _ in range(REQUESTS // BATCH):
-                sock.sendall(request * BATCH)
-                for _ in range(BATCH):     # (a worker blocked on its stderr times this out)
-                    resp = read_response(replies)
-                    assert resp is not None and resp.status == 500
-        elapsed = time.monotonic() - start
+            elapsed = pipelined(sock, request, 500)
         assert elapsed < 10, "%d requests took %.1f s" % (REQUESTS, elapsed)
-        url = next(m.group(1) for m in map(re.compile(r"^fastcluster: metrics on (\S+)$").match, lines) if m)
-        with urllib.request.urlopen(url, timeout=10) as resp:
-            text = resp.read().decode()
-        count = int(re.search(r'^fastcluster_log_dropped_lines_total\{worker="1"\} (\d+)$', text, re.M).group(1))
-        assert count > 0
+        assert metric(lines, "log_dropped_lines_total") > 0
     finally:
         drain = threading.Thread(target=proc.stderr.read, daemon=True)   # (the master logs its stop there)
         drain.start()
