@@ -537,13 +537,9 @@ class HttpConnection(Channel):
         if server.max_body and self.body_bytes > server.max_body:
             raise Reject(413)
         self._arm(W_BODY, server.body_timeout)
-        if self.asgi:
-            if self.cur.body.add(data) >= HIGH_WATER:
-                self._pause_reading()        # the app is 1 MiB behind: let the client wait
-            return
         self.cur.body.add(data)
         if self.cur.early and self._holds_input():
-            self._pause_reading()            # a 100-continue body 1 MiB ahead of its app: the same
+            self._pause_reading()            # an app 1 MiB behind the body it takes as it comes
         self._notify()
 
     def on_message_complete(self):
