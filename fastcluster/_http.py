@@ -722,7 +722,7 @@ class HttpConnection(Channel):
           and again while a response is in progress; a reset still wakes the loop (as an error),
         - while MAX_PIPELINED requests wait behind the one being answered,
         - while HIGH_WATER of a body that the app takes as it comes (ASGI, or WSGI with
-          100-continue) waits for the app to take it, and the app does not wait for more.
+          100-continue) waits for the app to take it, unless a read waits for more than that.
         Each resumes by itself: _pump_end asks again after every response and every hand-back,
         and the app's taking of its body (_body_taken, _fill_body) asks too. (A WebSocket, once
         upgraded, keeps its own rule: _websocket.py.)"""
@@ -733,9 +733,12 @@ class HttpConnection(Channel):
         cur = self.cur
         if cur is None or not cur.early or cur.body is None or cur.body.size < HIGH_WATER:
             return False
-        # (a WSGI app that waits for more than is buffered, as read() of the whole body does, is
-        # given it: the app asked, and --max-body bounds it)
-        return type(cur.body) is not LazyInput or not cur.body.wanted
+        # (a WSGI read that waits for more than is buffered, as read() of the whole body does, is
+        # given what it asked for, and no more: the app asked, and --max-body bounds it)
+        if type(cur.body) is not LazyInput:
+            return True
+        wanted = cur.body.wanted
+        return not (wanted < 0 or wanted > cur.body.size)
 
     def _writes_again(self):
         """More output may follow what is queued now: the connection stays open, or a response is

@@ -260,7 +260,8 @@ class LazyInput:
         self._buf = bytearray()
         self.done = False
         self.received = 0       # body bytes added so far (what a waiting fill() watches)
-        self.wanted = False     # the app waits in fill() for more: the connection reads on past its bound
+        self.wanted = 0         # bytes the read waiting in fill() needs buffered (-1: all of the body; 0: none
+                                # waits): the connection reads on past its bound until they are here
 
     def add(self, data: bytes) -> None:
         self._buf += data
@@ -275,14 +276,15 @@ class LazyInput:
         reading at HIGH_WATER of them)."""
         return len(self._buf)
 
-    def _more(self) -> bool:
+    def _more(self, need: int) -> bool:
+        """Wait for more of the body; `need`: how much of it the read wants buffered (-1: all)."""
         if self.done:
             return False
-        self.wanted = True
+        self.wanted = need
         try:
             more = self._fill()
         finally:
-            self.wanted = False
+            self.wanted = 0
         if not more:
             if not self.done:
                 raise OSError("client disconnected before the request body was complete")
@@ -291,10 +293,10 @@ class LazyInput:
 
     def read(self, size=-1):
         if size is None or size < 0:
-            while self._more():
+            while self._more(-1):
                 pass
             size = len(self._buf)
-        while len(self._buf) < size and self._more():
+        while len(self._buf) < size and self._more(size):
             pass
         data = bytes(self._buf[:size])
         del self._buf[:size]
@@ -306,7 +308,7 @@ class LazyInput:
             if end >= 0:
                 take = end + 1
                 break
-            if (size is not None and 0 <= size <= len(self._buf)) or not self._more():
+            if (size is not None and 0 <= size <= len(self._buf)) or not self._more(len(self._buf) + 1):
                 take = len(self._buf)
                 break
         if size is not None and size >= 0:
