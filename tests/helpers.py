@@ -77,7 +77,11 @@ class Server:
             self._note(line)
             self.lines.append(line)
             self.line_queue.put(line)
+            self._read(line)
         self.line_queue.put(None)
+
+    def _read(self, line):
+        """After each stdout line is taken (a subclass may hold the reading here)."""
 
     def wait_line(self, pattern, timeout=START_TIMEOUT):
         """Block until a stdout line matches `pattern`; return the match."""

@@ -21,15 +21,9 @@ class HeldStdout(Server):
         self.reading = threading.Event()
         super().__init__(*args, **kwargs)
 
-    def _read_stdout(self):
-        for raw in self.proc.stdout:
-            line = raw.decode("utf-8", "replace").rstrip("\n")
-            self._note(line)
-            self.lines.append(line)
-            self.line_queue.put(line)
-            if line.startswith("fastcluster: listening on"):
-                self.reading.wait()
-        self.line_queue.put(None)
+    def _read(self, line):
+        if line.startswith("fastcluster: listening on"):
+            self.reading.wait()
 
     def resume(self):
         self.reading.set()
