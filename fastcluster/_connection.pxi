@@ -177,7 +177,7 @@ cdef class Connection(HttpConnection):
         cdef long long now
         if not server.batching:
             return False
-        now = ticks(server.cpu_ticks)
+        now = ticks(server.settings.cpu_ticks)
         if now - server.batch_began > server.later_ticks:
             server.batch_began = now
             if server.later:
@@ -217,7 +217,7 @@ cdef class Connection(HttpConnection):
         # (an HTTP connection reads nothing more until its output is out; a WebSocket, full
         # duplex, goes on reading unless its app is behind)
         cdef unsigned int mask = EPOLLOUT | EPOLLIN if self.ws is not None and not self.read_paused else EPOLLOUT
-        self.write_deadline = self.server.now + self.server.write_timeout
+        self.write_deadline = self.server.now + self.server.settings.write_timeout
         if self.mask != mask:
             self._set_mask(mask)
         return 0
@@ -292,7 +292,7 @@ cdef class TlsConnection(Connection):
     cdef Py_ssize_t sealed_off
 
     cdef setup(self, Server server, int fd, dict env):
-        self.tls = (_tls if _tls is not None else _load_tls()).Session(server.tls)
+        self.tls = (_tls if _tls is not None else _load_tls()).Session(server.settings.tls)
         self.sealed = b""
         self.sealed_off = 0
         Connection.setup(self, server, fd, env)

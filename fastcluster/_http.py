@@ -206,14 +206,14 @@ class HttpConnection(Channel):
         self.url = b""
         self.pending = []
         self.state = OPEN
-        self._arm(W_HEADERS, server.header_timeout)
+        self._arm(W_HEADERS, server.settings.header_timeout)
         self.start_response = self._start_response
         self.write = self._write
         # a proxy's headers may set the client's address and scheme (--forwarded-allow-ips):
         # whether this peer may is found out when a request first carries such a header
         self.trusted = -1
-        self.proxy_buf = b"" if server.proxy_protocol else None
-        self.asgi = server.asgi
+        self.proxy_buf = b"" if server.settings.proxy_protocol else None
+        self.asgi = server.driver is not None
         self.line_env = None          # (no request line kept yet: _request_line)
         if self.asgi:
             if asgi_start is None:
@@ -271,22 +271,22 @@ class HttpConnection(Channel):
         self.header_bytes = 0
         if self.asgi:
             scope = self.scope_base.copy()
-            if server.asgi_state is not None:
-                scope["state"] = server.asgi_state.copy()
+            if server.driver.state is not None:
+                scope["state"] = server.driver.state.copy()
             self.hlist = []
             scope["headers"] = self.hlist
             ex.scope = scope
         if self.served or self.wait == W_NONE:
             # a kept-alive connection, or one behind a request being answered: the header
             # deadline runs from the request's first byte (the first one's from the accept)
-            self._arm(W_HEADERS, server.header_timeout)
+            self._arm(W_HEADERS, server.settings.header_timeout)
 
     def on_url(self, url):
         if self.url:
             self.url += url
         else:
             self.url = url
-        if len(self.url) > self.server.max_request_line:
+        if len(self.url) > self.server.settings.max_request_line:
             raise Reject(414)
 
     def _count_field(self, name, value):
@@ -294,7 +294,7 @@ class HttpConnection(Channel):
         server = self.server
         self.nheaders += 1
         self.header_bytes += len(name) + len(value) + 4
-        if self.nheaders > server.max_headers or self.header_bytes > server.max_header_bytes:
+        if self.nheaders > server.settings.max_headers or self.header_bytes > server.settings.max_header_bytes:
             raise Reject(431)
         return 0
 
@@ -400,9 +400,10 @@ class HttpConnection(Channel):
         # (else the environ, copied from line_env, has this request line's keys already)
         if self.seen & SEEN_FORWARDED and self._trusts_peer():
             self._forwarded(ex, env)
-        ex.keep_alive = self._keeps_alive() and server.keep_alive > 0
+        settings = server.settings
+        ex.keep_alive = self._keeps_alive() and settings.keep_alive > 0
         ex.head = method is M_HEAD
-        if server.health is not None and (url == server.health or url.startswith(server.health_query)) and (
+        if settings.health is not None and (url == settings.health or url.startswith(settings.health_query)) and (
                 ex.head or method == "GET"):
             ex.health = True                 # --health-path: answered by the server (_answer_health)
         ex.http10 = protocol is not HTTP11
@@ -435,8 +436,8 @@ class HttpConnection(Channel):
         else:
             env["PATH_INFO"] = uri[:query]
             env["QUERY_STRING"] = uri[query + 1:]
-        if server.root_path:
-            self._strip_root(env, server.root_path)
+        if server.settings.root_path:
+            self._strip_root(env, server.settings.root_path)
         if self.asgi:
             scope = ex.scope
             scope["method"] = method
@@ -473,12 +474,12 @@ class HttpConnection(Channel):
         host = self.host
         if not ((protocol is HTTP11 and host is not None and _known_plain_host(host)
                  or protocol is HTTP10 and (host is None or _known_plain_host(host))) and not self.seen & SEEN_BODY):
-            status = check_head(env, ex.http10, server.max_body)   # the general case
+            status = check_head(env, ex.http10, server.settings.max_body)   # the general case
             if status:
                 raise Reject(status)
         if self.seen & SEEN_BODY:
             self.body_bytes = 0
-            self._arm(W_BODY, server.body_timeout)
+            self._arm(W_BODY, server.settings.body_timeout)
             expect = env.get("HTTP_EXPECT")
             if self.asgi:
                 # an ASGI app is called now and takes its body as it comes (Cycle.receive)
@@ -494,7 +495,7 @@ class HttpConnection(Channel):
                 self.pending.append(ex)
                 self._received(ex)
             else:
-                ex.body = BodyBuffer(server.spill)
+                ex.body = BodyBuffer(server.settings.spill)
         else:
             self.wait = W_NONE           # (wsgi.input is the base environ's EMPTY_INPUT)
 
@@ -512,12 +513,13 @@ class HttpConnection(Channel):
         peers are); asked once per connection, when a request first carries one."""
         if self.trusted < 0:
             server = self.server
-            self.trusted = 1 if not server.tcp or server.trust(self.base_environ["REMOTE_ADDR"]) else 0
+            settings = server.settings
+            self.trusted = 1 if not settings.tcp or settings.trust(self.base_environ["REMOTE_ADDR"]) else 0
         return self.trusted == 1
 
     def _forwarded(self, ex, env):
         """A trusted proxy's Forwarded or X-Forwarded-* headers: the client's address and scheme."""
-        addr, port, scheme = forwarded_client(env, self.server.trust)
+        addr, port, scheme = forwarded_client(env, self.server.settings.trust)
         if addr is not None:
             env["REMOTE_ADDR"] = addr
             env["REMOTE_PORT"] = port
@@ -534,9 +536,9 @@ class HttpConnection(Channel):
     def on_body(self, data):
         server = self.server
         self.body_bytes += len(data)
-        if server.max_body and self.body_bytes > server.max_body:
+        if server.settings.max_body and self.body_bytes > server.settings.max_body:
             raise Reject(413)
-        self._arm(W_BODY, server.body_timeout)
+        self._arm(W_BODY, server.settings.body_timeout)
         self.cur.body.add(data)
         if self.cur.early and self._holds_input():
             self._pause_reading()            # an app 1 MiB behind the body it takes as it comes
@@ -627,7 +629,7 @@ class HttpConnection(Channel):
             # head is not counted; the next one is.)
             self.head_bytes = 0 if self.head_done else self.head_bytes + n
             server = self.server
-            if self.head_bytes > server.max_header_bytes + server.max_request_line + HEAD_SLACK:
+            if self.head_bytes > server.settings.max_header_bytes + server.settings.max_request_line + HEAD_SLACK:
                 self._reject(431)
         return 0
 
@@ -921,7 +923,7 @@ class HttpConnection(Channel):
             # between requests: the keep-alive timeout runs (not before the first request has
             # begun: input that was no request yet, a PROXY header or a TLS handshake, leaves
             # the header deadline from the accept as it was)
-            self._arm(W_IDLE, server.keep_alive)
+            self._arm(W_IDLE, server.settings.keep_alive)
         return 0
 
     def _call_age(self, now):
@@ -969,7 +971,7 @@ class HttpConnection(Channel):
             if ex.cycle is not None:
                 ex.cycle.start(self.app)     # a WebSocket session (upgrade())
             else:
-                asgi_start(ex, self.app, server.aloop)
+                asgi_start(ex, self.app, server.driver.loop)
             return 0
         ex.in_app = True
         if pool is None:

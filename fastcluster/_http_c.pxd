@@ -4,7 +4,7 @@
 
 cimport cython
 from fastcluster._clock cimport monotonic
-from fastcluster._server_c cimport HttpServer, AppPool
+from fastcluster._server_c cimport HttpServer, AppPool, Settings
 from fastcluster._inline cimport ENV_REUSE, _dict_version, _refs, _del_first
 from fastcluster._exchange_c cimport (Channel, Exchange, new_exchange, OPEN, LAST_IN, UNREAD, PEER_CLOSED,
                                       LINGERING, CLOSED, HIGH_WATER)
@@ -107,8 +107,8 @@ cdef class HttpConnection(Channel):
     cdef dict _new_environ(self)
     @cython.locals(ex=Exchange, entry=tuple)
     cdef int _unreuse(self, Py_ssize_t count) except -1
-    @cython.locals(ex=Exchange, env=dict, server=HttpServer, url=bytes, protocol=str, method=str, version=str,
-                   same_line=bint)
+    @cython.locals(ex=Exchange, env=dict, server=HttpServer, settings=Settings, url=bytes, protocol=str, method=str,
+                   version=str, same_line=bint)
     cpdef on_headers_complete(self)
     @cython.locals(server=HttpServer, uri=str, query=Py_ssize_t, scope=dict, line=dict, key=str)
     cdef int _request_line(self, Exchange ex, dict env, str method, str version, str protocol, bytes url,
@@ -117,7 +117,7 @@ cdef class HttpConnection(Channel):
     cdef int _head_complete(self, Exchange ex, dict env, str protocol) except -1
     @cython.locals(path=str)
     cdef int _strip_root(self, dict env, str root) except -1
-    @cython.locals(server=HttpServer)
+    @cython.locals(server=HttpServer, settings=Settings)
     cdef bint _trusts_peer(self) except -1
     @cython.locals(scope=dict)
     cdef int _forwarded(self, Exchange ex, dict env) except -1

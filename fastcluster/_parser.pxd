@@ -53,13 +53,14 @@ cdef class Server(HttpServer):
         int bell_fd             # this worker's own bell, or -1
         char* rbuf              # every connection's recv() lands here, then goes to httptools
         AccessWriter writer     # the C renderer, when the access log has the default format
-        bint read_first         # TCP_DEFER_ACCEPT is on: a new connection is read before it is watched
         Connection fresh        # the connection being read right after its accept, not yet watched
         bint batching           # in _iterate's batch of events: answers are sent after it
         list later              # the connections whose answers wait for the batch's end
         long long batch_began   # when the batch began (or answers waiting last went out), in ticks
         long long later_ticks   # how long answers may wait for the batch's end, in ticks
 
+    cdef int _watch_wakers(self) except -1
+    cdef int _close_poll(self) except -1
     cdef int _set_accepting(self, bint on) except -1
     cdef int _send_waiting(self) except -1
     cdef int _ring(self, Py_ssize_t index) except -1

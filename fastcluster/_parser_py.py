@@ -22,8 +22,7 @@ from time import monotonic
 from . import board as _board
 from ._exchange import CLOSED, PEER_CLOSED, LINGERING
 from ._http import HttpConnection
-from ._server import AppPool, HttpServer, _fail_worker
-from .errors import Demoted
+from ._server import AppPool, HttpServer
 
 IMPLEMENTATION = "python"
 
@@ -133,74 +132,30 @@ class Server(HttpServer):
     def __init__(self, listener, app, config=None, wakeup_fd=-1, master_pid=0, tick=None, board=None,
                  board_index=-1, access_log=None, bells=None):
         self._configure(listener, app, config, wakeup_fd, master_pid, tick, board, board_index, access_log)
-        self.bells = tuple(bells) if bells is not None and self.balanced else ()
+        self.bells = tuple(bells) if bells is not None and self.admission.balanced else ()
         self.bell = self.bells[board_index] if 0 <= board_index < len(self.bells) else -1   # this worker's
         self.lfd = listener.fileno()
         self.rbuf = bytearray(RECV_SIZE)
         self.rview = memoryview(self.rbuf)
         self.ep = select.epoll()
         self.efd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)   # app threads wake the wait (_signal)
-        if self.threads > 1:
-            self.pool = Pool(self, self.threads)
+        settings = self.settings
+        if settings.threads > 1:
+            self.pool = Pool(self, settings.threads)
         # TCP_DEFER_ACCEPT on: a new connection is read before it is watched (_add)
-        self.read_first = self.tcp and listener.getsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT) > 0
+        settings.read_first = settings.tcp and listener.getsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT) > 0
         self.fresh = None           # the connection being read right after its accept, not yet watched
 
-    def serve(self, ready=None):
-        """Run until stopped; `ready()` is called once the listening socket is watched."""
-        self.listener.setblocking(False)
-        self._set_accepting(True)
-        if self.wakeup_fd >= 0:
-            self.ep.register(self.wakeup_fd, select.EPOLLIN)
+    def _watch_wakers(self):
+        if self.settings.wakeup_fd >= 0:
+            self.ep.register(self.settings.wakeup_fd, select.EPOLLIN)
         self.ep.register(self.efd, select.EPOLLIN)
         if self.bell >= 0:
             self.ep.register(self.bell, select.EPOLLIN)
-        self._serve_start(ready)
-        try:
-            if self.aloop is not None:
-                self._run_asyncio()          # an ASGI app: the event loop drives this one
-            else:
-                if self.pool is not None:
-                    self.pool._start()
-                self._member(True)
-        finally:
-            if self.pool is not None:
-                self.pool.finish()
-            self._serve_end()
-            self.ep.close()
-            os.close(self.efd)
 
-    def _member(self, leading):
-        """A loop thread's life (the serve() caller's, and each app thread's): run the loop while
-        it holds it; when an app call of its own lost it (Demoted), wait as a spare to get it back."""
-        while True:
-            if not leading:
-                if not self.pool.follow():
-                    return
-                self._holding()          # (promoted: this thread runs the loop now)
-            leading = False
-            try:
-                while not self.finished:
-                    if self._done():
-                        self.finished = True
-                        break
-                    self._iterate(1.0)
-                if self.pool is not None:
-                    self.pool.finish()       # the other threads stop waiting
-                return
-            except Demoted:
-                if self.posted:
-                    self._signal()           # the thread that runs the loop now has them to do
-
-    def _follower(self):
-        """An app thread: signals stay the main thread's; it waits as a spare until needed. If the
-        loop's code fails on it (a bug), the worker ends, as it would on the main thread, and the
-        master replaces it: a thread dying with the loop in hand would leave nobody to run it."""
-        signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
-        try:
-            self._member(False)
-        except BaseException:
-            _fail_worker()
+    def _close_poll(self):
+        self.ep.close()
+        os.close(self.efd)
 
     def _iterate(self, limit):
         conns = self.conns
@@ -226,7 +181,7 @@ class Server(HttpServer):
                 except BlockingIOError:
                     pass
                 self._rung()
-            elif fd == self.wakeup_fd:
+            elif fd == self.settings.wakeup_fd:
                 self._drain_wakeup()
             # else: a connection closed earlier in this batch
         if incoming:
@@ -259,7 +214,7 @@ class Server(HttpServer):
     def _accept(self):
         listener, conns = self.listener, self.conns
         for _ in range(ACCEPT_BATCH):
-            if len(conns) >= self.max_connections:
+            if len(conns) >= self.settings.max_connections:
                 self._set_accepting(False)    # the kernel's backlog holds the rest meanwhile
                 return
             try:
@@ -271,7 +226,7 @@ class Server(HttpServer):
                     self._accept_failed(exc.errno)
                     return
                 continue  # ECONNABORTED and friends: that client is gone, take the next
-            self.accept_error_logged = False
+            self.admission.error_logged = False
             sock.setblocking(False)
             self._add(sock, addr)
             if self._accepted():
@@ -280,24 +235,24 @@ class Server(HttpServer):
     def adopt(self, sock):
         """Serve an already-connected socket (fd passing, tests, benchmarks); takes ownership."""
         sock.setblocking(False)
-        return self._add(sock, sock.getpeername() if self.tcp else "")
+        return self._add(sock, sock.getpeername() if self.settings.tcp else "")
 
     def _add(self, sock, addr):
         """Serve a new connection: its object, its epoll registration, the board's counts."""
         env = self.base_environ.copy()
-        if self.tcp:
+        if self.settings.tcp:
             env["REMOTE_ADDR"] = addr[0]
             env["REMOTE_PORT"] = str(addr[1])
         else:
             env["REMOTE_ADDR"] = ""
-        conn = (Connection if self.tls is None else TlsConnection)(self, sock, env)
+        conn = (Connection if self.settings.tls is None else TlsConnection)(self, sock, env)
         self.conns[conn.fd] = conn
         self.cells[B_ACCEPTED] += 1
         self._publish_count()
         if self.fresh is not None:
             self._watch_fresh()     # (one whose _add lost the loop in its app call: see _watch_fresh)
         self.fresh = conn
-        if self.read_first:
+        if self.settings.read_first:
             # The kernel woke us for this connection only once its first bytes came (TCP_DEFER_ACCEPT):
             # read them now, and watch the connection only if it is still open after that. A
             # request answered at once and closed never costs an epoll_ctl and an epoll_wait.
@@ -325,7 +280,7 @@ class Server(HttpServer):
         be inside an app call or waiting as a spare."""
         try:
             while True:
-                data = os.read(self.wakeup_fd, 512)
+                data = os.read(self.settings.wakeup_fd, 512)
                 if not data:
                     return
                 if signal.SIGTERM in data:
@@ -349,8 +304,8 @@ class Connection(HttpConnection):
         self.watched = False        # registered with the epoll (a fresh connection is not, yet)
         # TCP_NODELAY: set by the first write that is not the last (_flush); nothing to set on a
         # unix socket; a TLS handshake is writes both ways, so at once
-        self.nodelay = not server.tcp or server.tls is not None
-        if server.tcp and server.tls is not None:
+        self.nodelay = not server.settings.tcp or server.settings.tls is not None
+        if server.settings.tcp and server.settings.tls is not None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def _on_event(self):
@@ -440,7 +395,7 @@ class Connection(HttpConnection):
         # (an HTTP connection reads nothing more until its output is out; a WebSocket, full
         # duplex, goes on reading unless its app is behind)
         mask = EPOLLOUT | EPOLLIN if self.ws is not None and not self.read_paused else EPOLLOUT
-        self.write_deadline = self.server.now + self.server.write_timeout
+        self.write_deadline = self.server.now + self.server.settings.write_timeout
         if self.mask != mask:
             self._set_mask(mask)
 
@@ -535,7 +490,7 @@ class TlsConnection(Connection):
     out_size = property(lambda self: self.queued - self.sent_bytes + len(self.sealed))
 
     def __init__(self, server, sock, env):
-        self.tls = (_tls if _tls is not None else _load_tls()).Session(server.tls)
+        self.tls = (_tls if _tls is not None else _load_tls()).Session(server.settings.tls)
         self.sealed = b""
         super().__init__(server, sock, env)
 

@@ -14,8 +14,8 @@ cdef class Server(HttpServer):
     def __init__(self, listener, app, config=None, wakeup_fd=-1, master_pid=0, tick=None, board=None,
                  board_index=-1, access_log=None, bells=None):
         self._configure(listener, app, config, wakeup_fd, master_pid, tick, board, board_index, access_log)
-        self.bells = tuple(bells) if bells is not None and self.balanced else ()
-        self.bell_fd = self.bells[self.board_index] if 0 <= self.board_index < len(self.bells) else -1
+        self.bells = tuple(bells) if bells is not None and self.admission.balanced else ()
+        self.bell_fd = self.bells[board_index] if 0 <= board_index < len(self.bells) else -1
         self.lfd = listener.fileno()
         self.rbuf = <char*>PyMem_Malloc(RECV_SIZE)
         if self.rbuf is NULL:
@@ -29,10 +29,10 @@ cdef class Server(HttpServer):
         self.now = monotonic()
         if access_log is not None and access_log.default_format:
             self.writer = AccessWriter(access_log)
-        if self.threads > 1:
-            self.pool = Pool(self, self.threads)
-        self.later_ticks = <long long>(self.long_ticks * LATER_SHARE)
-        self.read_first = self.tcp and deferred_accept(self.lfd)
+        if self.settings.threads > 1:
+            self.pool = Pool(self, self.settings.threads)
+        self.later_ticks = <long long>(self.settings.long_ticks * LATER_SHARE)
+        self.settings.read_first = self.settings.tcp and deferred_accept(self.lfd)
 
     def __dealloc__(self):
         if self.epfd >= 0:
@@ -41,59 +41,16 @@ cdef class Server(HttpServer):
             c_close(self.efd)
         PyMem_Free(self.rbuf)
 
-    def serve(self, ready=None):
-        """Run until stopped; `ready()` is called once the listening socket is watched."""
-        self.listener.setblocking(False)
-        self._set_accepting(True)
-        if self.wakeup_fd >= 0:
-            self._watch(self.wakeup_fd, EPOLLIN)
+    cdef int _watch_wakers(self) except -1:
+        if self.settings.wakeup_fd >= 0:
+            self._watch(self.settings.wakeup_fd, EPOLLIN)
         self._watch(self.efd, EPOLLIN)
         if self.bell_fd >= 0:
             self._watch(self.bell_fd, EPOLLIN)
-        self._serve_start(ready)
-        try:
-            if self.aloop is not None:
-                self._run_asyncio()          # an ASGI app: the event loop drives this one
-            else:
-                if self.pool is not None:
-                    (<Pool>self.pool)._start()
-                self._member(True)
-        finally:
-            if self.pool is not None:
-                self.pool.finish()
-            self._serve_end()
+        return 0
 
-    def _member(self, leading):
-        """A loop thread's life (the serve() caller's, and each app thread's): run the loop while
-        it holds it; when an app call of its own lost it (Demoted), wait as a spare to get it back."""
-        while True:
-            if not leading:
-                if not self.pool.follow():
-                    return
-                self._holding()          # (promoted: this thread runs the loop now)
-            leading = False
-            try:
-                while not self.finished:
-                    if self._done():
-                        self.finished = True
-                        break
-                    self._iterate(1.0)
-                if self.pool is not None:
-                    self.pool.finish()       # the other threads stop waiting
-                return
-            except Demoted:
-                if self.posted:
-                    self._signal()           # the thread that runs the loop now has them to do
-
-    def _follower(self):
-        """An app thread: signals stay the main thread's; it waits as a spare until needed. If the
-        loop's code fails on it (a bug), the worker ends, as it would on the main thread, and the
-        master replaces it: a thread dying with the loop in hand would leave nobody to run it."""
-        _signal_module.pthread_sigmask(_signal_module.SIG_BLOCK, _signal_module.valid_signals())
-        try:
-            self._member(False)
-        except BaseException:
-            _fail_worker()
+    cdef int _close_poll(self) except -1:
+        return 0                 # (the epoll set and the eventfd close with the object: __dealloc__)
 
     cpdef _iterate(self, double limit):
         cdef epoll_event events[MAX_EVENTS]
@@ -118,7 +75,7 @@ cdef class Server(HttpServer):
         # by another thread's batch, one that lost the loop in an app call, is sent now: the wait
         # above did not wait)
         self.batching = True
-        self.batch_began = ticks(self.cpu_ticks)
+        self.batch_began = ticks(self.settings.cpu_ticks)
         for i in range(n):
             fd = events[i].data.fd
             obj = conns.get(fd)
@@ -130,7 +87,7 @@ cdef class Server(HttpServer):
                 self._drain_eventfd()
             elif fd == self.bell_fd:
                 self._drain_bell()
-            elif fd == self.wakeup_fd:
+            elif fd == self.settings.wakeup_fd:
                 self._drain_wakeup()
             # else: a connection closed earlier in this batch
         self.batching = False
@@ -195,7 +152,7 @@ cdef class Server(HttpServer):
         cdef char host[INET6_ADDRSTRLEN + 1]
         cdef unsigned int port
         for i in range(ACCEPT_BATCH):
-            if len(self.conns) >= self.max_connections:
+            if len(self.conns) >= self.settings.max_connections:
                 self._set_accepting(False)    # the kernel's backlog holds the rest meanwhile
                 return 0
             addrlen = sizeof(addr)
@@ -207,9 +164,9 @@ cdef class Server(HttpServer):
                     self._accept_failed(errno)
                     return 0
                 continue  # ECONNABORTED and friends: that client is gone, take the next
-            self.accept_error_logged = False
+            self.admission.error_logged = False
             env = PyDict_Copy(self.base_environ)
-            if self.tcp:
+            if self.settings.tcp:
                 if addr.ss_family == AF_INET6:
                     inet_ntop(AF_INET6, &(<sockaddr_in6*>&addr).sin6_addr, host, sizeof(host))
                     port = ntohs((<sockaddr_in6*>&addr).sin6_port)
@@ -228,7 +185,7 @@ cdef class Server(HttpServer):
     def adopt(self, sock):
         """Serve an already-connected socket (fd passing, tests, benchmarks); takes ownership."""
         env = PyDict_Copy(self.base_environ)
-        if self.tcp:
+        if self.settings.tcp:
             host, port = sock.getpeername()[:2]
             env["REMOTE_ADDR"] = host
             env["REMOTE_PORT"] = str(port)
@@ -241,13 +198,13 @@ cdef class Server(HttpServer):
     cdef Connection _add(self, int fd, dict env):
         """Serve a new connection: its object, its epoll registration, the board's counts."""
         cdef Connection conn
-        if self.tls is None:
+        if self.settings.tls is None:
             conn = Connection.__new__(Connection)
-            conn.nodelay = not self.tcp     # else set by the first write that is not the last (_flush)
+            conn.nodelay = not self.settings.tcp     # else set by the first write that is not the last (_flush)
         else:
             conn = TlsConnection.__new__(TlsConnection)
             conn.nodelay = True             # a handshake is writes both ways: at once
-            if self.tcp:
+            if self.settings.tcp:
                 set_nodelay(fd)
         conn.setup(self, fd, env)
         self.conns[fd] = conn
@@ -256,7 +213,7 @@ cdef class Server(HttpServer):
         if self.fresh is not None:
             self._watch_fresh()     # (one whose _add lost the loop in its app call: see _watch_fresh)
         self.fresh = conn
-        if self.read_first:
+        if self.settings.read_first:
             # The kernel woke us for this connection only once its first bytes came (TCP_DEFER_ACCEPT):
             # read them now, and watch the connection only if it is still open after that. A
             # request answered at once and closed never costs an epoll_ctl and an epoll_wait.
@@ -301,7 +258,7 @@ cdef class Server(HttpServer):
         cdef unsigned char buf[512]
         cdef ssize_t n, i
         while True:
-            n = c_read(self.wakeup_fd, buf, sizeof(buf))
+            n = c_read(self.settings.wakeup_fd, buf, sizeof(buf))
             if n <= 0:
                 return 0
             for i in range(n):

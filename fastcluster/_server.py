@@ -24,6 +24,7 @@ through their Python-visible methods, so that nothing here depends on them.
 import os
 import socket as _socket
 import sys
+import signal as _signal
 import threading as _threading
 from collections import deque
 
@@ -44,6 +45,7 @@ if not cython.compiled:   # the compiled build reads CLOCK_MONOTONIC and the CPU
 from . import board as _board
 from . import wsgi as _wsgi
 from .config import Config as _Config
+from .errors import Demoted
 from .sockets import describe as _describe
 
 DRAIN_LINGER = 1.0          # on stop, idle connections get this long for a request already on its way
@@ -116,8 +118,8 @@ class AppPool:
         self.limit = limit          # app calls at once (--threads)
         self.total = 1              # threads in the pool, the one that called serve() included
         self.busy = 0               # app calls begun and not handed back to the loop yet
-        self.cpu_ticks = server.cpu_ticks   # (the server's clock: HttpServer._configure)
-        self.long_ticks = server.long_ticks
+        self.cpu_ticks = server.settings.cpu_ticks   # (the server's clock: Settings)
+        self.long_ticks = server.settings.long_ticks
         return 0
 
     def _can_call(self):
@@ -162,6 +164,10 @@ class AppPool:
 
     # the loop's primitives
 
+    def _start(self):
+        """Start the monitor (serve(), before the loop's first turn)."""
+        raise NotImplementedError
+
     def _release(self):
         raise NotImplementedError
 
@@ -186,33 +192,16 @@ class AppPool:
 
 
 @cython.cclass
-class HttpServer:
-    """One worker's settings, counters and connection timers (fields: _server_c.pxd).
+class Settings:
+    """What the loop reads of the configuration (fields: _server_c.pxd): limits, timeouts, flags and
+    the facts of its listener and its master, built from Config once (HttpServer._configure) and fixed
+    before serving (use_tls adds the TLS context; the loop's Server, whether accepts are read first)."""
 
-    The loop's subclass provides serve(), one iteration of the loop (_iterate), accepting
-    (_set_accepting, _accept), adopt(), and the signal of _post (_signal).
-    """
-
-    if not cython.compiled:   # plain Python: the values a compiled object starts with
-        stop_requested = stopping = accepting = balanced = accept_error_logged = finished = proxy_protocol = False
-        health = health_query = trust = None
-        root_path = ""
-        deadline = accept_paused_until = now = next_tick = stuck_since = 0.0
-        requests = nested = loop_thread = waiting = 0
-        checking = False
-        board_index = -1
-        board = pool = None
-        asgi = soon = False
-        aloop = asgi_state = failure = timer = None
-        timer_at = ws_ping_interval = ws_ping_timeout = 0.0
-        ws_max_size = 0
+    if not cython.compiled:
         tls = None
+        read_first = False
 
-    def _configure(self, listener, app, config, wakeup_fd, master_pid, tick, board, board_index, access_log):
-        config = config or _Config()
-        self.listener = listener
-        self.app = app
-        self.tick = tick
+    def __init__(self, config, listener, wakeup_fd, master_pid):
         self.keep_alive = config.keep_alive
         self.graceful_timeout = config.graceful_timeout
         self.header_timeout = config.header_timeout
@@ -226,39 +215,8 @@ class HttpServer:
         self.timeout = config.timeout
         self.threads = config.threads
         self.spill = _wsgi.SpillBudget(config.max_spill)
-        self.wakeup_fd = wakeup_fd
-        self.master_pid = master_pid
-        self.conns = {}
-        self.posted = deque()       # connections an app thread hands back (or wants flushed)
-        self.deferred = deque()     # connections with a request to dispatch once an app call may start
-        self.turn = None            # the one of them being dispatched now (_after_events)
-        self.orphans = []           # closed connections whose app call still runs (--timeout watches them)
-        self.tcp = listener.family in (_socket.AF_INET, _socket.AF_INET6)
-        _url, name, port, _short = _describe(listener)
-        self.root_path = config.root_path
-        self.base_environ = _wsgi.base_environ(name, port, config.workers > 1, config.threads > 1, self.root_path)
-        self.date = _wsgi.DateHeader()
-        self.date_line = self.date.get()
-        self.now = monotonic()
-        # app calls (AppPool) and the compiled loop's batches are timed in _ticks(): the CPU's
-        # counter where the kernel keeps time by it
-        rate = _cpu_tick_rate() if _kernel_uses_cpu_counter() else 0.0
-        self.cpu_ticks = rate > 0.0
-        self.long_ticks = int((rate if self.cpu_ticks else 1e9) * LONG_CALL)   # LONG_CALL in ticks
-        # The master's board (board.py): this worker's counters, and every worker's connection
-        # count and whether it accepts, so that a worker can leave new connections to a lighter one.
-        self.balanced = board is not None and board_index >= 0
-        if self.balanced:
-            self.board = memoryview(board).cast("q")
-            self.board_index = board_index
-            base = B_HEADER + B_STRIDE * board_index
-            self.cells = self.board[base:base + B_STRIDE]
-        else:
-            self.cells = _board.private_cells()
-        self.access = access_log
-        # ASGI (use_asyncio): the scope's "server"
-        self.asgi_server = (name, int(port)) if self.tcp else (name, None)
         self.trust = _wsgi.Trust(config.forwarded_allow_ips, config.forwarded_headers)   # --forwarded-*
+        self.root_path = config.root_path
         self.proxy_protocol = config.proxy_protocol
         # --health-path: its target as sent, and with a query after it
         self.health = config.health_path.encode("ascii") if config.health_path else None
@@ -266,13 +224,270 @@ class HttpServer:
         self.ws_max_size = config.ws_max_size
         self.ws_ping_interval = config.ws_ping_interval
         self.ws_ping_timeout = config.ws_ping_timeout
+        self.tcp = listener.family in (_socket.AF_INET, _socket.AF_INET6)
+        _url, name, port, _short = _describe(listener)
+        self.asgi_server = (name, int(port)) if self.tcp else (name, None)
         self.scheme = "http"
+        self.wakeup_fd = wakeup_fd
+        self.master_pid = master_pid
+        # app calls (AppPool) and the compiled loop's batches are timed in _ticks(): the CPU's
+        # counter where the kernel keeps time by it
+        rate = _cpu_tick_rate() if _kernel_uses_cpu_counter() else 0.0
+        self.cpu_ticks = rate > 0.0
+        self.long_ticks = int((rate if self.cpu_ticks else 1e9) * LONG_CALL)   # LONG_CALL in ticks
+
+
+@cython.cclass
+class Admission:
+    """Whether this worker takes new connections now, besides its epoll registration (fields:
+    _server_c.pxd): a pause after accept errors or after leaving connections to a lighter worker,
+    and the master's board, where each worker's connection count and accepting state are read."""
+
+    if not cython.compiled:
+        board = None
+
+    def __init__(self, board, index):
+        self.balanced = board is not None and index >= 0
+        self.index = index
+        self.paused_until = 0.0
+        self.error_logged = False
+        if self.balanced:
+            self.board = memoryview(board).cast("q")
+
+    def cells(self):
+        """This worker's own cells on the board."""
+        base = B_HEADER + B_STRIDE * self.index
+        return self.board[base:base + B_STRIDE]
+
+    def lighter_worker(self, mine, saturated, threads):
+        """The board index of another worker that takes connections (its listening socket
+        registered, or paused for balance: a ring brings it back) and is lighter than this one:
+        holds fewer than `mine` connections, or has an app thread free while all of this one's
+        are busy (`saturated`); the lightest, when several are; -1 when there is none."""
+        best = -1
+        fewest = mine
+        for i in range(self.board[0]):
+            if i != self.index:
+                base = B_HEADER + B_STRIDE * i
+                count = self.board[base + B_CONNS]
+                if count < 0 or self.board[base + B_NOT_ACCEPTING] == 1:
+                    continue        # (gone, full or stopping)
+                if count < fewest:
+                    best = i
+                    fewest = count
+                elif best < 0 and saturated and self.board[base + B_BUSY] < threads:
+                    best = i
+        return best
+
+    def master_stopping(self):
+        """The master said on the board that it stops (or drains)."""
+        return self.board[B_STOPPING] != 0
+
+
+@cython.cclass
+class EventLoopDriver:
+    """An ASGI app's worker: its asyncio (or uvloop) event loop drives this loop (fields:
+    _server_c.pxd). The event loop watches the loop's epoll descriptor; when it is ready, one
+    _iterate() without waiting handles what it has. Posted connections, the ticks and accept pauses
+    are the event loop's callbacks and timers. `state` is the lifespan's, copied into each scope."""
+
+    def __init__(self, server, loop, state):
+        self.server = server
+        self.loop = loop
+        self.state = state
+        self.soon = False
+        self.failure = None
+        self.timer = None
+        self.timer_at = 0.0
+
+    def run(self):
+        """serve() for an ASGI app: run the event loop until the stop is over."""
+        loop = self.loop
+        fd = self.server._poll_fd()
+        loop.add_reader(fd, self._on_poll)
+        self._arm_timer(self.server._wait_ms(1.0) / 1000.0)
+        try:
+            loop.run_forever()
+        finally:
+            loop.remove_reader(fd)
+            if self.timer is not None:
+                self.timer.cancel()
+        if self.failure is not None:
+            failure = self.failure
+            self.failure = None
+            raise failure
+
+    def post(self):
+        """A connection was posted (HttpServer._post): the loop's next turn looks at it."""
+        if not self.soon:
+            self.soon = True
+            self.loop.call_soon(self._turn)
+
+    def wake(self):
+        """From a signal handler: a turn now (uvloop does not pass signals to the loop's wake-up fd)."""
+        try:
+            self.loop.call_soon_threadsafe(self._turn)
+        except RuntimeError:     # the event loop is closed
+            pass
+
+    def _on_poll(self):
+        if self.server.finished:
+            return               # (serve() is over: the worker's lifespan shutdown runs on this loop)
+        try:
+            self.server._iterate(0.0)
+            self._after_turn()
+        except BaseException:
+            self._crashed()
+
+    def _turn(self):
+        """call_soon's callback: connections posted during the event loop's turn."""
+        self.soon = False
+        self._callback_turn()
+
+    def _on_timer(self):
+        self.timer = None
+        self.timer_at = 0.0
+        self._callback_turn()
+
+    def _callback_turn(self):
+        """What a posted turn or a timer runs: the rest of an iteration (posted connections, the
+        stop, the tick), without waiting for events."""
+        server = self.server
+        if server.finished:
+            return 0
+        try:
+            server._woke(monotonic())
+            server._after_events()
+            self._after_turn()
+        except BaseException:
+            self._crashed()
         return 0
+
+    def _after_turn(self):
+        """After each of the event loop's calls into the loop: stop it once the stop is over;
+        a timer for the next tick, or for an accept pause that ends sooner."""
+        server = self.server
+        if server._done():
+            server.finished = True
+            self.loop.stop()
+            return 0
+        wake = server._wake_at()
+        if self.timer is None or wake < self.timer_at - 0.0005:
+            self._arm_timer(wake - server.now)
+        return 0
+
+    def _arm_timer(self, delay):
+        if self.timer is not None:
+            self.timer.cancel()
+        if delay < 0.0005:
+            delay = 0.0005
+        self.timer_at = self.server.now + delay
+        self.timer = self.loop.call_later(delay, self._on_timer)
+        return 0
+
+    def _crashed(self):
+        """The loop's code failed inside an event loop callback (a bug): the event loop stops and
+        serve() raises it, as the WSGI loop would (the worker exits 1 and is replaced)."""
+        self.failure = sys.exc_info()[1]
+        self.server.finished = True
+        self.loop.stop()
+        return 0
+
+
+@cython.cclass
+class HttpServer:
+    """One worker's state, counters and connection timers (fields: _server_c.pxd), and its loop's
+    control flow: serve() and each loop thread's life (_member), the rest of each iteration
+    (_after_events), the tick, the start of a stop, balancing.
+
+    The loop's subclass provides the I/O: one iteration's wait and events (_iterate), accepting
+    (_set_accepting, _accept), adopt(), and the signal of _post (_signal).
+    """
+
+    if not cython.compiled:   # plain Python: the values a compiled object starts with
+        stop_requested = stopping = accepting = finished = False
+        deadline = now = next_tick = 0.0
+        requests = nested = loop_thread = waiting = 0
+        pool = driver = None
+
+    def _configure(self, listener, app, config, wakeup_fd, master_pid, tick, board, board_index, access_log):
+        config = config or _Config()
+        self.listener = listener
+        self.app = app
+        self.tick = tick
+        self.settings = Settings(config, listener, wakeup_fd, master_pid)
+        self.conns = {}
+        self.posted = deque()       # connections an app thread hands back (or wants flushed)
+        self.deferred = deque()     # connections with a request to dispatch once an app call may start
+        self.turn = None            # the one of them being dispatched now (_after_events)
+        self.orphans = []           # closed connections whose app call still runs (--timeout watches them)
+        _url, name, port, _short = _describe(listener)
+        self.base_environ = _wsgi.base_environ(name, port, config.workers > 1, config.threads > 1, config.root_path)
+        self.date = _wsgi.DateHeader()
+        self.date_line = self.date.get()
+        self.now = monotonic()
+        # The master's board (board.py): this worker's counters, and every worker's connection
+        # count and whether it accepts, so that a worker can leave new connections to a lighter one.
+        self.admission = Admission(board, board_index)
+        self.cells = self.admission.cells() if self.admission.balanced else _board.private_cells()
+        self.access = access_log
+        return 0
+
+    def serve(self, ready=None):
+        """Run until stopped; `ready()` is called once the listening socket is watched."""
+        self.listener.setblocking(False)
+        self._set_accepting(True)
+        self._watch_wakers()
+        self._serve_start(ready)
+        try:
+            if self.driver is not None:
+                self.driver.run()            # an ASGI app: the event loop drives this one
+            else:
+                if self.pool is not None:
+                    self.pool._start()
+                self._member(True)
+        finally:
+            if self.pool is not None:
+                self.pool.finish()
+            self._serve_end()
+            self._close_poll()
+
+    def _member(self, leading):
+        """A loop thread's life (the serve() caller's, and each app thread's): run the loop while
+        it holds it; when an app call of its own lost it (Demoted), wait as a spare to get it back."""
+        while True:
+            if not leading:
+                if not self.pool.follow():
+                    return 0
+                self._holding()          # (promoted: this thread runs the loop now)
+            leading = False
+            try:
+                while not self.finished:
+                    if self._done():
+                        self.finished = True
+                        break
+                    self._iterate(1.0)
+                if self.pool is not None:
+                    self.pool.finish()       # the other threads stop waiting
+                return 0
+            except Demoted:
+                if self.posted:
+                    self._signal()           # the thread that runs the loop now has them to do
+
+    def _follower(self):
+        """An app thread: signals stay the main thread's; it waits as a spare until needed. If the
+        loop's code fails on it (a bug), the worker ends, as it would on the main thread, and the
+        master replaces it: a thread dying with the loop in hand would leave nobody to run it."""
+        _signal.pthread_sigmask(_signal.SIG_BLOCK, _signal.valid_signals())
+        try:
+            self._member(False)
+        except BaseException:
+            _fail_worker()
 
     def use_tls(self, context):
         """Serve HTTPS: each connection's bytes go through an `ssl.SSLContext`'s session (tls.py)."""
-        self.tls = context
-        self.scheme = "https"
+        self.settings.tls = context
+        self.settings.scheme = "https"
         self.base_environ["wsgi.url_scheme"] = "https"
         return 0
 
@@ -280,22 +495,21 @@ class HttpServer:
         """Serve an ASGI app on `loop` (asyncio's or uvloop's, not running yet): serve() then
         runs that loop, with this loop's epoll set as one of its readers. `state` is the
         lifespan's state, copied into each request's scope."""
-        self.asgi = True
-        self.aloop = loop
-        self.asgi_state = state
+        self.driver = EventLoopDriver(self, loop, state)
         self.pool = None      # (never started: an ASGI app's waits are tasks on the loop, not app threads)
         return 0
 
     def _scope_base(self, env):
         """What every ASGI scope of a connection starts from (`env`: the connection's environ)."""
-        client = (env["REMOTE_ADDR"], int(env["REMOTE_PORT"])) if self.tcp else None
-        return {"type": "http", "asgi": ASGI_VERSION, "http_version": "1.1", "scheme": self.scheme,
-                "server": self.asgi_server, "client": client, "root_path": self.root_path}
+        settings = self.settings
+        client = (env["REMOTE_ADDR"], int(env["REMOTE_PORT"])) if settings.tcp else None
+        return {"type": "http", "asgi": ASGI_VERSION, "http_version": "1.1", "scheme": settings.scheme,
+                "server": settings.asgi_server, "client": client, "root_path": settings.root_path}
 
     def resume_accepting(self):
-        if (not self.accepting and not self.stopping and self.now >= self.accept_paused_until
-                and len(self.conns) < self.max_connections):
-            self.accept_paused_until = 0.0
+        if (not self.accepting and not self.stopping and self.now >= self.admission.paused_until
+                and len(self.conns) < self.settings.max_connections):
+            self.admission.paused_until = 0.0
             self._set_accepting(True)
 
     def _publish_count(self):
@@ -306,17 +520,15 @@ class HttpServer:
         """This thread runs the loop from now on (each loop's _member says so when a thread starts
         or resumes it): with FASTCLUSTER_CHECK_THREADS, the holder _check_thread expects."""
         if CHECK_THREADS:
-            self.checking = True
+            self.loop_thread = _get_ident()
             if self.pool is not None:
-                self.pool.owner = _get_ident()
-            else:
-                self.loop_thread = _get_ident()
+                self.pool.owner = self.loop_thread
         return 0
 
     def _check_thread(self, what):
         """FASTCLUSTER_CHECK_THREADS: `what`, the loop's code, runs on the thread that holds the
         loop (the rule above CHECK_THREADS), or the worker stops here, loudly."""
-        if not self.checking:
+        if not self.loop_thread:
             return 0             # (not serving: a test driving a Server in-process, say)
         holder = self.pool.owner if self.pool is not None else self.loop_thread
         if holder != _get_ident():
@@ -324,26 +536,11 @@ class HttpServer:
         return 0
 
     def _lighter_worker(self):
-        """The board index of another worker that takes connections (its listening socket
-        registered, or paused for balance: a ring brings it back) and is lighter than this one:
-        holds more than BALANCE_SLACK fewer connections, or has an app thread free while all of
-        this one's are busy; the lightest, when several are; -1 when there is none."""
-        mine = len(self.conns) - BALANCE_SLACK
-        saturated = self.pool is not None and self.pool.busy >= self.threads
-        best = -1
-        fewest = mine
-        for i in range(self.board[0]):
-            if i != self.board_index:
-                base = B_HEADER + B_STRIDE * i
-                count = self.board[base + B_CONNS]
-                if count < 0 or self.board[base + B_NOT_ACCEPTING] == 1:
-                    continue        # (gone, full or stopping)
-                if count < fewest:
-                    best = i
-                    fewest = count
-                elif best < 0 and saturated and self.board[base + B_BUSY] < self.threads:
-                    best = i
-        return best
+        """A worker to leave the next connections to (Admission.lighter_worker), or -1: one with
+        more than BALANCE_SLACK fewer connections, or a free app thread while all of ours are busy."""
+        threads = self.settings.threads
+        saturated = self.pool is not None and self.pool.busy >= threads
+        return self.admission.lighter_worker(len(self.conns) - BALANCE_SLACK, saturated, threads)
 
     def _accepted(self):
         """After each accept: leave the next connections to a lighter worker? (Keep-alive
@@ -351,22 +548,22 @@ class HttpServer:
         the lighter worker's bell: that one takes the connections already queued, which no new
         event would announce to it (with EPOLLEXCLUSIVE the kernel gave the listening socket's
         event to this worker), and a ring ends a pause of its own. True ends this batch."""
-        if not self.balanced:
+        if not self.admission.balanced:
             return False
         lighter = self._lighter_worker()
         if lighter < 0:
             return False
         self._set_accepting(False)
         self.cells[B_NOT_ACCEPTING] = 2
-        self.accept_paused_until = self.now + BALANCE_PAUSE
+        self.admission.paused_until = self.now + BALANCE_PAUSE
         self._ring(lighter)
         return True
 
     def _rung(self):
         """Another worker rang this one's bell: it left connections to this one. A pause of its
         own ends, and it accepts now (its epoll does not know the listening socket is ready)."""
-        if not self.accepting and not self.stopping and self.accept_paused_until:
-            self.accept_paused_until = 0.0
+        if not self.accepting and not self.stopping and self.admission.paused_until:
+            self.admission.paused_until = 0.0
             self.resume_accepting()
         if self.accepting:
             self._accept()
@@ -374,11 +571,11 @@ class HttpServer:
 
     def _accept_failed(self, err):
         """accept() ran out of descriptors or memory: pause accepting for half a second."""
-        if not self.accept_error_logged:
-            self.accept_error_logged = True
+        if not self.admission.error_logged:
+            self.admission.error_logged = True
             log.error("accept failed: %s; pausing accepts for 0.5 s at a time", os.strerror(err))
         self._set_accepting(False)
-        self.accept_paused_until = self.now + 0.5
+        self.admission.paused_until = self.now + 0.5
         return 0
 
     def _wait_ms(self, limit):
@@ -386,16 +583,14 @@ class HttpServer:
         at most `limit` seconds; 0 when handed-back connections are waiting."""
         if self.posted:
             return 0
-        wake = self.next_tick
-        if not self.accepting and self.accept_paused_until and self.accept_paused_until < wake:
-            wake = self.accept_paused_until
+        wake = self._wake_at()
         wait = min(wake - self.now, limit)
         return int(wait * 1000) + 1 if wait > 0 else 0
 
     def _woke(self, now):
         """Right after the wait: the clock, and accepts paused for balancing or errors."""
         self.now = now
-        if not self.accepting and self.accept_paused_until and self.now >= self.accept_paused_until:
+        if not self.accepting and self.admission.paused_until and self.now >= self.admission.paused_until:
             self.resume_accepting()
         return 0
 
@@ -433,106 +628,26 @@ class HttpServer:
         look at it (output to flush, a 100 Continue to send). For an ASGI app, from the event
         loop's thread: the loop's next turn looks at it."""
         self.posted.append(conn)
-        if self.aloop is None:
+        if self.driver is None:
             self._signal()
-        elif not self.soon:
-            self.soon = True
-            self.aloop.call_soon(self._turn)
+        else:
+            self.driver.post()
         return 0
 
-    # --- ASGI: this loop driven by an asyncio event loop ---
-
-    def _run_asyncio(self):
-        """serve() for an ASGI app: run the event loop until the stop is over. The event loop
-        watches this loop's epoll descriptor; when it is ready, one _iterate() without waiting
-        handles what it has. The ticks and accept pauses are the event loop's timers."""
-        loop = self.aloop
-        fd = self._poll_fd()
-        loop.add_reader(fd, self._on_poll)
-        self._arm_timer(self._wait_ms(1.0) / 1000.0)
-        try:
-            loop.run_forever()
-        finally:
-            loop.remove_reader(fd)
-            if self.timer is not None:
-                self.timer.cancel()
-        if self.failure is not None:
-            failure = self.failure
-            self.failure = None
-            raise failure
-
-    def _on_poll(self):
-        if self.finished:
-            return               # (serve() is over: the worker's lifespan shutdown runs on this loop)
-        try:
-            self._iterate(0.0)
-            self._after_turn()
-        except BaseException:
-            self._crashed()
-
-    def _turn(self):
-        """call_soon's callback: connections posted during the event loop's turn."""
-        self.soon = False
-        self._callback_turn()
-
-    def _on_timer(self):
-        self.timer = None
-        self.timer_at = 0.0
-        self._callback_turn()
-
-    def _callback_turn(self):
-        """What a posted turn or a timer runs: the rest of an iteration (posted connections, the
-        stop, the tick), without waiting for events."""
-        if self.finished:
-            return 0
-        try:
-            self._woke(monotonic())
-            self._after_events()
-            self._after_turn()
-        except BaseException:
-            self._crashed()
-        return 0
-
-    def _after_turn(self):
-        """After each of the event loop's calls into this loop: stop it once the stop is over;
-        a timer for the next tick, or for an accept pause that ends sooner."""
-        if self._done():
-            self.finished = True
-            self.aloop.stop()
-            return 0
+    def _wake_at(self):
+        """When the loop must look again without an event: the tick, or the end of an accept pause."""
         wake = self.next_tick
-        if not self.accepting and self.accept_paused_until and self.accept_paused_until < wake:
-            wake = self.accept_paused_until
-        if self.timer is None or wake < self.timer_at - 0.0005:
-            self._arm_timer(wake - self.now)
-        return 0
-
-    def _arm_timer(self, delay):
-        if self.timer is not None:
-            self.timer.cancel()
-        if delay < 0.0005:
-            delay = 0.0005
-        self.timer_at = self.now + delay
-        self.timer = self.aloop.call_later(delay, self._on_timer)
-        return 0
-
-    def _crashed(self):
-        """This loop's code failed inside an event loop callback (a bug): the event loop stops and
-        serve() raises it, as the WSGI loop would (the worker exits 1 and is replaced)."""
-        self.failure = sys.exc_info()[1]
-        self.finished = True
-        self.aloop.stop()
-        return 0
+        paused_until = self.admission.paused_until
+        if not self.accepting and paused_until and paused_until < wake:
+            wake = paused_until
+        return wake
 
     def request_stop(self):
         """SIGTERM's handler: a graceful stop, acted on at the loop's next turn (which, for an ASGI
         app, is made to come now: uvloop does not pass the signal to this loop's wake-up fd)."""
         self.stop_requested = True
-        if self.aloop is not None and not self.finished:
-            try:
-                self.aloop.call_soon_threadsafe(self._turn)
-            except RuntimeError:     # the event loop is closed
-                pass
+        if self.driver is not None and not self.finished:
+            self.driver.wake()
 
     def _defer(self, conn):
         """`conn` has a request to dispatch once an app call may start (after a nested wait, or
@@ -569,6 +684,7 @@ class HttpServer:
         if CHECK_THREADS:
             self._check_thread("the tick")
         now = self.now
+        timeout = self.settings.timeout
         self.date_line = self.date.get()
         rss = rss_bytes()
         self.cells[B_BEAT] = int(now * 1e6)
@@ -577,18 +693,18 @@ class HttpServer:
         stuck = False
         for conn in list(self.conns.values()):
             conn.tick(now)      # its deadlines; when stopping, a clean close of what stayed idle
-            if self.timeout and self.pool is not None and conn._call_age(now) > self.timeout:
+            if timeout and self.pool is not None and conn._call_age(now) > timeout:
                 stuck = True
         if self.orphans:
             # app calls whose client left: one that never returns holds an app thread as surely
             # as any other, so it counts for --timeout too
             self.orphans = [conn for conn in self.orphans if conn._call_age(now) > 0.0]
             for conn in self.orphans:
-                if self.timeout and conn._call_age(now) > self.timeout:
+                if timeout and conn._call_age(now) > timeout:
                     stuck = True
         if self.tick is not None:
             self.tick(self.requests, rss, stuck)
-        if self.master_pid and os.getppid() != self.master_pid:
+        if self.settings.master_pid and os.getppid() != self.settings.master_pid:
             self.stop_requested = True          # the master is gone: do not outlive it
         self.resume_accepting()
         return 0
@@ -597,19 +713,20 @@ class HttpServer:
         """What the health path says: the master stops (or drains, --shutdown-delay) and the
         balancer should send no more; without a master, this worker stops. (A worker replaced in a
         rolling restart stops while its master serves on: it says 200.)"""
-        if self.balanced:
-            return self.board[B_STOPPING] != 0
+        if self.admission.balanced:
+            return self.admission.master_stopping()
         return self.stopping
 
     def _begin_stop(self):
-        master_gone = self.master_pid and os.getppid() != self.master_pid
+        settings = self.settings
+        master_gone = settings.master_pid and os.getppid() != settings.master_pid
         self.stopping = True
-        self.deadline = self.now + (min(self.graceful_timeout, 1.0) if master_gone else self.graceful_timeout)
+        self.deadline = self.now + (min(settings.graceful_timeout, 1.0) if master_gone else settings.graceful_timeout)
         if self.accepting and self.master_stopping():
             # the final stop: connections waiting in the backlog are taken and answered (with
             # Connection: close), not reset when the last descriptor of the socket closes
             count = -1
-            while count != len(self.conns) and len(self.conns) < self.max_connections:
+            while count != len(self.conns) and len(self.conns) < settings.max_connections:
                 count = len(self.conns)
                 self._accept()
         self._set_accepting(False)
@@ -650,6 +767,15 @@ class HttpServer:
         return 0
 
     # --- the loop's I/O: each loop's Server provides these ---
+
+    def _watch_wakers(self):
+        """Watch what wakes the loop besides the listener and connections: the signal wake-up fd,
+        the eventfd of _signal, this worker's bell."""
+        raise NotImplementedError
+
+    def _close_poll(self):
+        """serve() is over: what the loop's I/O holds is let go."""
+        raise NotImplementedError
 
     def _set_accepting(self, on):
         raise NotImplementedError

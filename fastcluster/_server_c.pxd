@@ -34,6 +34,7 @@ cdef class AppPool:
     cdef bint _leave(self, long long began) except -1
     cdef int _returned(self) except -1
     # the loop's primitives (_pool.pxi)
+    cdef int _start(self) except -1
     cdef int _release(self) except -1
     cdef bint _reclaim(self) except -1
     cpdef block(self)
@@ -42,11 +43,8 @@ cdef class AppPool:
     cpdef _spawn(self)
 
 
-cdef class HttpServer:
+cdef class Settings:
     cdef:
-        public object listener  # the shared listening socket (kept open by us)
-        public object app
-        object tick             # called once a second with the number of requests served and the RSS
         public double keep_alive
         public double graceful_timeout
         public double header_timeout
@@ -59,9 +57,67 @@ cdef class HttpServer:
         public long long max_body      # 0: no limit
         public double timeout          # --timeout: an app call longer than this means a stuck worker
         public int threads             # --threads
-        bint cpu_ticks                 # _ticks() reads the CPU's counter
-        long long long_ticks           # LONG_CALL in ticks
+        public object spill            # wsgi.SpillBudget: the disk request bodies may take
+        public object trust            # wsgi.Trust: --forwarded-allow-ips, --forwarded-headers
+        public str root_path           # --root-path ("" : none)
+        public bint proxy_protocol     # --proxy-protocol: each connection starts with a PROXY header
+        public bytes health            # --health-path as sent (None: off), and with a "?" after it
+        public bytes health_query
+        public long long ws_max_size   # WebSockets: --ws-max-size (0: no limit)
+        public double ws_ping_interval
+        public double ws_ping_timeout
+        public bint tcp                # a TCP listener (client addresses, TCP_NODELAY)
+        public tuple asgi_server       # the scope's "server"
+        public object tls              # --certfile: the ssl.SSLContext each connection's session comes from
+        public str scheme              # "https" with tls, else "http"
+        public int wakeup_fd           # Python's signal wake-up fd (-1: none)
+        public int master_pid          # the master (0: none): a worker does not outlive it
+        public bint cpu_ticks          # _ticks() reads the CPU's counter
+        public long long long_ticks    # LONG_CALL in ticks
+        public bint read_first         # TCP_DEFER_ACCEPT is on: a new connection is read before it is watched
+
+
+cdef class Admission:
+    cdef:
+        public bint balanced           # reads its peers' cells on the master's Board
+        long long[::1] board
+        public Py_ssize_t index        # this worker's slot on the board
+        public double paused_until     # accepting is paused (balancing, or accept errors) until then (0: not)
+        public bint error_logged       # an accept error was logged, and none succeeded since
+
+    @cython.locals(i=Py_ssize_t, base=Py_ssize_t, count=cython.longlong, fewest=cython.longlong, best=Py_ssize_t)
+    cpdef Py_ssize_t lighter_worker(self, Py_ssize_t mine, bint saturated, int threads) except -2
+    cpdef bint master_stopping(self) except -1
+
+
+cdef class EventLoopDriver:
+    cdef:
+        HttpServer server
+        public object loop             # the asyncio (or uvloop) event loop
+        public object state            # the lifespan's state (a dict), or None
+        bint soon                      # a call_soon of turn is pending
+        object failure                 # an exception raised in an event loop callback
+        object timer                   # the event loop's TimerHandle for _on_timer
+        double timer_at
+
+    cpdef post(self)
+    cpdef wake(self)
+    cpdef run(self)
+    cdef int _callback_turn(self) except -1
+    cdef int _after_turn(self) except -1
+    cdef int _arm_timer(self, double delay) except -1
+    cdef int _crashed(self) except -1
+
+
+cdef class HttpServer:
+    cdef:
+        public object listener  # the shared listening socket (kept open by us)
+        public object app
+        public Settings settings       # limits, timeouts, flags: fixed before serving
+        object tick             # called once a second with the number of requests served and the RSS
         public AppPool pool            # None with --threads 1
+        public EventLoopDriver driver  # an ASGI app's event loop runs this loop (use_asyncio), or None
+        public Admission admission     # accept pauses and balancing against the other workers
         public object posted           # deque of connections app threads hand back (or want flushed)
         public object deferred         # deque of connections with a request waiting for an app call
         public list orphans            # closed connections whose app call still runs (--timeout)
@@ -70,63 +126,34 @@ cdef class HttpServer:
         public Py_ssize_t waiting      # len(deferred)
         public double next_tick
         public bint finished           # the loop is over (--threads > 1: the last thread ended it)
-        public object spill            # wsgi.SpillBudget: the disk request bodies may take
-        int wakeup_fd
-        int master_pid
         public bint stop_requested     # set from a signal handler; the loop acts on it
         public bint stopping
         public double deadline         # stopping: when the grace time is up
         public dict conns              # fd -> Connection
-        bint tcp                # a TCP listener (client addresses, TCP_NODELAY)
         public unsigned long long requests
         public dict base_environ
         object date
         public bytes date_line
         public double now
         public bint accepting          # the listening socket is in our epoll set
-        double accept_paused_until
-        bint accept_error_logged
-        bint balanced           # reads its peers' cells on the master's Board (accept balancing)
-        long long[::1] board
-        Py_ssize_t board_index
         public long long[::1] cells    # this worker's cells (board.py layout): on the Board, or private
         public object access           # logs.AccessLog, or None (--access-log off)
-        # ASGI
-        public bint asgi               # serving an ASGI app, on `aloop`
-        public object aloop            # the asyncio (or uvloop) event loop
-        public object asgi_state       # the lifespan's state (a dict), or None
-        public tuple asgi_server       # the scope's "server"
-        public object trust            # wsgi.Trust: --forwarded-allow-ips
-        public str root_path           # --root-path ("" : none)
-        public bint proxy_protocol     # --proxy-protocol: each connection starts with a PROXY header
-        public bytes health            # --health-path as sent (None: off), and with a "?" after it
-        public bytes health_query
-        public long long ws_max_size   # WebSockets: --ws-max-size (0: no limit)
-        public double ws_ping_interval
-        public double ws_ping_timeout
-        public object tls              # --certfile: the ssl.SSLContext each connection's session comes from
-        public unsigned long loop_thread   # FASTCLUSTER_CHECK_THREADS, without app threads: the loop's thread
-        bint checking                  # FASTCLUSTER_CHECK_THREADS, and a thread has held the loop (_holding)
-        public str scheme              # "https" with tls, else "http"
-        bint soon                      # a call_soon of _turn is pending
-        object failure                 # an exception raised in an event loop callback
-        object timer                   # the event loop's TimerHandle for _on_timer
-        double timer_at
+        public unsigned long loop_thread   # FASTCLUSTER_CHECK_THREADS: the thread that took the loop last (0: none)
 
-    @cython.locals(rate=double)
     cdef int _configure(self, object listener, object app, object config, int wakeup_fd, int master_pid,
                         object tick, object board, Py_ssize_t board_index, object access_log) except -1
+    cdef int _member(self, bint leading) except -1
     cpdef resume_accepting(self)
     cdef int _publish_count(self) except -1
     cpdef int _holding(self) except -1
     cpdef int _check_thread(self, str what) except -1
-    @cython.locals(i=Py_ssize_t, base=Py_ssize_t, count=cython.longlong, mine=cython.longlong,
-                   fewest=cython.longlong, best=Py_ssize_t, saturated=bint)
-    cdef Py_ssize_t _lighter_worker(self) except -2
+    @cython.locals(threads=int, saturated=bint)
+    cpdef Py_ssize_t _lighter_worker(self) except -2
     cdef bint _accepted(self) except -1
     cdef int _rung(self) except -1
     cdef int _accept_failed(self, int err) except -1
     cdef int _wait_ms(self, double limit) except? -1
+    cdef double _wake_at(self) except? -1
     cdef int _woke(self, double now) except -1
     cdef int _after_events(self) except -1
     cpdef _post(self, object conn)
@@ -147,14 +174,11 @@ cdef class HttpServer:
     cpdef int use_tls(self, object context) except -1
     @cython.locals(client=tuple)
     cpdef dict _scope_base(self, dict env)
-    cpdef _run_asyncio(self)
-    cdef int _callback_turn(self) except -1
-    cdef int _after_turn(self) except -1
-    cdef int _arm_timer(self, double delay) except -1
-    cdef int _crashed(self) except -1
     cpdef request_stop(self)
 
     # the loop's I/O (_parser.pyx)
+    cdef int _watch_wakers(self) except -1
+    cdef int _close_poll(self) except -1
     cdef int _set_accepting(self, bint on) except -1
     cdef int _ring(self, Py_ssize_t index) except -1
     cdef int _accept(self) except -1

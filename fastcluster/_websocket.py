@@ -109,7 +109,7 @@ def upgrade(conn, ex, tail):
     ws.conn = conn
     ws.ex = ex
     ws.server = conn.server
-    ws.loop = conn.server.aloop
+    ws.loop = conn.server.driver.loop
     ws.proto = None
     ws.inbox = []
     ws.frags = None
@@ -341,7 +341,7 @@ class WebSocket:
         ex.code = 101
         ex.headers_sent = True
         ex.keep = False
-        max_size = server.ws_max_size
+        max_size = server.settings.ws_max_size
         self.proto = Protocol(SERVER, max_size=max_size if max_size > 0 else None, logger=QUIET)
         self.stage = ACCEPTED
         early = self.early
@@ -432,9 +432,9 @@ class WebSocket:
         if server.stopping:
             self.proto.send_close(GOING_AWAY, "the server is shutting down")
         elif self.ping_sent:
-            if server.ws_ping_timeout and now - self.ping_sent >= server.ws_ping_timeout:
+            if server.settings.ws_ping_timeout and now - self.ping_sent >= server.settings.ws_ping_timeout:
                 self.proto.fail(INTERNAL_ERROR, "keepalive ping timeout")
-        elif server.ws_ping_interval and now - self.last_in >= server.ws_ping_interval:
+        elif server.settings.ws_ping_interval and now - self.last_in >= server.settings.ws_ping_interval:
             self.proto.send_ping(os.urandom(4))
             self.ping_sent = now
         else:
