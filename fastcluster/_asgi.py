@@ -25,6 +25,8 @@ except ImportError:   # plain Python without Cython installed
     from . import _pure as cython
 
 if not cython.compiled:   # the compiled build cimports these (_asgi_c.pxd)
+    from time import monotonic
+
     from ._exchange import HIGH_WATER, PEER_CLOSED
 
 from . import wsgi as _wsgi
@@ -407,3 +409,114 @@ def start(ex, app, loop):
         cycle.task = task
         task.add_done_callback(cycle.task_done)
     return 0
+
+
+@cython.cclass
+class EventLoopDriver:
+    """An ASGI app's worker: its asyncio (or uvloop) event loop drives the request loop (an
+    HttpServer, _server.py; fields: _asgi_c.pxd). The event loop watches the loop's epoll
+    descriptor; when it is ready, one _iterate() without waiting handles what it has. Posted
+    connections, the ticks and accept pauses are the event loop's callbacks and timers. `state` is
+    the lifespan's, copied into each scope."""
+
+    def __init__(self, server, loop, state):
+        self.server = server
+        self.loop = loop
+        self.state = state
+        self.soon = False
+        self.failure = None
+        self.timer = None
+        self.timer_at = 0.0
+
+    def run(self):
+        """serve() for an ASGI app: run the event loop until the stop is over."""
+        loop = self.loop
+        fd = self.server._poll_fd()
+        loop.add_reader(fd, self._on_poll)
+        self._arm_timer(self.server._wait_ms(1.0) / 1000.0)
+        try:
+            loop.run_forever()
+        finally:
+            loop.remove_reader(fd)
+            if self.timer is not None:
+                self.timer.cancel()
+        if self.failure is not None:
+            failure = self.failure
+            self.failure = None
+            raise failure
+
+    def post(self):
+        """A connection was posted (HttpServer._post): the loop's next turn looks at it."""
+        if not self.soon:
+            self.soon = True
+            self.loop.call_soon(self._turn)
+
+    def wake(self):
+        """From a signal handler: a turn now (uvloop does not pass signals to the loop's wake-up fd)."""
+        try:
+            self.loop.call_soon_threadsafe(self._turn)
+        except RuntimeError:     # the event loop is closed
+            pass
+
+    def _on_poll(self):
+        if self.server.finished:
+            return               # (serve() is over: the worker's lifespan shutdown runs on this loop)
+        try:
+            self.server._iterate(0.0)
+            self._after_turn()
+        except BaseException:
+            self._crashed()
+
+    def _turn(self):
+        """call_soon's callback: connections posted during the event loop's turn."""
+        self.soon = False
+        self._callback_turn()
+
+    def _on_timer(self):
+        self.timer = None
+        self.timer_at = 0.0
+        self._callback_turn()
+
+    def _callback_turn(self):
+        """What a posted turn or a timer runs: the rest of an iteration (posted connections, the
+        stop, the tick), without waiting for events."""
+        server = self.server
+        if server.finished:
+            return 0
+        try:
+            server._woke(monotonic())
+            server._after_events()
+            self._after_turn()
+        except BaseException:
+            self._crashed()
+        return 0
+
+    def _after_turn(self):
+        """After each of the event loop's calls into the loop: stop it once the stop is over;
+        a timer for the next tick, or for an accept pause that ends sooner."""
+        server = self.server
+        if server._done():
+            server.finished = True
+            self.loop.stop()
+            return 0
+        wake = server._wake_at()
+        if self.timer is None or wake < self.timer_at - 0.0005:
+            self._arm_timer(wake - server.now)
+        return 0
+
+    def _arm_timer(self, delay):
+        if self.timer is not None:
+            self.timer.cancel()
+        if delay < 0.0005:
+            delay = 0.0005
+        self.timer_at = self.server.now + delay
+        self.timer = self.loop.call_later(delay, self._on_timer)
+        return 0
+
+    def _crashed(self):
+        """The loop's code failed inside an event loop callback (a bug): the event loop stops and
+        serve() raises it, as the WSGI loop would (the worker exits 1 and is replaced)."""
+        self.failure = sys.exc_info()[1]
+        self.server.finished = True
+        self.loop.stop()
+        return 0

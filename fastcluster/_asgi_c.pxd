@@ -2,7 +2,9 @@
 # declarations (pure-Python mode with an augmenting .pxd).
 
 cimport cython
+from fastcluster._clock cimport monotonic
 from fastcluster._exchange_c cimport Channel, Exchange, PEER_CLOSED, HIGH_WATER
+from fastcluster._server_c cimport HttpServer
 
 cdef object log, Task, _capture, ClientDisconnected
 cdef str TASK_NAME, CALL_FAILED
@@ -77,3 +79,22 @@ cdef class Cycle:
 cpdef object start_task(object loop, object coro)
 @cython.locals(cycle=Cycle)
 cpdef int start(Exchange ex, object app, object loop) except -1
+
+
+cdef class EventLoopDriver:
+    cdef:
+        HttpServer server
+        public object loop             # the asyncio (or uvloop) event loop
+        public object state            # the lifespan's state (a dict), or None
+        bint soon                      # a call_soon of turn is pending
+        object failure                 # an exception raised in an event loop callback
+        object timer                   # the event loop's TimerHandle for _on_timer
+        double timer_at
+
+    cpdef post(self)
+    cpdef wake(self)
+    cpdef run(self)
+    cdef int _callback_turn(self) except -1
+    cdef int _after_turn(self) except -1
+    cdef int _arm_timer(self, double delay) except -1
+    cdef int _crashed(self) except -1

@@ -90,25 +90,6 @@ cdef class Admission:
     cpdef bint master_stopping(self) except -1
 
 
-cdef class EventLoopDriver:
-    cdef:
-        HttpServer server
-        public object loop             # the asyncio (or uvloop) event loop
-        public object state            # the lifespan's state (a dict), or None
-        bint soon                      # a call_soon of turn is pending
-        object failure                 # an exception raised in an event loop callback
-        object timer                   # the event loop's TimerHandle for _on_timer
-        double timer_at
-
-    cpdef post(self)
-    cpdef wake(self)
-    cpdef run(self)
-    cdef int _callback_turn(self) except -1
-    cdef int _after_turn(self) except -1
-    cdef int _arm_timer(self, double delay) except -1
-    cdef int _crashed(self) except -1
-
-
 cdef class HttpServer:
     cdef:
         public object listener  # the shared listening socket (kept open by us)
@@ -116,7 +97,7 @@ cdef class HttpServer:
         public Settings settings       # limits, timeouts, flags: fixed before serving
         object tick             # called once a second with the number of requests served and the RSS
         public AppPool pool            # None with --threads 1
-        public EventLoopDriver driver  # an ASGI app's event loop runs this loop (use_asyncio), or None
+        public object driver           # an ASGI app's event loop runs this loop (_asgi.EventLoopDriver), or None
         public Admission admission     # accept pauses and balancing against the other workers
         public object posted           # deque of connections app threads hand back (or want flushed)
         public object deferred         # deque of connections with a request waiting for an app call
