@@ -137,3 +137,27 @@ cdef object _load_tls():
     SEAL_SIZE = tls.SEAL_SIZE
     _tls = tls
     return tls
+
+
+# The C helpers of _inline.pxd as Python functions, only for the test that holds each to the
+# plain-Python version the pure loop runs (tests/unit/test_inline.py): one behaviour, written twice
+# for speed, checked as one.
+from fastcluster._inline cimport _join_head, _same_text, _with_tail, _del_first
+
+
+def _inline_join_head(bytes status, list lines, bytes a, bytes b, bytes c, bytes end, bytes tail):
+    return _join_head(status, lines, a, b, c, end, tail)
+
+
+def _inline_same_text(str a, str b):
+    return _same_text(a, b)
+
+
+def _inline_with_tail(bytes joined, Py_ssize_t size, bytes tail):
+    return _with_tail(joined, size, tail)
+
+
+def _inline_del_first(list items):
+    if not items:
+        raise IndexError("the list is empty")    # (the C helper's callers never pass one)
+    _del_first(items)
