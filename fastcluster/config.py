@@ -712,7 +712,19 @@ def add_settings(parser: argparse.ArgumentParser) -> None:
                                 default=None, help=text)
             continue
         parser.add_argument(*setting.flags, dest=setting.name, type=_argparse_type(setting), default=None,
-                            metavar=setting.metavar, help=text, action="append" if setting.many else "store")
+                            metavar=setting.metavar, help=text,
+                            action="append" if setting.many else _Once if setting.name == "bind" else "store")
+
+
+class _Once(argparse.Action):
+    """An option given at most once: a second --bind would otherwise replace the first, silently
+    (fastcluster serves one listening socket; gunicorn serves each --bind)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        if getattr(namespace, self.dest) is not None:
+            parser.error("%s given twice (%s, then %s): fastcluster serves one listening socket"
+                         % (option_string, getattr(namespace, self.dest), values))
+        setattr(namespace, self.dest, values)
 
 
 def options_table() -> str:

@@ -45,6 +45,15 @@ def _config(argv, env=None):
     return Config.from_args(args, environ=env or {})
 
 
+def test_a_second_bind_is_refused_not_dropped(capsys):
+    """fastcluster serves one listening socket: `--bind A --bind B` must not serve B alone."""
+    with pytest.raises(SystemExit) as exit_info:
+        build_parser().parse_args(["serve", "--bind", "127.0.0.1:8001", "-b", "unix:/tmp/x.sock"])
+    assert exit_info.value.code == 2
+    assert "-b given twice (127.0.0.1:8001, then unix:/tmp/x.sock)" in capsys.readouterr().err
+    assert str(_config(["--bind", "127.0.0.1:8001"]).bind) == "127.0.0.1:8001"
+
+
 def test_precedence_is_cli_then_env_then_default():
     assert _config([]).backlog == 2048
     assert _config([], {"FASTCLUSTER_BACKLOG": "10"}).backlog == 10
