@@ -2,12 +2,13 @@
 
 Plain Python, one thread, one loop.  Signal handlers do nothing: Python writes
 each signal's number to a wake-up socket, and the loop reads those numbers and
-dispatches them through an explicit table.  The loop waits on that socket and on
-every worker's status pipe, with a timeout set by the next deadline.
+dispatches them through an explicit table (`Signals`, signals.py).  The loop waits on
+that socket and on every worker's status pipe, with a timeout set by the next deadline.
 
-Its parts: `WorkerRecord` (one forked worker), `Rollout` (rollout.py: replacing workers one at a
-time), the board (board.py: every worker's counters, in shared memory), and the `Snapshot` it
-builds from them for `status` and `/metrics` (status.py).
+Its parts: `WorkerRecord` (one forked worker), `Signals` (signals.py: the wake-up socket and the
+dispatch table), `Rollout` (rollout.py: replacing workers one at a time), the board (board.py:
+every worker's counters, in shared memory), and the `Snapshot` it builds from them for `status`
+and `/metrics` (status.py).
 """
 
 from __future__ import annotations
@@ -16,16 +17,16 @@ import logging
 import os
 import selectors
 import signal
-import socket
 import sys
 import time
 
-from . import __version__, board, hooks, logs, loop, metrics, privileges
+from . import __version__, board, hooks, logs, loop, metrics, privileges, signals
 from .errors import BOOT_EXIT_CODES, EXIT_OK, AppImportError, ConfigError
 from .config import reloaded
 from .importer import load_app
 from .proctitle import set_title
 from .rollout import Rollout
+from .signals import Signals
 from .sockets import create_listener, describe
 from .status import Snapshot, no_restarts, snapshot, write_atomically
 
@@ -91,7 +92,6 @@ class Master:
         self.listener = None
         self.bells = []
         self.selector = None
-        self.wake_r = self.wake_w = None
         self.stopping = False
         self.quick = False
         self.exit_code = EXIT_OK
@@ -104,7 +104,7 @@ class Master:
         self.interface = ""               # what the first ready worker said of the app ("a WSGI app", ...)
         self.respawn_at = {}              # slot -> monotonic time of the next start
         self.failures = {}                # slot -> consecutive early deaths (or failed forks)
-        self.handlers = {
+        self.signals = Signals({
             signal.SIGCHLD: self.on_sigchld,
             signal.SIGTERM: self.on_sigterm,
             signal.SIGINT: self.on_sigint,
@@ -115,7 +115,7 @@ class Master:
             signal.SIGTTOU: self.on_sigttou,
             signal.SIGUSR1: self.on_sigusr1,
             signal.SIGURG: self.on_sigurg,
-        }
+        })
         self.next_status = 0.0
         self.master_pid = None            # (set in a forked worker's copy: the master's pid)
         self.tls = None                   # --certfile: the ssl.SSLContext the workers serve with
@@ -184,7 +184,7 @@ class Master:
         logs.say("Master PID: %d" % os.getpid())
         if self.metrics is not None:
             logs.say("fastcluster: metrics on %s/metrics" % describe(self.metrics.sock)[0])
-        self._install_signals()
+        self.signals.install(self.selector)
         if config.reload:
             self._start_reloader()
         if config.pid and not self.upgraded_from:
@@ -193,7 +193,7 @@ class Master:
         try:
             self._loop()
         finally:
-            self._restore_signals()
+            self.signals.restore()
             self.listener.close()
             for fd in self.bells:
                 os.close(fd)
@@ -253,21 +253,6 @@ class Master:
                                                                   self.generation),
                   "fc master")
 
-    def _install_signals(self):
-        self.wake_r, self.wake_w = socket.socketpair()
-        self.wake_r.setblocking(False)
-        self.wake_w.setblocking(False)
-        self.selector.register(self.wake_r, selectors.EVENT_READ, None)
-        self.old_wakeup = signal.set_wakeup_fd(self.wake_w.fileno(), warn_on_full_buffer=False)
-        self.old_handlers = {sig: signal.signal(sig, _no_op) for sig in self.handlers}
-
-    def _restore_signals(self):
-        for sig, old in self.old_handlers.items():
-            signal.signal(sig, old)
-        signal.set_wakeup_fd(self.old_wakeup)
-        self.wake_r.close()
-        self.wake_w.close()
-
     # --- the loop ---
 
     def _loop(self):
@@ -277,7 +262,7 @@ class Master:
                 return
             timeout = max(0.0, min(self._next_deadline(), time.monotonic() + 1.0) - time.monotonic())
             ready = self.selector.select(timeout)
-            self._read_signals()   # first: a stop must be known before exits are judged
+            self.signals.read()    # first: a stop must be known before exits are judged
             for key, events in ready:
                 if type(key.data) is WorkerRecord:
                     self._read_status(key.data)
@@ -292,20 +277,6 @@ class Master:
             if self.config.pid and time.monotonic() >= self.next_status:
                 self.next_status = time.monotonic() + 1.0
                 write_atomically(self.config.pid + ".json", self.collect().to_json())
-
-    def _read_signals(self):
-        try:
-            data = self.wake_r.recv(4096)
-        except (BlockingIOError, InterruptedError):
-            return
-        for signum in data:
-            self.dispatch(signum)
-
-    def dispatch(self, signum):
-        """Act on one signal the wake-up socket delivered (the loop's, and the tests', entry)."""
-        handler = self.handlers.get(signum)
-        if handler is not None:
-            handler()
 
     def _read_status(self, rec):
         if rec.status_fd < 0:  # reaped (and its pipe closed) earlier in this round
@@ -351,7 +322,7 @@ class Master:
         """A worker stuck in one request: every thread's stack goes to the log (faulthandler), then
         it is killed and, as an unexpected exit, replaced."""
         log.error("worker %d (pid %d) %s; its stack follows, then it is killed", rec.slot, rec.pid, why)
-        _kill(rec.pid, signal.SIGUSR2)
+        signals.kill(rec.pid, signal.SIGUSR2)
         rec.kill_at = time.monotonic() + KILL_AFTER_STACK_DUMP
         rec.cause = "timeout"
 
@@ -380,7 +351,7 @@ class Master:
         if self.upgrade_pid and now >= self.upgrade_deadline:
             log.error("upgrade failed: the new master (pid %d) was not ready within %g s (--ready-timeout); "
                       "stopping it", self.upgrade_pid, self.config.ready_timeout)
-            _kill(self.upgrade_pid, signal.SIGTERM)
+            signals.kill(self.upgrade_pid, signal.SIGTERM)
             self.upgrade_deadline = now + self.config.graceful_timeout + START_SLACK
         if self.stop_at and now >= self.stop_at:
             self._stop(quick=False)          # the --shutdown-delay is over
@@ -391,7 +362,7 @@ class Master:
                 if rec.expected_exit:
                     log.warning("worker %d (pid %d) did not stop in time; killing it", rec.slot, rec.pid)
                 rec.kill_at = float("inf")     # killed: nothing more to do until it is reaped
-                _kill(rec.pid, signal.SIGKILL)
+                signals.kill(rec.pid, signal.SIGKILL)
             elif rec.kill_at or rec.expected_exit:
                 continue
             elif rec.state == "spawning":
@@ -448,9 +419,7 @@ class Master:
         self._hook("pre_fork", hooks.WorkerInfo(slot, None, self.generation))
         sys.stdout.flush()
         sys.stderr.flush()
-        # Every signal we handle stays blocked across the fork: a signal sent to the new worker
-        # before its own handlers are in place waits for them (worker.py lifts the block).
-        mask = signal.pthread_sigmask(signal.SIG_BLOCK, self.handlers)
+        mask = self.signals.block()     # (worker.py lifts the block once its handlers are in place)
         try:
             read_fd, write_fd = os.pipe()
             try:
@@ -468,7 +437,7 @@ class Master:
             from . import worker
 
             os.close(read_fd)
-            inherited = [self.wake_r.fileno(), self.wake_w.fileno(), self.selector.fileno()]
+            inherited = [*self.signals.fds(), self.selector.fileno()]
             inherited.extend(w.status_fd for w in self.workers.values() if w.status_fd >= 0)
             if self.metrics is not None:
                 inherited.extend(self.metrics.fds())
@@ -521,7 +490,7 @@ class Master:
         rec.expected_exit = True
         grace = QUICK_STOP_GRACE if sig != signal.SIGTERM else self.config.graceful_timeout
         rec.kill_at = time.monotonic() + grace
-        _kill(rec.pid, sig)
+        signals.kill(rec.pid, sig)
 
     def _on_online(self, rec):
         self.booted = True
@@ -551,7 +520,7 @@ class Master:
         """A child exited with `code` (negative: killed by that signal)."""
         if pid == self.upgrade_pid:
             self.upgrade_pid = 0
-            how = "exited with code %d" % code if code >= 0 else "was killed by %s" % _signame(-code)
+            how = signals.how_it_exited(code)
             log.error("upgrade failed: the new master (pid %d) %s before its workers were ready; this one "
                       "serves on (its error is above)", pid, how)
             return
@@ -565,7 +534,7 @@ class Master:
         self._unwatch(rec)
         self._hook("child_exit", hooks.WorkerInfo(rec.slot, pid, rec.generation, code,
                                                   time.monotonic() - rec.born_at))
-        how = "exited with code %d" % code if code >= 0 else "was killed by %s" % _signame(-code)
+        how = signals.how_it_exited(code)
         # Why it went, for the restart counters: asked to (rollout, recycle; a scale-down counts
         # as nothing), killed past --timeout, or any other death (crash), also while it waited
         # for its turn in a rollout.
@@ -654,10 +623,7 @@ class Master:
             return
         if pid == 0:      # the child becomes the new master
             try:
-                signal.set_wakeup_fd(-1)
-                for sig in self.handlers:
-                    signal.signal(sig, signal.SIG_DFL)
-                signal.pthread_sigmask(signal.SIG_SETMASK, [])
+                self.signals.reset()
                 os.execvpe(argv[0], argv, env)
             except BaseException as exc:
                 os.write(2, ("fastcluster: error: upgrade: cannot run %s: %s\n" % (argv[0], exc)).encode())
@@ -675,7 +641,7 @@ class Master:
         if self.config.pid:
             write_atomically(self.config.pid, "%d\n" % os.getpid())
         log.info("upgrade: the new master is ready; the old one (pid %d) drains and exits", self.upgraded_from)
-        _kill(self.upgraded_from, signal.SIGTERM)
+        signals.kill(self.upgraded_from, signal.SIGTERM)
         self.upgraded_from = 0
 
     def on_sigterm(self):
@@ -748,7 +714,7 @@ class Master:
             logs.reopen_log(self.config.log_file)
             log.info("log file reopened")
         for rec in self.workers.values():
-            _kill(rec.pid, signal.SIGUSR1)
+            signals.kill(rec.pid, signal.SIGUSR1)
 
     def on_sigttin(self):
         if not self.stopping:
@@ -806,10 +772,6 @@ def _holds_pid(path, pid):
         return False
 
 
-def _no_op(signum, frame):
-    pass
-
-
 def _check_event_loop(config):
     if config.event_loop == "uvloop":
         from .asgi import has_uvloop
@@ -823,17 +785,3 @@ def _close_fd(fd):
         os.close(fd)
     except OSError:
         pass
-
-
-def _kill(pid, sig):
-    try:
-        os.kill(pid, sig)
-    except ProcessLookupError:
-        pass
-
-
-def _signame(signum):
-    try:
-        return signal.Signals(signum).name
-    except ValueError:
-        return "signal %d" % signum

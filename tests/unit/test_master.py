@@ -11,6 +11,7 @@ import time
 import pytest
 
 from fastcluster import master as master_module
+from fastcluster import signals
 from fastcluster.config import Config, parse_bind
 from fastcluster.errors import EXIT_APP_LOAD_ERROR
 from fastcluster.master import Master
@@ -37,22 +38,22 @@ def rig(monkeypatch):
     forks = Forks()
     sent = []
     monkeypatch.setattr(os, "fork", forks)
-    monkeypatch.setattr(master_module, "_kill", lambda pid, sig: sent.append((pid, sig)))
+    monkeypatch.setattr(signals, "kill", lambda pid, sig: sent.append((pid, sig)))
     m = Master(Config(bind=parse_bind("127.0.0.1:0"), workers=2, loop="python", graceful_timeout=5.0))
     m.listener = socket.socket()
     m.listener.bind(("127.0.0.1", 0))
     m.listener.listen()
     m.url = "http://test"
     m.selector = selectors.DefaultSelector()
-    m.wake_r, m.wake_w = socket.socketpair()
+    m.signals.wake_r, m.signals.wake_w = socket.socketpair()   # (the handlers are not installed)
     m.forks, m.sent = forks, sent
     yield m
     for rec in list(m.workers.values()):
         m._unwatch(rec)
     m.selector.close()
     m.listener.close()
-    m.wake_r.close()
-    m.wake_w.close()
+    m.signals.wake_r.close()
+    m.signals.wake_w.close()
 
 
 def ready(m, rec):
@@ -100,7 +101,7 @@ def test_a_failed_fork_is_logged_backed_off_and_leaks_nothing(rig, caplog):
 def test_a_rollout_whose_replacement_cannot_be_forked_is_aborted(rig, caplog):
     first, second = start(rig)
     rig.forks.fail = OSError(12, "Cannot allocate memory")
-    rig.dispatch(signal.SIGUSR2)
+    rig.signals.dispatch(signal.SIGUSR2)
     assert "rolling restart aborted" in caplog.text
     assert not rig.rollout.active and not first.recycling and not second.recycling
     assert rig.sent == [] and set(rig.workers) == {first.pid, second.pid}
@@ -109,7 +110,7 @@ def test_a_rollout_whose_replacement_cannot_be_forked_is_aborted(rig, caplog):
 
 def test_a_rolling_restart_replaces_one_worker_at_a_time(rig):
     first, second = start(rig)
-    rig.dispatch(signal.SIGUSR2)
+    rig.signals.dispatch(signal.SIGUSR2)
     assert rig.generation == 2
     new1 = rig.rollout.replacing
     assert new1.slot == 1 and new1.replaces == first.pid and rig.sent == []   # the old one serves on
@@ -129,7 +130,7 @@ def test_a_rolling_restart_replaces_one_worker_at_a_time(rig):
 
 def test_a_replacement_that_dies_aborts_the_rollout(rig, caplog):
     first, second = start(rig)
-    rig.dispatch(signal.SIGUSR2)
+    rig.signals.dispatch(signal.SIGUSR2)
     rep = rig.rollout.replacing
     rig.on_exit(rep.pid, 1)
     assert "rolling restart aborted: its replacement worker 1" in caplog.text
@@ -167,17 +168,17 @@ def test_an_app_that_fails_to_load_stops_the_master_with_its_code(rig):
 
 def test_signals_dispatch_through_the_table(rig):
     first, second = start(rig)
-    rig.dispatch(signal.SIGTTIN)
+    rig.signals.dispatch(signal.SIGTTIN)
     assert rig.target == 3
     rig._maintain()
     assert len(rig.workers) == 3
-    rig.dispatch(signal.SIGTTOU)
+    rig.signals.dispatch(signal.SIGTTOU)
     rig._maintain()
     third = next(r for r in rig.workers.values() if r.slot == 3)
     assert (third.pid, signal.SIGTERM) in rig.sent and third.expected_exit
-    rig.dispatch(signal.SIGTERM)
+    rig.signals.dispatch(signal.SIGTERM)
     assert rig.stopping and {(first.pid, signal.SIGTERM), (second.pid, signal.SIGTERM)} <= set(rig.sent)
-    rig.dispatch(signal.SIGINT)                  # a second Ctrl-C: quick
+    rig.signals.dispatch(signal.SIGINT)                  # a second Ctrl-C: quick
     assert (first.pid, signal.SIGQUIT) in rig.sent
 
 
@@ -199,7 +200,7 @@ def test_a_sigterm_right_after_the_fork_is_not_lost(tmp_path, monkeypatch):
     m.listener.bind(("127.0.0.1", 0))
     m.listener.listen()
     m.selector = selectors.DefaultSelector()
-    m._install_signals()
+    m.signals.install(m.selector)
     try:
         rec = m._spawn(1)
         deadline = time.monotonic() + 20
@@ -216,7 +217,7 @@ def test_a_sigterm_right_after_the_fork_is_not_lost(tmp_path, monkeypatch):
         assert os.waitstatus_to_exitcode(status) == 0
     finally:
         m._unwatch(rec)
-        m._restore_signals()
+        m.signals.restore()
         m.selector.close()
         m.listener.close()
 
@@ -265,13 +266,13 @@ def test_a_first_start_that_hangs_is_dumped_killed_and_tried_again_with_backoff(
     rig.respawn_at[1] = 0.0
     rig._maintain()
     (third,) = rig.workers.values()
-    rig.dispatch(signal.SIGTERM)             # a stop while it hangs: it has no request to finish
+    rig.signals.dispatch(signal.SIGTERM)             # a stop while it hangs: it has no request to finish
     assert rig.sent[-1] == (third.pid, signal.SIGQUIT)
 
 
 def test_a_respawn_or_ttin_start_that_hangs_is_killed_and_the_others_serve_on(rig, caplog):
     first, second = start(rig)
-    rig.dispatch(signal.SIGTTIN)
+    rig.signals.dispatch(signal.SIGTTIN)
     rig._maintain()
     third = next(r for r in rig.workers.values() if r.slot == 3)
     overdue(rig, third)
@@ -286,7 +287,7 @@ def test_a_respawn_or_ttin_start_that_hangs_is_killed_and_the_others_serve_on(ri
 
 def test_a_rollout_replacement_that_hangs_is_dumped_and_the_rollout_aborted(rig, caplog):
     first, second = start(rig)
-    rig.dispatch(signal.SIGUSR2)
+    rig.signals.dispatch(signal.SIGUSR2)
     rep = rig.rollout.replacing
     overdue(rig, rep)
     rig._check_deadlines()
