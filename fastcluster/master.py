@@ -28,6 +28,7 @@ from .proctitle import set_title
 from .rollout import Rollout
 from .signals import Signals
 from .sockets import create_listener, describe
+from .upgrade import Upgrade
 from .status import Snapshot, no_restarts, snapshot, write_atomically
 
 log = logging.getLogger("fastcluster")
@@ -38,11 +39,6 @@ MAX_BACKOFF = 10.0
 RECYCLE_RETRY = 1.0          # a recycle whose replacement failed is asked for again after 1, 2, 4... s (to MAX_BACKOFF)
 KILL_AFTER_STACK_DUMP = 0.5  # a stuck worker gets this long to write its stack before SIGKILL
 HEARTBEAT_PERIOD = 1.0       # a worker's loop beats once a second
-# upgrade in place (SIGURG): what the new master inherits, and how long past --ready-timeout it may take
-UPGRADE_FD_ENV = "FASTCLUSTER_UPGRADE_FD"
-UPGRADE_FROM_ENV = "FASTCLUSTER_UPGRADE_FROM"
-UPGRADE_METRICS_FD_ENV = "FASTCLUSTER_UPGRADE_METRICS_FD"   # and the --metrics-bind socket (config.py reads both)
-START_SLACK = 10.0
 
 
 class WorkerRecord:
@@ -98,9 +94,7 @@ class Master:
         self.booted = False               # a first worker loaded the app
         self.announced = False            # the listening line was printed
         self.stop_at = 0.0                # --shutdown-delay: when the graceful stop begins
-        self.upgrade_pid = 0              # SIGURG: the new master this one started, until it takes over
-        self.upgrade_deadline = 0.0
-        self.upgraded_from = int(os.environ.pop(UPGRADE_FROM_ENV, "0") or 0)   # the master this one replaces
+        self.upgrade = Upgrade()          # SIGURG: the new master this one started, or the old one it replaces
         self.interface = ""               # what the first ready worker said of the app ("a WSGI app", ...)
         self.respawn_at = {}              # slot -> monotonic time of the next start
         self.failures = {}                # slot -> consecutive early deaths (or failed forks)
@@ -167,9 +161,7 @@ class Master:
         # restart): a worker rings a lighter one's to hand it the connections queued (_server.py)
         self._more_bells(2 * self.target + 2)
         self.selector = selectors.DefaultSelector()
-        stray = os.environ.get(UPGRADE_METRICS_FD_ENV)
-        if stray and self.upgraded_from and config.metrics_bind is None:   # handed over, and no longer asked for
-            _close_fd(int(stray))
+        self.upgrade.drop_stray_metrics(config)
         if config.metrics_bind is not None:
             try:
                 self._start_metrics(config.metrics_bind)
@@ -187,7 +179,7 @@ class Master:
         self.signals.install(self.selector)
         if config.reload:
             self._start_reloader()
-        if config.pid and not self.upgraded_from:
+        if config.pid and not self.upgrade.replaces:   # (a new master's, once it takes over)
             write_atomically(config.pid, "%d\n" % os.getpid())
         self._retitle()
         try:
@@ -340,19 +332,14 @@ class Master:
             times.append(self.metrics.deadline())
         if self.stop_at:
             times.append(self.stop_at)
-        if self.upgrade_pid:
-            times.append(self.upgrade_deadline)
+        times.append(self.upgrade.deadline())
         if self.reloader is not None:
             times.append(self.reloader.deadline())
         return min(times, default=float("inf"))
 
     def _check_deadlines(self):
         now = time.monotonic()
-        if self.upgrade_pid and now >= self.upgrade_deadline:
-            log.error("upgrade failed: the new master (pid %d) was not ready within %g s (--ready-timeout); "
-                      "stopping it", self.upgrade_pid, self.config.ready_timeout)
-            signals.kill(self.upgrade_pid, signal.SIGTERM)
-            self.upgrade_deadline = now + self.config.graceful_timeout + START_SLACK
+        self.upgrade.check(now, self.config)
         if self.stop_at and now >= self.stop_at:
             self._stop(quick=False)          # the --shutdown-delay is over
         timeout = self.config.timeout
@@ -503,8 +490,8 @@ class Master:
                     logs.say("fastcluster: the app is %s" % self.interface)
                 self._hook("when_ready")
                 logs.say("fastcluster: listening on %s" % self.url)
-                if self.upgraded_from:
-                    self._take_over()
+                if self.upgrade.replaces:
+                    self.upgrade.take_over(self.config.pid)
 
     def _reap(self):
         while True:
@@ -518,11 +505,7 @@ class Master:
 
     def on_exit(self, pid, code):
         """A child exited with `code` (negative: killed by that signal)."""
-        if pid == self.upgrade_pid:
-            self.upgrade_pid = 0
-            how = signals.how_it_exited(code)
-            log.error("upgrade failed: the new master (pid %d) %s before its workers were ready; this one "
-                      "serves on (its error is above)", pid, how)
+        if self.upgrade.exited(pid, code):
             return
         rec = self.workers.pop(pid, None)
         if rec is None:
@@ -595,61 +578,19 @@ class Master:
         self._reap()
 
     def on_sigurg(self):
-        """Upgrade in place: re-execute this master's command line with the listening socket
-        inherited; the new master's workers come up beside ours, then it tells this one to go."""
-        if self.stopping or self.upgrade_pid or not self.announced:
+        """Upgrade in place (upgrade.py): the new master's workers come up beside ours, then it
+        tells this one to go."""
+        if self.stopping or self.upgrade.pid or not self.announced:
             log.warning("upgrade not started: %s", "stopping" if self.stopping else
-                        "an upgrade is under way" if self.upgrade_pid else "the workers are not all ready yet")
+                        "an upgrade is under way" if self.upgrade.pid else "the workers are not all ready yet")
             return
-        argv = list(sys.orig_argv)
-        env = dict(os.environ)
-        env[UPGRADE_FD_ENV] = str(self.listener.fileno())
-        env[UPGRADE_FROM_ENV] = str(os.getpid())
-        # every listener this master owns goes to the new one: the metrics socket too (it would
-        # not bind a fixed --metrics-bind port that this master holds)
-        inherited = [self.listener]
-        env.pop(UPGRADE_METRICS_FD_ENV, None)
-        if self.metrics is not None:
-            env[UPGRADE_METRICS_FD_ENV] = str(self.metrics.sock.fileno())
-            inherited.append(self.metrics.sock)
-        for sock in inherited:
-            sock.set_inheritable(True)
-        try:
-            pid = os.fork()
-        except OSError as exc:
-            for sock in inherited:
-                sock.set_inheritable(False)
-            log.error("upgrade not started: cannot fork: %s", exc.strerror or exc)
-            return
-        if pid == 0:      # the child becomes the new master
-            try:
-                self.signals.reset()
-                os.execvpe(argv[0], argv, env)
-            except BaseException as exc:
-                os.write(2, ("fastcluster: error: upgrade: cannot run %s: %s\n" % (argv[0], exc)).encode())
-            os._exit(127)
-        for sock in inherited:
-            sock.set_inheritable(False)
-        self.upgrade_pid = pid
-        self.upgrade_deadline = (time.monotonic() + self.config.ready_timeout + START_SLACK
-                                 if self.config.ready_timeout else float("inf"))
-        log.info("upgrade: started a new master (pid %d): %s", pid, " ".join(argv))
-
-    def _take_over(self):
-        """This master replaces an older one (its upgrade): now that every worker is ready, the pid
-        file is ours, and the old master drains its workers and exits."""
-        if self.config.pid:
-            write_atomically(self.config.pid, "%d\n" % os.getpid())
-        log.info("upgrade: the new master is ready; the old one (pid %d) drains and exits", self.upgraded_from)
-        signals.kill(self.upgraded_from, signal.SIGTERM)
-        self.upgraded_from = 0
+        self.upgrade.start(self.config, self.listener, self.metrics, self.signals)
 
     def on_sigterm(self):
-        if self.upgrade_pid and not self.stopping:
+        if self.upgrade.pid and not self.stopping:
             # the new master is ready and takes over: a plain graceful stop, with no shutdown
             # delay and the health path left at 200 (this host stays in service)
-            log.info("upgrade: the new master (pid %d) took over; stopping", self.upgrade_pid)
-            self.upgrade_pid = 0
+            self.upgrade.took_over()
             if self.metrics is not None:   # the new master answers the scrapes from now on
                 self.metrics.close()
                 self.metrics = None
@@ -778,10 +719,3 @@ def _check_event_loop(config):
 
         if not has_uvloop():
             raise ConfigError("--event-loop uvloop: uvloop is not installed (pip install 'fastcluster[uvloop]')")
-
-
-def _close_fd(fd):
-    try:
-        os.close(fd)
-    except OSError:
-        pass
