@@ -27,46 +27,17 @@ from .importer import load_app
 from .proctitle import set_title
 from .rollout import Rollout
 from .signals import Signals
+from .slots import MAX_BACKOFF, Slots, WorkerRecord
 from .sockets import create_listener, describe
 from .upgrade import Upgrade
-from .status import Snapshot, no_restarts, snapshot, write_atomically
+from .status import Snapshot, snapshot, write_atomically
 
 log = logging.getLogger("fastcluster")
 
 QUICK_STOP_GRACE = 1.0       # seconds a quick stop waits before SIGKILL
-STABLE_AFTER = 5.0           # a worker that lived this long resets its slot's failure count
-MAX_BACKOFF = 10.0
 RECYCLE_RETRY = 1.0          # a recycle whose replacement failed is asked for again after 1, 2, 4... s (to MAX_BACKOFF)
 KILL_AFTER_STACK_DUMP = 0.5  # a stuck worker gets this long to write its stack before SIGKILL
 HEARTBEAT_PERIOD = 1.0       # a worker's loop beats once a second
-
-
-class WorkerRecord:
-    """One forked worker, in Node's vocabulary: spawning -> online -> dead."""
-
-    __slots__ = ("slot", "pid", "state", "born_at", "started", "expected_exit", "status_fd", "replaces",
-                 "kill_at", "last_beat", "inbox", "recycling", "lifetime", "board_index", "generation", "cause",
-                 "limit", "recycle_tries", "recycle_at")
-
-    def __init__(self, slot, pid, status_fd, replaces=0, lifetime=0.0, board_index=-1, generation=1):
-        self.slot = slot
-        self.pid = pid
-        self.state = "spawning"
-        self.born_at = self.last_beat = time.monotonic()
-        self.started = time.time()
-        self.expected_exit = False   # Node's exitedAfterDisconnect: we asked it to stop
-        self.status_fd = status_fd
-        self.replaces = replaces     # pid of the worker this one takes over from in a rollout
-        self.kill_at = 0.0           # SIGKILL deadline once asked to stop
-        self.inbox = b""             # a partial status line
-        self.recycling = False       # queued for replacement (recycling or rollout)
-        self.lifetime = lifetime     # replace after this many seconds (0: never)
-        self.board_index = board_index   # its cells on the shared Board
-        self.generation = generation     # the master's generation when it was started
-        self.cause = None                # why it is being replaced (one of CAUSES), if it is
-        self.limit = ""                  # the recycling limit it reached ("max-requests", ...), if any
-        self.recycle_tries = 0           # replacements for that limit that failed
-        self.recycle_at = 0.0            # when its replacement is asked for again (0: not scheduled)
 
 
 class Master:
@@ -77,13 +48,12 @@ class Master:
         self.board = board.Board()
         self.generation = 1               # +1 for each rolling restart begun
         self.started = time.time()
-        self.retired = {}                 # slot -> board.Counts of its processes that exited
-        self.restarts = {}                # slot -> {cause: count}
         self.metrics = None               # metrics.Endpoint, with --metrics-bind
         self.loop_name = loop.resolve(config.loop)
         _check_event_loop(config)
         self.target = config.workers
         self.workers = {}                 # pid -> WorkerRecord
+        self.slots = Slots()              # slot -> when its next start is due, its exited processes' counts
         self.rollout = Rollout(self.workers, self._spawn, self._stop_worker)
         self.listener = None
         self.bells = []
@@ -96,8 +66,6 @@ class Master:
         self.stop_at = 0.0                # --shutdown-delay: when the graceful stop begins
         self.upgrade = Upgrade()          # SIGURG: the new master this one started, or the old one it replaces
         self.interface = ""               # what the first ready worker said of the app ("a WSGI app", ...)
-        self.respawn_at = {}              # slot -> monotonic time of the next start
-        self.failures = {}                # slot -> consecutive early deaths (or failed forks)
         self.signals = Signals({
             signal.SIGCHLD: self.on_sigchld,
             signal.SIGTERM: self.on_sigterm,
@@ -114,7 +82,6 @@ class Master:
         self.master_pid = None            # (set in a forked worker's copy: the master's pid)
         self.tls = None                   # --certfile: the ssl.SSLContext the workers serve with
         self.reloader = None              # --reload: reloader.Poller or Notifier
-        self.reload_wait = False          # --reload: the app failed to load; start again on the next edit
 
     # --- start-up ---
 
@@ -219,10 +186,9 @@ class Master:
             return
         shown = ", ".join(os.path.relpath(p) for p in changed[:3]) + (" and %d more" % (len(changed) - 3)
                                                                      if len(changed) > 3 else "")
-        if self.reload_wait:
+        if self.slots.held:
             log.info("reload: %s changed; starting the workers again", shown)
-            self.reload_wait = False
-            self.failures.clear()
+            self.slots.release()
             return
         if not self.booted:
             return
@@ -319,7 +285,7 @@ class Master:
         rec.cause = "timeout"
 
     def _next_deadline(self):
-        times = list(self.respawn_at.values())
+        times = [self.slots.deadline()]
         ready_timeout = self.config.ready_timeout
         for w in self.workers.values():
             if w.kill_at:
@@ -383,20 +349,18 @@ class Master:
 
     def _maintain(self):
         """Start a worker for every empty slot that is due; stop workers above the target."""
-        if self.stopping or self.reload_wait:
+        if self.stopping or self.slots.held:
             return
         now = time.monotonic()
         live = {w.slot for w in self.workers.values() if not w.expected_exit}
         slots = range(1, self.target + 1) if self.booted else (1,)
         for slot in slots:
-            if slot not in live and self.respawn_at.get(slot, 0.0) <= now:
-                self.respawn_at.pop(slot, None)
+            if slot not in live and self.slots.due(slot, now):
                 self._spawn(slot)
         for rec in list(self.workers.values()):
             if rec.slot > self.target and not rec.expected_exit:
                 self._stop_worker(rec)
-        for slot in [s for s in self.respawn_at if s > self.target]:
-            del self.respawn_at[slot]
+        self.slots.cancel(above=self.target)
 
     def _spawn(self, slot, replaces=0):
         """Fork a worker for `slot`; its WorkerRecord, or None when the fork failed (then the slot
@@ -461,11 +425,9 @@ class Master:
         if replaces:   # a replacement in a rollout: the rollout is aborted, the old worker serves on
             log.error("cannot start a replacement for worker %d: %s", slot, exc.strerror or exc)
             return
-        failures = self.failures[slot] = self.failures.get(slot, 0) + 1
-        delay = min(0.1 * 2 ** (failures - 1), MAX_BACKOFF)
+        delay = self.slots.fork_failed(slot, time.monotonic())
         log.error("cannot start worker %d: %s; trying again in %.1f s, serving with the workers running",
                   slot, exc.strerror or exc, delay)
-        self.respawn_at[slot] = time.monotonic() + delay
 
     def _unwatch(self, rec):
         if rec.status_fd >= 0:
@@ -512,7 +474,7 @@ class Master:
             return
         self.next_status = 0.0
         if rec.board_index >= 0:   # its final counters stay with its slot
-            self.retired.setdefault(rec.slot, board.Counts()).add(self.board.read(rec.board_index)[0])
+            self.slots.retire(rec.slot, self.board.read(rec.board_index)[0])
         self.board.release(rec.board_index)
         self._unwatch(rec)
         self._hook("child_exit", hooks.WorkerInfo(rec.slot, pid, rec.generation, code,
@@ -523,7 +485,7 @@ class Master:
         # for its turn in a rollout.
         cause = rec.cause if rec.expected_exit else ("timeout" if rec.cause == "timeout" else "crash")
         if cause is not None and not self.stopping:
-            self.restarts.setdefault(rec.slot, no_restarts())[cause] += 1
+            self.slots.count_restart(rec.slot, cause)
         if rec.expected_exit:
             log.info("worker %d (pid %d) stopped: %s", rec.slot, rec.pid, how)
             return
@@ -536,13 +498,13 @@ class Master:
                 log.error("worker %d (pid %d) %s; the worker it was to replace serves on", rec.slot, rec.pid, how)
                 return
             log.error("worker %d (pid %d) %s before it was ready; starting a new one", rec.slot, rec.pid, how)
-            self._schedule_respawn(rec)
+            self.slots.died(rec, time.monotonic())
             return
         if rec.state == "spawning" and not self.booted and self.reloader is not None:
             # --reload: the app does not load yet; the next edit starts a worker again
             log.error("worker %d (pid %d) %s before it was ready; waiting for a change to the app's files "
                       "(--reload)", rec.slot, rec.pid, how)
-            self.reload_wait = True
+            self.slots.hold()
             return
         if rec.state == "spawning" and not self.booted:
             # The first worker could not load the app: every other would fail the same way.
@@ -554,19 +516,7 @@ class Master:
         log.error("worker %d (pid %d) %s; starting a new one", rec.slot, rec.pid, how)
         if self.stopping:
             return
-        self._schedule_respawn(rec)
-
-    def _schedule_respawn(self, rec):
-        now = time.monotonic()
-        if rec.state == "online" and now - rec.born_at >= STABLE_AFTER:   # (one never ready is not stable)
-            self.failures.pop(rec.slot, None)
-            return
-        failures = self.failures[rec.slot] = self.failures.get(rec.slot, 0) + 1
-        if failures > 1:
-            delay = min(0.1 * 2 ** (failures - 2), MAX_BACKOFF)
-            log.error("worker %d died %d times within %g s of starting; next start in %.1f s",
-                      rec.slot, failures, STABLE_AFTER, delay)
-            self.respawn_at[rec.slot] = now + delay
+        self.slots.died(rec, time.monotonic())
 
     def collect(self) -> Snapshot:
         """Everything `fastcluster status` and /metrics show (status.snapshot)."""
@@ -680,7 +630,7 @@ class Master:
                 self.board.set_stopping()
             self.listener.close()
             self.rollout.clear()
-            self.respawn_at.clear()
+            self.slots.cancel()
             announce = bool(self.workers)
         if quick and not self.quick:
             self.quick = True

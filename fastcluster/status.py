@@ -88,8 +88,8 @@ def snapshot(master) -> Snapshot:
     rows, slots = [], {}
 
     def slot_total(slot):
-        total = SlotTotals(restarts=dict(master.restarts.get(slot) or no_restarts()))
-        retired = master.retired.get(slot)
+        total = SlotTotals(restarts=dict(master.slots.restarts.get(slot) or no_restarts()))
+        retired = master.slots.retired.get(slot)
         if retired is not None:
             total.add(retired)
         return total
@@ -103,13 +103,13 @@ def snapshot(master) -> Snapshot:
         total = slots.setdefault(rec.slot, slot_total(rec.slot))
         total.add(counts, board.COUNTERS + board.GAUGES)
         total.heartbeat = max(total.heartbeat, wall - (now - beat))
-    for slot in master.retired:
+    for slot in master.slots.retired:
         slots.setdefault(slot, slot_total(slot))
     return Snapshot(
         master_pid=os.getpid(), started=master.started, generation=master.generation,
         workers_wanted=master.target, loop=master.loop_name, stopping=master.stopping,
         rollout=master.rollout.state(),
-        restarts={cause: sum(counts[cause] for counts in master.restarts.values()) for cause in CAUSES},
+        restarts={cause: sum(counts[cause] for counts in master.slots.restarts.values()) for cause in CAUSES},
         workers=rows, slots=sorted(slots.items()))
 
 

@@ -10,8 +10,7 @@ import time
 
 import pytest
 
-from fastcluster import master as master_module
-from fastcluster import signals
+from fastcluster import signals, slots
 from fastcluster.config import Config, parse_bind
 from fastcluster.errors import EXIT_APP_LOAD_ERROR
 from fastcluster.master import Master
@@ -80,20 +79,20 @@ def test_a_failed_fork_is_logged_backed_off_and_leaks_nothing(rig, caplog):
     fds, free = open_fds(), sorted(rig.board.free)
     mask = signal.pthread_sigmask(signal.SIG_BLOCK, [])
     rig.forks.fail = OSError(11, "Resource temporarily unavailable")
-    second.born_at -= master_module.STABLE_AFTER
+    second.born_at -= slots.STABLE_AFTER
     rig.on_exit(second.pid, -9)                  # a worker that ran fine dies, and no new one can be forked
     rig._maintain()
-    assert rig.respawn_at[2] > time.monotonic()
+    assert rig.slots.respawn_at[2] > time.monotonic()
     assert "cannot start worker 2: Resource temporarily unavailable; trying again in 0.1 s" in caplog.text
     assert open_fds() == fds - 1                 # the dead worker's pipe is closed; no new one leaked
     assert sorted(rig.board.free) == sorted(free + [second.board_index])   # its slot and the failed one's
     assert signal.pthread_sigmask(signal.SIG_BLOCK, []) == mask           # the fork's block lifted
-    rig.respawn_at[2] = 0.0
+    rig.slots.respawn_at[2] = 0.0
     rig._maintain()                              # fails again: twice the wait
-    assert 0.15 < rig.respawn_at[2] - time.monotonic() <= 0.2
+    assert 0.15 < rig.slots.respawn_at[2] - time.monotonic() <= 0.2
     assert list(rig.workers) == [first.pid]      # and the master serves on with the worker it has
     rig.forks.fail = None
-    rig.respawn_at[2] = 0.0
+    rig.slots.respawn_at[2] = 0.0
     rig._maintain()
     assert len(rig.workers) == 2
 
@@ -105,7 +104,7 @@ def test_a_rollout_whose_replacement_cannot_be_forked_is_aborted(rig, caplog):
     assert "rolling restart aborted" in caplog.text
     assert not rig.rollout.active and not first.recycling and not second.recycling
     assert rig.sent == [] and set(rig.workers) == {first.pid, second.pid}
-    assert 1 not in rig.respawn_at and 2 not in rig.respawn_at   # nothing to respawn: both still serve
+    assert 1 not in rig.slots.respawn_at and 2 not in rig.slots.respawn_at   # nothing to respawn: both still serve
 
 
 def test_a_rolling_restart_replaces_one_worker_at_a_time(rig):
@@ -148,15 +147,15 @@ def test_early_deaths_back_off_and_a_stable_worker_resets_the_count(rig):
     for _ in range(4):
         rec = next(r for r in rig.workers.values() if r.slot == 2)
         rig.on_exit(rec.pid, 1)
-        delays.append(round(rig.respawn_at.get(2, time.monotonic()) - time.monotonic(), 1))
-        rig.respawn_at[2] = 0.0
+        delays.append(round(rig.slots.respawn_at.get(2, time.monotonic()) - time.monotonic(), 1))
+        rig.slots.respawn_at[2] = 0.0
         rig._maintain()
     assert delays == [0.0, 0.1, 0.2, 0.4]
     rec = next(r for r in rig.workers.values() if r.slot == 2)
     ready(rig, rec)                             # stable: it was ready, and lived past STABLE_AFTER
-    rec.born_at -= master_module.STABLE_AFTER
+    rec.born_at -= slots.STABLE_AFTER
     rig.on_exit(rec.pid, 1)
-    assert 2 not in rig.failures and 2 not in rig.respawn_at
+    assert 2 not in rig.slots.failures and 2 not in rig.slots.respawn_at
 
 
 def test_an_app_that_fails_to_load_stops_the_master_with_its_code(rig):
@@ -261,9 +260,9 @@ def test_a_first_start_that_hangs_is_dumped_killed_and_tried_again_with_backoff(
     rig._check_deadlines()
     kill_now(rig, again)
     rig.on_exit(again.pid, -signal.SIGKILL)
-    assert 0.05 < rig.respawn_at[1] - time.monotonic() <= 0.1     # the second in a row: backoff
+    assert 0.05 < rig.slots.respawn_at[1] - time.monotonic() <= 0.1     # the second in a row: backoff
     assert rig.collect().restarts["timeout"] == 2
-    rig.respawn_at[1] = 0.0
+    rig.slots.respawn_at[1] = 0.0
     rig._maintain()
     (third,) = rig.workers.values()
     rig.signals.dispatch(signal.SIGTERM)             # a stop while it hangs: it has no request to finish
@@ -298,7 +297,7 @@ def test_a_rollout_replacement_that_hangs_is_dumped_and_the_rollout_aborted(rig,
     rig.on_exit(rep.pid, -signal.SIGKILL)
     assert "the worker it was to replace serves on" in caplog.text
     rig._maintain()
-    assert set(rig.workers) == {first.pid, second.pid} and rig.respawn_at == {}
+    assert set(rig.workers) == {first.pid, second.pid} and rig.slots.respawn_at == {}
 
 
 def test_a_recycle_whose_replacement_failed_is_asked_for_again_with_backoff(rig, caplog):
