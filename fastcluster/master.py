@@ -30,7 +30,7 @@ from .signals import Signals
 from .slots import MAX_BACKOFF, Slots, WorkerRecord
 from .sockets import create_listener, describe
 from .upgrade import Upgrade
-from .status import Snapshot, snapshot, write_atomically
+from .status import PidFile, Snapshot, snapshot
 
 log = logging.getLogger("fastcluster")
 
@@ -78,7 +78,7 @@ class Master:
             signal.SIGUSR1: self.on_sigusr1,
             signal.SIGURG: self.on_sigurg,
         })
-        self.next_status = 0.0
+        self.pidfile = PidFile(config.pid)   # --pid: the pid and the status JSON beside it
         self.master_pid = None            # (set in a forked worker's copy: the master's pid)
         self.tls = None                   # --certfile: the ssl.SSLContext the workers serve with
         self.reloader = None              # --reload: reloader.Poller or Notifier
@@ -146,8 +146,8 @@ class Master:
         self.signals.install(self.selector)
         if config.reload:
             self._start_reloader()
-        if config.pid and not self.upgrade.replaces:   # (a new master's, once it takes over)
-            write_atomically(config.pid, "%d\n" % os.getpid())
+        if not self.upgrade.replaces:   # (a new master's, once it takes over)
+            self.pidfile.claim()
         self._retitle()
         try:
             self._loop()
@@ -161,12 +161,7 @@ class Master:
             if self.reloader is not None:
                 self.reloader.close()
             self.selector.close()
-            if config.pid and _holds_pid(config.pid, os.getpid()):   # (not when a new master took it over)
-                for name in (config.pid, config.pid + ".json"):
-                    try:
-                        os.unlink(name)
-                    except FileNotFoundError:
-                        pass
+            self.pidfile.remove()
         return self.exit_code
 
     def _start_reloader(self):
@@ -232,9 +227,7 @@ class Master:
                 self.metrics.expire(time.monotonic())
             if self.reloader is not None and time.monotonic() >= self.reloader.deadline():
                 self._check_reload()
-            if self.config.pid and time.monotonic() >= self.next_status:
-                self.next_status = time.monotonic() + 1.0
-                write_atomically(self.config.pid + ".json", self.collect().to_json())
+            self.pidfile.refresh(self.collect, time.monotonic())
 
     def _read_status(self, rec):
         if rec.status_fd < 0:  # reaped (and its pipe closed) earlier in this round
@@ -259,7 +252,7 @@ class Master:
                 log.debug("worker %d (pid %d) is ready", rec.slot, rec.pid)
                 rec.state = "online"
                 self.interface = arg.decode("ascii", "replace") or self.interface
-                self.next_status = 0.0
+                self.pidfile.changed()
                 self._on_online(rec)
             elif kind == b"S" and rec.state == "online" and not rec.expected_exit and not rec.kill_at:
                 self._stuck(rec, "an app call has run for over %g s (--timeout)" % self.config.timeout)
@@ -453,7 +446,7 @@ class Master:
                 self._hook("when_ready")
                 logs.say("fastcluster: listening on %s" % self.url)
                 if self.upgrade.replaces:
-                    self.upgrade.take_over(self.config.pid)
+                    self.upgrade.take_over(self.pidfile)
 
     def _reap(self):
         while True:
@@ -472,7 +465,7 @@ class Master:
         rec = self.workers.pop(pid, None)
         if rec is None:
             return
-        self.next_status = 0.0
+        self.pidfile.changed()
         if rec.board_index >= 0:   # its final counters stay with its slot
             self.slots.retire(rec.slot, self.board.read(rec.board_index)[0])
         self.board.release(rec.board_index)
@@ -566,7 +559,7 @@ class Master:
             return
         self.generation += 1
         log.info("rolling restart of %d workers (generation %d)", len(self.workers), self.generation)
-        self.next_status = 0.0
+        self.pidfile.changed()
         self._retitle()
         self.rollout.restart_all()
 
@@ -653,14 +646,6 @@ def _tls_context(config):
     from . import tls
 
     return tls.make_context(config)
-
-
-def _holds_pid(path, pid):
-    try:
-        with open(path) as f:
-            return f.read().strip() == str(pid)
-    except (OSError, ValueError):
-        return False
 
 
 def _check_event_loop(config):

@@ -113,6 +113,45 @@ def snapshot(master) -> Snapshot:
         workers=rows, slots=sorted(slots.items()))
 
 
+class PidFile:
+    """--pid FILE: the master's pid in FILE, and its Snapshot in FILE.json, rewritten once a second
+    and at once after a change (a worker ready or gone, a rolling restart begun); both removed as
+    the master returns, unless a new master (an upgrade in place) has taken FILE over."""
+
+    def __init__(self, path):
+        self.path = path              # None: no --pid
+        self.next_write = 0.0         # when FILE.json is rewritten
+
+    def claim(self) -> None:
+        if self.path:
+            write_atomically(self.path, "%d\n" % os.getpid())
+
+    def changed(self) -> None:
+        """Rewrite FILE.json at the next refresh(), not a second later."""
+        self.next_write = 0.0
+
+    def refresh(self, collect, now) -> None:
+        """Write `collect()`'s Snapshot to FILE.json, when due."""
+        if self.path and now >= self.next_write:
+            self.next_write = now + 1.0
+            write_atomically(self.path + ".json", collect().to_json())
+
+    def remove(self) -> None:
+        if not self.path:
+            return
+        try:
+            with open(self.path) as f:
+                if f.read().strip() != str(os.getpid()):
+                    return
+        except (OSError, ValueError):
+            return
+        for name in (self.path, self.path + ".json"):
+            try:
+                os.unlink(name)
+            except FileNotFoundError:
+                pass
+
+
 def write_atomically(path: str, text: str) -> None:
     """Replace `path` with `text` in one rename, so a reader never sees half a file."""
     tmp = "%s.%d.tmp" % (path, os.getpid())

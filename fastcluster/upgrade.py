@@ -17,7 +17,6 @@ import sys
 import time
 
 from . import signals
-from .status import write_atomically
 
 log = logging.getLogger("fastcluster")
 
@@ -51,10 +50,9 @@ class Upgrade:
                 pass
 
     def take_over(self, pidfile):
-        """Every worker of this (new) master is ready: the pid file is ours, and the old master
-        drains and exits."""
-        if pidfile:
-            write_atomically(pidfile, "%d\n" % os.getpid())
+        """Every worker of this (new) master is ready: the pid file (a status.PidFile) is ours, and
+        the old master drains and exits."""
+        pidfile.claim()
         log.info("upgrade: the new master is ready; the old one (pid %d) drains and exits", self.replaces)
         signals.kill(self.replaces, signal.SIGTERM)
         self.replaces = 0
