@@ -5,10 +5,11 @@ each signal's number to a wake-up socket, and the loop reads those numbers and
 dispatches them through an explicit table (`Signals`, signals.py).  The loop waits on
 that socket and on every worker's status pipe, with a timeout set by the next deadline.
 
-Its parts: `WorkerRecord` (one forked worker), `Signals` (signals.py: the wake-up socket and the
-dispatch table), `Rollout` (rollout.py: replacing workers one at a time), the board (board.py:
+Its parts: `Signals` (signals.py: the wake-up socket and the dispatch table), `WorkerRecord` and
+`Slots` (slots.py: one forked worker; each slot's backoff and history), `Rollout` (rollout.py:
+replacing workers one at a time), `Upgrade` (upgrade.py: upgrade in place), the board (board.py:
 every worker's counters, in shared memory), and the `Snapshot` it builds from them for `status`
-and `/metrics` (status.py).
+and `/metrics`, with the `PidFile` it writes it to (status.py).
 """
 
 from __future__ import annotations
@@ -41,6 +42,10 @@ HEARTBEAT_PERIOD = 1.0       # a worker's loop beats once a second
 
 
 class Master:
+    """Owns the running settings, the listening socket and the workers (by pid), and decides what
+    happens to them: starts, stops, exits, deadlines, and each signal. Hooks are given the Master
+    itself: `pid` and `config` are what they may use."""
+
     def __init__(self, config, reload=None):
         self.config = config
         self.reload = reload              # gives a fresh Config (SIGHUP re-reads the config file)
