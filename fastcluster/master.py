@@ -30,8 +30,8 @@ from .rollout import Rollout
 from .signals import Signals
 from .slots import MAX_BACKOFF, Slots, WorkerRecord
 from .sockets import create_listener, describe
-from .upgrade import Upgrade
 from .status import PidFile, Snapshot, snapshot
+from .upgrade import Upgrade
 
 log = logging.getLogger("fastcluster")
 

@@ -385,3 +385,37 @@ def at_eof(sock):
         return False
     except ConnectionResetError:
         return True
+
+
+def test_the_pid_file_and_its_status_are_written_refreshed_and_removed_only_while_ours(tmp_path):
+    from fastcluster.status import PidFile, Snapshot
+
+    path = str(tmp_path / "fc.pid")
+    pidfile = PidFile(path)
+    pidfile.claim()
+    assert read(path) == "%d\n" % os.getpid()
+    written = []
+
+    def collect():
+        written.append(1)
+        return Snapshot(master_pid=os.getpid(), started=0.0, generation=len(written), workers_wanted=1, loop="python")
+
+    pidfile.refresh(collect, 100.0)
+    pidfile.refresh(collect, 100.5)                 # within the second: not again
+    assert len(written) == 1 and Snapshot.from_json(read(path + ".json")).generation == 1
+    pidfile.changed()                               # a change: at once
+    pidfile.refresh(collect, 100.6)
+    assert Snapshot.from_json(read(path + ".json")).generation == 2
+    with open(path, "w") as f:                      # a new master (an upgrade in place) took it over
+        f.write("1\n")
+    pidfile.remove()
+    assert os.path.exists(path) and os.path.exists(path + ".json")
+    pidfile.claim()
+    pidfile.remove()
+    assert not os.path.exists(path) and not os.path.exists(path + ".json")
+    PidFile(None).remove()                          # no --pid: nothing to do
+
+
+def read(path):
+    with open(path) as f:
+        return f.read()
