@@ -2,10 +2,15 @@
 
 Written once, run two ways: as plain Python by the pure-Python loop (`_parser_py.py`), and compiled
 by Cython as `fastcluster._server_c` for the compiled loop (`_parser.pyx`), with its C types in
-`_server_c.pxd` (Cython's pure-Python mode). `HttpServer` holds a worker's settings, its counters
-(its cells on the master's board), accept balancing, the once-a-second tick over its connections,
-the start of a graceful stop, and what lets app calls wait without stopping the loop. Each loop's
-`Server` subclass adds the I/O: the wait, accept, adopt.
+`_server_c.pxd` (Cython's pure-Python mode). Here:
+- `Settings`: what the loop reads of the configuration, built once, fixed while serving;
+- `Admission`: accept pauses and balancing against the other workers on the master's board;
+- `AppPool`: the policy of app threads (each loop subclasses it with the thread primitives);
+- `HttpServer`: the loop's control flow (serve(), each loop thread's life, the rest of an
+  iteration, the once-a-second tick, the start of a graceful stop), its counters (its cells on the
+  master's board) and what lets app calls wait without stopping the loop. Each loop's `Server`
+  subclass adds the I/O: the wait, accept, adopt. (An ASGI app's event loop drives it through
+  `_asgi.EventLoopDriver`.)
 
 App calls and the loop (--threads):
 - `--threads 1`: the app runs on the loop's own thread. When it must wait inside the call (for more
