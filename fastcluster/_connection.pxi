@@ -190,13 +190,14 @@ cdef class Connection(HttpConnection):
 
     cdef bint _sendfile_step(self) except -1:
         cdef Exchange ex = self.resp
+        cdef SendFile file = ex.file
         cdef ssize_t n
-        cdef off_t off = ex.file_off
-        while ex.file_left > 0:
-            n = sendfile(self.fd, ex.file_fd, &off, min(ex.file_left, SENDFILE_CHUNK))
+        cdef off_t off = file.offset
+        while file.left > 0:
+            n = sendfile(self.fd, file.fd, &off, min(file.left, SENDFILE_CHUNK))
             if n < 0:
                 if errno == EAGAIN or errno == EINTR:
-                    ex.file_off = off
+                    file.offset = off
                     if errno == EAGAIN:
                         self._want_write()
                         return False
@@ -205,11 +206,11 @@ cdef class Connection(HttpConnection):
                 return False
             if n == 0:
                 break  # the file shrank: the body is short, so the connection must end
-            ex.file_left -= n
+            file.left -= n
             ex.sent += n
             self.server.cells[B_BYTES_OUT] += n
-        ex.file_off = off
-        ex.sending_file = False
+        file.offset = off
+        ex.file = None
         ex.finish()
         return True
 
@@ -375,23 +376,24 @@ cdef class TlsConnection(Connection):
 
     cdef bint _sendfile_step(self) except -1:
         cdef Exchange ex = self.resp
+        cdef SendFile file = ex.file
         cdef bytes chunk
-        while ex.file_left > 0:
+        while file.left > 0:
             if PyBytes_GET_SIZE(self.sealed) > self.sealed_off and not self._flush():
                 return False
             try:
-                chunk = os.pread(ex.file_fd, min(ex.file_left, SEAL_SIZE), ex.file_off)
+                chunk = os.pread(file.fd, min(file.left, SEAL_SIZE), file.offset)
             except OSError:
                 self.close()
                 return False
             if not chunk:
                 break  # the file shrank: the body is short, so the connection must end
-            ex.file_off += PyBytes_GET_SIZE(chunk)
-            ex.file_left -= PyBytes_GET_SIZE(chunk)
+            file.offset += PyBytes_GET_SIZE(chunk)
+            file.left -= PyBytes_GET_SIZE(chunk)
             ex.sent += PyBytes_GET_SIZE(chunk)
             self.tls.seal(chunk)
             self._add_sealed(self.tls.pending())
-        ex.sending_file = False
+        ex.file = None
         ex.finish()
         return True
 

@@ -8,6 +8,8 @@ says `if not cython.compiled:` and gives the builtin first, a branch Cython drop
 - `Exchange`: one request and the response to it: the WSGI call, start_response and write, the
   framing of the body (status line, headers, Content-Length or chunked, HEAD, 204 and 304). A new
   one for every request (from a free list), so nothing of one response leaks into the next.
+  What only some exchanges need is in objects of its own, there only when needed: `SendFile`
+  (a body sent from a file).
 - `Channel`: what an exchange needs of its connection: where its bytes go, whom it tells that the
   response is complete. `HttpConnection` (`_http.py`) is the one implementation.
 - `encode_headers`: a WSGI app's response headers, checked and encoded.
@@ -383,11 +385,11 @@ class Exchange:
         headers = b""
         start = called = 0.0
         hflags = code = 0
-        sent = file_off = file_left = 0
-        headers_sent = chunked = no_body = sending_file = False
+        file = None
+        sent = 0
+        headers_sent = chunked = no_body = False
         in_app = done = returned = False
         refusal = 0
-        file_fd = -1
         env_fields = None
         env_version = 0
 
@@ -455,10 +457,7 @@ class Exchange:
         if self.no_body:
             self.finish()
             return True
-        self.sending_file = True
-        self.file_fd = fd
-        self.file_off = offset
-        self.file_left = max(0, min(size, self.clen - self.sent))
+        self.file = SendFile(fd, offset, max(0, min(size, self.clen - self.sent)))
         return True
 
     def stream(self):
@@ -675,7 +674,7 @@ class Exchange:
         """The app failed: a 500 if nothing went out yet, otherwise a cut connection."""
         conn = self.conn
         self.close_result()
-        self.sending_file = False
+        self.file = None
         self.discard_body()
         if self.headers_sent:
             # Part of the response is out: end the connection without a clean end of body,
@@ -726,6 +725,20 @@ class Exchange:
         if body is not None and type(body) is not LazyInput:
             body.discard()
         return 0
+
+
+@cython.final
+@cython.cclass
+class SendFile:
+    """A response body sent from a regular file by the connection itself, once the head is out
+    (sendfile, or pread and seal under TLS; Exchange.start_sendfile makes one): it owns the file's
+    descriptor (open while the app's FileWrapper is, until close_result), the offset the rest
+    starts at and how many bytes are left."""
+
+    def __init__(self, fd, offset, left):
+        self.fd = fd
+        self.offset = offset
+        self.left = left
 
 
 def new_exchange(conn, environ):

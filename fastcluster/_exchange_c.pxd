@@ -57,6 +57,14 @@ cdef class Channel:
 
 
 @cython.final
+cdef class SendFile:
+    cdef:
+        public int fd
+        public long long offset
+        public long long left
+
+
+@cython.final
 cdef class Exchange:
     cdef:
         public Channel conn
@@ -85,13 +93,10 @@ cdef class Exchange:
         public bint keep            # the connection stays open after this response
         public object result        # what the app returned
         public object iter          # its iterator, while a streamed body is pulled
-        public bint sending_file
+        public SendFile file        # its body as a file the connection sends, while it does (else None)
         public bint in_app          # an app call (the call, or --threads 1's next piece) is producing it
         public bint done            # its body is complete: the loop accounts for it (HttpConnection._complete)
         public bint returned        # --threads > 1: its app thread lost the loop and handed it back (_post)
-        public int file_fd
-        public long long file_off
-        public long long file_left
         public bint health          # a --health-path request: the server answers it, not the app
         list env_fields             # its head's fields (HttpConnection.fields), when its environ may be kept
         unsigned long long env_version   # and the environ's dict version when it was built

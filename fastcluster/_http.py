@@ -868,7 +868,7 @@ class HttpConnection(Channel):
             elif self.out_size >= HIGH_WATER:
                 if not self._flush():
                     return 0
-            elif ex is not None and ex.sending_file:
+            elif ex is not None and ex.file is not None:
                 if self.out_size:
                     if not self._flush():
                         return 0
@@ -1151,7 +1151,7 @@ class HttpConnection(Channel):
         if ex is not None and not ex.in_app:   # (an app thread's exchange is ended by that thread)
             ex.close_result()
             ex.discard_body()
-            ex.sending_file = False
+            ex.file = None
         self._drop_pending()
         cur = self.cur
         if cur is not None:

@@ -37,7 +37,7 @@ from posix.types cimport off_t
 from ._syscalls cimport *
 from fastcluster._clock cimport monotonic, ticks
 from fastcluster._server_c cimport DRAIN_LINGER
-from fastcluster._exchange_c cimport LINGERING, CLOSED, PEER_CLOSED
+from fastcluster._exchange_c cimport LINGERING, CLOSED, PEER_CLOSED, SendFile
 from fastcluster._threads cimport *
 
 import os

@@ -370,9 +370,10 @@ class Connection(HttpConnection):
 
     def _sendfile_step(self):
         ex = self.resp
-        while ex.file_left > 0:
+        file = ex.file
+        while file.left > 0:
             try:
-                n = os.sendfile(self.fd, ex.file_fd, ex.file_off, min(ex.file_left, SENDFILE_CHUNK))
+                n = os.sendfile(self.fd, file.fd, file.offset, min(file.left, SENDFILE_CHUNK))
             except BlockingIOError:
                 self._want_write()
                 return False
@@ -383,11 +384,11 @@ class Connection(HttpConnection):
                 return False
             if n == 0:
                 break  # the file shrank: the body is short, so the connection must end
-            ex.file_off += n
-            ex.file_left -= n
+            file.offset += n
+            file.left -= n
             ex.sent += n
             self.server.cells[B_BYTES_OUT] += n
-        ex.sending_file = False
+        ex.file = None
         ex.finish()
         return True
 
@@ -541,22 +542,23 @@ class TlsConnection(Connection):
 
     def _sendfile_step(self):
         ex = self.resp
-        while ex.file_left > 0:
+        file = ex.file
+        while file.left > 0:
             if self.sealed and not self._flush():
                 return False
             try:
-                chunk = os.pread(ex.file_fd, min(ex.file_left, _tls.SEAL_SIZE), ex.file_off)
+                chunk = os.pread(file.fd, min(file.left, _tls.SEAL_SIZE), file.offset)
             except OSError:
                 self.close()
                 return False
             if not chunk:
                 break  # the file shrank: the body is short, so the connection must end
-            ex.file_off += len(chunk)
-            ex.file_left -= len(chunk)
+            file.offset += len(chunk)
+            file.left -= len(chunk)
             ex.sent += len(chunk)
             self.tls.seal(chunk)
             self.sealed = self.tls.pending()
-        ex.sending_file = False
+        ex.file = None
         ex.finish()
         return True
 
