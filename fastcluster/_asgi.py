@@ -173,8 +173,8 @@ class Cycle:
             return ready(self._message())
         if self.delivered:
             return self._disconnect_later()
-        if not ex.sent_continue and not ex.headers_sent:
-            ex.sent_continue = True      # the 100 Continue goes out when the app first waits for the body
+        if not ex.early.sent_continue and not ex.headers_sent:
+            ex.early.sent_continue = True      # the 100 Continue goes out when the app first waits for the body
             conn = ex.conn
             conn._queue(CONTINUE_LINE)
             conn._produced()
@@ -389,14 +389,14 @@ def start_task(loop, coro):
 
 
 def start(ex, app, loop):
-    """Call the app on an ASGI request (`ex.scope`); the task may be done already."""
+    """Call the app on an ASGI request (`ex.asgi.scope`); the task may be done already."""
     cycle = Cycle.__new__(Cycle)
     cycle.ex = ex
     cycle.loop = loop
-    ex.cycle = cycle
+    ex.asgi.cycle = cycle
     ex.in_app = True
     try:
-        task = start_task(loop, app(ex.scope, cycle.receive, cycle.send))
+        task = start_task(loop, app(ex.asgi.scope, cycle.receive, cycle.send))
     except Exception:
         log.exception(CALL_FAILED)
         cycle.over = True

@@ -9,7 +9,8 @@ says `if not cython.compiled:` and gives the builtin first, a branch Cython drop
   framing of the body (status line, headers, Content-Length or chunked, HEAD, 204 and 304). A new
   one for every request (from a free list), so nothing of one response leaks into the next.
   What only some exchanges need is in objects of its own, there only when needed: `SendFile`
-  (a body sent from a file).
+  (a body sent from a file), `EarlyBody` (a body the app takes as it comes), `AsgiRequest`
+  (the ASGI scope and call).
 - `Channel`: what an exchange needs of its connection: where its bytes go, whom it tells that the
   response is complete. `HttpConnection` (`_http.py`) is the one implementation.
 - `encode_headers`: a WSGI app's response headers, checked and encoded.
@@ -380,17 +381,15 @@ class Exchange:
     """One request and the response to it (fields: _http_c.pxd)."""
 
     if not cython.compiled:   # plain Python: the values a compiled object starts with
-        head = http10 = complete = early = sent_continue = health = False
-        body = status = result = iter = cycle = scope = None
+        head = http10 = complete = health = False
+        body = status = result = iter = None
+        early = file = asgi = env_fields = None
         headers = b""
         start = called = 0.0
         hflags = code = 0
-        file = None
         sent = 0
         headers_sent = chunked = no_body = False
         in_app = done = returned = False
-        refusal = 0
-        env_fields = None
         env_version = 0
 
     # --- WSGI ---
@@ -665,7 +664,7 @@ class Exchange:
     def failed(self):
         """The app raised: logged with its traceback, then `abort()`. (Not when its request's body
         was refused while it read it: that refusal is the answer, and the client's doing.)"""
-        if not self.refusal:
+        if self.early is None or not self.early.refusal:
             log_app_error(self.environ)
         self.abort()
         return 0
@@ -680,13 +679,13 @@ class Exchange:
             # Part of the response is out: end the connection without a clean end of body,
             # so the client sees that it failed.
             self.keep = False
-        elif self.refusal:
+        elif self.early is not None and self.early.refusal:
             # its body was refused while the app read it (too slow, too large, malformed): that
             # status, and the connection ends
             self.keep = False
-            conn._queue(error_response(self.refusal, conn.server.date_line))
+            conn._queue(error_response(self.early.refusal, conn.server.date_line))
             self.headers_sent = True
-            self.code = self.refusal
+            self.code = self.early.refusal
         else:
             self.keep = self.keep and not self.body_unsure()
             conn._queue(simple_response("500 Internal Server Error", FAILED_BODY, not self.keep,
@@ -701,9 +700,9 @@ class Exchange:
         """The request's body is not all read, and the client may not send the rest: a WSGI
         100-continue body (the app may never read it), or an ASGI one whose 100 Continue was not
         sent. (The rest of an ASGI body that is on its way is read and dropped instead.)"""
-        if not self.early or self.complete:
+        if self.early is None or self.complete:
             return False
-        return self.cycle is None or not self.sent_continue
+        return self.asgi is None or self.asgi.cycle is None or not self.early.sent_continue
 
     def close_result(self):
         """Call the iterable's close(), as PEP 3333 asks, whatever happened to the response."""
@@ -739,6 +738,31 @@ class SendFile:
         self.fd = fd
         self.offset = offset
         self.left = left
+
+
+@cython.final
+@cython.cclass
+class EarlyBody:
+    """A request whose app is called at its head, before its body is in (WSGI with Expect:
+    100-continue, or ASGI with a body): the app takes the body as it comes. It owns what that
+    brings: whether the client needs no 100 Continue or has it (`sent_continue`), and the status
+    its body was refused with while the app read it (`refusal`: then that status answers an app
+    failure, Exchange.abort)."""
+
+    def __init__(self, sent_continue):
+        self.sent_continue = sent_continue
+        self.refusal = 0
+
+
+@cython.final
+@cython.cclass
+class AsgiRequest:
+    """The ASGI side of an exchange: its scope, built with the head (HttpConnection), and its call,
+    once the app is called: an _asgi.Cycle, or a _websocket.WebSocket session (None before)."""
+
+    def __init__(self, scope):
+        self.scope = scope
+        self.cycle = None
 
 
 def new_exchange(conn, environ):

@@ -65,6 +65,20 @@ cdef class SendFile:
 
 
 @cython.final
+cdef class EarlyBody:
+    cdef:
+        public bint sent_continue   # (ASGI: the body is on its way, no 100 Continue needed or it is sent)
+        public int refusal          # its body was refused while the app read it: this status answers an app failure
+
+
+@cython.final
+cdef class AsgiRequest:
+    cdef:
+        public dict scope
+        public object cycle         # its _asgi.Cycle or WebSocket, once the app is called
+
+
+@cython.final
 cdef class Exchange:
     cdef:
         public Channel conn
@@ -74,8 +88,7 @@ cdef class Exchange:
         public bint head
         public bint http10          # HTTP/1.0 (or older): no chunked, no 100-continue
         public bint complete        # the parser has seen the end of the message
-        public bint early           # dispatched at headers-complete (Expect: 100-continue)
-        public bint sent_continue   # (ASGI: the body is on its way, no 100 Continue needed or it is sent)
+        public EarlyBody early      # dispatched at headers-complete (Expect: 100-continue, an ASGI body), or None
         public object body          # BodyBuffer, LazyInput, an ASGI BodyQueue, or None
         public double start         # monotonic time of the read that brought its first byte
         public double called        # monotonic time its app call began on an app thread (--timeout)
@@ -84,7 +97,6 @@ cdef class Exchange:
         public list headers         # the app's header lines, encoded: name, value, CRLF, ... (until sent)
         public int hflags
         public int code
-        public int refusal          # its body was refused while the app read it: this status answers an app failure
         public long long clen       # -1: no Content-Length
         public long long sent       # body bytes queued
         public bint headers_sent
@@ -100,8 +112,7 @@ cdef class Exchange:
         public bint health          # a --health-path request: the server answers it, not the app
         list env_fields             # its head's fields (HttpConnection.fields), when its environ may be kept
         unsigned long long env_version   # and the environ's dict version when it was built
-        public object cycle         # ASGI: its _asgi.Cycle, once the app is called
-        public object scope         # ASGI: the scope
+        public AsgiRequest asgi     # ASGI: its scope and call
 
     @cython.locals(conn=Channel)
     cpdef int run(self, object app) except -1

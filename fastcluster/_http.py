@@ -40,8 +40,8 @@ if not cython.compiled:   # the compiled build reads a dict's version and a refc
         del items[0]
 
 if not cython.compiled:   # the compiled build cimports these (_http_c.pxd)
-    from ._exchange import (CLOSED, HIGH_WATER, LAST_IN, LINGERING, OPEN, PEER_CLOSED, UNREAD, Channel,
-                           new_exchange)
+    from ._exchange import (CLOSED, HIGH_WATER, LAST_IN, LINGERING, OPEN, PEER_CLOSED, UNREAD, AsgiRequest,
+                           Channel, EarlyBody, new_exchange)
     # what the read-side deadline is for (HttpConnection.wait)
     W_NONE = 0        # a request is complete and being answered: no read deadline
     W_HEADERS = 1     # a request's headers, from the accept or the request's first byte
@@ -275,7 +275,7 @@ class HttpConnection(Channel):
                 scope["state"] = server.driver.state.copy()
             self.hlist = []
             scope["headers"] = self.hlist
-            ex.scope = scope
+            ex.asgi = AsgiRequest(scope)
         if self.served or self.wait == W_NONE:
             # a kept-alive connection, or one behind a request being answered: the header
             # deadline runs from the request's first byte (the first one's from the accept)
@@ -439,7 +439,7 @@ class HttpConnection(Channel):
         if server.settings.root_path:
             self._strip_root(env, server.settings.root_path)
         if self.asgi:
-            scope = ex.scope
+            scope = ex.asgi.scope
             scope["method"] = method
             scope["http_version"] = version
             if query == -2:
@@ -484,14 +484,13 @@ class HttpConnection(Channel):
             if self.asgi:
                 # an ASGI app is called now and takes its body as it comes (Cycle.receive)
                 ex.body = BodyQueue()
-                ex.sent_continue = expect is None or expect.lower() != "100-continue" or ex.http10
-                ex.early = True
+                ex.early = EarlyBody(expect is None or expect.lower() != "100-continue" or ex.http10)
                 self.pending.append(ex)
                 self._received(ex)
             elif expect is not None and expect.lower() == "100-continue" and not ex.http10:
                 ex.body = LazyInput(self._fill_body)
                 env["wsgi.input"] = ex.body
-                ex.early = True
+                ex.early = EarlyBody(False)
                 self.pending.append(ex)
                 self._received(ex)
             else:
@@ -526,7 +525,7 @@ class HttpConnection(Channel):
         if scheme is not None:
             env["wsgi.url_scheme"] = scheme
         if self.asgi:
-            scope = ex.scope
+            scope = ex.asgi.scope
             if addr is not None:
                 scope["client"] = (addr, int(port))
             if scheme is not None:
@@ -540,7 +539,7 @@ class HttpConnection(Channel):
             raise Reject(413)
         self._arm(W_BODY, server.settings.body_timeout)
         self.cur.body.add(data)
-        if self.cur.early and self._holds_input():
+        if self.cur.early is not None and self._holds_input():
             self._pause_reading()            # an app 1 MiB behind the body it takes as it comes
         self._notify()
 
@@ -549,7 +548,7 @@ class HttpConnection(Channel):
         self.cur = None
         self.wait = W_NONE
         ex.complete = True
-        if ex.early:
+        if ex.early is not None:
             ex.body.finish()
             self._notify()
         else:
@@ -666,8 +665,8 @@ class HttpConnection(Channel):
         """LazyInput's fill (Expect: 100-continue): the interim 100 Continue the first time, then
         more of the body; False when no more can come."""
         ex = self.resp
-        if not ex.sent_continue and not ex.headers_sent:
-            ex.sent_continue = True
+        if not ex.early.sent_continue and not ex.headers_sent:
+            ex.early.sent_continue = True
             self._queue(CONTINUE_LINE)
             if self.server.pool is None:
                 self._flush()
@@ -684,8 +683,8 @@ class HttpConnection(Channel):
             if self.ws is not None:
                 if state == PEER_CLOSED:
                     self.ws.eof()
-            elif self.asgi and self.resp is not None and self.resp.cycle is not None:
-                self.resp.cycle.input_ended()    # an ASGI app waiting on receive(): nothing more comes
+            elif self.asgi and self.resp is not None and self.resp.asgi.cycle is not None:
+                self.resp.asgi.cycle.input_ended()    # an ASGI app waiting on receive(): nothing more comes
         return 0
 
     def _reject(self, status):
@@ -694,14 +693,14 @@ class HttpConnection(Channel):
         self.in_head = False
         cur = self.cur
         if cur is not None:
-            if cur.cycle is not None:
-                cur.cycle.refused()          # an ASGI app reading this body: it is over for the app
-            elif cur.early and self.pending and self.pending[-1] is cur:
+            if cur.asgi is not None and cur.asgi.cycle is not None:
+                cur.asgi.cycle.refused()     # an ASGI app reading this body: it is over for the app
+            elif cur.early is not None and self.pending and self.pending[-1] is cur:
                 self._unreceive()            # dispatched early but not called yet: the refusal replaces it
-            elif cur.early and cur is self.resp:
+            elif cur.early is not None and cur is self.resp:
                 # a WSGI app reading this body (100-continue): its next read fails; if the app
                 # fails on that, `status` is its answer (Exchange.abort), else its own answer is
-                cur.refusal = status
+                cur.early.refusal = status
                 self.cur = None
                 self.server.cells[refusal_cell(status)] += 1
                 self._notify()
@@ -715,7 +714,8 @@ class HttpConnection(Channel):
         """The request being read is an app's, called already (ASGI, or WSGI with 100-continue),
         and nothing of its response is out: a refusal of its body (408) can still be the answer."""
         ex = self.cur
-        return ex is not None and ex is self.resp and (ex.cycle is not None or ex.early) and not ex.headers_sent
+        return ex is not None and ex is self.resp and (
+            (ex.asgi is not None and ex.asgi.cycle is not None) or ex.early is not None) and not ex.headers_sent
 
     def _holds_input(self):
         """The one rule for what a connection reads: only what it can use, so that what it holds is
@@ -733,7 +733,7 @@ class HttpConnection(Channel):
         if self.state == PEER_CLOSED or len(self.pending) >= MAX_PIPELINED:
             return True
         cur = self.cur
-        if cur is None or not cur.early or cur.body is None or cur.body.size < HIGH_WATER:
+        if cur is None or cur.early is None or cur.body is None or cur.body.size < HIGH_WATER:
             return False
         # (a WSGI read that waits for more than is buffered, as read() of the whole body does, is
         # given what it asked for, and no more: the app asked, and --max-body bounds it)
@@ -860,8 +860,8 @@ class HttpConnection(Channel):
             if ex is not None and ex.in_app:
                 if self.out_size and not self._flush():
                     return 0
-                if ex.cycle is not None:
-                    ex.cycle.drained()       # an ASGI app waiting for its client to catch up
+                if ex.asgi is not None and ex.asgi.cycle is not None:
+                    ex.asgi.cycle.drained()       # an ASGI app waiting for its client to catch up
                 break                        # an app call produces this one: send what it queued
             if ex is not None and ex.done:
                 self._complete(ex)
@@ -883,7 +883,7 @@ class HttpConnection(Channel):
                 first = pending[0]
                 if type(first) is not int:
                     ex = first
-                    if not (ex.complete or ex.early):
+                    if not (ex.complete or ex.early is not None):
                         break
                     if not ex.health and (server.nested or (server.pool is not None and (
                             not server.pool._can_call() or (server.waiting and server.turn is not self)))):
@@ -968,8 +968,8 @@ class HttpConnection(Channel):
             self._answer_health(ex)
             return 0
         if self.asgi:
-            if ex.cycle is not None:
-                ex.cycle.start(self.app)     # a WebSocket session (upgrade())
+            if ex.asgi.cycle is not None:
+                ex.asgi.cycle.start(self.app)     # a WebSocket session (upgrade())
             else:
                 asgi_start(ex, self.app, server.driver.loop)
             return 0
@@ -1022,7 +1022,7 @@ class HttpConnection(Channel):
             self.server.pool._returned()
             if self.state == CLOSED and ex.done:
                 self._complete(ex)           # its access log line; nothing more can be sent
-        elif ex is not None and ex.cycle is not None and self.state == CLOSED and ex.done:
+        elif ex is not None and ex.asgi is not None and ex.asgi.cycle is not None and self.state == CLOSED and ex.done:
             self._complete(ex)               # an ASGI exchange the client left: its access log line
         if self.state != CLOSED:
             self._pump()
@@ -1132,8 +1132,8 @@ class HttpConnection(Channel):
             return
         self.state = CLOSED
         ex = self.resp
-        if ex is not None and ex.cycle is not None:
-            ex.cycle.disconnect()            # an ASGI app: http.disconnect
+        if ex is not None and ex.asgi is not None and ex.asgi.cycle is not None:
+            ex.asgi.cycle.disconnect()       # an ASGI app: http.disconnect
         server = self.server
         server.conns.pop(self.fd, None)
         if ex is not None and ex.in_app and server.pool is not None:

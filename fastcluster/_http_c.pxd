@@ -6,8 +6,8 @@ cimport cython
 from fastcluster._clock cimport monotonic
 from fastcluster._server_c cimport HttpServer, AppPool, Settings
 from fastcluster._inline cimport ENV_REUSE, _dict_version, _refs, _del_first
-from fastcluster._exchange_c cimport (Channel, Exchange, new_exchange, OPEN, LAST_IN, UNREAD, PEER_CLOSED,
-                                      LINGERING, CLOSED, HIGH_WATER)
+from fastcluster._exchange_c cimport (Channel, Exchange, AsgiRequest, EarlyBody, new_exchange,
+                                      OPEN, LAST_IN, UNREAD, PEER_CLOSED, LINGERING, CLOSED, HIGH_WATER)
 
 # what the read-side deadline is for (HttpConnection.wait)
 cdef enum:

@@ -117,14 +117,14 @@ def upgrade(conn, ex, tail):
     ws.inbox_size = len(tail)
     ws.close_code = ABNORMAL
     ws.close_reason = ""
-    scope = ex.scope
+    scope = ex.asgi.scope
     scope["type"] = "websocket"
     scope["scheme"] = "wss" if scope["scheme"] == "https" else "ws"
     del scope["method"]
     protocols = ex.environ.get("HTTP_SEC_WEBSOCKET_PROTOCOL")
     scope["subprotocols"] = [p.strip() for p in protocols.split(",") if p.strip()] if protocols else []
     scope["extensions"] = EXTENSIONS
-    ex.cycle = ws
+    ex.asgi.cycle = ws
     return ws
 
 
@@ -146,7 +146,7 @@ class WebSocket:
         ex.in_app = True
         self.last_in = self.server.now
         try:
-            task = start_task(self.loop, app(ex.scope, self.receive, self.send))
+            task = start_task(self.loop, app(ex.asgi.scope, self.receive, self.send))
         except Exception:
             log.exception(CALL_FAILED)
             self._refuse(500)
