@@ -378,7 +378,7 @@ class Channel:
 @cython.freelist(64)
 @cython.cclass
 class Exchange:
-    """One request and the response to it (fields: _http_c.pxd)."""
+    """One request and the response to it (fields: _exchange_c.pxd)."""
 
     if not cython.compiled:   # plain Python: the values a compiled object starts with
         head = http10 = complete = health = False
