@@ -17,6 +17,8 @@ send() gives it, as it frames a WSGI app's response.
 """
 
 import logging
+import os
+import stat as _stat
 import sys
 
 try:
@@ -39,6 +41,7 @@ EMPTY_BODY = {"type": "http.request", "body": b"", "more_body": False}
 EAGER_START = sys.version_info >= (3, 12)     # asyncio.Task(..., eager_start=True)
 Task = None          # asyncio.Task, imported with the first task: a WSGI worker never loads asyncio (~9 MiB)
 CALL_FAILED = "the ASGI app failed when called (not an ASGI app? --interface says which it is)"
+COPY_PIECE = 1 << 18        # a file piece the server copies (zerocopysend with more to come, or chunked)
 TASK_NAME = "fastcluster-asgi"   # (a Task without a name formats one, which costs more than the rest of its making)
 
 
@@ -231,6 +234,8 @@ class Cycle:
         if self.completed:
             raise RuntimeError("ASGI message %r sent after the response was complete" % (kind,))
         if kind != "http.response.body":
+            if kind == "http.response.pathsend" or kind == "http.response.zerocopysend":
+                return self._send_file(message, kind)
             raise RuntimeError("expected ASGI message 'http.response.body', got %r" % (kind,))
         if self.over:
             return READY_NONE
@@ -250,6 +255,87 @@ class Cycle:
             self.drain = self.loop.create_future()
             return self.drain
         return READY_NONE
+
+    def _send_file(self, message, kind):
+        """The file extensions (both in the scope's "extensions"): http.response.pathsend, the file
+        at `path` as the rest of the response, and http.response.zerocopysend, `count` bytes (or
+        to the end) of the app's open `file` from `offset` (or its position), more to come or not.
+        A last piece framed by a length goes out by the connection itself (sendfile; under TLS,
+        read and sealed), so the app is done at once; a piece with more after it, or under chunked
+        framing, is copied here in pieces, with back-pressure. The file pathsend opens is the
+        server's, closed when the response ends; zerocopysend's stays the app's (a last piece is
+        sent from a duplicate of its descriptor, which the server closes)."""
+        ex = self.ex
+        owned = None
+        if kind == "http.response.pathsend":
+            owned = open(message["path"], "rb", buffering=0)       # (a missing file fails the app's send)
+            fd, offset, count, more = owned.fileno(), 0, -1, False
+        else:
+            source = message["file"]
+            fd = source if type(source) is int else source.fileno()
+            offset = message.get("offset")
+            if offset is None:
+                offset = os.lseek(fd, 0, os.SEEK_CUR)
+            count = message.get("count")
+            count = -1 if count is None else count
+            more = message.get("more_body", False)
+        try:
+            st = os.fstat(fd)
+            if not _stat.S_ISREG(st.st_mode):
+                raise RuntimeError("ASGI %s: not a regular file" % (kind,))
+        except BaseException:
+            if owned is not None:
+                owned.close()
+            raise
+        size = max(0, st.st_size - offset)
+        if 0 <= count < size:
+            size = count
+        if self.over:
+            if owned is not None:
+                owned.close()
+            return READY_NONE
+        if not more and owned is None:
+            # the app may close its file as soon as send() returns (the spec asks it to): the
+            # connection sends from a descriptor of its own
+            owned = os.fdopen(os.dup(fd), "rb", buffering=0)
+            fd = owned.fileno()
+        if not more and ex.start_file(fd, offset, size):
+            ex.result = owned            # (closed with the exchange's end: Exchange.close_result)
+            if not ex.done:
+                self.completed = True
+                self.over = True
+                ex.in_app = False        # the connection sends the file, then finishes the exchange
+                ex.conn._produced()
+            else:
+                self._complete()         # (a HEAD request, or a status without a body)
+            return READY_NONE
+        return self._copy_file(fd, offset, size, more, owned)
+
+    async def _copy_file(self, fd, offset, size, more, owned):
+        ex = self.ex
+        try:
+            if not ex.headers_sent:
+                ex.send_headers(-1 if more else size)
+            while size > 0 and not self.over:
+                data = os.pread(fd, min(size, COPY_PIECE), offset)
+                if not data:
+                    break                # the file shrank: the body is short (Exchange.finish ends the connection)
+                offset += len(data)
+                size -= len(data)
+                ex.send_body(data)
+                conn = ex.conn
+                conn._produced()
+                if conn.out_size >= HIGH_WATER:
+                    self.drain = self.loop.create_future()
+                    await self.drain
+                if self.disconnected:
+                    raise ClientDisconnected("the client is gone")
+        finally:
+            if owned is not None:
+                owned.close()
+        if not more and not self.over:
+            self._complete()
+        return None
 
     def drained(self):
         """From the connection: its output went below HIGH_WATER, or it closed."""

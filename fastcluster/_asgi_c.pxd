@@ -11,6 +11,7 @@ cdef str TASK_NAME, CALL_FAILED
 cdef bytes CONTINUE_LINE
 cdef dict DISCONNECT, EMPTY_BODY
 cdef bint EAGER_START
+cdef Py_ssize_t COPY_PIECE
 
 
 cpdef int resolve(object future) except -1

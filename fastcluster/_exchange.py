@@ -447,7 +447,14 @@ class Exchange:
             return False
         if not _stat.S_ISREG(st.st_mode) or self.status is None:
             return False
-        size = st.st_size - offset
+        return self.start_file(fd, offset, st.st_size - offset)
+
+    def start_file(self, fd, offset, size):
+        """The rest of the response is `size` bytes of the regular file `fd` from `offset`, sent by
+        the connection itself (sendfile; pread and seal under TLS) once the head is out; the
+        exchange is finished when they are out. False when the framing cannot carry a file (a
+        chunked head already sent): then the caller copies it. (`result` is closed at the end: the
+        WSGI FileWrapper, or the file the server opened for an ASGI pathsend.)"""
         if self.headers_sent:
             if self.clen < 0:
                 return False

@@ -118,8 +118,9 @@ cdef class Exchange:
     cpdef int run(self, object app) except -1
     @cython.locals(total=Py_ssize_t)
     cpdef int respond_sequence(self, object items) except -1
-    @cython.locals(size=cython.longlong, offset=cython.longlong)
+    @cython.locals(offset=cython.longlong)
     cpdef bint start_sendfile(self, object wrapper) except -1
+    cpdef bint start_file(self, int fd, long long offset, long long size) except -1
     @cython.locals(conn=Channel)
     cpdef int stream(self) except -1
     cpdef int next_chunk(self) except -1

@@ -56,6 +56,8 @@ DRAIN_LINGER = 1.0          # on stop, idle connections get this long for a requ
 BALANCE_PAUSE = 0.01        # a worker that leaves connections to a lighter one stops accepting this long
 BALANCE_SLACK = 1           # a worker this many connections above an accepting peer leaves the next ones to it
 ASGI_VERSION = {"version": "3.0", "spec_version": "2.4"}
+# an HTTP scope's extensions: a file as the response body, sent by the server (_asgi.Cycle._send_file)
+FILE_EXTENSIONS = {"http.response.pathsend": {}, "http.response.zerocopysend": {}}
 # an app call this long probably waits: most of them so, and the loop is handed over up front
 LONG_CALL = 0.001
 WAITS_FLOOR = 1e-6          # AppPool.waits below this is 0: no recent call was long
@@ -402,7 +404,8 @@ class HttpServer:
         settings = self.settings
         client = (env["REMOTE_ADDR"], int(env["REMOTE_PORT"])) if settings.tcp else None
         return {"type": "http", "asgi": ASGI_VERSION, "http_version": "1.1", "scheme": settings.scheme,
-                "server": settings.asgi_server, "client": client, "root_path": settings.root_path}
+                "server": settings.asgi_server, "client": client, "root_path": settings.root_path,
+                "extensions": FILE_EXTENSIONS}
 
     def resume_accepting(self):
         if (not self.accepting and not self.stopping and self.now >= self.admission.paused_until

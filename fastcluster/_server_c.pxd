@@ -8,7 +8,7 @@ cdef double DRAIN_LINGER, BALANCE_PAUSE, NESTED_WAIT, LONG_CALL, WAITS_FLOOR
 cdef Py_ssize_t BALANCE_SLACK
 cdef Py_ssize_t B_HEADER, B_STRIDE, B_CONNS, B_NOT_ACCEPTING, B_RSS, B_BEAT, B_BUSY
 cdef object rss_bytes, log
-cdef dict ASGI_VERSION
+cdef dict ASGI_VERSION, FILE_EXTENSIONS
 cdef bint CHECK_THREADS
 cdef object _get_ident
 cpdef _fail_worker()

@@ -71,6 +71,26 @@ async def http(scope, receive, send):
         return await _text(send, b"Hello from process %d\n" % os.getpid())
     if path == "/pid":
         return await _text(send, b"%d" % os.getpid())
+    if path == "/fds":         # how many descriptors this worker holds
+        return await _text(send, b"%d" % len(os.listdir("/proc/self/fd")))
+    if path == "/pathsend":    # ?path=: that file, sent by the server (with its length, unless ?nolen)
+        headers = [(b"content-type", b"application/octet-stream")]
+        if "nolen" not in q:
+            headers.append((b"content-length", b"%d" % os.stat(q["path"]).st_size))
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        return await send({"type": "http.response.pathsend", "path": q["path"]})
+    if path == "/zerocopy":    # ?path=: bytes 10-29 and 100-... of it, with a body piece between
+        headers = [(b"content-type", b"application/octet-stream")]
+        if "len" in q:
+            headers.append((b"content-length", q["len"].encode()))
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        with open(q["path"], "rb") as f:
+            await send({"type": "http.response.zerocopysend", "file": f, "offset": 10, "count": 20,
+                        "more_body": True})
+            await send({"type": "http.response.body", "body": b"--between--", "more_body": True})
+            f.seek(100)      # (no offset: from the file's position)
+            await send({"type": "http.response.zerocopysend", "file": f.fileno()})
+        return
     if path == "/scope" or path.startswith("/scope/"):
         data = {k: v for k, v in scope.items() if k not in ("headers", "state", "raw_path", "query_string")}
         data["headers"] = [[k.decode("latin-1"), v.decode("latin-1")] for k, v in scope["headers"]]

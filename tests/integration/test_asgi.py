@@ -423,3 +423,85 @@ def test_a_client_that_never_finishes_its_headers_gets_408_over_asgi(impl):
         with socket.create_connection((server.host, server.port), timeout=10) as sock:
             sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
             assert sock.recv(4096).startswith(b"HTTP/1.1 200 ")
+
+
+def _file(tmp_path, size, name="file.bin"):
+    path = tmp_path / name
+    data = os.urandom(size)
+    path.write_bytes(data)
+    return str(path), data
+
+
+def _fds(server):
+    """The descriptors the workers hold, all together (read from /proc by this test)."""
+    return sum(len(os.listdir("/proc/%d/fd" % pid)) for pid in server.worker_pids)
+
+
+def test_the_file_extensions_are_in_the_scope(asgi_server):
+    scope = json.loads(get(asgi_server, "/scope")[2])
+    assert scope["extensions"] == {"http.response.pathsend": {}, "http.response.zerocopysend": {}}
+
+
+def test_pathsend_sends_the_file_and_closes_it(asgi_server, tmp_path):
+    path, data = _file(tmp_path, (3 << 20) + 7)
+    before = _fds(asgi_server)
+    conn = http.client.HTTPConnection(asgi_server.host, asgi_server.port, timeout=20)
+    try:
+        for query in ("path=%s" % path, "path=%s&nolen=1" % path):
+            for _ in range(5):
+                conn.request("GET", "/pathsend?" + query)
+                resp = conn.getresponse()
+                body = resp.read()
+                assert resp.status == 200 and body == data
+                assert resp.getheader("Content-Length") == str(len(data))    # the server's, without the app's
+        conn.request("HEAD", "/pathsend?path=%s" % path)
+        resp = conn.getresponse()
+        assert resp.status == 200 and resp.read() == b"" and resp.getheader("Content-Length") == str(len(data))
+    finally:
+        conn.close()
+    # every file the server opened is closed again (and the connection, once the worker sees it end)
+    wait_until(lambda: _fds(asgi_server) <= before, timeout=10, what="the workers' descriptors", server=asgi_server)
+
+
+def test_pathsend_of_a_missing_file_is_a_500_and_the_worker_serves_on(asgi_server, tmp_path):
+    conn = http.client.HTTPConnection(asgi_server.host, asgi_server.port, timeout=10)
+    try:
+        conn.request("GET", "/pathsend?nolen=1&path=%s" % (tmp_path / "missing"))
+        resp = conn.getresponse()
+        assert resp.status == 500
+        resp.read()
+    finally:
+        conn.close()
+    assert get(asgi_server, "/")[0] == 200
+
+
+def test_a_client_that_leaves_during_a_pathsend_leaves_nothing_open(asgi_server, tmp_path):
+    path, _data = _file(tmp_path, 64 << 20)
+    before = _fds(asgi_server)
+    for _ in range(3):
+        sock = socket.create_connection((asgi_server.host, asgi_server.port), timeout=10)
+        sock.sendall(b"GET /pathsend?path=%s HTTP/1.1\r\nHost: x\r\n\r\n" % path.encode())
+        assert sock.recv(65536)                  # the head and the start of 64 MiB, then gone
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        sock.close()                             # (a reset, with most of the file unsent)
+    wait_until(lambda: _fds(asgi_server) <= before, timeout=20, what="the workers' descriptors", server=asgi_server)
+    assert get(asgi_server, "/")[0] == 200
+
+
+@pytest.mark.parametrize("length", [None, 20 + 11 + 400])
+def test_zerocopysend_pieces_with_a_body_between(asgi_server, tmp_path, length):
+    path, data = _file(tmp_path, 500)
+    query = "path=%s" % path + ("&len=%d" % length if length else "")
+    conn = http.client.HTTPConnection(asgi_server.host, asgi_server.port, timeout=10)
+    try:
+        for _ in range(3):                           # (and the connection goes on)
+            conn.request("GET", "/zerocopy?" + query)
+            resp = conn.getresponse()
+            assert resp.status == 200
+            assert resp.read() == data[10:30] + b"--between--" + data[100:]
+            if length:
+                assert resp.getheader("Content-Length") == str(length)
+            else:
+                assert resp.getheader("Transfer-Encoding") == "chunked"
+    finally:
+        conn.close()

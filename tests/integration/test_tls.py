@@ -104,6 +104,25 @@ def test_a_file_body_goes_through_tls(tls_server):
         conn.close()
 
 
+@pytest.mark.parametrize("impl", IMPLS)
+def test_an_asgi_pathsend_and_zerocopysend_go_through_tls(impl, tmp_path):
+    path = tmp_path / "file.bin"
+    data = os.urandom((2 << 20) + 5)
+    path.write_bytes(data)
+    with Server("apps.asgi_suite:app", "--bind", "127.0.0.1:0", "--workers", "1", "--loop", impl, *TLS) as server:
+        conn = https(server)
+        try:
+            for _ in range(2):
+                conn.request("GET", "/pathsend?path=%s" % path)
+                response = conn.getresponse()
+                assert response.status == 200 and response.read() == data
+            conn.request("GET", "/zerocopy?path=%s&len=%d" % (path, 20 + 11 + len(data) - 100))
+            response = conn.getresponse()
+            assert response.status == 200 and response.read() == data[10:30] + b"--between--" + data[100:]
+        finally:
+            conn.close()
+
+
 def test_curl_over_tls(tls_server):
     if shutil.which("curl") is None:
         pytest.skip("curl is not installed")
