@@ -6,6 +6,8 @@ load generator on CPU 1, keep-alive, each server fresh for each run, rounds inte
   fastapi     a FastAPI JSON endpoint (bench_fastapi:app), wrk -t1 -c100
   ws-echo     WebSocket echo of 16-byte text messages: 20 connections, each sends one and waits
               for its echo, over and over (ws_client.py, on CPU 1): messages/s
+  file        a FastAPI endpoint answering with a 32 KiB file (FileResponse; bench_files:app),
+              wrk -t1 -c100
 
 The number that counts is the server's CPU per request (or message): the load generator is one
 core, and a server faster than it cannot show that in req/s.
@@ -21,9 +23,9 @@ import sys
 HERE = os.path.dirname(os.path.abspath(__file__))
 SERVERS = ["fastcluster-cython", "fastcluster-python", "fastcluster-cython-asyncio", "uvicorn-httptools",
            "granian-asgi", "gunicorn-asgi"]
-WORKLOADS = ["hello", "pipeline16", "fastapi", "ws-echo"]
+WORKLOADS = ["hello", "pipeline16", "fastapi", "ws-echo", "file"]
 APPS = {"hello": "bench_asgi:app", "pipeline16": "bench_asgi:app", "fastapi": "bench_fastapi:app",
-        "ws-echo": "bench_asgi:app"}
+        "ws-echo": "bench_asgi:app", "file": "bench_files:app"}
 
 
 def commands(name, port, bin_, app):

@@ -629,6 +629,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="3 s per run instead of 10 (ab) and 5 (wrk)")
     ap.add_argument("--only", default="", help="comma-separated server names (default: all)")
+    ap.add_argument("--workloads", default="",
+                    help="--asgi, --tls: comma-separated workloads (default: all); results in a file named after them")
     ap.add_argument("--waits", action="store_true",
                     help="the waiting workloads instead (head-of-line, a 20 ms app, trickling uploads)")
     ap.add_argument("--asgi", action="store_true",
@@ -813,6 +815,10 @@ def _rounds(args, missing, started, flag, servers, workloads, command, load, mar
 
     seconds = 3 if args.quick else 5
     names = [n for n in servers if not args.only or n in args.only.split(",")]
+    if args.workloads:
+        workloads = [w for w in workloads if w in args.workloads.split(",")]
+        stem += "-" + "-".join(workloads)         # (the full comparison's results stay as they are)
+        flag += " --workloads " + ",".join(workloads)
     report = {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "command": ("python benchmarks/compare.py %s --rounds %d" % (flag, args.rounds)
