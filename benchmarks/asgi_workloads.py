@@ -64,8 +64,9 @@ def run_ws(port, seconds, pin, python):
 
 def markdown(report):
     runs = report["medians"]
+    workloads = [w for w in WORKLOADS if w in runs]       # (a run of some rows: compare.py --workloads)
     lines = ["| workload | " + " | ".join(SERVERS) + " |", "|---|" + "---|" * len(SERVERS)]
-    for workload in WORKLOADS:
+    for workload in workloads:
         for what, key, fmt in (("server CPU us per request", "server_cpu_us_per_request", "%.1f"),
                                ("req/s (messages/s)", "rps", "%.0f")):
             cells = []
@@ -79,7 +80,7 @@ def markdown(report):
     lines.append("| workload | CPU/req vs uvicorn | CPU/req vs granian | CPU/req vs gunicorn-asgi | req/s vs uvicorn "
                  "| req/s vs granian | req/s vs gunicorn-asgi |")
     lines.append("|---|---|---|---|---|---|---|")
-    for workload in WORKLOADS:
+    for workload in workloads:
         ours = runs.get(workload, {}).get("fastcluster-cython")
         row = []
         for key in ("server_cpu_us_per_request", "rps"):

@@ -822,7 +822,7 @@ def _rounds(args, missing, started, flag, servers, workloads, command, load, mar
     report = {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "command": ("python benchmarks/compare.py %s --rounds %d" % (flag, args.rounds)
-                    + (" --quick" if args.quick else "")),
+                    + (" --only " + args.only if args.only else "") + (" --quick" if args.quick else "")),
         "machine": "%d CPUs, %s, Linux %s, Python %s" % (os.cpu_count(), _cpu_name(), platform.release(),
                                                         platform.python_version()),
         "versions": versions(), "missing": missing, "seconds": seconds, "runs": {}, "medians": {},
