@@ -78,10 +78,13 @@ def log(msg):
 
 # --- installing -----------------------------------------------------------------------------
 
-def ensure_tools(missing):
-    need = [pkg for tool, pkg in APT.items() if shutil.which(tool) is None and not os.path.exists("/usr/sbin/" + tool)]
-    if not os.path.exists("/usr/include/ev.h"):
+def ensure_tools(missing, apt=APT, libev=True, extra=()):
+    """apt-get install what is missing: the packages of `apt` (tool: package) whose tool is not on the
+    PATH, libev-dev when `libev`, and the packages of `extra`, which the caller found missing."""
+    need = [pkg for tool, pkg in apt.items() if shutil.which(tool) is None and not os.path.exists("/usr/sbin/" + tool)]
+    if libev and not os.path.exists("/usr/include/ev.h"):
         need.append("libev-dev")        # bjoern builds against libev
+    need += list(extra)
     if not need:
         return
     if os.geteuid() != 0 or shutil.which("apt-get") is None:
@@ -94,7 +97,8 @@ def ensure_tools(missing):
         missing.append("apt-get install %s failed: %s" % (" ".join(need), result.stderr.strip()[-300:]))
 
 
-def ensure_venv(missing):
+def ensure_venv(missing, packages=PEERS_PIP):
+    """benchmarks/.venv-peers with this fastcluster (from the tree) and `packages` from PyPI."""
     if not os.path.exists(PY):
         subprocess.run([sys.executable, "-m", "venv", VENV], check=True, timeout=300)
         subprocess.run([PY, "-m", "pip", "install", "-q", "--upgrade", "pip"], check=False, timeout=300)
@@ -102,19 +106,20 @@ def ensure_venv(missing):
     result = subprocess.run([PY, "-m", "pip", "install", "-q", ROOT], capture_output=True, text=True, timeout=900)
     if result.returncode != 0:
         raise SystemExit("cannot install fastcluster itself: %s" % result.stderr[-500:])
-    for package in PEERS_PIP:
+    for package in packages:
         result = subprocess.run([PY, "-m", "pip", "install", "-q", package], capture_output=True, text=True,
                                 timeout=900)
         if result.returncode != 0:
             missing.append("pip install %s failed: %s" % (package, result.stderr.strip().splitlines()[-1:]))
 
 
-def versions():
+def versions(packages=PEERS_PIP):
     code = ("import importlib.metadata as m, json; out = {}\n"
             "for n in %r:\n"
             "    try: out[n] = m.version(n)\n"
             "    except Exception: pass\n"
-            "print(json.dumps(out))" % (["fastcluster", "Cython", "httptools"] + PEERS_PIP,))
+            "print(json.dumps(out))" % (["fastcluster", "Cython", "httptools"] + [re.sub(r"\[.*\]", "", p)
+                                                                             for p in packages],))
     found = json.loads(subprocess.run([PY, "-c", code], capture_output=True, text=True, timeout=60).stdout)
     for tool, args in (("node", ["node", "--version"]), ("nginx", ["nginx", "-v"]), ("wrk", ["wrk", "-v"]),
                        ("ab", ["ab", "-V"])):
@@ -181,8 +186,9 @@ def free_port():
 
 
 class Running:
-    def __init__(self, name, workers, pin, work_ms=0, command=None):
-        """`command(port, tmp)` overrides the named server's command (benchmarks/overhead.py)."""
+    def __init__(self, name, workers, pin, work_ms=0, command=None, env=None):
+        """`command(port, tmp)` overrides the named server's command (benchmarks/overhead.py); `env`
+        adds to (or overrides) the server's environment (benchmarks/realapps.py)."""
         self.name = name
         self.port = free_port()
         self.tmp = tempfile.mkdtemp(prefix="fc-bench-")
@@ -199,7 +205,7 @@ class Running:
         if pin:
             cmd = ["taskset", "-c", "0"] + cmd
         env = dict(os.environ, PYTHONPATH=HERE, BENCH_WORK_MS=str(work_ms), BENCH_WORKERS=str(workers),
-                   BENCH_PORT=str(self.port), FASTCLUSTER_NO_EXTENSIONS="")
+                   BENCH_PORT=str(self.port), FASTCLUSTER_NO_EXTENSIONS="", **(env or {}))
         self.err = open(os.path.join(self.tmp, "stderr"), "wb")
         self.out = open(os.path.join(self.tmp, "stdout"), "wb")
         self.proc = subprocess.Popen(cmd, cwd=HERE, env=env, stdout=self.out, stderr=self.err,
@@ -313,9 +319,9 @@ def _load(cmd, seconds, pin):
     return subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60).stdout
 
 
-def run_wrk(port, seconds, pin, extra=(), connections=100, scheme="http"):
+def run_wrk(port, seconds, pin, extra=(), connections=100, scheme="http", path="/"):
     out = _load(["wrk", "-t1", "-c%d" % connections, "-d%ds" % seconds, "--latency", *extra,
-                 "%s://127.0.0.1:%d/" % (scheme, port)], seconds, pin)
+                 "%s://127.0.0.1:%d%s" % (scheme, port, path)], seconds, pin)
     result = {"requests": int(re.search(r"(\d+) requests in", out).group(1))}
     result["rps"] = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     for pct in ("50", "99"):
@@ -323,7 +329,9 @@ def run_wrk(port, seconds, pin, extra=(), connections=100, scheme="http"):
         result["p%s_ms" % pct] = round(_ms(*m.groups()), 3) if m else None
     errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    result["errors"] = (sum(map(int, errors.groups())) if errors else 0) + (int(non2xx.group(1)) if non2xx else 0)
+    result["socket_errors"] = sum(map(int, errors.groups())) if errors else 0
+    result["non2xx"] = int(non2xx.group(1)) if non2xx else 0
+    result["errors"] = result["socket_errors"] + result["non2xx"]
     return result
 
 
