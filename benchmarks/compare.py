@@ -192,26 +192,36 @@ class Running:
         self.name = name
         self.port = free_port()
         self.tmp = tempfile.mkdtemp(prefix="fc-bench-")
-        cmd = command(self.port, self.tmp) if command else server_commands(name, self.port, workers)
-        if cmd is None:
-            raise LookupError("no %d-worker mode" % workers)
-        if name in ("nginx", "nginx-deferred"):
-            conf = os.path.join(self.tmp, "nginx.conf")
-            with open(conf, "w") as f:
-                f.write(NGINX_CONF.format(workers=workers, tmp=self.tmp, port=self.port, body=BODY.replace("\n", "\\n"),
-                                          deferred=" deferred" if name == "nginx-deferred" else ""))
-            cmd = [c.replace("{conf}", conf) for c in cmd]
-        self.tls = any(flag in cmd for flag in ("--certfile", "--ssl-certfile", "--ssl-certificate"))
-        if pin:
-            cmd = ["taskset", "-c", "0"] + cmd
-        env = dict(os.environ, PYTHONPATH=HERE, BENCH_WORK_MS=str(work_ms), BENCH_WORKERS=str(workers),
-                   BENCH_PORT=str(self.port), FASTCLUSTER_NO_EXTENSIONS="", **(env or {}))
-        self.err = open(os.path.join(self.tmp, "stderr"), "wb")
-        self.out = open(os.path.join(self.tmp, "stdout"), "wb")
-        self.proc = subprocess.Popen(cmd, cwd=HERE, env=env, stdout=self.out, stderr=self.err,
-                                     start_new_session=True)
+        self.err = self.out = None
         try:
-            self._wait_ready(workers, fastcluster="fastcluster" in " ".join(cmd))
+            cmd = command(self.port, self.tmp) if command else server_commands(name, self.port, workers)
+            if cmd is None:
+                raise LookupError("no %d-worker mode" % workers)
+            if name in ("nginx", "nginx-deferred"):
+                conf = os.path.join(self.tmp, "nginx.conf")
+                with open(conf, "w") as f:
+                    f.write(NGINX_CONF.format(workers=workers, tmp=self.tmp, port=self.port,
+                                              body=BODY.replace("\n", "\\n"),
+                                              deferred=" deferred" if name == "nginx-deferred" else ""))
+                cmd = [c.replace("{conf}", conf) for c in cmd]
+            self.tls = any(flag in cmd for flag in ("--certfile", "--ssl-certfile", "--ssl-certificate"))
+            if pin:
+                cmd = ["taskset", "-c", "0"] + cmd
+            env = dict(os.environ, PYTHONPATH=HERE, BENCH_WORK_MS=str(work_ms), BENCH_WORKERS=str(workers),
+                       BENCH_PORT=str(self.port), FASTCLUSTER_NO_EXTENSIONS="") | (env or {})
+            self.err = open(os.path.join(self.tmp, "stderr"), "wb")
+            self.out = open(os.path.join(self.tmp, "stdout"), "wb")
+            self.proc = subprocess.Popen(cmd, cwd=HERE, env=env, stdout=self.out, stderr=self.err,
+                                         start_new_session=True)
+        except BaseException:      # nothing started: its folder and files go
+            for f in (self.err, self.out):
+                if f is not None:
+                    f.close()
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            raise
+        try:
+            # (by the program's name: a checkout in a folder named fastcluster has it in every path)
+            self._wait_ready(workers, fastcluster=any(os.path.basename(c) == "fastcluster" for c in cmd))
         except BaseException:
             self.stop()          # a server that never got ready is not left running
             raise
