@@ -682,7 +682,10 @@ def main():
     # SIGTERM and SIGHUP end the run the way Ctrl-C does, through the finally that stops the cluster
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, lambda signum, frame: sys.exit(128 + signum))
-    run(args, state["missing"], started)
+    try:
+        run(args, state["missing"], started)
+    except KeyboardInterrupt:
+        raise SystemExit("interrupted: the servers and the database were stopped and removed; no results written")
 
 
 if __name__ == "__main__":
