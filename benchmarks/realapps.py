@@ -479,7 +479,9 @@ def markdown(report):
         for test in report["tests"]:
             lines.append("| %s | %s |" % (test, " | ".join(_cell(med.get(app, {}).get(s, {}).get(test))
                                                            for s in servers)))
-        lines.append("")
+        held = [max((r.get("db_connections") or 0 for runs in report["runs"][app].get(s, {}).values() for r in runs),
+                    default=0) for s in servers]
+        lines += ["| database connections held (most after any test) | %s |" % " | ".join(map(str, held)), ""]
     rows = comparisons(report)
     if rows:
         lines += ["## fastcluster against the best peer in each row", "",
@@ -648,6 +650,15 @@ def run(args, missing, started):
         log("missing: %s" % m)
 
 
+def render():
+    with open(os.path.join(RESULTS, "realapps.json")) as f:
+        report = json.load(f)
+    chart(report, [])
+    with open(os.path.join(RESULTS, "realapps.md"), "w") as f:
+        f.write(markdown(report))
+    log("wrote %s from realapps.json" % os.path.relpath(os.path.join(RESULTS, "realapps.md"), ROOT))
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -663,12 +674,16 @@ def main():
     ap.add_argument("--gthreads", type=int, default=4, help="gunicorn gthread's --threads (default 4)")
     ap.add_argument("--db-via", choices=("tcp", "unix"), default="tcp",
                     help="how the apps reach PostgreSQL: loopback TCP (default) or its unix socket")
+    ap.add_argument("--render", action="store_true",
+                    help="run nothing: write realapps.md and realapps.png again from results/realapps.json")
     ap.add_argument("--installed", default=None, help=argparse.SUPPRESS)   # set by the re-exec below
     args = ap.parse_args()
     for names, allowed, what in ((args.apps, APPS, "apps"), (args.tests, TESTS, "tests"),
                                  (args.only, ALL_SERVERS, "servers")):
         _csv(names, list(allowed), what)          # a typo fails before anything is installed
-    if args.installed is None:
+    if args.render and os.path.exists(PY) and os.path.realpath(sys.executable) != os.path.realpath(PY):
+        os.execv(PY, [PY, os.path.abspath(__file__), *sys.argv[1:]])      # (the venv has matplotlib)
+    if args.installed is None and not args.render:
         started = time.monotonic()
         missing = []
         compare.ensure_tools(missing, {"wrk": "wrk"}, libev=False,
@@ -677,6 +692,8 @@ def main():
         # the rest runs in the venv's Python: psycopg for the checks, matplotlib for the chart
         state = json.dumps({"missing": missing, "started": time.time() - (time.monotonic() - started)})
         os.execv(PY, [PY, os.path.abspath(__file__), *sys.argv[1:], "--installed", state])
+    if args.render:
+        return render()
     state = json.loads(args.installed)
     started = time.monotonic() - (time.time() - state["started"])
     # SIGTERM and SIGHUP end the run the way Ctrl-C does, through the finally that stops the cluster
