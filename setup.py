@@ -59,7 +59,7 @@ class optional_build_ext(build_ext):
         )
 
 
-SHARED = ("_server", "_exchange", "_asgi", "_websocket", "_http")   # plain-Python sources compiled as <name>_c too
+SHARED = ("_server", "_exchange", "_transport", "_request", "_dispatch", "_asgi", "_websocket", "_http")   # plain-Python sources compiled as <name>_c too
 
 
 def _shared_copy(name):

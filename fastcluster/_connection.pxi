@@ -1,6 +1,8 @@
 # The compiled loop's Connection (included by _parser.pyx): recv into the server's buffer, one
-# writev for the queued output, sendfile, epoll interest, shutdown and close, under the shared
-# HttpConnection (_http.py), which parses, answers in order and decides how the connection ends.
+# writev for the queued output, sendfile, epoll_ctl, shutdown and close, under the shared chain
+# that ends in HttpConnection (_http.py: HTTP/1.1; _dispatch.py, _request.py, _transport.py under
+# it), which decides everything else: which events to wait for (_transport.py's over _set_mask),
+# how TLS and a file's sending go (_tls_feed, _sendfile_step over _send_file_part), what to answer.
 
 
 cdef class Connection(HttpConnection):
@@ -188,59 +190,21 @@ cdef class Connection(HttpConnection):
             server.later.append(self)
         return True
 
-    cdef bint _sendfile_step(self) except -1:
-        cdef Exchange ex = self.resp
-        cdef SendFile file = ex.file
+    cdef long long _send_file_part(self, SendFile file) except -2:
         cdef ssize_t n
         cdef off_t off = file.offset
-        while file.left > 0:
+        while True:
             n = sendfile(self.fd, file.fd, &off, min(file.left, SENDFILE_CHUNK))
-            if n < 0:
-                if errno == EAGAIN or errno == EINTR:
-                    file.offset = off
-                    if errno == EAGAIN:
-                        self._want_write()
-                        return False
-                    continue
+            if n >= 0:
+                self.server.cells[B_BYTES_OUT] += n
+                return n
+            if errno == EINTR:
+                continue
+            if errno == EAGAIN:
+                self._want_write()
+            else:
                 self.close()
-                return False
-            if n == 0:
-                break  # the file shrank: the body is short, so the connection must end
-            file.left -= n
-            ex.sent += n
-            self.server.cells[B_BYTES_OUT] += n
-        file.offset = off
-        ex.file = None
-        ex.finish()
-        return True
-
-    cdef int _want_write(self) except -1:
-        # (an HTTP connection reads nothing more until its output is out; a WebSocket, full
-        # duplex, goes on reading unless its app is behind)
-        cdef unsigned int mask = EPOLLOUT | EPOLLIN if self.ws is not None and not self.read_paused else EPOLLOUT
-        self.write_deadline = self.server.now + self.server.settings.write_timeout
-        if self.mask != mask:
-            self._set_mask(mask)
-        return 0
-
-    cdef int _want_read(self) except -1:
-        cdef unsigned int mask = 0 if self.read_paused else EPOLLIN
-        self.write_deadline = 0.0
-        if self.mask != mask:
-            self._set_mask(mask)
-        return 0
-
-    cdef int _pause_reading(self) except -1:
-        self.read_paused = True
-        if self.mask & EPOLLIN:
-            self._set_mask(self.mask & ~EPOLLIN)    # (a hang-up is still reported; reading then finds it)
-        return 0
-
-    cdef int _resume_reading(self) except -1:
-        self.read_paused = False
-        if self.mask == 0 or (self.mask == EPOLLOUT and self.ws is not None):
-            self._set_mask(self.mask | EPOLLIN)
-        return 0
+            return -1
 
     cdef int _set_mask(self, unsigned int mask) except -1:
         cdef epoll_event ev
@@ -288,7 +252,6 @@ cdef class TlsConnection(Connection):
     is read is decrypted before the parser sees it; what is queued is encrypted SEAL_SIZE bytes at a
     time as the socket takes it (the ciphertext waiting, `sealed`, counts in out_size); a file is
     read and encrypted in pieces (no sendfile through TLS); the FIN follows our close_notify."""
-    cdef object tls
     cdef bytes sealed
     cdef Py_ssize_t sealed_off
 
@@ -300,28 +263,7 @@ cdef class TlsConnection(Connection):
 
     cdef int _feed_read(self, Py_ssize_t n) except -1:
         self.rlen = n
-        return self._feed(self._input(), n)
-
-    cdef int _feed(self, object data, Py_ssize_t n) except -1:
-        cdef bytes handshake
-        if self.proxy_buf is not None:        # --proxy-protocol: its header comes before the handshake
-            data = self._proxy_header(data)
-            if not data:
-                return 0
-        try:
-            plain, closed = self.tls.receive(data)
-        except _tls.SSLError as exc:
-            _tls.refused(self.server, self.base_environ, exc)
-            self.close()
-            return 0
-        handshake = self.tls.pending()        # handshake records, session tickets
-        if handshake:
-            self._add_sealed(handshake)
-        if plain:
-            HttpConnection._feed(self, plain, len(plain))
-        if closed:
-            self._stop_reading(PEER_CLOSED)
-        return 0
+        return self._tls_feed(self._input())
 
     cdef int _add_sealed(self, bytes data) except -1:
         """More ciphertext to send after what `sealed` still holds (the part already sent left
@@ -374,28 +316,19 @@ cdef class TlsConnection(Connection):
                 self.sealed = b""
                 self.sealed_off = 0
 
-    cdef bint _sendfile_step(self) except -1:
-        cdef Exchange ex = self.resp
-        cdef SendFile file = ex.file
+    cdef long long _send_file_part(self, SendFile file) except -2:
         cdef bytes chunk
-        while file.left > 0:
-            if PyBytes_GET_SIZE(self.sealed) > self.sealed_off and not self._flush():
-                return False
-            try:
-                chunk = os.pread(file.fd, min(file.left, SEAL_SIZE), file.offset)
-            except OSError:
-                self.close()
-                return False
-            if not chunk:
-                break  # the file shrank: the body is short, so the connection must end
-            file.offset += PyBytes_GET_SIZE(chunk)
-            file.left -= PyBytes_GET_SIZE(chunk)
-            ex.sent += PyBytes_GET_SIZE(chunk)
+        if PyBytes_GET_SIZE(self.sealed) > self.sealed_off and not self._flush():
+            return -1
+        try:
+            chunk = os.pread(file.fd, min(file.left, SEAL_SIZE), file.offset)
+        except OSError:
+            self.close()
+            return -1
+        if chunk:
             self.tls.seal(chunk)
             self._add_sealed(self.tls.pending())
-        ex.file = None
-        ex.finish()
-        return True
+        return PyBytes_GET_SIZE(chunk)
 
     cdef bint _shutdown_write(self) except -1:
         cdef bytes alert = self.tls.close_notify()

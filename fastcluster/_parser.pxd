@@ -1,6 +1,6 @@
 # The contract of the compiled loop: its classes' fields and C-level methods. The shared logic
-# is cimported from the compiled builds of _server.py, _exchange.py and _http.py; what is here is
-# the I/O under it. The pure-Python twin (_parser_py.py) has the same classes and behaviour.
+# is cimported from the compiled builds of _server.py, _exchange.py, _transport.py, _request.py,
+# _dispatch.py and _http.py; what is here is the I/O under it. The pure-Python twin (_parser_py.py) has the same classes and behaviour.
 
 cimport cython
 from ._syscalls cimport epoll_event
@@ -90,7 +90,6 @@ cdef class Connection(HttpConnection):
     cdef:
         list out                # bytes waiting to be sent, in order; out[0] from out_off
         Py_ssize_t out_off
-        unsigned int mask       # the epoll events we are registered for (or will be, once watched)
         bint watched            # registered with the epoll (a fresh connection is not, yet)
         bint nodelay            # TCP_NODELAY is set (or is nothing to set: a unix socket)
         CParser cp              # llhttp's state, driven directly (_llhttp.pxi), unless it is off
@@ -106,11 +105,7 @@ cdef class Connection(HttpConnection):
     cdef int _queue(self, bytes data) except -1
     cdef bint _flush(self) except -1
     cdef bint _send_later(self) except -1
-    cdef bint _sendfile_step(self) except -1
-    cdef int _want_write(self) except -1
-    cdef int _want_read(self) except -1
-    cdef int _pause_reading(self) except -1
-    cdef int _resume_reading(self) except -1
+    cdef long long _send_file_part(self, SendFile file) except -2
     cdef int _set_mask(self, unsigned int mask) except -1
     cdef bint _shutdown_write(self) except -1
     cdef int _drop_input(self) except -1

@@ -327,10 +327,13 @@ class Connection(HttpConnection):
             return
         if n:
             server.cells[B_BYTES_IN] += n
-            self._feed(server.rview[:n], n)
+            self._feed_read(n)
         else:
             self._stop_reading(PEER_CLOSED)
         self._pump()
+
+    def _feed_read(self, n):
+        return self._feed(self.server.rview[:n], n)
 
     # --- writing ---
 
@@ -368,53 +371,20 @@ class Connection(HttpConnection):
             del out[:i]
         return True
 
-    def _sendfile_step(self):
-        ex = self.resp
-        file = ex.file
-        while file.left > 0:
+    def _send_file_part(self, file):
+        while True:
             try:
                 n = os.sendfile(self.fd, file.fd, file.offset, min(file.left, SENDFILE_CHUNK))
             except BlockingIOError:
                 self._want_write()
-                return False
+                return -1
             except InterruptedError:
                 continue
             except OSError:
                 self.close()
-                return False
-            if n == 0:
-                break  # the file shrank: the body is short, so the connection must end
-            file.offset += n
-            file.left -= n
-            ex.sent += n
+                return -1
             self.server.cells[B_BYTES_OUT] += n
-        ex.file = None
-        ex.finish()
-        return True
-
-    def _want_write(self):
-        # (an HTTP connection reads nothing more until its output is out; a WebSocket, full
-        # duplex, goes on reading unless its app is behind)
-        mask = EPOLLOUT | EPOLLIN if self.ws is not None and not self.read_paused else EPOLLOUT
-        self.write_deadline = self.server.now + self.server.settings.write_timeout
-        if self.mask != mask:
-            self._set_mask(mask)
-
-    def _want_read(self):
-        mask = 0 if self.read_paused else EPOLLIN
-        self.write_deadline = 0.0
-        if self.mask != mask:
-            self._set_mask(mask)
-
-    def _pause_reading(self):
-        self.read_paused = True
-        if self.mask & EPOLLIN:
-            self._set_mask(self.mask & ~EPOLLIN)    # (a hang-up is still reported; reading then finds it)
-
-    def _resume_reading(self):
-        self.read_paused = False
-        if self.mask == 0 or (self.mask == EPOLLOUT and self.ws is not None):
-            self._set_mask(self.mask | EPOLLIN)
+            return n
 
     def _set_mask(self, mask):
         self.mask = mask
@@ -495,22 +465,11 @@ class TlsConnection(Connection):
         self.sealed = b""
         super().__init__(server, sock, env)
 
-    def _feed(self, data, n):
-        if self.proxy_buf is not None:        # --proxy-protocol: its header comes before the handshake
-            data = self._proxy_header(data)
-            if not data:
-                return
-        try:
-            plain, closed = self.tls.receive(data)
-        except _tls.SSLError as exc:
-            _tls.refused(self.server, self.base_environ, exc)
-            self.close()
-            return
-        self.sealed += self.tls.pending()     # handshake records, session tickets
-        if plain:
-            HttpConnection._feed(self, plain, len(plain))
-        if closed:
-            self._stop_reading(PEER_CLOSED)
+    def _feed_read(self, n):
+        return self._tls_feed(self.server.rview[:n])
+
+    def _add_sealed(self, data):
+        self.sealed += data
 
     def _flush(self):
         out, tls = self.out, self.tls
@@ -540,27 +499,18 @@ class TlsConnection(Connection):
             self.server.cells[B_BYTES_OUT] += n
             self.sealed = self.sealed[n:]
 
-    def _sendfile_step(self):
-        ex = self.resp
-        file = ex.file
-        while file.left > 0:
-            if self.sealed and not self._flush():
-                return False
-            try:
-                chunk = os.pread(file.fd, min(file.left, _tls.SEAL_SIZE), file.offset)
-            except OSError:
-                self.close()
-                return False
-            if not chunk:
-                break  # the file shrank: the body is short, so the connection must end
-            file.offset += len(chunk)
-            file.left -= len(chunk)
-            ex.sent += len(chunk)
+    def _send_file_part(self, file):
+        if self.sealed and not self._flush():
+            return -1
+        try:
+            chunk = os.pread(file.fd, min(file.left, _tls.SEAL_SIZE), file.offset)
+        except OSError:
+            self.close()
+            return -1
+        if chunk:
             self.tls.seal(chunk)
             self.sealed = self.tls.pending()
-        ex.file = None
-        ex.finish()
-        return True
+        return len(chunk)
 
     def _shutdown_write(self):
         try:

@@ -17,6 +17,9 @@ BUILDS = {
     "fastcluster._exchange_c": "fastcluster._exchange",
     "fastcluster._asgi_c": "fastcluster._asgi",
     "fastcluster._websocket_c": "fastcluster._websocket",
+    "fastcluster._transport_c": "fastcluster._transport",
+    "fastcluster._request_c": "fastcluster._request",
+    "fastcluster._dispatch_c": "fastcluster._dispatch",
     "fastcluster._http_c": "fastcluster._http",
 }
 ONLY_COMPILED = {"fastcluster._parser": {"AccessWriter", "use_parser"}}   # the C access-log renderer (logs.py

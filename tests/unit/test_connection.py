@@ -349,6 +349,6 @@ def test_the_thread_check_catches_loop_code_on_another_thread(impl, threads, che
                          capture_output=True, text=True, env=env, timeout=60)
     assert out.returncode == 0, out.stderr
     if check:
-        assert "HttpConnection.close ran on thread" in out.stdout and "holds the loop" in out.stdout, out.stdout
+        assert "AppDispatch.close ran on thread" in out.stdout and "holds the loop" in out.stdout, out.stdout
     else:
         assert out.stdout.strip() == "not caught"
