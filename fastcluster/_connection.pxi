@@ -11,30 +11,16 @@ cdef class Connection(HttpConnection):
         self.out = []
         self.mask = EPOLLIN
 
-    cdef int _on_event(self) except -1:
-        cdef ssize_t n
+    cdef Py_ssize_t _read(self) except -3:
         cdef Server server = <Server>self.server
-        if self.state == LINGERING:
-            self._drop_input()
-            return 0
-        if self.mask == EPOLLOUT:
-            self._pump()
-            return 0
-        n = fc_recv(self.fd, server.rbuf, RECV_SIZE, 0)
-        if n < 0:
-            if errno == EAGAIN or errno == EINTR:
-                if self.mask & EPOLLOUT:
-                    self._pump()     # a WebSocket reads while it waits to write: this was the write
-                return 0
-            self.close()
-            return 0
-        if n:
+        cdef ssize_t n = fc_recv(self.fd, server.rbuf, RECV_SIZE, 0)
+        if n >= 0:
             server.cells[B_BYTES_IN] += n
-            self._feed_read(n)
-        else:
-            self._stop_reading(PEER_CLOSED)
-        self._pump()
-        return 0
+            return n
+        if errno == EAGAIN or errno == EINTR:
+            return -1
+        self.close()
+        return -2
 
     cdef int _feed_read(self, Py_ssize_t n) except -1:
         """The `n` bytes recv() just put in the server's buffer, to the parser: llhttp reads them

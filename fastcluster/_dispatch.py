@@ -253,5 +253,3 @@ class AppDispatch(RequestBuilder):
     def _complete(self, ex):
         raise NotImplementedError
 
-    def _pump(self):
-        raise NotImplementedError

@@ -45,4 +45,3 @@ cdef class AppDispatch(RequestBuilder):
 
     # the protocol's (_http.py)
     cdef int _complete(self, Exchange ex) except -1
-    cdef int _pump(self) except -1

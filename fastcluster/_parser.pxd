@@ -53,7 +53,6 @@ cdef class Server(HttpServer):
         int bell_fd             # this worker's own bell, or -1
         char* rbuf              # every connection's recv() lands here, then goes to httptools
         AccessWriter writer     # the C renderer, when the access log has the default format
-        Connection fresh        # the connection being read right after its accept, not yet watched
         bint batching           # in _iterate's batch of events: answers are sent after it
         list later              # the connections whose answers wait for the batch's end
         long long batch_began   # when the batch began (or answers waiting last went out), in ticks
@@ -61,7 +60,7 @@ cdef class Server(HttpServer):
 
     cdef int _watch_wakers(self) except -1
     cdef int _close_poll(self) except -1
-    cdef int _set_accepting(self, bint on) except -1
+    cdef int _watch_listener(self, bint on) except -1
     cdef int _send_waiting(self) except -1
     cdef int _ring(self, Py_ssize_t index) except -1
     cpdef _iterate(self, double limit)
@@ -70,6 +69,7 @@ cdef class Server(HttpServer):
     cdef int _watch(self, int fd, unsigned int events) except -1
     cdef int _accept(self) except -1
     cdef Connection _add(self, int fd, dict env)
+    cdef int _read_fresh(self) except -1
     cdef int _watch_fresh(self) except -1
     cdef int _log_access(self, dict env, int status, long long size, double secs) except -1
     cdef int _flush_access(self) except -1
@@ -100,7 +100,7 @@ cdef class Connection(HttpConnection):
         bint later              # in the server's `later`: its output goes out after the batch
 
     cdef setup(self, Server server, int fd, dict env)
-    cdef int _on_event(self) except -1
+    cdef Py_ssize_t _read(self) except -3
     cdef int _feed_read(self, Py_ssize_t n) except -1
     cdef int _queue(self, bytes data) except -1
     cdef bint _flush(self) except -1

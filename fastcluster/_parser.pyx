@@ -54,7 +54,6 @@ SIZES = {"RECV_SIZE": RECV_SIZE, "MAX_IOV": MAX_IOV, "ACCEPT_BATCH": ACCEPT_BATC
          "SENDFILE_CHUNK": SENDFILE_CHUNK}
 
 # This worker's cells on the board (board.py): offsets in its slot
-cdef Py_ssize_t B_NOT_ACCEPTING = _board.NOT_ACCEPTING, B_ACCEPTED = _board.ACCEPTED
 cdef Py_ssize_t B_BYTES_IN = _board.BYTES_IN, B_BYTES_OUT = _board.BYTES_OUT
 cdef int SIGTERM_NUMBER = _signal_module.SIGTERM
 cdef double LATER_SHARE = 0.5   # answers wait for their batch's end at most this share of LONG_CALL

@@ -20,7 +20,7 @@ import time
 from time import monotonic
 
 from . import board as _board
-from ._exchange import CLOSED, PEER_CLOSED, LINGERING
+from ._exchange import CLOSED
 from ._http import HttpConnection
 from ._server import AppPool, HttpServer
 
@@ -36,7 +36,6 @@ SIZES = {"RECV_SIZE": RECV_SIZE, "MAX_IOV": MAX_IOV, "ACCEPT_BATCH": ACCEPT_BATC
 
 EPOLLIN, EPOLLOUT = select.EPOLLIN, select.EPOLLOUT
 EPOLLEXCLUSIVE = getattr(select, "EPOLLEXCLUSIVE", 0)
-B_NOT_ACCEPTING, B_ACCEPTED = _board.NOT_ACCEPTING, _board.ACCEPTED
 B_BYTES_IN, B_BYTES_OUT = _board.BYTES_IN, _board.BYTES_OUT
 
 
@@ -144,7 +143,6 @@ class Server(HttpServer):
             self.pool = Pool(self, settings.threads)
         # TCP_DEFER_ACCEPT on: a new connection is read before it is watched (_add)
         settings.read_first = settings.tcp and listener.getsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT) > 0
-        self.fresh = None           # the connection being read right after its accept, not yet watched
 
     def _watch_wakers(self):
         if self.settings.wakeup_fd >= 0:
@@ -197,15 +195,11 @@ class Server(HttpServer):
     def _poll_fd(self):
         return self.ep.fileno()
 
-    def _set_accepting(self, on):
-        """Watch the listening socket or not: off when stopping, full, or out of descriptors."""
-        if on != self.accepting:
-            self.accepting = on
-            if on:
-                self.ep.register(self.lfd, EPOLLIN | EPOLLEXCLUSIVE)
-            else:
-                self.ep.unregister(self.lfd)
-            self.cells[B_NOT_ACCEPTING] = 0 if on else 1
+    def _watch_listener(self, on):
+        if on:
+            self.ep.register(self.lfd, EPOLLIN | EPOLLEXCLUSIVE)
+        else:
+            self.ep.unregister(self.lfd)
 
     def _ring(self, index):
         if 0 <= index < len(self.bells):
@@ -226,19 +220,18 @@ class Server(HttpServer):
                     self._accept_failed(exc.errno)
                     return
                 continue  # ECONNABORTED and friends: that client is gone, take the next
-            self.admission.error_logged = False
             sock.setblocking(False)
             self._add(sock, addr)
             if self._accepted():
                 return
 
     def adopt(self, sock):
-        """Serve an already-connected socket (fd passing, tests, benchmarks); takes ownership."""
+        """(_server.pxi's Server.adopt)"""
         sock.setblocking(False)
         return self._add(sock, sock.getpeername() if self.settings.tcp else "")
 
     def _add(self, sock, addr):
-        """Serve a new connection: its object, its epoll registration, the board's counts."""
+        """(_server.pxi's Server._add)"""
         env = self.base_environ.copy()
         if self.settings.tcp:
             env["REMOTE_ADDR"] = addr[0]
@@ -246,27 +239,14 @@ class Server(HttpServer):
         else:
             env["REMOTE_ADDR"] = ""
         conn = (Connection if self.settings.tls is None else TlsConnection)(self, sock, env)
-        self.conns[conn.fd] = conn
-        self.cells[B_ACCEPTED] += 1
-        self._publish_count()
-        if self.fresh is not None:
-            self._watch_fresh()     # (one whose _add lost the loop in its app call: see _watch_fresh)
-        self.fresh = conn
-        if self.settings.read_first:
-            # The kernel woke us for this connection only once its first bytes came (TCP_DEFER_ACCEPT):
-            # read them now, and watch the connection only if it is still open after that. A
-            # request answered at once and closed never costs an epoll_ctl and an epoll_wait.
-            conn._on_event()
-        if self.fresh is conn:
-            self._watch_fresh()
+        self._adopted(conn, conn.fd)
         return conn
 
+    def _read_fresh(self):
+        self.fresh._on_event()
+
     def _watch_fresh(self):
-        """Register the connection read right after its accept (if still open), with the events it
-        wants by now. Also done by the loop's next wait, and by the next _add: its request's app
-        call may wait (--threads 1) or lose the loop to another thread before its _add is over, and
-        a thread that takes the loop back from a call of its own may accept the next connection
-        before any wait (a connection left unwatched then was never read again)."""
+        """(_server.pxi's Server._watch_fresh)"""
         conn = self.fresh
         if conn is not None:
             self.fresh = None
@@ -275,9 +255,7 @@ class Server(HttpServer):
                 conn.watched = True
 
     def _drain_wakeup(self):
-        """The signals that arrived (their numbers, from Python's wake-up fd). A SIGTERM is acted on
-        here as well as in its Python handler, which only the main thread runs, and that thread may
-        be inside an app call or waiting as a spare."""
+        """(_server.pxi's Server._drain_wakeup)"""
         try:
             while True:
                 data = os.read(self.settings.wakeup_fd, 512)
@@ -308,29 +286,16 @@ class Connection(HttpConnection):
         if server.settings.tcp and server.settings.tls is not None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
-    def _on_event(self):
-        if self.state == LINGERING:
-            self._drop_input()
-            return
-        if self.mask == EPOLLOUT:
-            self._pump()
-            return
-        server = self.server
+    def _read(self):
         try:
-            n = self.sock.recv_into(server.rbuf)
-        except BlockingIOError:
-            if self.mask & EPOLLOUT:
-                self._pump()     # a WebSocket reads while it waits to write: this was the write
-            return
+            n = self.sock.recv_into(self.server.rbuf)
+        except (BlockingIOError, InterruptedError):
+            return -1
         except OSError:
             self.close()
-            return
-        if n:
-            server.cells[B_BYTES_IN] += n
-            self._feed_read(n)
-        else:
-            self._stop_reading(PEER_CLOSED)
-        self._pump()
+            return -2
+        self.server.cells[B_BYTES_IN] += n
+        return n
 
     def _feed_read(self, n):
         return self._feed(self.server.rview[:n], n)
@@ -343,7 +308,7 @@ class Connection(HttpConnection):
             self.queued += len(data)
 
     def _flush(self):
-        """Send queued output; False when the socket is full (EPOLLOUT armed) or the peer is gone."""
+        """(_connection.pxi's Connection._flush)"""
         out, sock = self.out, self.sock
         if not self.nodelay and self._writes_again():   # (TCP_NODELAY: see _writes_again)
             self.nodelay = True
@@ -436,7 +401,7 @@ def _set_thread_name(name):
 
 
 def set_parent_death_signal(signum):
-    """prctl(PR_SET_PDEATHSIG): the kernel sends `signum` to this process when its parent dies."""
+    """(_parser.pyx's set_parent_death_signal)"""
     # dlopen(NULL): libc is already loaded; find_library would run ldconfig in a subprocess
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.prctl(1, signum, 0, 0, 0) != 0:   # 1: PR_SET_PDEATHSIG

@@ -118,16 +118,12 @@ cdef class Server(HttpServer):
     cpdef int _poll_fd(self) except -1:
         return self.epfd
 
-    cdef int _set_accepting(self, bint on) except -1:
-        """Watch the listening socket or not: off when stopping, full, or out of descriptors."""
+    cdef int _watch_listener(self, bint on) except -1:
         cdef epoll_event ev
-        if on != self.accepting:
-            self.accepting = on
-            if on:
-                self._watch(self.lfd, EPOLLIN | EPOLLEXCLUSIVE)
-            else:
-                epoll_ctl(self.epfd, EPOLL_CTL_DEL, self.lfd, &ev)
-            self.cells[B_NOT_ACCEPTING] = 0 if on else 1
+        if on:
+            self._watch(self.lfd, EPOLLIN | EPOLLEXCLUSIVE)
+        else:
+            epoll_ctl(self.epfd, EPOLL_CTL_DEL, self.lfd, &ev)
         return 0
 
     cdef int _ring(self, Py_ssize_t index) except -1:
@@ -164,7 +160,6 @@ cdef class Server(HttpServer):
                     self._accept_failed(errno)
                     return 0
                 continue  # ECONNABORTED and friends: that client is gone, take the next
-            self.admission.error_logged = False
             env = PyDict_Copy(self.base_environ)
             if self.settings.tcp:
                 if addr.ss_family == AF_INET6:
@@ -207,28 +202,14 @@ cdef class Server(HttpServer):
             if self.settings.tcp:
                 set_nodelay(fd)
         conn.setup(self, fd, env)
-        self.conns[fd] = conn
-        self.cells[B_ACCEPTED] += 1
-        self._publish_count()
-        if self.fresh is not None:
-            self._watch_fresh()     # (one whose _add lost the loop in its app call: see _watch_fresh)
-        self.fresh = conn
-        if self.settings.read_first:
-            # The kernel woke us for this connection only once its first bytes came (TCP_DEFER_ACCEPT):
-            # read them now, and watch the connection only if it is still open after that. A
-            # request answered at once and closed never costs an epoll_ctl and an epoll_wait.
-            conn._on_event()
-        if self.fresh is conn:
-            self._watch_fresh()
+        self._adopted(conn, fd)
         return conn
 
+    cdef int _read_fresh(self) except -1:
+        return (<Connection>self.fresh)._on_event()
+
     cdef int _watch_fresh(self) except -1:
-        """Register the connection read right after its accept (if still open), with the events it
-        wants by now. Also done by the loop's next wait, and by the next _add: its request's app
-        call may wait (--threads 1) or lose the loop to another thread before its _add is over, and
-        a thread that takes the loop back from a call of its own may accept the next connection
-        before any wait (a connection left unwatched then was never read again)."""
-        cdef Connection conn = self.fresh
+        cdef Connection conn = <Connection>self.fresh
         if conn is not None:
             self.fresh = None
             if conn.state != CLOSED and not conn.watched:

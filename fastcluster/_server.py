@@ -80,6 +80,7 @@ _get_ident = _threading.get_ident
 B_HEADER, B_STRIDE = _board.HEADER, _board.STRIDE
 B_CONNS, B_NOT_ACCEPTING, B_RSS, B_BEAT = _board.CONNS, _board.NOT_ACCEPTING, _board.RSS, _board.BEAT
 B_BUSY = _board.BUSY
+B_ACCEPTED = _board.ACCEPTED
 B_STOPPING = _board.STOPPING
 rss_bytes = _board.rss_bytes
 log = _wsgi.log
@@ -310,6 +311,7 @@ class HttpServer:
         config = config or _Config()
         self.listener = listener
         self.app = app
+        self.fresh = None
         self.tick = tick
         self.settings = Settings(config, listener, wakeup_fd, master_pid)
         self.conns = {}
@@ -449,6 +451,7 @@ class HttpServer:
         the lighter worker's bell: that one takes the connections already queued, which no new
         event would announce to it (with EPOLLEXCLUSIVE the kernel gave the listening socket's
         event to this worker), and a ring ends a pause of its own. True ends this batch."""
+        self.admission.error_logged = False    # (an accept worked: the next failure is logged)
         if not self.admission.balanced:
             return False
         lighter = self._lighter_worker()
@@ -679,6 +682,45 @@ class HttpServer:
         raise NotImplementedError
 
     def _set_accepting(self, on):
+        """Watch the listening socket or not: off when stopping, full, or out of descriptors."""
+        if on != self.accepting:
+            self.accepting = on
+            self._watch_listener(on)
+            self.cells[B_NOT_ACCEPTING] = 0 if on else 1
+        return 0
+
+    def _adopted(self, conn, fd):
+        """A new connection (the loop's _add made it): in the table and the board's counts. When the
+        kernel woke us for it only once its first bytes came (TCP_DEFER_ACCEPT, `read_first`),
+        they are read now, and the connection is watched only if it is still open after that: a
+        request answered at once and closed never costs an epoll_ctl and an epoll_wait."""
+        self.conns[fd] = conn
+        self.cells[B_ACCEPTED] += 1
+        self._publish_count()
+        if self.fresh is not None:
+            self._watch_fresh()     # (one whose _add lost the loop in its app call: see _watch_fresh)
+        self.fresh = conn
+        if self.settings.read_first:
+            self._read_fresh()
+        if self.fresh is conn:
+            self._watch_fresh()
+        return 0
+
+    def _read_fresh(self):
+        """Read the `fresh` connection's first bytes and answer them (its _on_event)."""
+        raise NotImplementedError
+
+    def _watch_fresh(self):
+        """Register the connection read right after its accept (if still open), with the events it
+        wants by now. Also done by the loop's next wait, and by the next _add: its request's app
+        call may wait (--threads 1) or lose the loop to another thread before its _add is over, and
+        a thread that takes the loop back from a call of its own may accept the next connection
+        before any wait (a connection left unwatched then was never read again)."""
+        raise NotImplementedError
+
+    def _watch_listener(self, on):
+        """Add the listening socket to the poller's set (EPOLLEXCLUSIVE: one worker woken per
+        connection), or take it out."""
         raise NotImplementedError
 
     def _ring(self, index):

@@ -6,6 +6,7 @@ from fastcluster._clock cimport monotonic, ticks as _ticks, cpu_tick_rate as _cp
 
 cdef double DRAIN_LINGER, BALANCE_PAUSE, NESTED_WAIT, LONG_CALL, WAITS_FLOOR
 cdef Py_ssize_t BALANCE_SLACK
+cdef Py_ssize_t B_ACCEPTED
 cdef Py_ssize_t B_HEADER, B_STRIDE, B_CONNS, B_NOT_ACCEPTING, B_RSS, B_BEAT, B_BUSY
 cdef object rss_bytes, log
 cdef dict ASGI_VERSION, FILE_EXTENSIONS
@@ -120,6 +121,7 @@ cdef class HttpServer:
         public long long[::1] cells    # this worker's cells (board.py layout): on the Board, or private
         public object access           # logs.AccessLog, or None (--access-log off)
         public unsigned long loop_thread   # FASTCLUSTER_CHECK_THREADS: the thread that took the loop last (0: none)
+        public object fresh            # the connection being read right after its accept, not yet watched
 
     cdef int _configure(self, object listener, object app, object config, int wakeup_fd, int master_pid,
                         object tick, object board, Py_ssize_t board_index, object access_log) except -1
@@ -161,6 +163,10 @@ cdef class HttpServer:
     cdef int _watch_wakers(self) except -1
     cdef int _close_poll(self) except -1
     cdef int _set_accepting(self, bint on) except -1
+    cdef int _adopted(self, object conn, int fd) except -1
+    cdef int _read_fresh(self) except -1
+    cdef int _watch_fresh(self) except -1
+    cdef int _watch_listener(self, bint on) except -1
     cdef int _ring(self, Py_ssize_t index) except -1
     cdef int _accept(self) except -1
     cpdef _iterate(self, double limit)

@@ -121,7 +121,27 @@ class Transport(Channel):
         self._want_read()
         return 0
 
-    # --- TLS and files: the control flow over each loop's primitives ---
+    # --- reading, TLS and files: the control flow over each loop's primitives ---
+
+    def _on_event(self):
+        """Readiness reported: read what the client sent and answer what can be answered; a
+        connection that only waits to write sends; a lingering one drops what comes."""
+        if self.state == LINGERING:
+            self._drop_input()
+            return 0
+        if self.mask == WRITE:
+            self._pump()
+            return 0
+        n = self._read()
+        if n > 0:
+            self._feed_read(n)
+        elif n == 0:
+            self._stop_reading(PEER_CLOSED)
+        elif n == -2 or not self.mask & WRITE:
+            return 0
+        # (else nothing to read, and a full-duplex connection also waits to write: this was the write)
+        self._pump()
+        return 0
 
     def _tls_feed(self, data):
         """What a TLS connection read (a --proxy-protocol header first, before the handshake):
@@ -166,8 +186,17 @@ class Transport(Channel):
 
     # --- the loop's I/O: each loop's Connection provides these ---
 
-    def _on_event(self):
-        """Read what the client sent and answer what can be answered."""
+    def _read(self):
+        """recv() into the server's buffer: how many bytes, 0 at the end of input, -1 when there
+        is nothing to read now, -2 on an error (the connection is closed then)."""
+        raise NotImplementedError
+
+    def _feed_read(self, n):
+        """The `n` bytes _read() put in the server's buffer, to the protocol (_feed; TLS: _tls_feed)."""
+        raise NotImplementedError
+
+    def _drop_input(self):
+        """Lingering: read and drop what the client sends; close at its end (or on an error)."""
         raise NotImplementedError
 
     def _flush(self):
@@ -214,6 +243,9 @@ class Transport(Channel):
         raise NotImplementedError
 
     def _stop_reading(self, state):
+        raise NotImplementedError
+
+    def _pump(self):
         raise NotImplementedError
 
     def _proxy_header(self, data):

@@ -41,13 +41,16 @@ cdef class Transport(Channel):
     cdef int _resume_reading(self) except -1
     cdef int _arm(self, int wait, double seconds) except -1
     cdef int _end(self) except -1
+    cdef int _on_event(self) except -1
     @cython.locals(handshake=bytes)
     cdef int _tls_feed(self, object data) except -1
     @cython.locals(n='long long', file=SendFile)
     cdef bint _sendfile_step(self, Exchange ex) except -1
 
     # the loop's I/O (_connection.pxi)
-    cdef int _on_event(self) except -1
+    cdef Py_ssize_t _read(self) except -3
+    cdef int _feed_read(self, Py_ssize_t n) except -1
+    cdef int _drop_input(self) except -1
     cdef bint _flush(self) except -1
     cdef bint _send_later(self) except -1
     cdef long long _send_file_part(self, SendFile file) except -2
@@ -61,6 +64,7 @@ cdef class Transport(Channel):
     # the layers above (_request.py, _http.py)
     cdef int _feed(self, object data, Py_ssize_t n) except -1
     cdef int _stop_reading(self, int state) except -1
+    cdef int _pump(self) except -1
     cdef object _proxy_header(self, object data)
     cdef dict _client_environ(self)
     cdef int _release(self) except -1
