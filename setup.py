@@ -1,12 +1,12 @@
 """Build the compiled request loop; fall back to the pure-Python package when that is impossible.
 
-The compiled loop is six extension modules: `fastcluster._parser` (from `_parser.pyx`, the loop's
-I/O) and the compiled builds of the shared plain-Python sources `_server.py`, `_exchange.py`,
-`_asgi.py`, `_websocket.py` and `_http.py`, as `_server_c`, `_exchange_c`, `_asgi_c`, `_websocket_c`
-and `_http_c` (Cython's pure-Python mode, with the C types in `_<name>_c.pxd`). The pure-Python loop
-runs those same sources as they are. Cython takes a module's name from its file, so each is compiled
-from a copy named `_<name>_c.py`, written here at build time (generated, like the .c files, and never
-committed).
+The compiled loop is nine extension modules: `fastcluster._parser` (from `_parser.pyx`, the
+loop's I/O) and the compiled builds of the shared plain-Python sources `_server.py`,
+`_exchange.py`, `_transport.py`, `_request.py`, `_dispatch.py`, `_asgi.py`, `_websocket.py` and
+`_http.py`, as `_server_c`, `_exchange_c`, ... and `_http_c` (Cython's pure-Python mode, with the
+C types in `_<name>_c.pxd`). The pure-Python loop runs those same sources as they are. Cython takes
+a module's name from its file, so each is compiled from a copy named `_<name>_c.py`, written here at
+build time (generated, like the .c files, and never committed).
 
 What fails and what falls back:
   - Cython's own warnings are errors (Cython's -Werror, `Options.warning_errors`): a warning stops the
@@ -59,7 +59,8 @@ class optional_build_ext(build_ext):
         )
 
 
-SHARED = ("_server", "_exchange", "_transport", "_request", "_dispatch", "_asgi", "_websocket", "_http")   # plain-Python sources compiled as <name>_c too
+# the plain-Python sources compiled as <name>_c too
+SHARED = ("_server", "_exchange", "_transport", "_request", "_dispatch", "_asgi", "_websocket", "_http")
 
 
 def _shared_copy(name):

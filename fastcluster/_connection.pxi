@@ -242,7 +242,7 @@ cdef class TlsConnection(Connection):
     cdef Py_ssize_t sealed_off
 
     cdef setup(self, Server server, int fd, dict env):
-        self.tls = (_tls if _tls is not None else _load_tls()).Session(server.settings.tls)
+        self._start_tls(_tls if _tls is not None else _load_tls(), server.settings)
         self.sealed = b""
         self.sealed_off = 0
         Connection.setup(self, server, fd, env)

@@ -49,7 +49,6 @@ cdef class Server(HttpServer):
         int lfd                 # the listening socket's descriptor
         int epfd
         int efd                 # an eventfd: app threads wake the loop's wait with it (_signal)
-        tuple bells             # the workers' bells (eventfds from the master), by board index
         int bell_fd             # this worker's own bell, or -1
         char* rbuf              # every connection's recv() lands here, then goes to httptools
         AccessWriter writer     # the C renderer, when the access log has the default format
@@ -58,11 +57,12 @@ cdef class Server(HttpServer):
         long long batch_began   # when the batch began (or answers waiting last went out), in ticks
         long long later_ticks   # how long answers may wait for the batch's end, in ticks
 
+    cdef int _open(self, object listener, object access_log, Py_ssize_t board_index) except -1
     cdef int _watch_wakers(self) except -1
     cdef int _close_poll(self) except -1
     cdef int _watch_listener(self, bint on) except -1
     cdef int _send_waiting(self) except -1
-    cdef int _ring(self, Py_ssize_t index) except -1
+    cdef int _ring_fd(self, int fd) except -1
     cpdef _iterate(self, double limit)
     cpdef _signal(self)
     cpdef int _poll_fd(self) except -1

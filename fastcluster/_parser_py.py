@@ -23,6 +23,7 @@ from . import board as _board
 from ._exchange import CLOSED
 from ._http import HttpConnection
 from ._server import AppPool, HttpServer
+from ._transport import load_tls
 
 IMPLEMENTATION = "python"
 
@@ -46,7 +47,7 @@ class Pool(AppPool):
     that double from 1 ms to 10 ms; in an idle worker it sleeps until the next call begins."""
 
     def __init__(self, server, limit):
-        self._setup(server, limit)
+        super().__init__(server, limit)
         self.token = threading.Lock()
         self.token.acquire()            # the thread that calls serve() runs the loop
         self.promote = threading.Semaphore(0)
@@ -128,10 +129,7 @@ class Pool(AppPool):
 
 
 class Server(HttpServer):
-    def __init__(self, listener, app, config=None, wakeup_fd=-1, master_pid=0, tick=None, board=None,
-                 board_index=-1, access_log=None, bells=None):
-        self._configure(listener, app, config, wakeup_fd, master_pid, tick, board, board_index, access_log)
-        self.bells = tuple(bells) if bells is not None and self.admission.balanced else ()
+    def _open(self, listener, access_log, board_index):
         self.bell = self.bells[board_index] if 0 <= board_index < len(self.bells) else -1   # this worker's
         self.lfd = listener.fileno()
         self.rbuf = bytearray(RECV_SIZE)
@@ -182,12 +180,7 @@ class Server(HttpServer):
             elif fd == self.settings.wakeup_fd:
                 self._drain_wakeup()
             # else: a connection closed earlier in this batch
-        if incoming:
-            # after the batch, so that a SIGTERM in it is known and these are answered with
-            # Connection: close. (Always taken, even then: with EPOLLEXCLUSIVE no other worker was
-            # woken for them, and a worker replaced in a rolling restart leaves nothing stranded.)
-            self._accept()
-        self._after_events()
+        self._batch_done(incoming)
 
     def _signal(self):
         os.eventfd_write(self.efd, 1)
@@ -201,15 +194,13 @@ class Server(HttpServer):
         else:
             self.ep.unregister(self.lfd)
 
-    def _ring(self, index):
-        if 0 <= index < len(self.bells):
-            os.eventfd_write(self.bells[index], 1)
+    def _ring_fd(self, fd):
+        os.eventfd_write(fd, 1)
 
     def _accept(self):
-        listener, conns = self.listener, self.conns
+        listener = self.listener
         for _ in range(ACCEPT_BATCH):
-            if len(conns) >= self.settings.max_connections:
-                self._set_accepting(False)    # the kernel's backlog holds the rest meanwhile
+            if self._full():
                 return
             try:
                 sock, addr = listener.accept()
@@ -411,10 +402,8 @@ def set_parent_death_signal(signum):
 
 def _load_tls():
     global _tls
-    from . import tls
-
-    _tls = tls
-    return tls
+    _tls = load_tls()
+    return _tls
 
 
 class TlsConnection(Connection):
@@ -426,7 +415,7 @@ class TlsConnection(Connection):
     out_size = property(lambda self: self.queued - self.sent_bytes + len(self.sealed))
 
     def __init__(self, server, sock, env):
-        self.tls = (_tls if _tls is not None else _load_tls()).Session(server.settings.tls)
+        self._start_tls(_tls if _tls is not None else _load_tls(), server.settings)
         self.sealed = b""
         super().__init__(server, sock, env)
 

@@ -15,9 +15,6 @@ cdef class Pool(AppPool):
         if sem_init(&self.st.promote, 0, 0) != 0 or sem_init(&self.st.wake, 0, 0) != 0:
             PyErr_SetFromErrno(OSError)
 
-    def __init__(self, server, limit):
-        self._setup(server, limit)
-
     def __dealloc__(self):
         if self.st is not NULL:
             self._stop_monitor()

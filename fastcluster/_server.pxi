@@ -11,10 +11,7 @@ cdef class Server(HttpServer):
         self.rbuf = NULL
         self.later = []
 
-    def __init__(self, listener, app, config=None, wakeup_fd=-1, master_pid=0, tick=None, board=None,
-                 board_index=-1, access_log=None, bells=None):
-        self._configure(listener, app, config, wakeup_fd, master_pid, tick, board, board_index, access_log)
-        self.bells = tuple(bells) if bells is not None and self.admission.balanced else ()
+    cdef int _open(self, object listener, object access_log, Py_ssize_t board_index) except -1:
         self.bell_fd = self.bells[board_index] if 0 <= board_index < len(self.bells) else -1
         self.lfd = listener.fileno()
         self.rbuf = <char*>PyMem_Malloc(RECV_SIZE)
@@ -33,6 +30,7 @@ cdef class Server(HttpServer):
             self.pool = Pool(self, self.settings.threads)
         self.later_ticks = <long long>(self.settings.long_ticks * LATER_SHARE)
         self.settings.read_first = self.settings.tcp and deferred_accept(self.lfd)
+        return 0
 
     def __dealloc__(self):
         if self.epfd >= 0:
@@ -93,12 +91,7 @@ cdef class Server(HttpServer):
         self.batching = False
         if self.later:
             self._send_waiting()
-        if incoming:
-            # after the batch, so that a SIGTERM in it is known and these are answered with
-            # Connection: close. (Always taken, even then: with EPOLLEXCLUSIVE no other worker was
-            # woken for them, and a worker replaced in a rolling restart leaves nothing stranded.)
-            self._accept()
-        self._after_events()
+        self._batch_done(incoming)
 
     cdef int _send_waiting(self) except -1:
         """Send the answers that wait for the batch's end (Connection._send_later), and do the
@@ -126,10 +119,9 @@ cdef class Server(HttpServer):
             epoll_ctl(self.epfd, EPOLL_CTL_DEL, self.lfd, &ev)
         return 0
 
-    cdef int _ring(self, Py_ssize_t index) except -1:
+    cdef int _ring_fd(self, int fd) except -1:
         cdef unsigned long long one = 1
-        if 0 <= index < len(self.bells):
-            c_write(self.bells[index], &one, sizeof(one))
+        c_write(fd, &one, sizeof(one))
         return 0
 
     cdef int _watch(self, int fd, unsigned int events) except -1:
@@ -148,8 +140,7 @@ cdef class Server(HttpServer):
         cdef char host[INET6_ADDRSTRLEN + 1]
         cdef unsigned int port
         for i in range(ACCEPT_BATCH):
-            if len(self.conns) >= self.settings.max_connections:
-                self._set_accepting(False)    # the kernel's backlog holds the rest meanwhile
+            if self._full():
                 return 0
             addrlen = sizeof(addr)
             fd = fc_accept4(self.lfd, <sockaddr*>&addr, &addrlen, SOCK_NONBLOCK | SOCK_CLOEXEC)

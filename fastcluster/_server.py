@@ -120,6 +120,9 @@ class AppPool:
         busy = total = owner = 0
         waits = 0.0
 
+    def __init__(self, server, limit):
+        self._setup(server, limit)
+
     def _setup(self, server, limit):
         self.server = server
         self.limit = limit          # app calls at once (--threads)
@@ -300,6 +303,12 @@ class HttpServer:
     The loop's subclass provides the I/O: one iteration's wait and events (_iterate), accepting
     (_set_accepting, _accept), adopt(), and the signal of _post (_signal).
     """
+
+    def __init__(self, listener, app, config=None, wakeup_fd=-1, master_pid=0, tick=None, board=None,
+                 board_index=-1, access_log=None, bells=None):
+        self._configure(listener, app, config, wakeup_fd, master_pid, tick, board, board_index, access_log)
+        self.bells = tuple(bells) if bells is not None and self.admission.balanced else ()
+        self._open(listener, access_log, board_index)
 
     if not cython.compiled:   # plain Python: the values a compiled object starts with
         stop_requested = stopping = accepting = finished = False
@@ -689,6 +698,25 @@ class HttpServer:
             self.cells[B_NOT_ACCEPTING] = 0 if on else 1
         return 0
 
+    def _batch_done(self, incoming):
+        """The end of one wait's batch of events: accept what came (`incoming`), then the rest of
+        the iteration (_after_events)."""
+        if incoming:
+            # after the batch, so that a SIGTERM in it is known and these are answered with
+            # Connection: close. (Always taken, even then: with EPOLLEXCLUSIVE no other worker was
+            # woken for them, and a worker replaced in a rolling restart leaves nothing stranded.)
+            self._accept()
+        self._after_events()
+        return 0
+
+    def _full(self):
+        """--max-connections reached: accepting pauses (the kernel's backlog holds the rest
+        meanwhile; the first close resumes it)."""
+        if len(self.conns) >= self.settings.max_connections:
+            self._set_accepting(False)
+            return True
+        return False
+
     def _adopted(self, conn, fd):
         """A new connection (the loop's _add made it): in the table and the board's counts. When the
         kernel woke us for it only once its first bytes came (TCP_DEFER_ACCEPT, `read_first`),
@@ -705,6 +733,10 @@ class HttpServer:
         if self.fresh is conn:
             self._watch_fresh()
         return 0
+
+    def _open(self, listener, access_log, board_index):
+        """The loop's own resources (its poller, its read buffer, ...), after _configure."""
+        raise NotImplementedError
 
     def _read_fresh(self):
         """Read the `fresh` connection's first bytes and answer them (its _on_event)."""
@@ -725,6 +757,12 @@ class HttpServer:
 
     def _ring(self, index):
         """Ring the bell of the worker at board index `index`, if this one has it."""
+        if 0 <= index < len(self.bells):
+            self._ring_fd(self.bells[index])
+        return 0
+
+    def _ring_fd(self, fd):
+        """Write 1 to that eventfd."""
         raise NotImplementedError
 
     def _accept(self):

@@ -122,6 +122,7 @@ cdef class HttpServer:
         public object access           # logs.AccessLog, or None (--access-log off)
         public unsigned long loop_thread   # FASTCLUSTER_CHECK_THREADS: the thread that took the loop last (0: none)
         public object fresh            # the connection being read right after its accept, not yet watched
+        public tuple bells             # the workers' bells (eventfds from the master), by board index
 
     cdef int _configure(self, object listener, object app, object config, int wakeup_fd, int master_pid,
                         object tick, object board, Py_ssize_t board_index, object access_log) except -1
@@ -163,11 +164,15 @@ cdef class HttpServer:
     cdef int _watch_wakers(self) except -1
     cdef int _close_poll(self) except -1
     cdef int _set_accepting(self, bint on) except -1
+    cdef int _batch_done(self, bint incoming) except -1
+    cdef bint _full(self) except -1
     cdef int _adopted(self, object conn, int fd) except -1
+    cdef int _open(self, object listener, object access_log, Py_ssize_t board_index) except -1
     cdef int _read_fresh(self) except -1
     cdef int _watch_fresh(self) except -1
     cdef int _watch_listener(self, bint on) except -1
     cdef int _ring(self, Py_ssize_t index) except -1
+    cdef int _ring_fd(self, int fd) except -1
     cdef int _accept(self) except -1
     cpdef _iterate(self, double limit)
     cpdef _signal(self)

@@ -143,6 +143,11 @@ class Transport(Channel):
         self._pump()
         return 0
 
+    def _start_tls(self, tls, settings):
+        """This connection's TLS session, from the worker's context (tls.py)."""
+        self.tls = tls.Session(settings.tls)
+        return 0
+
     def _tls_feed(self, data):
         """What a TLS connection read (a --proxy-protocol header first, before the handshake):
         decrypted and given to the protocol; handshake records and session tickets queued to go

@@ -42,6 +42,7 @@ cdef class Transport(Channel):
     cdef int _arm(self, int wait, double seconds) except -1
     cdef int _end(self) except -1
     cdef int _on_event(self) except -1
+    cdef int _start_tls(self, object tls, object settings) except -1
     @cython.locals(handshake=bytes)
     cdef int _tls_feed(self, object data) except -1
     @cython.locals(n='long long', file=SendFile)
