@@ -2,9 +2,11 @@
 builds expose one API: the same names, the same public methods with the same signatures, the same
 sizes."""
 
+import ast
 import importlib
 import inspect
 import os
+import re
 
 import pytest
 
@@ -175,3 +177,66 @@ def test_the_compiled_loop_calls_the_kernel_without_glibcs_cancellation_wrappers
     imported = {line.split()[-1].split("@")[0] for line in out.splitlines() if line.strip()}
     assert "syscall" in imported
     assert not imported & {"recv", "recvfrom", "send", "sendto", "writev", "accept4"}, sorted(imported)
+
+
+SHARED_SOURCES = ("_server.py", "_exchange.py", "_transport.py", "_request.py", "_dispatch.py", "_http.py",
+                  "_asgi.py", "_websocket.py")
+# the loops' classes that provide the I/O under each shared class
+IO_CLASSES = {"HttpServer": ("Server",), "AppPool": ("Pool",)}
+CONNECTION_IO = ("Connection", "TlsConnection")
+FAMILY = dict.fromkeys(("Channel", "Transport", "RequestBuilder", "AppDispatch", "HttpConnection"), "conn")
+COMPILED_ONLY_IO = {"_input"}   # the parsed bytes as an object: only the compiled loop parses in place (_feed(None, n))
+
+
+def _io_contract():
+    """{(shared class, method)}: what the shared code calls on the I/O layer: the methods a shared
+    source leaves to the loops (`raise NotImplementedError`, and no shared subclass defines them),
+    and what _parser.pxd declares for the loops' classes that the shared code calls."""
+    package = os.path.dirname(loop.__file__)
+    abstract, defined, text = set(), set(), ""
+    for name in SHARED_SOURCES:
+        with open(os.path.join(package, name), encoding="utf-8") as f:
+            source = f.read()
+        text += source
+        tree = ast.parse(source)
+        for cls in (node for node in tree.body if isinstance(node, ast.ClassDef)):
+            for func in (node for node in ast.walk(cls) if isinstance(node, ast.FunctionDef)):
+                body = [node for node in func.body if not (isinstance(node, ast.Expr)
+                                                           and isinstance(node.value, ast.Constant))]
+                if len(body) == 1 and isinstance(body[0], ast.Raise) and "NotImplementedError" in ast.dump(body[0]):
+                    abstract.add((cls.name, func.name))
+                else:
+                    defined.add((FAMILY.get(cls.name, cls.name), func.name))
+    contract = {(cls, method) for cls, method in abstract if (FAMILY.get(cls, cls), method) not in defined}
+    current = None
+    with open(os.path.join(package, "_parser.pxd"), encoding="utf-8") as f:
+        for cls, method in re.findall(r"^cdef class (\w+)|^    (?:cdef|cpdef) [\w *]*?\b(\w+)\(", f.read(), re.M):
+            current = cls or current
+            shared = {"Server": "HttpServer", "Pool": "AppPool", "Connection": "Transport"}.get(current)
+            called = re.search(r"\.%s\(" % method, text)
+            if method and shared and called and (FAMILY.get(shared, shared), method) not in defined:
+                contract.add((shared, method))
+    return contract
+
+
+def test_both_loops_provide_the_private_io_the_shared_code_calls():
+    """The twin guard above sees public methods only: a private I/O method missing from one loop
+    would show only when a request reached it. Each method of the contract is defined in the
+    compiled loop's sources (_parser.pyx and its .pxi files) and by the twin's classes."""
+    package = os.path.dirname(loop.__file__)
+    compiled = ""
+    for name in sorted(os.listdir(package)):
+        if name == "_parser.pyx" or name.endswith(".pxi"):
+            with open(os.path.join(package, name), encoding="utf-8") as f:
+                compiled += f.read()
+    twin = importlib.import_module("fastcluster._parser_py")
+    contract = _io_contract()
+    assert ("Transport", "_set_mask") in contract and ("HttpServer", "_watch_listener") in contract
+    missing = []
+    for cls, method in sorted(contract):
+        if not re.search(r"^    (?:cdef|cpdef|def) [\w *]*?\b%s\(" % method, compiled, re.M):
+            missing.append("compiled: %s.%s" % (cls, method))
+        if method not in COMPILED_ONLY_IO and not any(
+                method in vars(getattr(twin, name)) for name in IO_CLASSES.get(cls, CONNECTION_IO)):
+            missing.append("_parser_py.py: %s.%s" % (cls, method))
+    assert not missing, "I/O the shared code calls, not provided: %s" % missing
