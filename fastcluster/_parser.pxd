@@ -6,7 +6,7 @@ cimport cython
 from ._syscalls cimport epoll_event
 from fastcluster._server_c cimport HttpServer, AppPool
 from fastcluster._threads cimport fc_pool_t, pthread_t
-from fastcluster._exchange_c cimport Exchange
+from fastcluster._exchange_c cimport Exchange, SendFile
 from fastcluster._http_c cimport HttpConnection
 
 include "_consts.pxi"
