@@ -4,9 +4,9 @@
 One worker runs one `Server`: a level-triggered epoll over the shared listening socket, a signal
 wake-up fd and its connections, driven with direct system calls (epoll_wait, accept4, recv,
 writev, sendfile) instead of socket objects. What HTTP/1.1 asks of a server is not here: it is
-written once, in the shared sources `_server.py`, `_exchange.py` and `_http.py`, which this
-module's classes subclass (compiled, as `_server_c`, `_exchange_c` and `_http_c`). Here is only
-their I/O, in three included files:
+written once, in the shared sources (`_server.py`, `_exchange.py`, `_transport.py`, `_request.py`,
+`_dispatch.py`, `_http.py`), which this module's classes subclass (compiled, as `_server_c`, ...,
+`_http_c`). Here is only their I/O, in the included files:
 
 - `_server.pxi`: `Server`, the epoll wait, accept and adopt;
 - `_pool.pxi`: `Pool`, the app threads' primitives (with the C side in `_threads.pxd`);

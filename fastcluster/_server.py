@@ -22,7 +22,7 @@ App calls and the loop (--threads):
   the thread whose call blocked finishes that response on its own, hands the connection back through
   `_post()`, and becomes a spare. A call that waits inside (body, output) hands the loop over at once.
 
-The connection classes build on this one (`_exchange.py`, `_http.py`); this module knows them only
+The connection classes build on this one (`_exchange.py`, `_transport.py` ... `_http.py`); this module knows them only
 through their Python-visible methods, so that nothing here depends on them.
 """
 

@@ -246,7 +246,7 @@ EXPECTED = [
 @pytest.mark.parametrize("path", ["/v/environ", "/environ"])
 def test_header_fields_that_repeat_change_and_move_on_one_connection(suite_server, path):
     """Each head twice in a row. /environ leaves its environ as it was, so the compiled loop's next
-    request with the same line and fields starts from it (HttpConnection.kept_env); /v/ edits it."""
+    request with the same line and fields starts from it (RequestBuilder.kept_env, _request.py); /v/ edits it."""
     sock = suite_server.connect()
     f = sock.makefile("rb")
     rest = None
