@@ -60,7 +60,7 @@ class optional_build_ext(build_ext):
 
 
 # the plain-Python sources compiled as <name>_c too
-SHARED = ("_server", "_exchange", "_transport", "_request", "_dispatch", "_asgi", "_websocket", "_http")
+SHARED = ("_settings", "_server", "_exchange", "_transport", "_request", "_dispatch", "_asgi", "_websocket", "_http")
 
 
 def _shared_copy(name):

@@ -4,7 +4,8 @@
 
 cimport cython
 from fastcluster._clock cimport monotonic
-from fastcluster._server_c cimport HttpServer, AppPool, Settings
+from fastcluster._server_c cimport HttpServer, AppPool
+from fastcluster._settings_c cimport Settings
 from fastcluster._inline cimport _del_first
 from fastcluster._exchange_c cimport Exchange, EarlyBody, OPEN, LAST_IN, UNREAD, PEER_CLOSED, LINGERING, CLOSED, HIGH_WATER
 from fastcluster._transport_c cimport W_NONE, W_HEADERS, W_BODY, W_IDLE

@@ -5,6 +5,7 @@
 cimport cython
 from ._syscalls cimport epoll_event
 from fastcluster._server_c cimport HttpServer, AppPool
+from fastcluster._settings_c cimport Listener
 from fastcluster._threads cimport fc_pool_t, pthread_t
 from fastcluster._exchange_c cimport Exchange, SendFile
 from fastcluster._http_c cimport HttpConnection
@@ -46,7 +47,6 @@ cdef class Pool(AppPool):
 
 cdef class Server(HttpServer):
     cdef:
-        int lfd                 # the listening socket's descriptor
         int epfd
         int efd                 # an eventfd: app threads wake the loop's wait with it (_signal)
         int bell_fd             # this worker's own bell, or -1
@@ -57,18 +57,18 @@ cdef class Server(HttpServer):
         long long batch_began   # when the batch began (or answers waiting last went out), in ticks
         long long later_ticks   # how long answers may wait for the batch's end, in ticks
 
-    cdef int _open(self, object listener, object access_log, Py_ssize_t board_index) except -1
+    cdef int _open(self, object access_log, Py_ssize_t board_index) except -1
     cdef int _watch_wakers(self) except -1
     cdef int _close_poll(self) except -1
-    cdef int _watch_listener(self, bint on) except -1
+    cdef int _watch_listener(self, int fd, bint on) except -1
     cdef int _send_waiting(self) except -1
     cdef int _ring_fd(self, int fd) except -1
     cpdef _iterate(self, double limit)
     cpdef _signal(self)
     cpdef int _poll_fd(self) except -1
     cdef int _watch(self, int fd, unsigned int events) except -1
-    cdef int _accept(self) except -1
-    cdef Connection _add(self, int fd, dict env)
+    cdef bint _accept_from(self, Listener listener) except -1
+    cdef Connection _add(self, int fd, dict env, Listener listener)
     cdef int _read_fresh(self) except -1
     cdef int _watch_fresh(self) except -1
     cdef int _log_access(self, dict env, int status, long long size, double secs) except -1

@@ -107,14 +107,6 @@ cdef inline void ipv4_text(const unsigned char* a, char* out) noexcept:
         n += 2
 
 
-cdef bint deferred_accept(int fd) noexcept:
-    """Whether the listening socket has TCP_DEFER_ACCEPT: accept() then returns connections whose
-    first bytes have arrived (or that waited out the deferral)."""
-    cdef int value = 0
-    cdef socklen_t size = sizeof(value)
-    return getsockopt(fd, IPPROTO_TCP, TCP_DEFER_ACCEPT, &value, &size) == 0 and value > 0
-
-
 cdef inline int set_nodelay(int fd) noexcept:
     cdef int one = 1
     return setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one))

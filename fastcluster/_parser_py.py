@@ -129,9 +129,8 @@ class Pool(AppPool):
 
 
 class Server(HttpServer):
-    def _open(self, listener, access_log, board_index):
+    def _open(self, access_log, board_index):
         self.bell = self.bells[board_index] if 0 <= board_index < len(self.bells) else -1   # this worker's
-        self.lfd = listener.fileno()
         self.rbuf = bytearray(RECV_SIZE)
         self.rview = memoryview(self.rbuf)
         self.ep = select.epoll()
@@ -139,8 +138,6 @@ class Server(HttpServer):
         settings = self.settings
         if settings.threads > 1:
             self.pool = Pool(self, settings.threads)
-        # TCP_DEFER_ACCEPT on: a new connection is read before it is watched (_add)
-        settings.read_first = settings.tcp and listener.getsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT) > 0
 
     def _watch_wakers(self):
         if self.settings.wakeup_fd >= 0:
@@ -164,8 +161,6 @@ class Server(HttpServer):
             conn = conns.get(fd)
             if conn is not None:
                 conn._on_event()
-            elif fd == self.lfd:
-                incoming = True
             elif fd == self.efd:
                 try:
                     os.eventfd_read(self.efd)
@@ -179,6 +174,8 @@ class Server(HttpServer):
                 self._rung()
             elif fd == self.settings.wakeup_fd:
                 self._drain_wakeup()
+            elif self._is_listener(fd):
+                incoming = True
             # else: a connection closed earlier in this batch
         self._batch_done(incoming)
 
@@ -188,49 +185,49 @@ class Server(HttpServer):
     def _poll_fd(self):
         return self.ep.fileno()
 
-    def _watch_listener(self, on):
+    def _watch_listener(self, fd, on):
         if on:
-            self.ep.register(self.lfd, EPOLLIN | EPOLLEXCLUSIVE)
+            self.ep.register(fd, EPOLLIN | EPOLLEXCLUSIVE)
         else:
-            self.ep.unregister(self.lfd)
+            self.ep.unregister(fd)
 
     def _ring_fd(self, fd):
         os.eventfd_write(fd, 1)
 
-    def _accept(self):
-        listener = self.listener
+    def _accept_from(self, listener):
         for _ in range(ACCEPT_BATCH):
             if self._full():
-                return
+                return True
             try:
-                sock, addr = listener.accept()
+                sock, addr = listener.sock.accept()
             except BlockingIOError:
-                return
+                return False
             except OSError as exc:
                 if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
                     self._accept_failed(exc.errno)
-                    return
+                    return True
                 continue  # ECONNABORTED and friends: that client is gone, take the next
             sock.setblocking(False)
-            self._add(sock, addr)
+            self._add(sock, addr, listener)
             if self._accepted():
-                return
+                return True
+        return False
 
     def adopt(self, sock):
         """(_server.pxi's Server.adopt)"""
         sock.setblocking(False)
-        return self._add(sock, sock.getpeername() if self.settings.tcp else "")
+        return self._add(sock, sock.getpeername() if sock.family != socket.AF_UNIX else "", self.listeners[0])
 
-    def _add(self, sock, addr):
+    def _add(self, sock, addr, listener):
         """(_server.pxi's Server._add)"""
-        env = self.base_environ.copy()
-        if self.settings.tcp:
+        env = listener.base_environ.copy()
+        if sock.family != socket.AF_UNIX:
             env["REMOTE_ADDR"] = addr[0]
             env["REMOTE_PORT"] = str(addr[1])
         else:
             env["REMOTE_ADDR"] = ""
         conn = (Connection if self.settings.tls is None else TlsConnection)(self, sock, env)
-        self._adopted(conn, conn.fd)
+        self._adopted(conn, conn.fd, listener.read_first)
         return conn
 
     def _read_fresh(self):
@@ -273,8 +270,9 @@ class Connection(HttpConnection):
         self.watched = False        # registered with the epoll (a fresh connection is not, yet)
         # TCP_NODELAY: set by the first write that is not the last (_flush); nothing to set on a
         # unix socket; a TLS handshake is writes both ways, so at once
-        self.nodelay = not server.settings.tcp or server.settings.tls is not None
-        if server.settings.tcp and server.settings.tls is not None:
+        tcp = sock.family != socket.AF_UNIX
+        self.nodelay = not tcp or server.settings.tls is not None
+        if tcp and server.settings.tls is not None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def _read(self):

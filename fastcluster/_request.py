@@ -403,9 +403,8 @@ class RequestBuilder(Transport):
         """Whether the peer is a proxy whose Forwarded / X-Forwarded-* headers count (unix-socket
         peers are); asked once per connection, when a request first carries one."""
         if self.trusted < 0:
-            server = self.server
-            settings = server.settings
-            self.trusted = 1 if not settings.tcp or settings.trust(self.base_environ["REMOTE_ADDR"]) else 0
+            addr = self.base_environ["REMOTE_ADDR"]        # ("" on a unix socket: Server._add)
+            self.trusted = 1 if not addr or self.server.settings.trust(addr) else 0
         return self.trusted == 1
 
     def _forwarded(self, ex, env):

@@ -2,7 +2,8 @@
 # these declarations (pure-Python mode with an augmenting .pxd).
 
 cimport cython
-from fastcluster._server_c cimport HttpServer, Settings
+from fastcluster._server_c cimport HttpServer
+from fastcluster._settings_c cimport Settings
 from fastcluster._inline cimport ENV_REUSE, _dict_version, _refs
 from fastcluster._exchange_c cimport Exchange, AsgiRequest, new_exchange
 from fastcluster._transport_c cimport Transport
@@ -76,7 +77,7 @@ cdef class RequestBuilder(Transport):
                            bint same_line) except -1
     @cython.locals(path=str)
     cdef int _strip_root(self, dict env, str root) except -1
-    @cython.locals(server=HttpServer, settings=Settings)
+    @cython.locals(addr=str)
     cdef bint _trusts_peer(self) except -1
     @cython.locals(scope=dict)
     cdef int _forwarded(self, Exchange ex, dict env) except -1

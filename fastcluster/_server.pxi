@@ -11,9 +11,8 @@ cdef class Server(HttpServer):
         self.rbuf = NULL
         self.later = []
 
-    cdef int _open(self, object listener, object access_log, Py_ssize_t board_index) except -1:
+    cdef int _open(self, object access_log, Py_ssize_t board_index) except -1:
         self.bell_fd = self.bells[board_index] if 0 <= board_index < len(self.bells) else -1
-        self.lfd = listener.fileno()
         self.rbuf = <char*>PyMem_Malloc(RECV_SIZE)
         if self.rbuf is NULL:
             raise MemoryError()
@@ -29,7 +28,6 @@ cdef class Server(HttpServer):
         if self.settings.threads > 1:
             self.pool = Pool(self, self.settings.threads)
         self.later_ticks = <long long>(self.settings.long_ticks * LATER_SHARE)
-        self.settings.read_first = self.settings.tcp and deferred_accept(self.lfd)
         return 0
 
     def __dealloc__(self):
@@ -79,14 +77,14 @@ cdef class Server(HttpServer):
             obj = conns.get(fd)
             if obj is not None:
                 (<Connection>obj)._on_event()
-            elif fd == self.lfd:
-                incoming = True
             elif fd == self.efd:
                 self._drain_eventfd()
             elif fd == self.bell_fd:
                 self._drain_bell()
             elif fd == self.settings.wakeup_fd:
                 self._drain_wakeup()
+            elif self._is_listener(fd):
+                incoming = True
             # else: a connection closed earlier in this batch
         self.batching = False
         if self.later:
@@ -111,12 +109,12 @@ cdef class Server(HttpServer):
     cpdef int _poll_fd(self) except -1:
         return self.epfd
 
-    cdef int _watch_listener(self, bint on) except -1:
+    cdef int _watch_listener(self, int fd, bint on) except -1:
         cdef epoll_event ev
         if on:
-            self._watch(self.lfd, EPOLLIN | EPOLLEXCLUSIVE)
+            self._watch(fd, EPOLLIN | EPOLLEXCLUSIVE)
         else:
-            epoll_ctl(self.epfd, EPOLL_CTL_DEL, self.lfd, &ev)
+            epoll_ctl(self.epfd, EPOLL_CTL_DEL, fd, &ev)
         return 0
 
     cdef int _ring_fd(self, int fd) except -1:
@@ -133,7 +131,7 @@ cdef class Server(HttpServer):
             PyErr_SetFromErrno(OSError)
         return 0
 
-    cdef int _accept(self) except -1:
+    cdef bint _accept_from(self, Listener listener) except -1:
         cdef sockaddr_storage addr
         cdef socklen_t addrlen
         cdef int fd, i
@@ -141,18 +139,18 @@ cdef class Server(HttpServer):
         cdef unsigned int port
         for i in range(ACCEPT_BATCH):
             if self._full():
-                return 0
+                return True
             addrlen = sizeof(addr)
-            fd = fc_accept4(self.lfd, <sockaddr*>&addr, &addrlen, SOCK_NONBLOCK | SOCK_CLOEXEC)
+            fd = fc_accept4(listener.fd, <sockaddr*>&addr, &addrlen, SOCK_NONBLOCK | SOCK_CLOEXEC)
             if fd < 0:
                 if errno == EAGAIN or errno == EINTR:
-                    return 0
+                    return False
                 if errno == EMFILE or errno == ENFILE or errno == ENOBUFS or errno == ENOMEM:
                     self._accept_failed(errno)
-                    return 0
+                    return True
                 continue  # ECONNABORTED and friends: that client is gone, take the next
-            env = PyDict_Copy(self.base_environ)
-            if self.settings.tcp:
+            env = PyDict_Copy(listener.base_environ)
+            if listener.tcp:
                 if addr.ss_family == AF_INET6:
                     inet_ntop(AF_INET6, &(<sockaddr_in6*>&addr).sin6_addr, host, sizeof(host))
                     port = ntohs((<sockaddr_in6*>&addr).sin6_port)
@@ -163,15 +161,17 @@ cdef class Server(HttpServer):
                 env["REMOTE_PORT"] = str(port)
             else:
                 env["REMOTE_ADDR"] = ""
-            self._add(fd, env)
+            self._add(fd, env, listener)
             if self._accepted():
-                return 0
-        return 0
+                return True
+        return False
 
     def adopt(self, sock):
-        """Serve an already-connected socket (fd passing, tests, benchmarks); takes ownership."""
-        env = PyDict_Copy(self.base_environ)
-        if self.settings.tcp:
+        """Serve an already-connected socket (fd passing, tests, benchmarks) as if accepted by the first
+        listener; takes ownership."""
+        cdef Listener listener = self.listeners[0]
+        env = PyDict_Copy(listener.base_environ)
+        if sock.family != AF_UNIX:
             host, port = sock.getpeername()[:2]
             env["REMOTE_ADDR"] = host
             env["REMOTE_PORT"] = str(port)
@@ -179,21 +179,21 @@ cdef class Server(HttpServer):
             env["REMOTE_ADDR"] = ""
         fd = sock.detach()
         os.set_blocking(fd, False)
-        return self._add(fd, env)
+        return self._add(fd, env, listener)
 
-    cdef Connection _add(self, int fd, dict env):
+    cdef Connection _add(self, int fd, dict env, Listener listener):
         """Serve a new connection: its object, its epoll registration, the board's counts."""
         cdef Connection conn
         if self.settings.tls is None:
             conn = Connection.__new__(Connection)
-            conn.nodelay = not self.settings.tcp     # else set by the first write that is not the last (_flush)
+            conn.nodelay = not listener.tcp     # else set by the first write that is not the last (_flush)
         else:
             conn = TlsConnection.__new__(TlsConnection)
             conn.nodelay = True             # a handshake is writes both ways: at once
-            if self.settings.tcp:
+            if listener.tcp:
                 set_nodelay(fd)
         conn.setup(self, fd, env)
-        self._adopted(conn, fd)
+        self._adopted(conn, fd, listener.read_first)
         return conn
 
     cdef int _read_fresh(self) except -1:

@@ -43,14 +43,12 @@ if not cython.compiled:   # the compiled build reads CLOCK_MONOTONIC and the CPU
     def _ticks(cpu):
         return monotonic_ns()
 
-    def _cpu_tick_rate():
-        return 0.0
+    from ._settings import Admission, Listener, Settings   # (the compiled build cimports them: _server_c.pxd)
 
 from . import board as _board
 from . import wsgi as _wsgi
 from .config import Config as _Config
 from .errors import Demoted
-from .sockets import describe as _describe
 
 DRAIN_LINGER = 1.0          # on stop, idle connections get this long for a request already on its way
 BALANCE_PAUSE = 0.01        # a worker that leaves connections to a lighter one stops accepting this long
@@ -58,8 +56,6 @@ BALANCE_SLACK = 1           # a worker this many connections above an accepting 
 ASGI_VERSION = {"version": "3.0", "spec_version": "2.4"}
 # an HTTP scope's extensions: a file as the response body, sent by the server (_asgi.Cycle._send_file)
 FILE_EXTENSIONS = {"http.response.pathsend": {}, "http.response.zerocopysend": {}}
-# an app call this long probably waits: most of them so, and the loop is handed over up front
-LONG_CALL = 0.001
 WAITS_FLOOR = 1e-6          # AppPool.waits below this is 0: no recent call was long
 NESTED_WAIT = 0.05          # a nested iteration waits at most this long, then looks at its condition again
 
@@ -77,11 +73,9 @@ CHECK_THREADS = _wsgi.CHECK_THREADS
 _get_ident = _threading.get_ident
 
 # the board's cells (board.py), offsets in a worker's slot
-B_HEADER, B_STRIDE = _board.HEADER, _board.STRIDE
 B_CONNS, B_NOT_ACCEPTING, B_RSS, B_BEAT = _board.CONNS, _board.NOT_ACCEPTING, _board.RSS, _board.BEAT
 B_BUSY = _board.BUSY
 B_ACCEPTED = _board.ACCEPTED
-B_STOPPING = _board.STOPPING
 rss_bytes = _board.rss_bytes
 log = _wsgi.log
 
@@ -94,16 +88,6 @@ def _fail_worker():
     log.critical("the loop failed on an app thread; the worker stops", exc_info=True)
     sys.stderr.flush()
     os._exit(1)
-
-
-def _kernel_uses_cpu_counter():
-    """Whether the kernel keeps time by the CPU's own counter (x86's TSC, ARM's arch timer): then
-    it runs at one rate on every CPU, and app calls and batches are timed by it (_clock.pxd)."""
-    try:
-        with open("/sys/devices/system/clocksource/clocksource0/current_clocksource") as f:
-            return f.read().strip() in ("tsc", "arch_sys_counter")
-    except OSError:
-        return False
 
 
 @cython.cclass
@@ -202,99 +186,6 @@ class AppPool:
 
 
 @cython.cclass
-class Settings:
-    """What the loop reads of the configuration (fields: _server_c.pxd): limits, timeouts, flags and
-    the facts of its listener and its master, built from Config once (HttpServer._configure) and fixed
-    before serving (use_tls adds the TLS context; the loop's Server, whether accepts are read first)."""
-
-    if not cython.compiled:
-        tls = None
-        read_first = False
-
-    def __init__(self, config, listener, wakeup_fd, master_pid):
-        self.keep_alive = config.keep_alive
-        self.graceful_timeout = config.graceful_timeout
-        self.header_timeout = config.header_timeout
-        self.body_timeout = config.body_timeout
-        self.write_timeout = config.write_timeout
-        self.max_connections = config.max_connections
-        self.max_request_line = config.max_request_line
-        self.max_headers = config.max_headers
-        self.max_header_bytes = config.max_header_bytes
-        self.max_body = config.max_body
-        self.timeout = config.timeout
-        self.threads = config.threads
-        self.spill = _wsgi.SpillBudget(config.max_spill)
-        self.trust = _wsgi.Trust(config.forwarded_allow_ips, config.forwarded_headers)   # --forwarded-*
-        self.root_path = config.root_path
-        self.proxy_protocol = config.proxy_protocol
-        # --health-path: its target as sent, and with a query after it
-        self.health = config.health_path.encode("ascii") if config.health_path else None
-        self.health_query = self.health + b"?" if self.health else None
-        self.ws_max_size = config.ws_max_size
-        self.ws_ping_interval = config.ws_ping_interval
-        self.ws_ping_timeout = config.ws_ping_timeout
-        self.tcp = listener.family in (_socket.AF_INET, _socket.AF_INET6)
-        _url, name, port, _short = _describe(listener)
-        self.asgi_server = (name, int(port)) if self.tcp else (name, None)
-        self.scheme = "http"
-        self.wakeup_fd = wakeup_fd
-        self.master_pid = master_pid
-        # app calls (AppPool) and the compiled loop's batches are timed in _ticks(): the CPU's
-        # counter where the kernel keeps time by it
-        rate = _cpu_tick_rate() if _kernel_uses_cpu_counter() else 0.0
-        self.cpu_ticks = rate > 0.0
-        self.long_ticks = int((rate if self.cpu_ticks else 1e9) * LONG_CALL)   # LONG_CALL in ticks
-
-
-@cython.cclass
-class Admission:
-    """Whether this worker takes new connections now, besides its epoll registration (fields:
-    _server_c.pxd): a pause after accept errors or after leaving connections to a lighter worker,
-    and the master's board, where each worker's connection count and accepting state are read."""
-
-    if not cython.compiled:
-        board = None
-
-    def __init__(self, board, index):
-        self.balanced = board is not None and index >= 0
-        self.index = index
-        self.paused_until = 0.0
-        self.error_logged = False
-        if self.balanced:
-            self.board = memoryview(board).cast("q")
-
-    def cells(self):
-        """This worker's own cells on the board."""
-        base = B_HEADER + B_STRIDE * self.index
-        return self.board[base:base + B_STRIDE]
-
-    def lighter_worker(self, mine, saturated, threads):
-        """The board index of another worker that takes connections (its listening socket
-        registered, or paused for balance: a ring brings it back) and is lighter than this one:
-        holds fewer than `mine` connections, or has an app thread free while all of this one's
-        are busy (`saturated`); the lightest, when several are; -1 when there is none."""
-        best = -1
-        fewest = mine
-        for i in range(self.board[0]):
-            if i != self.index:
-                base = B_HEADER + B_STRIDE * i
-                count = self.board[base + B_CONNS]
-                if count < 0 or self.board[base + B_NOT_ACCEPTING] == 1:
-                    continue        # (gone, full or stopping)
-                if count < fewest:
-                    best = i
-                    fewest = count
-                elif best < 0 and saturated and self.board[base + B_BUSY] < threads:
-                    best = i
-        return best
-
-    def master_stopping(self):
-        """The master said on the board that it stops (or drains)."""
-        return self.board[B_STOPPING] != 0
-
-
-@cython.cclass
 class HttpServer:
     """One worker's state, counters and connection timers (fields: _server_c.pxd), and its loop's
     control flow: serve() and each loop thread's life (_member), the rest of each iteration
@@ -304,11 +195,12 @@ class HttpServer:
     (_set_accepting, _accept), adopt(), and the signal of _post (_signal).
     """
 
-    def __init__(self, listener, app, config=None, wakeup_fd=-1, master_pid=0, tick=None, board=None,
+    def __init__(self, listeners, app, config=None, wakeup_fd=-1, master_pid=0, tick=None, board=None,
                  board_index=-1, access_log=None, bells=None):
-        self._configure(listener, app, config, wakeup_fd, master_pid, tick, board, board_index, access_log)
+        """`listeners`: the listening sockets to serve (one socket alone will do)."""
+        self._configure(listeners, app, config, wakeup_fd, master_pid, tick, board, board_index, access_log)
         self.bells = tuple(bells) if bells is not None and self.admission.balanced else ()
-        self._open(listener, access_log, board_index)
+        self._open(access_log, board_index)
 
     if not cython.compiled:   # plain Python: the values a compiled object starts with
         stop_requested = stopping = accepting = finished = False
@@ -316,20 +208,20 @@ class HttpServer:
         requests = nested = loop_thread = waiting = 0
         pool = driver = None
 
-    def _configure(self, listener, app, config, wakeup_fd, master_pid, tick, board, board_index, access_log):
+    def _configure(self, listeners, app, config, wakeup_fd, master_pid, tick, board, board_index, access_log):
         config = config or _Config()
-        self.listener = listener
+        if isinstance(listeners, _socket.socket):
+            listeners = [listeners]
+        self.listeners = [Listener(sock, config) for sock in listeners]
         self.app = app
         self.fresh = None
         self.tick = tick
-        self.settings = Settings(config, listener, wakeup_fd, master_pid)
+        self.settings = Settings(config, wakeup_fd, master_pid)
         self.conns = {}
         self.posted = deque()       # connections an app thread hands back (or wants flushed)
         self.deferred = deque()     # connections with a request to dispatch once an app call may start
         self.turn = None            # the one of them being dispatched now (_after_events)
         self.orphans = []           # closed connections whose app call still runs (--timeout watches them)
-        _url, name, port, _short = _describe(listener)
-        self.base_environ = _wsgi.base_environ(name, port, config.workers > 1, config.threads > 1, config.root_path)
         self.date = _wsgi.DateHeader()
         self.date_line = self.date.get()
         self.now = monotonic()
@@ -342,7 +234,8 @@ class HttpServer:
 
     def serve(self, ready=None):
         """Run until stopped; `ready()` is called once the listening socket is watched."""
-        self.listener.setblocking(False)
+        for listener in self.listeners:
+            listener.sock.setblocking(False)
         self._set_accepting(True)
         self._watch_wakers()
         self._serve_start(ready)
@@ -395,7 +288,8 @@ class HttpServer:
         """Serve HTTPS: each connection's bytes go through an `ssl.SSLContext`'s session (tls.py)."""
         self.settings.tls = context
         self.settings.scheme = "https"
-        self.base_environ["wsgi.url_scheme"] = "https"
+        for listener in self.listeners:
+            listener.base_environ["wsgi.url_scheme"] = "https"
         return 0
 
     def use_asyncio(self, loop, state=None):
@@ -413,9 +307,11 @@ class HttpServer:
     def _scope_base(self, env):
         """What every ASGI scope of a connection starts from (`env`: the connection's environ)."""
         settings = self.settings
-        client = (env["REMOTE_ADDR"], int(env["REMOTE_PORT"])) if settings.tcp else None
+        tcp = env["REMOTE_ADDR"] != ""           # (a unix socket's client has no address: Server._add)
+        client = (env["REMOTE_ADDR"], int(env["REMOTE_PORT"])) if tcp else None
+        server = (env["SERVER_NAME"], int(env["SERVER_PORT"]) if tcp else None)
         return {"type": "http", "asgi": ASGI_VERSION, "http_version": "1.1", "scheme": settings.scheme,
-                "server": settings.asgi_server, "client": client, "root_path": settings.root_path,
+                "server": server, "client": client, "root_path": settings.root_path,
                 "extensions": FILE_EXTENSIONS}
 
     def resume_accepting(self):
@@ -643,7 +539,8 @@ class HttpServer:
                 count = len(self.conns)
                 self._accept()
         self._set_accepting(False)
-        self.listener.close()
+        for listener in self.listeners:
+            listener.sock.close()
         # Connections stay open for DRAIN_LINGER: a client may have sent a request that is
         # not read yet (or just connected). Each response from now on says Connection: close;
         # the first tick after the linger closes the connections that stayed idle.
@@ -691,11 +588,27 @@ class HttpServer:
         raise NotImplementedError
 
     def _set_accepting(self, on):
-        """Watch the listening socket or not: off when stopping, full, or out of descriptors."""
+        """Watch the listening sockets or not: off when stopping, full, or out of descriptors."""
         if on != self.accepting:
             self.accepting = on
-            self._watch_listener(on)
+            for listener in self.listeners:
+                self._watch_listener(listener.fd, on)
             self.cells[B_NOT_ACCEPTING] = 0 if on else 1
+        return 0
+
+    def _is_listener(self, fd):
+        """Whether `fd`, a descriptor the wait reported, is one of the listening sockets."""
+        for listener in self.listeners:
+            if listener.fd == fd:
+                return True
+        return False
+
+    def _accept(self):
+        """Accept what the listening sockets have queued: a batch from each, with the balancing
+        rule (a full worker, an accept error or a pause for balance ends it)."""
+        for listener in self.listeners:
+            if self._accept_from(listener) or not self.accepting:
+                break
         return 0
 
     def _batch_done(self, incoming):
@@ -717,7 +630,7 @@ class HttpServer:
             return True
         return False
 
-    def _adopted(self, conn, fd):
+    def _adopted(self, conn, fd, read_first):
         """A new connection (the loop's _add made it): in the table and the board's counts. When the
         kernel woke us for it only once its first bytes came (TCP_DEFER_ACCEPT, `read_first`),
         they are read now, and the connection is watched only if it is still open after that: a
@@ -728,13 +641,13 @@ class HttpServer:
         if self.fresh is not None:
             self._watch_fresh()     # (one whose _add lost the loop in its app call: see _watch_fresh)
         self.fresh = conn
-        if self.settings.read_first:
+        if read_first:
             self._read_fresh()
         if self.fresh is conn:
             self._watch_fresh()
         return 0
 
-    def _open(self, listener, access_log, board_index):
+    def _open(self, access_log, board_index):
         """The loop's own resources (its poller, its read buffer, ...), after _configure."""
         raise NotImplementedError
 
@@ -750,8 +663,8 @@ class HttpServer:
         before any wait (a connection left unwatched then was never read again)."""
         raise NotImplementedError
 
-    def _watch_listener(self, on):
-        """Add the listening socket to the poller's set (EPOLLEXCLUSIVE: one worker woken per
+    def _watch_listener(self, fd, on):
+        """Add a listening socket to the poller's set (EPOLLEXCLUSIVE: one worker woken per
         connection), or take it out."""
         raise NotImplementedError
 
@@ -765,8 +678,9 @@ class HttpServer:
         """Write 1 to that eventfd."""
         raise NotImplementedError
 
-    def _accept(self):
-        """Accept what the listening socket has queued (a batch, with the balancing rule)."""
+    def _accept_from(self, listener):
+        """Accept a batch of what `listener` has queued; True when accepting stops for now (full,
+        out of descriptors, or paused for balance), False when its queue is empty."""
         raise NotImplementedError
 
     def _iterate(self, limit):

@@ -2,12 +2,13 @@
 # these declarations (pure-Python mode with an augmenting .pxd). _parser.pyx subclasses HttpServer.
 
 cimport cython
-from fastcluster._clock cimport monotonic, ticks as _ticks, cpu_tick_rate as _cpu_tick_rate
+from fastcluster._clock cimport monotonic, ticks as _ticks
+from fastcluster._settings_c cimport Settings, Listener, Admission
 
-cdef double DRAIN_LINGER, BALANCE_PAUSE, NESTED_WAIT, LONG_CALL, WAITS_FLOOR
+cdef double DRAIN_LINGER, BALANCE_PAUSE, NESTED_WAIT, WAITS_FLOOR
 cdef Py_ssize_t BALANCE_SLACK
 cdef Py_ssize_t B_ACCEPTED
-cdef Py_ssize_t B_HEADER, B_STRIDE, B_CONNS, B_NOT_ACCEPTING, B_RSS, B_BEAT, B_BUSY
+cdef Py_ssize_t B_CONNS, B_NOT_ACCEPTING, B_RSS, B_BEAT, B_BUSY
 cdef object rss_bytes, log
 cdef dict ASGI_VERSION, FILE_EXTENSIONS
 cdef bint CHECK_THREADS
@@ -44,56 +45,9 @@ cdef class AppPool:
     cpdef _spawn(self)
 
 
-cdef class Settings:
-    cdef:
-        public double keep_alive
-        public double graceful_timeout
-        public double header_timeout
-        public double body_timeout
-        public double write_timeout
-        public Py_ssize_t max_connections
-        public Py_ssize_t max_request_line
-        public Py_ssize_t max_headers
-        public Py_ssize_t max_header_bytes
-        public long long max_body      # 0: no limit
-        public double timeout          # --timeout: an app call longer than this means a stuck worker
-        public int threads             # --threads
-        public object spill            # wsgi.SpillBudget: the disk request bodies may take
-        public object trust            # wsgi.Trust: --forwarded-allow-ips, --forwarded-headers
-        public str root_path           # --root-path ("" : none)
-        public bint proxy_protocol     # --proxy-protocol: each connection starts with a PROXY header
-        public bytes health            # --health-path as sent (None: off), and with a "?" after it
-        public bytes health_query
-        public long long ws_max_size   # WebSockets: --ws-max-size (0: no limit)
-        public double ws_ping_interval
-        public double ws_ping_timeout
-        public bint tcp                # a TCP listener (client addresses, TCP_NODELAY)
-        public tuple asgi_server       # the scope's "server"
-        public object tls              # --certfile: the ssl.SSLContext each connection's session comes from
-        public str scheme              # "https" with tls, else "http"
-        public int wakeup_fd           # Python's signal wake-up fd (-1: none)
-        public int master_pid          # the master (0: none): a worker does not outlive it
-        public bint cpu_ticks          # _ticks() reads the CPU's counter
-        public long long long_ticks    # LONG_CALL in ticks
-        public bint read_first         # TCP_DEFER_ACCEPT is on: a new connection is read before it is watched
-
-
-cdef class Admission:
-    cdef:
-        public bint balanced           # reads its peers' cells on the master's Board
-        long long[::1] board
-        public Py_ssize_t index        # this worker's slot on the board
-        public double paused_until     # accepting is paused (balancing, or accept errors) until then (0: not)
-        public bint error_logged       # an accept error was logged, and none succeeded since
-
-    @cython.locals(i=Py_ssize_t, base=Py_ssize_t, count=cython.longlong, fewest=cython.longlong, best=Py_ssize_t)
-    cpdef Py_ssize_t lighter_worker(self, Py_ssize_t mine, bint saturated, int threads) except -2
-    cpdef bint master_stopping(self) except -1
-
-
 cdef class HttpServer:
     cdef:
-        public object listener  # the shared listening socket (kept open by us)
+        public list listeners   # Listener: the shared listening sockets (kept open by us), one per --bind
         public object app
         public Settings settings       # limits, timeouts, flags: fixed before serving
         object tick             # called once a second with the number of requests served and the RSS
@@ -113,7 +67,6 @@ cdef class HttpServer:
         public double deadline         # stopping: when the grace time is up
         public dict conns              # fd -> Connection
         public unsigned long long requests
-        public dict base_environ
         object date
         public bytes date_line
         public double now
@@ -124,7 +77,7 @@ cdef class HttpServer:
         public object fresh            # the connection being read right after its accept, not yet watched
         public tuple bells             # the workers' bells (eventfds from the master), by board index
 
-    cdef int _configure(self, object listener, object app, object config, int wakeup_fd, int master_pid,
+    cdef int _configure(self, object listeners, object app, object config, int wakeup_fd, int master_pid,
                         object tick, object board, Py_ssize_t board_index, object access_log) except -1
     cdef int _member(self, bint leading) except -1
     cpdef resume_accepting(self)
@@ -166,14 +119,18 @@ cdef class HttpServer:
     cdef int _set_accepting(self, bint on) except -1
     cdef int _batch_done(self, bint incoming) except -1
     cdef bint _full(self) except -1
-    cdef int _adopted(self, object conn, int fd) except -1
-    cdef int _open(self, object listener, object access_log, Py_ssize_t board_index) except -1
+    cdef int _adopted(self, object conn, int fd, bint read_first) except -1
+    @cython.locals(listener=Listener)
+    cdef bint _is_listener(self, int fd) except -1
+    @cython.locals(listener=Listener)
+    cdef int _accept(self) except -1
+    cdef bint _accept_from(self, Listener listener) except -1
+    cdef int _open(self, object access_log, Py_ssize_t board_index) except -1
     cdef int _read_fresh(self) except -1
     cdef int _watch_fresh(self) except -1
-    cdef int _watch_listener(self, bint on) except -1
+    cdef int _watch_listener(self, int fd, bint on) except -1
     cdef int _ring(self, Py_ssize_t index) except -1
     cdef int _ring_fd(self, int fd) except -1
-    cdef int _accept(self) except -1
     cpdef _iterate(self, double limit)
     cpdef _signal(self)
     cpdef int _poll_fd(self) except -1

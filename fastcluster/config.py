@@ -225,10 +225,11 @@ SETTINGS = (
     Setting("config", ("-c", "--config"), path, None,
             "read settings (and server hooks) from this file: Python (FILE.py: module-level names, as in a "
             "gunicorn.conf.py) or TOML (keys are the option names); SIGHUP reads it again", "FILE"),
-    Setting("bind", ("-b", "--bind"), parse_bind, "127.0.0.1:8000",
-            "address to listen on: HOST:PORT, [IPv6]:PORT, unix:/path or fd://N (port 0 picks a free one; "
-            "under systemd socket activation, LISTEN_FDS, the socket it passes)",
-            "ADDRESS"),
+    Setting("bind", ("-b", "--bind"), parse_bind, (parse_bind("127.0.0.1:8000"),),
+            "address to listen on: HOST:PORT, [IPv6]:PORT, unix:/path or fd://N (port 0 picks a free one); "
+            "repeatable: every worker serves every address (under systemd socket activation, LISTEN_FDS: "
+            "the sockets it passes)",
+            "ADDRESS", many=True),
     Setting("workers", ("-w", "--workers"), positive_int, _default_workers,
             "number of worker processes (default: one per CPU)", "N"),
     Setting("threads", ("--threads",), positive_int, 32,
@@ -385,7 +386,7 @@ class Config(Record, frozen=True):
     app: Optional[str] = None      # "module:attribute"; None serves the built-in demo app
     hooks: dict = field(dict, compare=False)   # hook name -> callable (hooks.py)
     config: Optional[str] = _default("config")
-    bind: BindAddress = _default("bind")
+    bind: tuple = _default("bind")       # BindAddress, one or more
     workers: int = _default("workers")
     threads: int = _default("threads")
     loop: str = _default("loop")
@@ -458,7 +459,7 @@ class Config(Record, frozen=True):
             if raw is None and setting.name in from_file:
                 raw, where = from_file[setting.name], "%s: %s" % (config_file, setting.name)
             if raw is None:
-                values[setting.name] = (setting.name == "bind" and systemd_bind(environ)) or setting.default_value()
+                values[setting.name] = (setting.name == "bind" and systemd_binds(environ)) or setting.default_value()
                 continue
             try:
                 values[setting.name] = setting.parse_raw(raw)
@@ -466,8 +467,8 @@ class Config(Record, frozen=True):
                 raise ConfigError("%s=%r: %s" % (where, raw, _reason(exc))) from None
         values["config"] = config_file
         inherited = environ.get(ENV_PREFIX + "UPGRADE_FD")
-        if inherited:    # a master started by an upgrade in place: the old master's socket, whatever --bind says
-            values["bind"] = BindAddress("fd", fd=int(inherited))
+        if inherited:    # a master started by an upgrade in place: the old master's sockets, whatever --bind says
+            values["bind"] = tuple(BindAddress("fd", fd=int(fd)) for fd in inherited.split(","))
         inherited = environ.get(ENV_PREFIX + "UPGRADE_METRICS_FD")
         if inherited and values["metrics_bind"] is not None:   # and its metrics socket (master.py closes
             values["metrics_bind"] = BindAddress("fd", fd=int(inherited))   # it when there is no --metrics-bind)
@@ -492,9 +493,9 @@ def check(config: Config) -> None:
                           % config.cert_reqs)
 
 
-def systemd_bind(environ) -> Optional[BindAddress]:
-    """systemd socket activation (sd_listen_fds): with LISTEN_PID naming this process, the socket
-    it passed as fd 3; None without it. fastcluster serves one socket, so more is an error."""
+def systemd_binds(environ) -> tuple:
+    """systemd socket activation (sd_listen_fds): with LISTEN_PID naming this process, the sockets
+    it passed from fd 3 on; () without it."""
     if environ.get("LISTEN_PID") != str(os.getpid()):
         return None
     try:
@@ -502,11 +503,8 @@ def systemd_bind(environ) -> Optional[BindAddress]:
     except ValueError:
         return None
     if count < 1:
-        return None
-    if count > 1:
-        raise ConfigError("LISTEN_FDS=%d: systemd passed %d sockets and fastcluster serves one "
-                          "(give the .socket unit one ListenStream=)" % (count, count))
-    return BindAddress("fd", fd=3)
+        return ()
+    return tuple(BindAddress("fd", fd=3 + i) for i in range(count))
 
 
 FIXED_ON_RELOAD = ("bind", "backlog", "defer_accept", "pid", "log_file", "preload", "metrics_bind", "umask", "reload",
@@ -638,11 +636,6 @@ def _load_python(path: str) -> FileSettings:
             continue
         if name == "log_file" and value == "-":
             continue       # gunicorn's errorlog "-": stderr, which is fastcluster's default
-        if name == "bind" and isinstance(value, (list, tuple)):
-            if len(value) != 1:
-                raise ConfigError("config file %s: bind lists %d addresses and fastcluster serves one socket"
-                                  % (path, len(value)))
-            value = value[0]
         if name == "forwarded_allow_ips" and isinstance(value, (list, tuple)):
             value = ",".join(str(item) for item in value)
         loaded.values[name] = _text(path, key, name, value)
@@ -699,6 +692,8 @@ def _argparse_type(setting: Setting) -> Callable[[str], Any]:
 def _shown_default(setting: Setting) -> str:
     if callable(setting.default):
         return "number of CPUs"
+    if isinstance(setting.default, tuple) and setting.default:
+        return ", ".join(str(item) for item in setting.default)
     return "none" if setting.default in (None, ()) else setting.default
 
 
@@ -713,18 +708,7 @@ def add_settings(parser: argparse.ArgumentParser) -> None:
             continue
         parser.add_argument(*setting.flags, dest=setting.name, type=_argparse_type(setting), default=None,
                             metavar=setting.metavar, help=text,
-                            action="append" if setting.many else _Once if setting.name == "bind" else "store")
-
-
-class _Once(argparse.Action):
-    """An option given at most once: a second --bind would otherwise replace the first, silently
-    (fastcluster serves one listening socket; gunicorn serves each --bind)."""
-
-    def __call__(self, parser, namespace, values, option_string=None):
-        if getattr(namespace, self.dest) is not None:
-            parser.error("%s given twice (%s, then %s): fastcluster serves one listening socket"
-                         % (option_string, getattr(namespace, self.dest), values))
-        setattr(namespace, self.dest, values)
+                            action="append" if setting.many else "store")
 
 
 def options_table() -> str:

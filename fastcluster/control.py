@@ -114,6 +114,8 @@ def format_status(pid, status) -> str:
     rollout = status.rollout
     lines = ["master %d: generation %d, %d workers wanted, loop %s%s" % (
         pid, status.generation, status.workers_wanted, status.loop, ", stopping" if status.stopping else "")]
+    if status.listening:
+        lines.append("listening on %s" % ", ".join(status.listening))
     if rollout.in_progress:
         rep = rollout.replacing
         lines.append("rolling restart in progress: %s, %d more waiting" % (

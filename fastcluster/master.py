@@ -60,7 +60,8 @@ class Master:
         self.workers = {}                 # pid -> WorkerRecord
         self.slots = Slots()              # slot -> when its next start is due, its exited processes' counts
         self.rollout = Rollout(self.workers, self._spawn, self._stop_worker)
-        self.listener = None
+        self.listeners = []               # the sockets every worker serves, one per --bind
+        self.urls = []                    # and what they are called (the "listening on" lines, status)
         self.bells = []
         self.selector = None
         self.stopping = False
@@ -122,13 +123,18 @@ class Master:
             self.app = load_app(config)
             if isinstance(self.app, int):
                 return self.app
-        self.listener = create_listener(config.bind, config.backlog, config.defer_accept)
-        if config.bind.kind == "fd" and os.environ.get("LISTEN_PID") == str(os.getpid()):
+        try:
+            for address in config.bind:
+                self.listeners.append(create_listener(address, config.backlog, config.defer_accept))
+        except ConfigError:
+            self._close_listeners()     # (a later one failed: none is half-served)
+            raise
+        if os.environ.get("LISTEN_PID") == str(os.getpid()) and any(b.kind == "fd" for b in config.bind):
             for name in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
-                os.environ.pop(name, None)   # systemd's socket is ours now; the app's children do not inherit it
-        self.url, _name, _port, _short = describe(self.listener)
-        if self.tls is not None and self.url.startswith("http:"):
-            self.url = "https:" + self.url[5:]
+                os.environ.pop(name, None)   # systemd's sockets are ours now; the app's children do not inherit them
+        self.urls = [describe(sock)[0] for sock in self.listeners]
+        if self.tls is not None:
+            self.urls = ["https:" + url[5:] if url.startswith("http:") else url for url in self.urls]
         # the workers' bells, one per board index a worker may use (twice the workers, for a rolling
         # restart): a worker rings a lighter one's to hand it the connections queued (_server.py)
         self._more_bells(2 * self.target + 2)
@@ -138,7 +144,7 @@ class Master:
             try:
                 self._start_metrics(config.metrics_bind)
             except ConfigError:
-                self.listener.close()
+                self._close_listeners()
                 self.selector.close()
                 raise
         app = config.app or "the built-in demo app (fastcluster.demo)"
@@ -158,7 +164,7 @@ class Master:
             self._loop()
         finally:
             self.signals.restore()
-            self.listener.close()
+            self._close_listeners()
             for fd in self.bells:
                 os.close(fd)
             if self.metrics is not None:
@@ -198,6 +204,10 @@ class Master:
             return
         self._hook("on_reload")
         self.on_sigusr2()
+
+    def _close_listeners(self):
+        for sock in self.listeners:
+            sock.close()
 
     def _start_metrics(self, address):
         try:
@@ -394,7 +404,7 @@ class Master:
                 inherited.extend(self.reloader.fds())
             self.master_pid = os.getppid()
             worker.run(worker.WorkerSpec(
-                config=self.config, listener=self.listener, status_fd=write_fd, master_pid=self.master_pid,
+                config=self.config, listeners=tuple(self.listeners), status_fd=write_fd, master_pid=self.master_pid,
                 loop_name=self.loop_name, slot=slot, generation=self.generation,
                 board=self.board.mem if board_index >= 0 else None, board_index=board_index, app=self.app,
                 close_fds=tuple(inherited), sigmask=mask, bells=tuple(self.bells), master=self, tls=self.tls))
@@ -449,7 +459,8 @@ class Master:
                 if self.interface:
                     logs.say("fastcluster: the app is %s" % self.interface)
                 self._hook("when_ready")
-                logs.say("fastcluster: listening on %s" % self.url)
+                for url in self.urls:
+                    logs.say("fastcluster: listening on %s" % url)
                 if self.upgrade.replaces:
                     self.upgrade.take_over(self.pidfile)
 
@@ -532,7 +543,7 @@ class Master:
             log.warning("upgrade not started: %s", "stopping" if self.stopping else
                         "an upgrade is under way" if self.upgrade.pid else "the workers are not all ready yet")
             return
-        self.upgrade.start(self.config, self.listener, self.metrics, self.signals)
+        self.upgrade.start(self.config, self.listeners, self.metrics, self.signals)
 
     def on_sigterm(self):
         if self.upgrade.pid and not self.stopping:
@@ -626,7 +637,7 @@ class Master:
             self.stopping = True
             if leaving:
                 self.board.set_stopping()
-            self.listener.close()
+            self._close_listeners()
             self.rollout.clear()
             self.slots.cancel()
             announce = bool(self.workers)

@@ -1,4 +1,4 @@
-"""The one listening socket the master binds before it forks its workers."""
+"""The listening sockets the master binds before it forks its workers (one per --bind)."""
 
 from __future__ import annotations
 

@@ -58,6 +58,7 @@ class Snapshot(Record):
     generation: int               # 1, plus one per rolling restart begun
     workers_wanted: int
     loop: str
+    listening: list = field(list)            # the URLs every worker serves, one per --bind
     stopping: bool = False
     rollout: RolloutState = field(RolloutState)
     restarts: dict = field(no_restarts)      # summed over the slots
@@ -107,7 +108,7 @@ def snapshot(master) -> Snapshot:
         slots.setdefault(slot, slot_total(slot))
     return Snapshot(
         master_pid=os.getpid(), started=master.started, generation=master.generation,
-        workers_wanted=master.target, loop=master.loop_name, stopping=master.stopping,
+        workers_wanted=master.target, loop=master.loop_name, listening=list(master.urls), stopping=master.stopping,
         rollout=master.rollout.state(),
         restarts={cause: sum(counts[cause] for counts in master.slots.restarts.values()) for cause in CAUSES},
         workers=rows, slots=sorted(slots.items()))

@@ -59,15 +59,15 @@ class Upgrade:
 
     # --- the old master ---
 
-    def start(self, config, listener, metrics, master_signals):
+    def start(self, config, listeners, metrics, master_signals):
         """Fork, and in the child exec this master's command line with every listener this master
         owns inherited: the metrics socket too (the new one could not bind a fixed --metrics-bind
         port this one holds). `master_signals`: the master's Signals, reset in the child."""
         argv = list(sys.orig_argv)
         env = dict(os.environ)
-        env[UPGRADE_FD_ENV] = str(listener.fileno())
+        env[UPGRADE_FD_ENV] = ",".join(str(sock.fileno()) for sock in listeners)
         env[UPGRADE_FROM_ENV] = str(os.getpid())
-        inherited = [listener]
+        inherited = list(listeners)
         env.pop(UPGRADE_METRICS_FD_ENV, None)
         if metrics is not None:
             env[UPGRADE_METRICS_FD_ENV] = str(metrics.sock.fileno())

@@ -57,7 +57,7 @@ class WorkerSpec(Record):
     """Everything a new worker process is given by the master that forked it."""
 
     config: Any                   # config.Config
-    listener: socket.socket       # the shared listening socket
+    listeners: tuple              # the shared listening sockets (socket.socket), one per --bind
     status_fd: int                # write end of its status pipe (READY, heartbeats, recycle requests)
     master_pid: int
     loop_name: str                # "cython" or "python"
@@ -246,12 +246,12 @@ def _serve_app(spec, stop, wake_r, impl, heartbeat, access_log, info):
     if not hooks.call(config.hooks, "post_worker_init", info):
         return EXIT_APP_LOAD_ERROR
 
-    server = impl.Server(spec.listener, app, config, wakeup_fd=wake_r.fileno(), master_pid=spec.master_pid,
+    server = impl.Server(spec.listeners, app, config, wakeup_fd=wake_r.fileno(), master_pid=spec.master_pid,
                          tick=heartbeat, board=spec.board, board_index=spec.board_index, access_log=access_log,
                          bells=spec.bells)
     if spec.tls is not None:
         server.use_tls(spec.tls)
-    _url, _name, _port, short = describe(spec.listener)
+    short = ", ".join(describe(sock)[3] for sock in spec.listeners)
     if interface_of(app, config.interface) == "asgi":
         return _serve_asgi(spec, server, app, stop, access_log, short)
     what = "a WSGI app, %d app thread%s per worker" % (config.threads, "" if config.threads == 1 else "s")

@@ -224,14 +224,18 @@ def _proc_status(pid, field):
 
 WRAPPER = """
 import os, socket, sys
-sock = socket.socket()
-sock.bind(("127.0.0.1", 0))
-sock.listen(64)
-os.dup2(sock.fileno(), 3)          # as systemd passes it: the first fd after stdin, stdout, stderr
-os.set_inheritable(3, True)        # (dup2 onto itself keeps the socket's close-on-exec)
+ports, socks = [], []              # (each kept open until the exec)
+for i in range(int(sys.argv[1])):
+    sock = socket.socket()
+    socks.append(sock)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(64)
+    ports.append(sock.getsockname()[1])
+    os.dup2(sock.fileno(), 3 + i)  # as systemd passes them: from the first fd after stdin, stdout, stderr
+    os.set_inheritable(3 + i, True)   # (dup2 onto itself keeps the socket's close-on-exec)
 os.environ["LISTEN_FDS"] = sys.argv[1]
 os.environ["LISTEN_PID"] = str(os.getpid())
-print("socket port %d" % sock.getsockname()[1], flush=True)
+print("socket port %s" % " ".join(map(str, ports)), flush=True)
 os.execv(sys.executable, [sys.executable, "-m", "fastcluster", "serve", *sys.argv[2:]])
 """
 
@@ -261,10 +265,28 @@ def test_systemd_socket_activation_serves_on_the_passed_socket(impl, tmp_path):
         proc.wait(timeout=30)
         proc.stdout.close()
         proc.stderr.close()
-    # two sockets: fastcluster serves one, and says so
-    out = subprocess.run([sys.executable, "-c", WRAPPER, "2", "apps.suite:app"], capture_output=True, text=True,
-                         env=env, timeout=30)
-    assert out.returncode == 2 and "LISTEN_FDS=2" in out.stderr
+    # two sockets: each served
+    proc = subprocess.Popen([sys.executable, "-c", WRAPPER, "2", "apps.suite:app", "--workers", "1", "--loop", impl],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, start_new_session=True, text=True)
+    try:
+        ports = [int(word) for word in proc.stdout.readline().split()[2:]]
+        listening = []
+        while len(listening) < 2:
+            line = proc.stdout.readline()
+            assert line, "exited: %s" % proc.stderr.read()
+            if line.startswith("fastcluster: listening on"):
+                listening.append(line.strip())
+        assert listening == ["fastcluster: listening on http://127.0.0.1:%d" % port for port in ports]
+        for port in ports:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+            conn.request("GET", "/pid")
+            assert conn.getresponse().status == 200
+            conn.close()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        proc.stdout.close()
+        proc.stderr.close()
 
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="switching users needs root (CI runs as root)")

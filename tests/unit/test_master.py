@@ -38,11 +38,9 @@ def rig(monkeypatch):
     sent = []
     monkeypatch.setattr(os, "fork", forks)
     monkeypatch.setattr(signals, "kill", lambda pid, sig: sent.append((pid, sig)))
-    m = Master(Config(bind=parse_bind("127.0.0.1:0"), workers=2, loop="python", graceful_timeout=5.0))
-    m.listener = socket.socket()
-    m.listener.bind(("127.0.0.1", 0))
-    m.listener.listen()
-    m.url = "http://test"
+    m = Master(Config(bind=(parse_bind("127.0.0.1:0"),), workers=2, loop="python", graceful_timeout=5.0))
+    m.listeners = [socket.create_server(("127.0.0.1", 0))]
+    m.urls = ["http://test"]
     m.selector = selectors.DefaultSelector()
     m.signals.wake_r, m.signals.wake_w = socket.socketpair()   # (the handlers are not installed)
     m.forks, m.sent = forks, sent
@@ -50,7 +48,7 @@ def rig(monkeypatch):
     for rec in list(m.workers.values()):
         m._unwatch(rec)
     m.selector.close()
-    m.listener.close()
+    m.listeners[0].close()
     m.signals.wake_r.close()
     m.signals.wake_w.close()
 
@@ -194,10 +192,8 @@ def test_a_sigterm_right_after_the_fork_is_not_lost(tmp_path, monkeypatch):
         real_run(spec)
 
     monkeypatch.setattr(worker, "run", early_signal)
-    m = Master(Config(bind=parse_bind("127.0.0.1:0"), workers=1, loop="python", graceful_timeout=60.0))
-    m.listener = socket.socket()
-    m.listener.bind(("127.0.0.1", 0))
-    m.listener.listen()
+    m = Master(Config(bind=(parse_bind("127.0.0.1:0"),), workers=1, loop="python", graceful_timeout=60.0))
+    m.listeners = [socket.create_server(("127.0.0.1", 0))]
     m.selector = selectors.DefaultSelector()
     m.signals.install(m.selector)
     try:
@@ -218,7 +214,7 @@ def test_a_sigterm_right_after_the_fork_is_not_lost(tmp_path, monkeypatch):
         m._unwatch(rec)
         m.signals.restore()
         m.selector.close()
-        m.listener.close()
+        m.listeners[0].close()
 
 
 def overdue(m, rec):

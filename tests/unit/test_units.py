@@ -45,13 +45,19 @@ def _config(argv, env=None):
     return Config.from_args(args, environ=env or {})
 
 
-def test_a_second_bind_is_refused_not_dropped(capsys):
-    """fastcluster serves one listening socket: `--bind A --bind B` must not serve B alone."""
-    with pytest.raises(SystemExit) as exit_info:
-        build_parser().parse_args(["serve", "--bind", "127.0.0.1:8001", "-b", "unix:/tmp/x.sock"])
-    assert exit_info.value.code == 2
-    assert "-b given twice (127.0.0.1:8001, then unix:/tmp/x.sock)" in capsys.readouterr().err
-    assert str(_config(["--bind", "127.0.0.1:8001"]).bind) == "127.0.0.1:8001"
+def test_bind_is_repeatable_in_every_source(tmp_path):
+    """Every --bind is kept, in order (before, `--bind A --bind B` served B alone, silently)."""
+    tcp, unix = BindAddress("tcp", host="127.0.0.1", port=8001), BindAddress("unix", path="/tmp/x.sock")
+    assert _config(["--bind", "127.0.0.1:8001", "-b", "unix:/tmp/x.sock"]).bind == (tcp, unix)
+    assert _config([], {"FASTCLUSTER_BIND": "127.0.0.1:8001, unix:/tmp/x.sock"}).bind == (tcp, unix)
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('bind = ["127.0.0.1:8001", "unix:/tmp/x.sock"]\n')
+    assert _config(["--config", str(cfg)]).bind == (tcp, unix)
+    # systemd's sockets, from fd 3 on, and an upgrade's inherited ones, whatever --bind says
+    env = {"LISTEN_PID": str(os.getpid()), "LISTEN_FDS": "2"}
+    assert _config([], env).bind == (BindAddress("fd", fd=3), BindAddress("fd", fd=4))
+    assert _config(["-b", "127.0.0.1:1"], {"FASTCLUSTER_UPGRADE_FD": "7,9"}).bind == (
+        BindAddress("fd", fd=7), BindAddress("fd", fd=9))
 
 
 def test_precedence_is_cli_then_env_then_default():
@@ -74,7 +80,7 @@ def test_every_setting_has_an_env_var_and_a_cli_flag():
 
 def test_defaults_are_typed_values():
     config = _config([])
-    assert config.bind == BindAddress("tcp", host="127.0.0.1", port=8000)
+    assert config.bind == (BindAddress("tcp", host="127.0.0.1", port=8000),)
     assert config.loop == "auto" and config.keep_alive == 75.0 and config.app is None
     for setting in SETTINGS:
         assert not isinstance(getattr(config, setting.name), str) or setting.name in (
@@ -382,7 +388,7 @@ def test_config_file_sits_between_env_and_defaults(tmp_path):
     cfg.write_text('app = "x:y"\nworkers = 3\nkeep-alive = 5.5\npreload = true\nbind = "unix:/tmp/s"\n')
     config = _config(["--config", str(cfg)])
     assert (config.app, config.workers, config.keep_alive, config.preload) == ("x:y", 3, 5.5, True)
-    assert config.bind == BindAddress("unix", path="/tmp/s")
+    assert config.bind == (BindAddress("unix", path="/tmp/s"),)
     assert _config(["--config", str(cfg)], {"FASTCLUSTER_WORKERS": "4"}).workers == 4
     assert _config(["--config", str(cfg), "-w", "5"], {"FASTCLUSTER_WORKERS": "4"}).workers == 5
     assert _config([], {"FASTCLUSTER_CONFIG": str(cfg)}).workers == 3
@@ -436,7 +442,7 @@ def test_a_gunicorn_conf_py_reads_as_fastclusters_settings(monkeypatch):
     monkeypatch.setenv("FC_ACCESS_LOG", "/tmp/access.log")
     path = os.path.join(os.path.dirname(__file__), "..", "configs", "gunicorn.conf.py")
     config = _config(["-c", path], dict(os.environ))
-    assert config.bind == BindAddress("tcp", host="127.0.0.1", port=0)
+    assert config.bind == (BindAddress("tcp", host="127.0.0.1", port=0),)
     assert (config.workers, config.timeout, config.graceful_timeout, config.keep_alive) == (2, 30.0, 10.0, 5.0)
     assert (config.max_requests, config.max_requests_jitter, config.preload) == (1000, 50, True)
     assert (config.access_log, config.log_file, config.log_level) == ("/tmp/access.log", None, "info")
