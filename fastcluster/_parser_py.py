@@ -216,12 +216,13 @@ class Server(HttpServer):
     def adopt(self, sock):
         """(_server.pxi's Server.adopt)"""
         sock.setblocking(False)
-        return self._add(sock, sock.getpeername() if sock.family != socket.AF_UNIX else "", self.listeners[0])
+        listener = self.listeners[0]
+        return self._add(sock, sock.getpeername() if listener.tcp else "", listener)
 
     def _add(self, sock, addr, listener):
         """(_server.pxi's Server._add)"""
         env = listener.base_environ.copy()
-        if sock.family != socket.AF_UNIX:
+        if listener.tcp:
             env["REMOTE_ADDR"] = addr[0]
             env["REMOTE_PORT"] = str(addr[1])
         else:

@@ -171,7 +171,7 @@ cdef class Server(HttpServer):
         listener; takes ownership."""
         cdef Listener listener = self.listeners[0]
         env = PyDict_Copy(listener.base_environ)
-        if sock.family != AF_UNIX:
+        if listener.tcp:
             host, port = sock.getpeername()[:2]
             env["REMOTE_ADDR"] = host
             env["REMOTE_PORT"] = str(port)
