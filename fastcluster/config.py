@@ -326,7 +326,8 @@ SETTINGS = (
             "without it when the request path starts with it", "PATH"),
     Setting("forwarded_allow_ips", ("--forwarded-allow-ips",), address_list, "127.0.0.1,::1",
             "peers (addresses, CIDR networks, * for all) whose Forwarded / X-Forwarded-For / X-Forwarded-Proto "
-            "headers set the client address and scheme (unix-socket peers are trusted)", "LIST"),
+            "headers set the client address and scheme (unix-socket peers are trusted, unless a --proxy-protocol "
+            "header names another peer)", "LIST"),
     Setting("forwarded_headers", ("--forwarded-headers",), choice(*FORWARDED_FAMILIES), FORWARDED_FAMILIES[0],
             "the one proxy header family those peers' headers are read from: x-forwarded (X-Forwarded-For "
             "and X-Forwarded-Proto, which nginx, HAProxy and Kubernetes ingresses set), forwarded (RFC 7239), "

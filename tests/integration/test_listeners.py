@@ -183,3 +183,36 @@ def test_a_bind_that_cannot_be_served_stops_the_start(tmp_path):
         assert "listening on" not in out.stdout
     finally:
         taken.close()
+
+
+def _unix_environ(path, head=b""):
+    sock = _unix_connect(path)
+    try:
+        sock.sendall(head + b"GET /environ HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: 203.0.113.9\r\n"
+                            b"Connection: close\r\n\r\n")
+        data = b""
+        while True:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    finally:
+        sock.close()
+    return json.loads(data.partition(b"\r\n\r\n")[2])
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_proxy_trust_on_a_unix_listener(impl, tmp_path):
+    """A unix socket's peer is a local proxy, trusted; with --proxy-protocol the peer is the one
+    the PROXY header names, and its X-Forwarded-For counts only if that address is allowed."""
+    path = str(tmp_path / "s.sock")
+    with Server("apps.suite:app", "--bind", "unix:" + path, "--workers", "1", "--loop", impl, wait=False) as server:
+        server.wait_line(r"^fastcluster: listening on unix:%s$" % path)
+        assert _unix_environ(path)["REMOTE_ADDR"] == "203.0.113.9"
+    with Server("apps.suite:app", "--bind", "unix:" + path, "--workers", "1", "--loop", impl, "--proxy-protocol",
+                wait=False) as server:
+        server.wait_line(r"^fastcluster: listening on unix:%s$" % path)
+        env = _unix_environ(path, b"PROXY TCP4 192.0.2.44 198.51.100.1 56324 443\r\n")
+        assert (env["REMOTE_ADDR"], env["REMOTE_PORT"]) == ("192.0.2.44", "56324")   # not the header's claim
+        env = _unix_environ(path, b"PROXY TCP4 127.0.0.1 198.51.100.1 56324 443\r\n")
+        assert env["REMOTE_ADDR"] == "203.0.113.9"          # an allowed peer's header counts
