@@ -230,7 +230,10 @@ def test_status_shows_the_numbers_during_a_rolling_restart(impl, tmp_path):
         text = status_of(pidfile)
         assert re.search(r"^master %d: generation 2, 2 workers wanted, loop %s$" % (server.proc.pid, impl), text,
                          re.M), text
-        rows = {int(row["pid"]): row for row in map(status_row, text.splitlines()[4:])}
+        lines = text.splitlines()
+        assert lines[1] == "listening on %s" % server.url, text
+        table = [i for i, line in enumerate(lines) if line.split()[:2] == ["slot", "pid"]][0]
+        rows = {int(row["pid"]): row for row in map(status_row, lines[table + 1:])}
         assert set(old) < set(rows) and len(rows) == 3, text          # both old workers and one new
         new = (set(rows) - set(old)).pop()
         assert rows[new]["state"] == "spawning" and rows[new]["gen"] == "2", text
