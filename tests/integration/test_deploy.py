@@ -240,44 +240,27 @@ os.execv(sys.executable, [sys.executable, "-m", "fastcluster", "serve", *sys.arg
 """
 
 
-def test_systemd_socket_activation_serves_on_the_passed_socket(impl, tmp_path):
+@pytest.mark.parametrize("sockets, workers", [(1, 2), (2, 1)])
+def test_systemd_socket_activation_serves_on_the_passed_sockets(impl, sockets, workers):
     import subprocess
     import sys
 
     from helpers import TESTS
 
     env = dict(os.environ, PYTHONPATH=TESTS)
-    proc = subprocess.Popen([sys.executable, "-c", WRAPPER, "1", "apps.suite:app", "--workers", "2", "--loop", impl],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, start_new_session=True, text=True)
-    try:
-        port = int(proc.stdout.readline().split()[-1])
-        line = ""
-        while "fastcluster: listening on" not in line:
-            line = proc.stdout.readline()
-            assert line, "exited: %s" % proc.stderr.read()
-        assert line.strip() == "fastcluster: listening on http://127.0.0.1:%d" % port
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-        conn.request("GET", "/pid")
-        assert conn.getresponse().status == 200
-        conn.close()
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-        proc.stdout.close()
-        proc.stderr.close()
-    # two sockets: each served
-    proc = subprocess.Popen([sys.executable, "-c", WRAPPER, "2", "apps.suite:app", "--workers", "1", "--loop", impl],
+    proc = subprocess.Popen([sys.executable, "-c", WRAPPER, str(sockets), "apps.suite:app", "--workers", str(workers),
+                             "--loop", impl],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, start_new_session=True, text=True)
     try:
         ports = [int(word) for word in proc.stdout.readline().split()[2:]]
         listening = []
-        while len(listening) < 2:
+        while len(listening) < sockets:
             line = proc.stdout.readline()
             assert line, "exited: %s" % proc.stderr.read()
             if line.startswith("fastcluster: listening on"):
                 listening.append(line.strip())
         assert listening == ["fastcluster: listening on http://127.0.0.1:%d" % port for port in ports]
-        for port in ports:
+        for port in ports:          # each socket served
             conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
             conn.request("GET", "/pid")
             assert conn.getresponse().status == 200

@@ -18,12 +18,14 @@ from helpers import IMPLS, TESTS, Server, pid_alive, wait_until
 pytestmark = pytest.mark.timeout(120)
 
 
-def _unix_get(path, target=b"/pid"):
+def _unix_get(path, target=b"/pid", before=b"", headers=b""):
+    """GET `target` on a connection of its own to the unix socket at `path` (`before`: bytes sent
+    ahead of the request, as a PROXY header): the status and the body."""
     sock = socket.socket(socket.AF_UNIX)
     sock.settimeout(10)
     try:
         sock.connect(path)
-        sock.sendall(b"GET %s HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n" % target)
+        sock.sendall(before + b"GET %s HTTP/1.1\r\nHost: x\r\n%sConnection: close\r\n\r\n" % (target, headers))
         data = b""
         while True:
             chunk = sock.recv(65536)
@@ -185,20 +187,8 @@ def test_a_bind_that_cannot_be_served_stops_the_start(tmp_path):
         taken.close()
 
 
-def _unix_environ(path, head=b""):
-    sock = _unix_connect(path)
-    try:
-        sock.sendall(head + b"GET /environ HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: 203.0.113.9\r\n"
-                            b"Connection: close\r\n\r\n")
-        data = b""
-        while True:
-            chunk = sock.recv(65536)
-            if not chunk:
-                break
-            data += chunk
-    finally:
-        sock.close()
-    return json.loads(data.partition(b"\r\n\r\n")[2])
+def _unix_environ(path, before=b""):
+    return json.loads(_unix_get(path, b"/environ", before, b"X-Forwarded-For: 203.0.113.9\r\n")[1])
 
 
 @pytest.mark.parametrize("impl", IMPLS)
