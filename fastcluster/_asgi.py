@@ -299,16 +299,17 @@ class Cycle:
             # connection sends from a descriptor of its own
             owned = os.fdopen(os.dup(fd), "rb", buffering=0)
             fd = owned.fileno()
-        if not more and ex.start_file(fd, offset, size):
+        if not more:
             ex.result = owned            # (closed with the exchange's end: Exchange.close_result)
-            if not ex.done:
+            if ex.start_file(fd, offset, size):
+                # the connection sends the file, then finishes the exchange (start_file finished it
+                # already when there is no body to send: a HEAD request, a 204 or a 304)
                 self.completed = True
                 self.over = True
-                ex.in_app = False        # the connection sends the file, then finishes the exchange
+                ex.in_app = False
                 ex.conn._produced()
-            else:
-                self._complete()         # (a HEAD request, or a status without a body)
-            return READY_NONE
+                return READY_NONE
+            ex.result = None             # (copied here instead, and closed by _copy_file)
         return self._copy_file(fd, offset, size, more, owned)
 
     async def _copy_file(self, fd, offset, size, more, owned):
