@@ -2,9 +2,8 @@
 
 Written once, run two ways: as plain Python by the pure-Python loop (`_parser_py.py`), and compiled
 by Cython as `fastcluster._server_c` for the compiled loop (`_parser.pyx`), with its C types in
-`_server_c.pxd` (Cython's pure-Python mode). Here:
-- `Settings`: what the loop reads of the configuration, built once, fixed while serving;
-- `Admission`: accept pauses and balancing against the other workers on the master's board;
+`_server_c.pxd` (Cython's pure-Python mode). Here (what the loop reads of the configuration, its
+listening sockets and accept balancing are `_settings.py`'s Settings, Listener and Admission):
 - `AppPool`: the policy of app threads (each loop subclasses it with the thread primitives);
 - `HttpServer`: the loop's control flow (serve(), each loop thread's life, the rest of an
   iteration, the once-a-second tick, the start of a graceful stop), its counters (its cells on the
@@ -233,7 +232,7 @@ class HttpServer:
         return 0
 
     def serve(self, ready=None):
-        """Run until stopped; `ready()` is called once the listening socket is watched."""
+        """Run until stopped; `ready()` is called once the listening sockets are watched."""
         for listener in self.listeners:
             listener.sock.setblocking(False)
         self._set_accepting(True)

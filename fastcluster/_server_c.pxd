@@ -70,7 +70,7 @@ cdef class HttpServer:
         object date
         public bytes date_line
         public double now
-        public bint accepting          # the listening socket is in our epoll set
+        public bint accepting          # the listening sockets are in our epoll set
         public long long[::1] cells    # this worker's cells (board.py layout): on the Board, or private
         public object access           # logs.AccessLog, or None (--access-log off)
         public unsigned long loop_thread   # FASTCLUSTER_CHECK_THREADS: the thread that took the loop last (0: none)

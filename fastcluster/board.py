@@ -21,7 +21,7 @@ SLOTS = 512
 
 # The cells of a slot. CONNS is -1 while the slot is free.
 CONNS = 0        # connections open (gauge)
-NOT_ACCEPTING = 1  # 0 while the listening socket is in the worker's epoll set; 2 paused for balance
+NOT_ACCEPTING = 1  # 0 while the listening sockets are in the worker's epoll set; 2 paused for balance
                  # (back at the next ring of the bell); 1 otherwise (full, stopping, out of descriptors)
 REQUESTS = 2     # requests handed to the app
 IN_FLIGHT = 3    # requests read in full and not yet answered (gauge)

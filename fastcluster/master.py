@@ -42,7 +42,7 @@ HEARTBEAT_PERIOD = 1.0       # a worker's loop beats once a second
 
 
 class Master:
-    """Owns the running settings, the listening socket and the workers (by pid), and decides what
+    """Owns the running settings, the listening sockets and the workers (by pid), and decides what
     happens to them: starts, stops, exits, deadlines, and each signal. Hooks are given the Master
     itself: `pid` and `config` are what they may use."""
 
