@@ -150,6 +150,22 @@ if _MISSING is None:
 
         error_code = COMPRESSION_ERROR
 
+    class _Connection(H2Connection):
+        """h2's connection, its count of open client streams made cheap. h2 counts them for each new stream,
+        walking every stream it holds (and sweeping the closed ones out as it goes), against a limit it is
+        not given here (the engine refuses the streams over max_concurrent_streams itself): a cost that grows
+        with the streams open. The walk now runs when the streams held have doubled since the last one, so
+        the sweep still keeps them bounded; the count h2 sees is 0."""
+
+        _sweep_at = 64
+
+        @property
+        def open_inbound_streams(self):
+            if len(self.streams) >= self._sweep_at:
+                H2Connection.open_inbound_streams.fget(self)
+                self._sweep_at = max(64, 2 * len(self.streams))
+            return 0
+
     _CONFIG = H2Configuration(client_side=False, header_encoding=None, validate_inbound_headers=False,
                               normalize_inbound_headers=False, validate_outbound_headers=False,
                               normalize_outbound_headers=False)
@@ -260,7 +276,7 @@ class H2Engine:
         self._max_streams = max_concurrent_streams
         self._max_frame = max_frame_size
         self._max_list = max_header_list_size
-        conn = self._conn = H2Connection(config=_CONFIG)
+        conn = self._conn = _Connection(config=_CONFIG)
         conn.decoder = self._decoder = _Decoder(max_header_list_size)
         # h2 enforces its local settings from the start, but would refuse a stream over the limit with a
         # connection error: it is told no limit, the engine refuses the extra streams itself (REFUSED_STREAM).

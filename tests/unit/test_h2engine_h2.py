@@ -520,3 +520,14 @@ def test_engine_class_falls_back_to_h2engine():
     assert h2engine.engine_class(prefer_native=False) is H2Engine
     native = h2engine.engine_class()
     assert native is H2Engine or native.__module__ == "fastcluster._nghttp2"
+
+
+def test_closed_streams_are_swept_from_h2():
+    pair = Pair()
+    pair.handler.answer = hello
+    held = []
+    for i in range(300):
+        pair.client.send_headers(2 * i + 1, GET, end_stream=True)
+        pair.pump()
+        held.append(len(pair.engine._conn.streams))
+    assert max(held) <= 128 and len(pair.of(ev.StreamEnded)) == 300
