@@ -27,10 +27,10 @@ try:
     from h2.config import H2Configuration
     from h2.connection import H2Connection
     from h2.events import DataReceived, RequestReceived, StreamReset, TrailersReceived
-    from h2.exceptions import ProtocolError
+    from h2.exceptions import DenialOfServiceError, ProtocolError
     from h2.settings import SettingCodes, Settings
     from hpack import Decoder
-    from hpack.exceptions import HPACKDecodingError, HPACKError
+    from hpack.exceptions import HPACKDecodingError, HPACKError, OversizedHeaderListError
     from hyperframe.frame import GoAwayFrame, SettingsFrame
 except ImportError as exc:   # the h2 package is optional: the compiled loop may have libnghttp2 instead
     _MISSING = exc
@@ -192,6 +192,8 @@ class _Decoder(Decoder):
     def decode(self, data, raw=False):
         try:
             headers = self._inflate(data)
+        except OversizedHeaderListError as exc:   # hpack's plain decode (the fallback) stopped halfway
+            raise DenialOfServiceError("HPACK: %s" % (exc,)) from exc
         except (HPACKError, IndexError, TypeError, ValueError) as exc:
             raise _CompressionError("HPACK: %s" % (exc,)) from exc
         self.verdict = 431 if headers is None else 0
@@ -252,7 +254,8 @@ class _Decoder(Decoder):
 class _Stream:
     """A stream the handler was told of (h2_request or h2_refused), until it is closed."""
 
-    __slots__ = ("chunks", "offset", "queued", "end", "trailers", "remote_done", "local_done", "refused")
+    __slots__ = ("chunks", "offset", "queued", "end", "trailers", "responded", "remote_done", "local_done",
+                 "refused")
 
     def __init__(self, remote_done, refused):
         self.chunks = []            # body bytes from send_data not framed yet; chunks[0] from `offset`
@@ -260,6 +263,7 @@ class _Stream:
         self.queued = 0
         self.end = False            # the stream ends once the chunks are framed (send_data end, send_trailers)
         self.trailers = None        # the trailers' fields, sent after the chunks
+        self.responded = False      # the final response headers went to h2: the body may follow
         self.remote_done = remote_done   # the client's END_STREAM came
         self.local_done = False          # ours went out
         self.refused = refused           # h2_refused: its body is dropped, no h2_data or h2_end
@@ -516,14 +520,20 @@ class H2Engine:
         st = self._streams.get(stream_id)
         if st is None or st.local_done or self._dead:
             return
+        if st.responded:   # h2 would take them for trailers, and fail once its encoder has them
+            raise ValueError("HTTP/2 stream %d: a second response" % stream_id)
         fields = _fields(headers, [(b":status", b"%d" % status)])
         try:
             self._conn.send_headers(stream_id, fields, end_stream=end_stream)
         except ProtocolError:   # refused before encoding: e.g. END_STREAM on a 1xx
             log.exception("HTTP/2 stream %d: response headers refused", stream_id)
             return
-        if end_stream:
-            self._local_end(stream_id, st)
+        if status >= 200:
+            st.responded = True
+            if end_stream:
+                self._local_end(stream_id, st)
+            elif st.queued or st.end:      # the body given before the headers
+                self._ready[stream_id] = st
 
     def send_data(self, stream_id, data, end_stream):
         st = self._streams.get(stream_id)
@@ -534,7 +544,7 @@ class H2Engine:
             st.queued += len(data)
         if end_stream:
             st.end = True
-        if data or end_stream:
+        if st.responded and (data or end_stream):
             self._ready[stream_id] = st
 
     def send_trailers(self, stream_id, headers):
@@ -543,7 +553,8 @@ class H2Engine:
             return
         st.trailers = _fields(headers, [])
         st.end = True
-        self._ready[stream_id] = st
+        if st.responded:
+            self._ready[stream_id] = st
 
     def reset(self, stream_id, error_code):
         st = self._streams.pop(stream_id, None)

@@ -531,3 +531,69 @@ def test_closed_streams_are_swept_from_h2():
         pair.pump()
         held.append(len(pair.engine._conn.streams))
     assert max(held) <= 128 and len(pair.of(ev.StreamEnded)) == 300
+
+
+def test_body_given_before_the_headers_waits_for_them():
+    pair = Pair()
+    pair.client.send_headers(1, GET, end_stream=True)
+    pair.pump()
+    pair.engine.send_data(1, b"early", True)
+    assert not pair.engine.want_write and pair.engine.pending() == b""
+    pair.engine.respond(1, 103, [(b"link", b"</a.css>; rel=preload")], False)    # informational first
+    pair.engine.respond(1, 200, [], False)
+    with pytest.raises(ValueError):
+        pair.engine.respond(1, 200, [], False)
+    pair.pump()
+    assert [e.headers for e in pair.of(ev.InformationalResponseReceived, 1)] == [
+        [(b":status", b"103"), (b"link", b"</a.css>; rel=preload")]]
+    assert pair.response(1) == ([(b":status", b"200")], b"early", True)
+
+
+def test_many_small_literal_fields_over_the_limit_are_refused_with_431():
+    pair = Pair()
+    pair.pump()
+    pair.handler.answer = lambda engine, sid, arg: engine.respond(sid, 431 if arg == 431 else 200, [], True)
+    fields = GET + [(b"x-%d" % i, b"v") for i in range(2500)]    # 2500 x 37+ bytes: over 65536
+    pair.client.send_headers(1, fields, end_stream=True)
+    pair.client.send_headers(3, GET + [(b"x-2499", b"v")], end_stream=True)   # its entry, from the table
+    pair.pump()
+    assert pair.handler.calls[:2] == [("refused", 1, 431), ("request", 3, GET + [(b"x-2499", b"v")], True)]
+    assert pair.response(1)[0] == [(b":status", b"431")] and pair.response(3)[0] == [(b":status", b"200")]
+
+
+def test_hpack_decoding_error_is_a_compression_error():
+    engine = H2Engine(Recorder())
+    engine.receive(PREFACE + SettingsFrame(0).serialize() + b"\x00\x00\x01\x01\x05\x00\x00\x00\x01\x80")
+    assert engine.closing
+    assert frames(engine.pending())[-1].error_code == h2engine.COMPRESSION_ERROR
+
+
+def test_the_same_callbacks_whatever_the_cuts():
+    def exchange(cuts):
+        pair = Pair()
+        pair.handler.answer = hello
+        client = pair.client
+        client.send_headers(1, GET, end_stream=True)
+        client.send_headers(3, POST, end_stream=False)
+        client.send_data(3, b"x" * 16000)
+        client.ping(b"12345678")
+        client.send_headers(5, POST, end_stream=False)
+        client.send_data(5, b"y" * 100, pad_length=17)
+        client.reset_stream(5, 8)
+        client.send_data(3, b"z", end_stream=True)
+        client.send_headers(7, GET + [(b"x-long", b"w" * 30000)], end_stream=True)   # HEADERS + CONTINUATION
+        wire, pos = client.data_to_send(), 0
+        for cut in cuts:
+            pair.engine.receive(wire[pos:pos + cut])
+            pos += cut
+        pair.engine.receive(wire[pos:])
+        while pair.to_client():
+            pass
+        return pair.handler.calls, [type(e) for e in pair.events]
+
+    whole = exchange([])
+    assert [c[:2] for c in whole[0] if c[0] != "data"] == [
+        ("request", 1), ("request", 3), ("request", 5), ("reset", 5), ("closed", 5), ("end", 3), ("request", 7),
+        ("closed", 1), ("closed", 3), ("closed", 7)]
+    for cuts in ([1] * 200, [9] * 50 + [4000, 3, 5], [24, 9, 8, 1, 16384, 2], [5, 100] * 30):
+        assert exchange(cuts) == whole
