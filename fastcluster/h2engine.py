@@ -1,5 +1,5 @@
 """The HTTP/2 engine over the pure-Python `h2` package: one server-side session per client connection, bytes
-in and out, to the API of /work/notes/h2-engine-api.md that the native engine (`_nghttp2.pyx`) shares.
+in and out, to the engine API that the native engine (`_nghttp2.pyx`, over libnghttp2) implements too.
 
 Owns: `H2Engine` and `engine_class()` (which engine a build uses); the framing rules h2 leaves to its user
 or gets wrong for a server: the input cut at frame boundaries so that each frame's callbacks run before the
@@ -95,8 +95,9 @@ def _malformed(headers):
     """True when a request's header list is malformed (RFC 9113 8.2 and 8.3): an uppercase or empty name, a
     value with NUL, CR, LF or surrounding whitespace, a connection-specific field, TE other than "trailers",
     a pseudo-header unknown, repeated or after a regular field, a missing :method (or :scheme and :path, or
-    :authority for CONNECT), an empty :path, a Content-Length that is not one decimal number. h2 makes most of
-    these checks too, but as connection errors: a malformed request is a stream error."""
+    :authority for CONNECT), a :path not "/..." (or "*" for OPTIONS), a Content-Length that is not one
+    decimal number. h2 makes most of these checks too, but as connection errors: a malformed request is a
+    stream error."""
     pseudo = {}
     regular = False
     length = None
@@ -123,7 +124,8 @@ def _malformed(headers):
         return True
     if method == b"CONNECT":
         return b":scheme" in pseudo or b":path" in pseudo or b":authority" not in pseudo
-    return not pseudo.get(b":path") or b":scheme" not in pseudo
+    path = pseudo.get(b":path", b"")
+    return b":scheme" not in pseudo or not (path[:1] == b"/" or path == b"*" and method == b"OPTIONS")
 
 
 def _fields(headers, fields):
@@ -270,7 +272,15 @@ class _Stream:
 
 
 class H2Engine:
-    """One server-side HTTP/2 session over h2. The methods and callbacks: /work/notes/h2-engine-api.md."""
+    """One server-side HTTP/2 session over h2, the engine API shared with `_nghttp2.Engine`:
+
+    receive(data) reads the client's bytes and calls the handler: h2_request(sid, headers, end_stream),
+    h2_refused(sid, 431) for a header list over max_header_list_size, h2_data(sid, data), h2_end(sid) (not
+    for END_STREAM on the request's HEADERS: end_stream says it), h2_reset(sid, code), h2_closed(sid).
+    respond / send_data / send_trailers / reset / consumed / goaway / goaway_notice queue the answer;
+    pending(limit) hands out the bytes to send. queued(sid), want_write, closing, open_streams and
+    last_stream_id tell the protocol layer where the session is; close() ends it without callbacks.
+    A stream told with h2_refused gets h2_reset and h2_closed as any other, but no h2_data or h2_end."""
 
     def __init__(self, handler, max_concurrent_streams=100, initial_window_size=DEFAULT_WINDOW,
                  max_frame_size=16384, max_header_list_size=65536):

@@ -325,6 +325,7 @@ def test_goaway_with_a_lower_last_id_resets_the_streams_above_it():
     GET + [(b"connection", b"keep-alive")],                    # connection-specific
     GET + [(b"te", b"gzip")],                                  # TE other than trailers
     GET[:3],                                                   # no :path
+    GET[:3] + [(b":path", b"a")],                              # a :path not from the root
     [(b"accept", b"*/*")] + GET,                               # a pseudo-header after a regular field
     GET + [(b":path", b"/b")],                                 # a pseudo-header twice
     GET + [(b"x-a", b"a\0b")],                                 # NUL in a value
@@ -597,3 +598,15 @@ def test_the_same_callbacks_whatever_the_cuts():
         ("closed", 1), ("closed", 3), ("closed", 7)]
     for cuts in ([1] * 200, [9] * 50 + [4000, 3, 5], [24, 9, 8, 1, 16384, 2], [5, 100] * 30):
         assert exchange(cuts) == whole
+
+
+@pytest.mark.parametrize("fields", [
+    [(b":method", b"OPTIONS"), (b":scheme", b"https"), (b":authority", b"example.test"), (b":path", b"*")],
+    [(b":method", b"CONNECT"), (b":authority", b"example.test:443")],
+    GET + [(b"te", b"trailers"), (b"x-empty", b""), (b"content-length", b"0")],
+])
+def test_well_formed_requests_at_the_edges_are_accepted(fields):
+    pair = Pair()
+    pair.client.send_headers(1, fields, end_stream=True)
+    pair.pump()
+    assert pair.handler.calls == [("request", 1, fields, True)]
