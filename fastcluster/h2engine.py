@@ -616,6 +616,7 @@ class H2Engine:
         self._drain()
         if self._ready and not self._dead:
             self._frame(limit)
+            self._drain()
         out = self._out
         data = (out[0] if len(out) == 1 else b"".join(out)) if out else b""
         out.clear()
@@ -638,7 +639,14 @@ class H2Engine:
             moved = False
             for sid in list(ready):
                 st = ready[sid]
-                if self._frame_one(conn, sid, st):
+                try:
+                    made = self._frame_one(conn, sid, st)
+                except ProtocolError:   # h2 refused the stream's frame: not expected, the stream stops here
+                    log.exception("HTTP/2 stream %d: h2 refused its frame", sid)
+                    self.reset(sid, INTERNAL_ERROR)
+                    self._later[-1:] = [(sid, INTERNAL_ERROR)]   # h2_reset too: the stream failed here
+                    continue
+                if made:
                     moved = True
                     if ready.pop(sid, None) is not None:   # to the back of the queue, for the next call too
                         ready[sid] = st

@@ -610,3 +610,15 @@ def test_well_formed_requests_at_the_edges_are_accepted(fields):
     pair.client.send_headers(1, fields, end_stream=True)
     pair.pump()
     assert pair.handler.calls == [("request", 1, fields, True)]
+
+
+def test_a_stream_error_found_by_h2_resets_that_stream_only():
+    pair = Pair()
+    pair.client.send_headers(1, POST, end_stream=False)
+    pair.client.send_headers(3, POST, end_stream=False)
+    pair.to_server()
+    pair.engine.receive(WindowUpdateFrame(1, window_increment=2**31 - 1).serialize())   # overflows the window
+    assert pair.handler.calls[2:] == [("reset", 1, h2engine.FLOW_CONTROL_ERROR), ("closed", 1)]
+    out = frames(pair.engine.pending())
+    assert [(f.stream_id, f.error_code) for f in out if isinstance(f, RstStreamFrame)] == [(1, 3)]
+    assert not pair.engine.closing and pair.engine.open_streams == 1
