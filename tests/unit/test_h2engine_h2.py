@@ -622,3 +622,16 @@ def test_a_stream_error_found_by_h2_resets_that_stream_only():
     out = frames(pair.engine.pending())
     assert [(f.stream_id, f.error_code) for f in out if isinstance(f, RstStreamFrame)] == [(1, 3)]
     assert not pair.engine.closing and pair.engine.open_streams == 1
+
+
+def test_data_after_the_request_ended_is_a_stream_error():
+    pair = Pair()
+    pair.client.send_headers(1, GET, end_stream=True)
+    pair.client.send_headers(3, GET, end_stream=True)
+    pair.to_server()
+    pair.engine.receive(DataFrame(1, data=b"late").serialize())
+    assert pair.handler.calls[2:] == [("reset", 1, h2engine.STREAM_CLOSED), ("closed", 1)]
+    hello(pair.engine, 3, None)
+    out = frames(pair.engine.pending())
+    assert [(f.stream_id, f.error_code) for f in out if isinstance(f, RstStreamFrame)] == [(1, 5)]
+    assert sorted(f.stream_id for f in out if isinstance(f, DataFrame)) == [3] and not pair.engine.closing
