@@ -703,11 +703,15 @@ class H2Engine:
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
     def _local_end(self, sid, st):
-        """Our END_STREAM is queued: the stream closes if the client's came too (h2_closed from pending())."""
+        """Our END_STREAM is queued: the stream closes if the client's came too (h2_closed from pending()).
+        A refused request's body still coming is stopped: RST_STREAM NO_ERROR after the response (RFC 9113
+        8.1), the body it would have been is dropped anyway."""
         st.local_done = True
         self._ready.pop(sid, None)
-        if st.remote_done and self._streams.get(sid) is st:
+        if (st.remote_done or st.refused) and self._streams.get(sid) is st:
             del self._streams[sid]
+            if not st.remote_done:
+                self._reset_h2(sid, NO_ERROR)
             self._later.append((sid, None))
 
     def _drain(self):

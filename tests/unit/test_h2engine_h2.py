@@ -635,3 +635,18 @@ def test_data_after_the_request_ended_is_a_stream_error():
     out = frames(pair.engine.pending())
     assert [(f.stream_id, f.error_code) for f in out if isinstance(f, RstStreamFrame)] == [(1, 5)]
     assert sorted(f.stream_id for f in out if isinstance(f, DataFrame)) == [3] and not pair.engine.closing
+
+
+def test_a_refused_request_with_a_body_is_stopped_after_its_431():
+    pair = Pair()
+    pair.pump()
+    pair.handler.answer = lambda engine, sid, arg: engine.respond(sid, 431, [], True)
+    pair.client.send_headers(1, POST + [(b"x-big", b"v" * 4000)] * 20, end_stream=False)
+    pair.to_server()
+    out = frames(pair.engine.pending())
+    assert [type(f) for f in out] == [HeadersFrame, RstStreamFrame] and out[1].error_code == 0
+    assert "END_STREAM" in out[0].flags and pair.engine.open_streams == 0
+    assert pair.handler.calls == [("refused", 1, 431), ("closed", 1)]    # no body, no h2_reset: it ended well
+    pair.client.send_data(1, b"in flight", end_stream=True)              # dropped
+    pair.to_server()
+    assert pair.handler.calls == [("refused", 1, 431), ("closed", 1)] and not pair.engine.closing
