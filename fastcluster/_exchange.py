@@ -346,9 +346,14 @@ class Channel:
     if not cython.compiled:   # plain Python: the values a compiled object starts with
         state = OPEN
         out_size = 0
+        framed = False
 
     def _queue(self, data):
         """Send `data` after everything queued before it."""
+        raise NotImplementedError
+
+    def _frame_head(self, ex, known_length, tail):
+        """`framed` (an HTTP/2 stream, _h2.py): Exchange._send_head as the stream frames it."""
         raise NotImplementedError
 
     def _wait_writable(self):
@@ -586,6 +591,8 @@ class Exchange:
         """send_headers(), and a small whole body (`tail`) in the same buffer when the response
         has a body and a Content-Length that allows all of it: True when `tail` went out."""
         conn = self.conn
+        if conn.framed:
+            return conn._frame_head(self, known_length, tail)     # (HTTP/2: _h2.py)
         server = conn.server
         code = self.code
         flags = self.hflags
@@ -686,6 +693,13 @@ class Exchange:
             # Part of the response is out: end the connection without a clean end of body,
             # so the client sees that it failed.
             self.keep = False
+        elif conn.framed:     # an HTTP/2 stream: the refusal of its body, or a 500, as its own response
+            code = self.early.refusal if self.early is not None and self.early.refusal else 500
+            body = FAILED_BODY if code == 500 else b""
+            self.code = code
+            self.headers = [b"content-type: text/plain; charset=utf-8\r\n"]
+            self.hflags, self.clen, self.sent = 0, -1, 0
+            conn._frame_head(self, len(body), body)
         elif self.early is not None and self.early.refusal:
             # its body was refused while the app read it (too slow, too large, malformed): that
             # status, and the connection ends

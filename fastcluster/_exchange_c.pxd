@@ -41,14 +41,19 @@ cpdef tuple encode_asgi_headers(object headers)
 cpdef bytes asgi_status_line(object status)
 
 
+cdef class Exchange
+
+
 cdef class Channel:
     cdef:
         public HttpServer server
         public int state        # OPEN ... CLOSED: how the connection ends
         public Py_ssize_t out_size     # bytes queued and not sent yet
         public object start_response   # bound once: the app's start_response
+        public bint framed             # an HTTP/2 stream: its head goes to _frame_head
 
     cdef int _queue(self, bytes data) except -1
+    cdef bint _frame_head(self, Exchange ex, long long known_length, bytes tail) except -1
     cdef bint _wait_writable(self) except -1
     cdef int _produced(self) except -1
     cdef int _body_taken(self) except -1
