@@ -60,7 +60,8 @@ class optional_build_ext(build_ext):
 
 
 # the plain-Python sources compiled as <name>_c too
-SHARED = ("_settings", "_server", "_exchange", "_transport", "_request", "_dispatch", "_asgi", "_websocket", "_http")
+SHARED = ("_settings", "_server", "_exchange", "_transport", "_request", "_dispatch", "_asgi", "_websocket", "_http",
+          "_h2")
 
 
 def _shared_copy(name):

@@ -49,6 +49,8 @@ if not cython.compiled:   # the compiled build cimports these (_http_c.pxd)
 # loaded with an ASGI worker's first connection, never by a WSGI worker (two extension modules,
 # binascii and zlib: about 0.7 MiB of RSS it has no use for).
 BodyQueue = handshake_problem = is_upgrade = ws_upgrade = None
+H2Session = None     # _h2.py's (or its compiled build's), with the worker's first HTTP/2 connection
+PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"    # an h2c client's first bytes (RFC 9113 3.4)
 
 
 def load_asgi():
@@ -89,7 +91,7 @@ class HttpConnection(AppDispatch):
     if not cython.compiled:   # plain Python: the values a compiled object starts with
         served = inflight = head_bytes = body_bytes = 0
         head_done = False
-        ws = None
+        ws = h2 = h2_head = None
 
     def _setup(self, server, fd, env):
         self.server = server
@@ -112,6 +114,8 @@ class HttpConnection(AppDispatch):
 
     def on_message_begin(self):
         self._begin_head(self.parser is None)   # (the compiled loop's own parser keeps memo entries)
+        if not self.served and self.server.settings.http2 is not None and self.server.settings.http2["only"]:
+            raise Reject(505)                   # --http 2 (an h2c preface is taken before this counts: _feed)
         if self.served or self.wait == W_NONE:
             # a kept-alive connection, or one behind a request being answered: the header
             # deadline runs from the request's first byte (the first one's from the accept)
@@ -208,6 +212,17 @@ class HttpConnection(AppDispatch):
         if self.ws is not None:
             self.ws.feed(data)
             return 0
+        if self.h2 is not None:
+            self.h2.feed(data if data is not None else self._input())
+            return 0
+        if self.h2_head is not None:
+            data = self.h2_head + bytes(data if data is not None else self._input())   # (a preface in pieces)
+            self.h2_head = None
+            n = len(data)
+        if self.tls is not None and not self.served and self.cur is None and self.server.settings.http2 is not None:
+            if self._alpn_h2():
+                self._start_h2(data if data is not None else self._input())
+                return 0
         if self.proxy_buf is not None:
             data = self._proxy_header(data)
             if data is None:
@@ -240,6 +255,8 @@ class HttpConnection(AppDispatch):
             self._stop_reading(UNREAD if n > exc.args[0] else LAST_IN)
             return 0
         except HttpParserError as exc:
+            if not self.served and self.server.settings.http2 is not None and self._h2c_preface(data):
+                return 0
             if self.state != OPEN:
                 self._stop_reading(UNREAD)   # bytes after a request that ends the connection: ignored
                 return 0
@@ -256,6 +273,46 @@ class HttpConnection(AppDispatch):
             server = self.server
             if self.head_bytes > server.settings.max_header_bytes + server.settings.max_request_line + HEAD_SLACK:
                 self._reject(431)
+        return 0
+
+    def _h2c_preface(self, data):
+        """llhttp stopped at a request line `PRI * HTTP/2.0`: the h2c preface (HTTP/2 with prior
+        knowledge, on a plain port) when the connection's first bytes are it; True when the
+        connection is HTTP/2 from now on (or waits for the rest of the preface)."""
+        if self.tls is not None or self.pending:
+            return False
+        if data is None:
+            data = self._input()
+        head = bytes(data[:len(PREFACE)])
+        if len(head) < len(PREFACE) and PREFACE.startswith(head):
+            self.h2_head = head                  # (the rest of it in the next read)
+            self._new_parser()
+            return True
+        if head != PREFACE:
+            return False
+        self._start_h2(data)
+        return True
+
+    def _alpn_h2(self):
+        """TLS: the client chose h2 by ALPN (the handshake is done: this is its first plaintext)."""
+        return self.tls.obj.selected_alpn_protocol() == "h2"
+
+    def _start_h2(self, data):
+        """The connection speaks HTTP/2 from here on: its session (_h2.py) takes the input."""
+        global H2Session
+        if H2Session is None:
+            if cython.compiled:
+                from ._h2_c import H2Session
+            else:
+                from ._h2 import H2Session
+        if self.cur is not None:
+            self.cur = None                      # (llhttp's request line `PRI * HTTP/2.0`)
+        self.in_head = False
+        self.parser = None
+        self.duplex = True                       # (it reads while it waits to write)
+        self.wait = W_NONE
+        self.h2 = H2Session(self)
+        self.h2.feed(data)
         return 0
 
     def _fill_body(self):
@@ -277,7 +334,10 @@ class HttpConnection(AppDispatch):
         """Move the connection on to `state` (never back)."""
         if state > self.state:
             self.state = state
-            if self.ws is not None:
+            if self.h2 is not None:
+                if state == PEER_CLOSED:
+                    self.h2.eof()
+            elif self.ws is not None:
                 if state == PEER_CLOSED:
                     self.ws.eof()
             elif self.asgi and self.resp is not None and self.resp.asgi.cycle is not None:
@@ -418,6 +478,12 @@ class HttpConnection(AppDispatch):
             self.server._check_thread("HttpConnection.tick")
         if self.ws is not None:
             self.ws.tick(now)
+        if self.h2 is not None and self.state != LINGERING:
+            if self.write_deadline and now >= self.write_deadline:
+                self.close()                 # the client stopped reading
+            else:
+                self.h2.tick(now)            # its streams' deadlines, idleness, a stopping worker's GOAWAY
+            return 0
         if self.state == LINGERING:
             if now >= self.deadline:
                 self.close()                 # the client did not close after our FIN
@@ -441,7 +507,10 @@ class HttpConnection(AppDispatch):
         if CHECK_THREADS:
             self.server._check_thread("HttpConnection._pump")
         self.pumping += 1
-        self._pump_all()
+        if self.h2 is not None:
+            self.h2.pump()
+        else:
+            self._pump_all()
         self.pumping -= 1
         return 0
 
@@ -538,11 +607,18 @@ class HttpConnection(AppDispatch):
         self._produce(ex, True)
         return 0
 
+    def _call_age(self, now):
+        if self.h2 is not None:
+            return self.h2.call_age(now)     # (its streams' calls: the longest)
+        return AppDispatch._call_age(self, now)
+
     def idle(self):
         return self.cur is None and not self.pending and not self.out_size and self.resp is None
 
     def _release(self):
         """Let go of everything the connection holds for requests and responses."""
+        if self.h2 is not None:
+            self.h2.close()                  # its streams (an app call still running is left to --timeout)
         ex = self.resp
         if ex is not None and not ex.in_app:   # (an app thread's exchange is ended by that thread)
             ex.close_result()

@@ -18,7 +18,8 @@ cdef bytes CONTINUE_LINE
 cdef object BodyBuffer, LazyInput, check_head
 cdef object BodyQueue, handshake_problem, is_upgrade, ws_upgrade   # load_asgi()
 cdef object error_response
-cdef object Reject, log, refusal_cell
+cdef object Reject, log, refusal_cell, H2Session
+cdef bytes PREFACE
 cdef dict METHODS
 
 
@@ -32,6 +33,8 @@ cdef class HttpConnection(AppDispatch):
         Py_ssize_t head_bytes   # bytes read while in_head (bounds what httptools buffers)
         long long body_bytes
         public object ws               # after a WebSocket handshake: the session, which takes the input
+        public object h2               # HTTP/2 (ALPN h2, or the h2c preface): the session (_h2.py), which takes it
+        bytes h2_head                  # the first bytes of an h2c preface that came in pieces
 
     cdef int _setup(self, HttpServer server, int fd, dict env) except -1
     cpdef on_message_begin(self)
@@ -45,6 +48,10 @@ cdef class HttpConnection(AppDispatch):
     cpdef on_message_complete(self)
     @cython.locals(server=HttpServer, last=Exchange, problem=int)
     cdef int _feed(self, object data, Py_ssize_t n) except -1
+    @cython.locals(head=bytes)
+    cdef bint _h2c_preface(self, object data) except -1
+    cdef bint _alpn_h2(self) except -1
+    cdef int _start_h2(self, object data) except -1
     @cython.locals(ex=Exchange)
     cpdef bint _fill_body(self) except -1
     cdef int _stop_reading(self, int state) except -1
@@ -72,6 +79,7 @@ cdef class HttpConnection(AppDispatch):
     cdef int _pump_end(self) except -1
     @cython.locals(server=HttpServer, ex=Exchange)
     cdef int _respond(self, object first) except -1
+    cpdef double _call_age(self, double now) except -1
     cpdef bint idle(self)
     @cython.locals(ex=Exchange, cur=Exchange)
     cdef int _release(self) except -1

@@ -32,6 +32,7 @@ cdef class Settings:
         public long long ws_max_size   # WebSockets: --ws-max-size (0: no limit)
         public double ws_ping_interval
         public double ws_ping_timeout
+        public dict http2              # HTTP/2's settings (None: --http 1)
         public object tls              # --certfile: the ssl.SSLContext each connection's session comes from
         public str scheme              # "https" with tls, else "http"
         public int wakeup_fd           # Python's signal wake-up fd (-1: none)

@@ -44,6 +44,20 @@ def positive_int(text: str) -> int:
     return value
 
 
+def h2_window(text: str) -> int:
+    value = int(text)
+    if not 1 <= value <= 2 ** 31 - 1:
+        raise ValueError("must be from 1 to 2147483647 (RFC 9113 6.9.2)")
+    return value
+
+
+def h2_frame_size(text: str) -> int:
+    value = int(text)
+    if not 16384 <= value <= 16777215:
+        raise ValueError("must be from 16384 to 16777215 (RFC 9113 6.5.2)")
+    return value
+
+
 def non_negative_float(text: str) -> float:
     value = float(text)
     if not value >= 0 or value == float("inf"):
@@ -253,6 +267,16 @@ SETTINGS = (
             "seconds between keep-alive pings on an idle WebSocket (0: none)", "S"),
     Setting("ws_ping_timeout", ("--ws-ping-timeout",), non_negative_float, 20.0,
             "seconds a WebSocket client gets to answer a ping before it is closed (0: no limit)", "S"),
+    Setting("http", ("--http",), choice("auto", "1", "2"), "auto",
+            "HTTP versions served: auto (HTTP/1.1, and HTTP/2 by ALPN over TLS or the h2c preface on a plain "
+            "port), 1 (HTTP/1.1 only), 2 (HTTP/2 only: an HTTP/1.x request gets 505)", "{auto,1,2}"),
+    Setting("h2_max_concurrent_streams", ("--h2-max-concurrent-streams",), positive_int, 100,
+            "HTTP/2: streams a client may have open at once on one connection", "N"),
+    Setting("h2_initial_window_size", ("--h2-initial-window-size",), h2_window, 65535,
+            "HTTP/2: request body bytes a stream may send ahead of the app's reading (its flow-control window)",
+            "BYTES"),
+    Setting("h2_max_frame_size", ("--h2-max-frame-size",), h2_frame_size, 16384,
+            "HTTP/2: the largest frame payload the server accepts (16384 to 16777215)", "BYTES"),
     Setting("backlog", ("--backlog",), positive_int, 2048,
             "listen queue length of the shared socket", "N"),
     Setting("defer_accept", ("--defer-accept",), non_negative_int, 1,
@@ -397,6 +421,10 @@ class Config(Record, frozen=True):
     ws_max_size: int = _default("ws_max_size")
     ws_ping_interval: float = _default("ws_ping_interval")
     ws_ping_timeout: float = _default("ws_ping_timeout")
+    http: str = _default("http")
+    h2_max_concurrent_streams: int = _default("h2_max_concurrent_streams")
+    h2_initial_window_size: int = _default("h2_initial_window_size")
+    h2_max_frame_size: int = _default("h2_max_frame_size")
     backlog: int = _default("backlog")
     defer_accept: int = _default("defer_accept")
     keep_alive: float = _default("keep_alive")

@@ -26,7 +26,7 @@ import re
 try:
     from h2.config import H2Configuration
     from h2.connection import H2Connection
-    from h2.events import DataReceived, RequestReceived, StreamReset, TrailersReceived
+    from h2.events import DataReceived, PingAckReceived, RequestReceived, StreamReset, TrailersReceived
     from h2.exceptions import DenialOfServiceError, ProtocolError
     from h2.settings import SettingCodes, Settings
     from hpack import Decoder
@@ -62,6 +62,7 @@ ENGINE_ERRORS = dict(enumerate((
     "INADEQUATE_SECURITY", "HTTP_1_1_REQUIRED")))
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+PING_DATA = b"fc-drain"     # the opaque data of our own PING (ping())
 MAX_OUTBOUND_ACKS = 1000   # PING and SETTINGS acks queued while the client does not read: then ENHANCE_YOUR_CALM
 LAST_ID = 2**31 - 1        # the highest stream id: goaway_notice's last id, and "no goaway() yet"
 DEFAULT_WINDOW = 65535     # every window's size before SETTINGS (RFC 9113 6.9.2)
@@ -610,6 +611,19 @@ class H2Engine:
         if not self._dead:
             self._queue_goaway(LAST_ID, NO_ERROR)
 
+    def ping(self):
+        """A PING; its ACK calls handler.h2_ping_ack() (after a GOAWAY notice: every stream the client
+        opened before it saw the notice has arrived by then)."""
+        if not self._dead:
+            self._conn.ping(PING_DATA)
+
+    def _on_ping_ack(self, event):
+        if event.ping_data == PING_DATA and not self._closed:
+            try:
+                self.handler.h2_ping_ack()
+            except Exception:
+                log.exception("HTTP/2: h2_ping_ack failed")
+
     def pending(self, limit=65536):
         if self._closed:
             return b""
@@ -746,7 +760,16 @@ class H2Engine:
 
     if _MISSING is None:
         _ON = {RequestReceived: _on_request, DataReceived: _on_data, TrailersReceived: _on_trailers,
-               StreamReset: _on_reset}
+               StreamReset: _on_reset, PingAckReceived: _on_ping_ack}
+
+
+def engine_name(prefer_native=True):
+    """What serves HTTP/2 in this build, for the start line: libnghttp2 (and its version) or h2."""
+    cls = engine_class(prefer_native)
+    if cls is H2Engine:
+        import h2
+        return "the h2 package %s (pure Python)" % h2.__version__
+    return "libnghttp2 %s" % cls.library_version() if hasattr(cls, "library_version") else "libnghttp2"
 
 
 def engine_class(prefer_native=True):

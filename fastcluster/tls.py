@@ -63,7 +63,9 @@ def make_context(config):
             context.set_ciphers(config.ssl_ciphers)
         except ssl.SSLError:
             raise ConfigError("--ssl-ciphers %r: OpenSSL knows no cipher in it" % config.ssl_ciphers) from None
-    context.set_alpn_protocols(["http/1.1"])
+    # ALPN: what the client may choose (--http); a client that offers none of them gets HTTP/1.1
+    # on --http auto, and the handshake's no_application_protocol alert on --http 2
+    context.set_alpn_protocols({"1": ["http/1.1"], "2": ["h2"]}.get(config.http, ["h2", "http/1.1"]))
     return context
 
 

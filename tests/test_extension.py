@@ -180,12 +180,15 @@ def test_the_compiled_loop_calls_the_kernel_without_glibcs_cancellation_wrappers
 
 
 SHARED_SOURCES = ("_server.py", "_exchange.py", "_transport.py", "_request.py", "_dispatch.py", "_http.py",
-                  "_asgi.py", "_websocket.py")
+                  "_asgi.py", "_websocket.py", "_h2.py")
 # the loops' classes that provide the I/O under each shared class
 IO_CLASSES = {"HttpServer": ("Server",), "AppPool": ("Pool",)}
 CONNECTION_IO = ("Connection", "TlsConnection")
 FAMILY = dict.fromkeys(("Channel", "Transport", "RequestBuilder", "AppDispatch", "HttpConnection"), "conn")
-COMPILED_ONLY_IO = {"_input"}   # the parsed bytes as an object: only the compiled loop parses in place (_feed(None, n))
+COMPILED_ONLY_IO = {"_input"}   # the parsed bytes as an object: only the compiled loop parses in place
+                                # (_feed(None, n))
+# a Channel's method that only a framed channel has (an HTTP/2 stream, _h2.py's Stream: no loop I/O)
+FRAMED_ONLY = {("Channel", "_frame_head")}
 
 
 def _io_contract():
@@ -207,7 +210,8 @@ def _io_contract():
                     abstract.add((cls.name, func.name))
                 else:
                     defined.add((FAMILY.get(cls.name, cls.name), func.name))
-    contract = {(cls, method) for cls, method in abstract if (FAMILY.get(cls, cls), method) not in defined}
+    contract = {(cls, method) for cls, method in abstract
+                if (FAMILY.get(cls, cls), method) not in defined and (cls, method) not in FRAMED_ONLY}
     current = None
     with open(os.path.join(package, "_parser.pxd"), encoding="utf-8") as f:
         for cls, method in re.findall(r"^cdef class (\w+)|^    (?:cdef|cpdef) [\w *]*?\b(\w+)\(", f.read(), re.M):

@@ -85,7 +85,7 @@ def test_defaults_are_typed_values():
     for setting in SETTINGS:
         assert not isinstance(getattr(config, setting.name), str) or setting.name in (
             "loop", "interface", "event_loop", "lifespan", "log_level", "log_format", "access_log_format",
-            "forwarded_allow_ips", "forwarded_headers", "root_path", "cert_reqs")
+            "forwarded_allow_ips", "forwarded_headers", "root_path", "cert_reqs", "http")
 
 
 def test_bad_env_value_names_the_variable():
@@ -650,3 +650,14 @@ def test_trust_matches_ipaddress_without_importing_it_for_plain_addresses():
             "print('ipaddress' in sys.modules and 'ipaddress' not in before)")
     out = subprocess.run([sys.executable, "-I", "-c", code], capture_output=True, text=True, timeout=60)
     assert out.stdout.strip() == "False", out
+
+
+@pytest.mark.parametrize("name, value, message", [
+    ("HTTP", "3", "choose from auto, 1, 2"),
+    ("H2_INITIAL_WINDOW_SIZE", "0", "from 1 to 2147483647"),
+    ("H2_MAX_FRAME_SIZE", "1000", "from 16384 to 16777215"),
+    ("H2_MAX_CONCURRENT_STREAMS", "0", "at least 1"),
+])
+def test_http2_options_refuse_what_rfc_9113_does_not_allow(name, value, message):
+    with pytest.raises(ConfigError, match="FASTCLUSTER_%s=%r: .*%s" % (name, value, message)):
+        _config([], {"FASTCLUSTER_" + name: value})

@@ -1,0 +1,465 @@
+"""HTTP/2 (issue 29): h2c with prior knowledge and h2 over TLS by ALPN, for WSGI and ASGI apps, on
+both loops, with real clients: curl, httpx, h2load, and raw frames from the `h2` package's client
+(`H2Client` below) for what the others cannot do (many streams at once, resets, small windows,
+GOAWAY)."""
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import threading
+import time
+
+import pytest
+
+from helpers import IMPLS, TESTS, Server, wait_until
+
+h2_connection = pytest.importorskip("h2.connection")
+h2_config = pytest.importorskip("h2.config")
+h2_events = pytest.importorskip("h2.events")
+
+pytestmark = pytest.mark.timeout(120)
+
+CERTS = os.path.join(TESTS, "certs")
+TLS = ("--certfile", os.path.join(CERTS, "server.pem"), "--keyfile", os.path.join(CERTS, "server.key"))
+CURL = shutil.which("curl")
+H2LOAD = shutil.which("h2load")
+
+
+class H2Client:
+    """An HTTP/2 client connection over a real socket (plain h2c, or TLS with ALPN h2), driven by
+    the `h2` package: requests go out as frames, `run()` reads until the streams asked for end."""
+
+    def __init__(self, server, tls=False, window=None):
+        sock = socket.create_connection((server.host, server.port), timeout=20)
+        if tls:
+            context = ssl.create_default_context(cafile=os.path.join(CERTS, "ca.pem"))
+            context.set_alpn_protocols(["h2"])
+            sock = context.wrap_socket(sock, server_hostname="localhost")
+            assert sock.selected_alpn_protocol() == "h2"
+        self.sock = sock
+        self.conn = h2_connection.H2Connection(config=h2_config.H2Configuration(client_side=True))
+        self.conn.initiate_connection()
+        if window is not None:
+            self.conn.update_settings({h2_connection.SettingCodes.INITIAL_WINDOW_SIZE: window})
+        self.responses = {}
+        self.inbuf = b""
+        self.ended = set()
+        self.resets = {}
+        self.goaway = None
+        self.closed = False
+        self.authority = "%s:%d" % (server.host, server.port)
+        self.flush()
+
+    def flush(self):
+        data = self.conn.data_to_send()
+        if data:
+            self.sock.sendall(data)
+
+    def request(self, path, method="GET", body=None, headers=(), end=True):
+        sid = self.conn.get_next_available_stream_id()
+        head = [(":method", method), (":scheme", "http"), (":authority", self.authority), (":path", path)]
+        head += list(headers)
+        self.conn.send_headers(sid, head, end_stream=body is None and end)
+        self.responses[sid] = {"status": None, "headers": {}, "body": b""}
+        if body is not None:
+            self.send_body(sid, body, end)
+        self.flush()
+        return sid
+
+    def send_body(self, sid, body, end=True):
+        """Send `body` on `sid` as the server's windows allow (reading its WINDOW_UPDATEs meanwhile)."""
+        view = memoryview(body)
+        while view:
+            room = min(self.conn.local_flow_control_window(sid), self.conn.max_outbound_frame_size, len(view))
+            if room <= 0:
+                self.flush()
+                self._read_once()
+                continue
+            self.conn.send_data(sid, view[:room].tobytes())
+            view = view[room:]
+            self.flush()
+        if end:
+            self.conn.end_stream(sid)
+            self.flush()
+
+    def _read_once(self):
+        data = self.sock.recv(65536)
+        if not data:
+            self.closed = True
+            return
+        self.inbuf += data
+        while len(self.inbuf) >= 9:
+            size = 9 + int.from_bytes(self.inbuf[:3], "big")
+            if len(self.inbuf) < size:
+                break
+            frame, self.inbuf = self.inbuf[:size], self.inbuf[size:]
+            if frame[3] == 7:
+                # GOAWAY: read here, not by h2, whose client closes its state machine on one and then
+                # refuses the responses still in flight (which a graceful GOAWAY lets finish)
+                self.goaway = (int.from_bytes(frame[13:17], "big"), int.from_bytes(frame[9:13], "big") & 0x7FFFFFFF)
+                continue
+            for event in self.conn.receive_data(frame):
+                self._event(event)
+        self.flush()
+
+    def _event(self, event):
+        if isinstance(event, h2_events.ResponseReceived):
+            headers = {k.decode(): v.decode() for k, v in event.headers}
+            self.responses[event.stream_id]["status"] = int(headers.pop(":status"))
+            self.responses[event.stream_id]["headers"] = headers
+        elif isinstance(event, h2_events.DataReceived):
+            self.responses[event.stream_id]["body"] += event.data
+            self.conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+        elif isinstance(event, h2_events.StreamEnded):
+            self.ended.add(event.stream_id)
+        elif isinstance(event, h2_events.StreamReset):
+            self.resets[event.stream_id] = event.error_code
+        elif isinstance(event, h2_events.ConnectionTerminated):
+            self.goaway = (event.error_code, event.last_stream_id)
+
+    def run(self, sids, timeout=20.0, until_close=False):
+        """Read until every stream in `sids` ended or was reset (or, `until_close`, the server closed)."""
+        deadline = time.monotonic() + timeout
+        while not self.closed and (until_close or not all(s in self.ended or s in self.resets for s in sids)):
+            assert time.monotonic() < deadline, "streams not done: %r" % (set(sids) - self.ended,)
+            self._read_once()
+        return [self.responses[s] for s in sids]
+
+    def get(self, path, **kw):
+        sid = self.request(path, **kw)
+        return self.run([sid])[0]
+
+    def close(self):
+        self.sock.close()
+
+
+@pytest.fixture(scope="module", params=IMPLS)
+def wsgi(request):
+    server = Server("apps.suite:app", "--bind", "127.0.0.1:0", "--workers", "1", "--loop", request.param)
+    server.impl = request.param
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module", params=IMPLS)
+def asgi(request):
+    server = Server("apps.asgi_suite:app", "--bind", "127.0.0.1:0", "--workers", "1", "--loop", request.param)
+    server.impl = request.param
+    yield server
+    server.stop()
+
+
+def _curl(*args):
+    out = subprocess.run([CURL, "-sS", "--max-time", "20", *args], capture_output=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+# --- negotiation ---
+
+@pytest.mark.skipif(CURL is None, reason="needs curl")
+def test_curl_h2c_prior_knowledge(wsgi):
+    out = _curl("--http2-prior-knowledge", "-w", "\n%{http_version} %{response_code}", wsgi.url + "/pid")
+    body, _, tail = out.rpartition(b"\n")
+    assert tail == b"2 200"
+    assert int(body) in wsgi.worker_pids
+
+
+@pytest.mark.skipif(CURL is None, reason="needs curl")
+def test_curl_tls_alpn_both_versions(impl):
+    with Server("apps.suite:app", "--bind", "127.0.0.1:0", "--workers", "1", "--loop", impl, *TLS) as server:
+        url = "https://localhost:%d/pid" % server.port
+        common = ("--cacert", os.path.join(CERTS, "ca.pem"), "--resolve", "localhost:%d:127.0.0.1" % server.port,
+                  "-w", "\n%{http_version}")
+        assert _curl("--http2", *common, url).rpartition(b"\n")[2] == b"2"
+        assert _curl("--http1.1", *common, url).rpartition(b"\n")[2] == b"1.1"
+        client = H2Client(server, tls=True)
+        try:
+            response = client.get("/environ")
+            assert response["status"] == 200
+            env = json.loads(response["body"])
+            assert env["SERVER_PROTOCOL"] == "HTTP/2" and env["wsgi.url_scheme"] == "https"
+        finally:
+            client.close()
+
+
+def test_http1_still_served_beside_h2c(wsgi):
+    sock = socket.create_connection((wsgi.host, wsgi.port), timeout=10)
+    try:
+        sock.sendall(b"GET /pid HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        data = b""
+        while True:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    finally:
+        sock.close()
+    assert data.startswith(b"HTTP/1.1 200")
+
+
+def test_http_1_refuses_the_preface_and_http_2_refuses_http1(impl):
+    with Server("apps.suite:app", "--bind", "127.0.0.1:0", "--workers", "1", "--loop", impl, "--http", "1") as server:
+        sock = socket.create_connection((server.host, server.port), timeout=10)
+        sock.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        assert sock.recv(100).startswith(b"HTTP/1.1 400")
+        sock.close()
+    with Server("apps.suite:app", "--bind", "127.0.0.1:0", "--workers", "1", "--loop", impl, "--http", "2") as server:
+        sock = socket.create_connection((server.host, server.port), timeout=10)
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert sock.recv(100).startswith(b"HTTP/1.1 505")
+        sock.close()
+        client = H2Client(server)
+        try:
+            assert client.get("/pid")["status"] == 200
+        finally:
+            client.close()
+
+
+# --- streams as exchanges ---
+
+def test_wsgi_environ_and_headers(wsgi):
+    client = H2Client(wsgi)
+    try:
+        response = client.get("/environ?a=1", headers=[("x-thing", "one"), ("x-thing", "two")])
+        env = json.loads(response["body"])
+        assert env["SERVER_PROTOCOL"] == "HTTP/2"
+        assert env["REQUEST_METHOD"] == "GET" and env["PATH_INFO"] == "/environ" and env["QUERY_STRING"] == "a=1"
+        assert env["HTTP_HOST"] == client.authority
+        assert env["HTTP_X_THING"] == "one,two"
+        headers = response["headers"]
+        assert headers["content-type"] == "application/json"
+        assert int(headers["content-length"]) == len(response["body"])
+        assert "date" in headers and headers["server"] == "fastcluster"
+        head = client.get("/", method="HEAD")
+        assert head["status"] == 200 and head["body"] == b"" and int(head["headers"]["content-length"]) > 0
+    finally:
+        client.close()
+
+
+def test_asgi_scope(asgi):
+    client = H2Client(asgi)
+    try:
+        response = client.get("/scope?x=2")
+        scope = json.loads(response["body"])
+        assert scope["http_version"] == "2" and scope["method"] == "GET" and scope["path"] == "/scope"
+        assert scope["query_string"] == "x=2"
+        assert ["host", client.authority] in scope["headers"]     # (from :authority, as HTTP/1.1's Host)
+    finally:
+        client.close()
+
+
+def _concurrent_streams_interleave(server, app):
+    """Twenty streams on one connection to an app that waits 0.5 s each: they run at once (app
+    threads, or the event loop), so all are answered long before 20 x 0.5 s, each whole."""
+    client = H2Client(server)
+    try:
+        began = time.monotonic()
+        sids = [client.request("/sleep?s=0.5") for _ in range(20)]
+        responses = client.run(sids)
+        took = time.monotonic() - began
+        assert all(r["status"] == 200 and r["body"].startswith(b"slept") for r in responses)
+        assert took < 5.0, took
+    finally:
+        client.close()
+
+
+def test_concurrent_streams_interleave_wsgi(wsgi):
+    _concurrent_streams_interleave(wsgi, "wsgi")
+
+
+def test_concurrent_streams_interleave_asgi(asgi):
+    _concurrent_streams_interleave(asgi, "asgi")
+
+
+def _large_upload_and_download_through_small_windows(server, app):
+    client = H2Client(server, window=16384)
+    try:
+        body = os.urandom(3 << 20)
+        sid = client.request("/upload", method="POST", body=body)
+        response = client.run([sid])[0]
+        assert response["status"] == 200
+        assert response["body"] == b"%d %s" % (len(body), hashlib.sha256(body).hexdigest().encode())
+        big = client.get("/write-big?mb=4" if app == "wsgi" else "/big?mb=4")
+        assert big["status"] == 200 and big["body"] == b"w" * (4 << 20)
+    finally:
+        client.close()
+
+
+def test_large_upload_and_download_through_small_windows_wsgi(wsgi):
+    _large_upload_and_download_through_small_windows(wsgi, "wsgi")
+
+
+def test_large_upload_and_download_through_small_windows_asgi(asgi):
+    _large_upload_and_download_through_small_windows(asgi, "asgi")
+
+
+def _app_error_is_a_500_on_its_stream_only(server, app):
+    client = H2Client(server)
+    try:
+        bad = client.request("/raise")
+        good = client.request("/pid")
+        failed, fine = client.run([bad, good])
+        assert failed["status"] == 500
+        assert fine["status"] == 200 and int(fine["body"]) in server.worker_pids
+    finally:
+        client.close()
+
+
+def test_app_error_is_a_500_on_its_stream_only_wsgi(wsgi):
+    _app_error_is_a_500_on_its_stream_only(wsgi, "wsgi")
+
+
+def test_app_error_is_a_500_on_its_stream_only_asgi(asgi):
+    _app_error_is_a_500_on_its_stream_only(asgi, "asgi")
+
+
+def test_client_reset_leaves_the_connection_serving(wsgi):
+    client = H2Client(wsgi)
+    try:
+        sid = client.request("/sleep?s=0.3")
+        client.conn.reset_stream(sid)
+        client.flush()
+        assert client.get("/pid")["status"] == 200
+    finally:
+        client.close()
+
+
+def test_header_limits_get_431(impl):
+    """--max-header-bytes and --max-headers bound an HTTP/2 header list as they do HTTP/1.1's: 431
+    on that stream, and the connection serves on."""
+    with Server("apps.suite:app", "--bind", "127.0.0.1:0", "--workers", "1", "--loop", impl,
+                "--max-header-bytes", "4096", "--max-headers", "20") as server:
+        client = H2Client(server)
+        try:
+            assert client.get("/pid", headers=[("x-big", "v" * 6000)])["status"] == 431
+            assert client.get("/pid", headers=[("x-n%d" % i, "v") for i in range(30)])["status"] == 431
+            assert client.get("/pid", headers=[("x-small", "v" * 1000)])["status"] == 200
+        finally:
+            client.close()
+
+
+def test_httpx_http2(wsgi):
+    httpx = pytest.importorskip("httpx")
+    pytest.importorskip("h2")
+    with httpx.Client(http1=False, http2=True, timeout=20) as client:
+        responses = [client.get(wsgi.url + "/pid") for _ in range(3)]
+    assert all(r.http_version == "HTTP/2" and r.status_code == 200 for r in responses)
+
+
+# --- hostile peers ---
+
+def test_rapid_reset_ends_the_connection_and_others_are_served(wsgi):
+    client = H2Client(wsgi)
+    try:
+        for _ in range(400):
+            sid = client.request("/pid")
+            client.conn.reset_stream(sid)
+        client.flush()
+        client.run([], until_close=True)
+        assert client.goaway is not None and client.goaway[0] == 11     # ENHANCE_YOUR_CALM
+    finally:
+        client.close()
+    other = H2Client(wsgi)
+    try:
+        assert other.get("/pid")["status"] == 200
+    finally:
+        other.close()
+
+
+# --- restarts and stops ---
+
+def test_sigterm_sends_goaway_and_finishes_streams(impl):
+    with Server("apps.suite:app", "--bind", "127.0.0.1:0", "--workers", "1", "--loop", impl) as server:
+        client = H2Client(server)
+        try:
+            sid = client.request("/sleep?s=1")
+            time.sleep(0.2)           # (the stream is in the app when the stop comes)
+            server.signal(signal.SIGTERM)
+            response = client.run([sid], until_close=True)[0]
+            assert response["status"] == 200 and response["body"].startswith(b"slept")
+            assert client.goaway is not None and client.goaway[0] == 0 and client.goaway[1] >= sid
+        finally:
+            client.close()
+        assert server.wait(30) == 0
+
+
+def _load_until(server, stop, tally, streams=5):
+    """A client as browsers and gRPC are: up to `streams` GETs at once on one HTTP/2 connection; after
+    a GOAWAY it finishes what the server took, and sends the rest (refused, or never sent) on a new
+    connection. Counts each answer (`ok`) and each stream that failed after the server took it."""
+    pending = 0
+    while not stop.is_set():
+        client = H2Client(server)
+        try:
+            inflight = [client.request("/pid") for _ in range(streams + pending)]
+            pending = 0
+            while inflight and not stop.is_set():
+                client._read_once()
+                for sid in list(inflight):
+                    code = client.resets.get(sid)
+                    if sid in client.ended:
+                        inflight.remove(sid)
+                        response = client.responses[sid]
+                        tally["ok" if response["status"] == 200 else "failed"] += 1
+                    elif code is not None or (client.goaway is not None and sid > client.goaway[1]):
+                        inflight.remove(sid)
+                        if code not in (None, 7):       # (REFUSED_STREAM: not taken, sent again)
+                            tally["failed"] += 1
+                        else:
+                            pending += 1
+                if client.closed:
+                    tally["failed"] += len(inflight)   # streams it took, cut off
+                    break
+                if client.goaway is None:
+                    while len(inflight) < streams:
+                        inflight.append(client.request("/pid"))
+                else:
+                    pending += streams - len(inflight) if not inflight else 0
+        except (OSError, h2_connection.ProtocolError) as exc:
+            tally["errors"] += 1
+            tally.setdefault("what", []).append(repr(exc))
+        finally:
+            client.close()
+
+
+def test_rolling_restart_drops_no_stream(impl):
+    """The seed's experiment over HTTP/2: SIGUSR2 replaces both workers while four clients keep five
+    streams each in flight; every stream a worker took is answered (GOAWAY, then the streams in
+    flight finish), and what it did not take goes to the new workers."""
+    with Server("apps.suite:app", "--bind", "127.0.0.1:0", "--workers", "2", "--loop", impl) as server:
+        tally = {"ok": 0, "failed": 0, "errors": 0}
+        stop = threading.Event()
+        threads = [threading.Thread(target=_load_until, args=(server, stop, tally)) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        try:
+            time.sleep(1.0)
+            old = set(server.worker_pids)
+            server.signal(signal.SIGUSR2)
+            wait_until(lambda: len(set(server.worker_pids) - old) >= 2, timeout=30, what="two new workers")
+            time.sleep(2.0)
+        finally:
+            stop.set()
+            for thread in threads:
+                thread.join(30)
+        assert tally["failed"] == 0 and tally["errors"] == 0, tally
+        assert tally["ok"] > 200, tally
+        assert set(server.worker_pids) - old, "the workers were not replaced"
+
+
+@pytest.mark.skipif(H2LOAD is None, reason="needs h2load (Debian nghttp2-client)")
+def test_h2load_many_streams(impl):
+    """h2load, 8 connections with 10 streams each for 2 s: every request answered."""
+    with Server("apps.suite:app", "--bind", "127.0.0.1:0", "--workers", "2", "--loop", impl) as server:
+        out = subprocess.run([H2LOAD, "-c", "8", "-m", "10", "-D", "2", server.url + "/pid"],
+                             capture_output=True, text=True, timeout=60).stdout
+        line = [x for x in out.splitlines() if x.startswith("requests:")][0]
+        numbers = dict(part.strip().split(" ", 1)[::-1] for part in line.split(":", 1)[1].split(","))
+        assert int(numbers["failed"]) == 0 and int(numbers["errored"]) == 0, out
+        assert int(numbers["succeeded"]) > 500, out
