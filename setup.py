@@ -1,12 +1,20 @@
 """Build the compiled request loop; fall back to the pure-Python package when that is impossible.
 
-The compiled loop is nine extension modules: `fastcluster._parser` (from `_parser.pyx`, the
-loop's I/O) and the compiled builds of the shared plain-Python sources `_server.py`,
+The compiled loop is ten extension modules: `fastcluster._parser` (from `_parser.pyx`, the
+loop's I/O) and the compiled builds of the shared plain-Python sources `_settings.py`, `_server.py`,
 `_exchange.py`, `_transport.py`, `_request.py`, `_dispatch.py`, `_asgi.py`, `_websocket.py` and
-`_http.py`, as `_server_c`, `_exchange_c`, ... and `_http_c` (Cython's pure-Python mode, with the
-C types in `_<name>_c.pxd`). The pure-Python loop runs those same sources as they are. Cython takes
-a module's name from its file, so each is compiled from a copy named `_<name>_c.py`, written here at
+`_http.py`, as `_settings_c`, `_server_c`, ... and `_http_c` (Cython's pure-Python mode, with the
+C types in `_<name>_c.pxd`); an eleventh is its HTTP/2 engine where libnghttp2 is installed (below).
+The pure-Python loop runs those same sources as they are. Cython takes a module's name from its
+file, so each shared source is compiled from a copy named `_<name>_c.py`, written here at
 build time (generated, like the .c files, and never committed).
+
+HTTP/2: `fastcluster._nghttp2` (from `_nghttp2.pyx`, with libnghttp2's C API declared in
+`_libnghttp2.pxd`) is the HTTP/2 engine of the compiled loop, linked with libnghttp2. It is built
+only when libnghttp2's headers are found (nghttp2/nghttp2.h under /usr/include, /usr/local/include
+or what `pkg-config --cflags libnghttp2` names; Debian: libnghttp2-dev). Without them, or when its
+compile or link fails, the rest is built as before and HTTP/2 uses the pure-Python `h2` package
+(fastcluster/h2engine.py), with one line on stderr that says so.
 
 What fails and what falls back:
   - Cython's own warnings are errors (Cython's -Werror, `Options.warning_errors`): a warning stops the
@@ -23,9 +31,11 @@ Knobs (environment variables at build time):
   FASTCLUSTER_NO_EXTENSIONS=1   build no extension: the package runs the pure-Python loop
   FASTCLUSTER_CYTHON_ANNOTATE=1 also write fastcluster/*.html (cython -a)
   FASTCLUSTER_DEBUG=1           linetrace + CYTHON_TRACE, for profilers and coverage
+  FASTCLUSTER_NO_NGHTTP2=1      build the compiled loop without fastcluster._nghttp2 (HTTP/2 by `h2`)
 """
 
 import os
+import subprocess
 import sys
 
 from setuptools import Extension, setup
@@ -50,6 +60,10 @@ class optional_build_ext(build_ext):
         try:
             super().build_extension(ext)
         except Exception as exc:
+            if ext.name == "fastcluster._nghttp2":   # the loop is whole without it
+                sys.stderr.write("\n*** fastcluster: fastcluster._nghttp2 could not be built (%s); "
+                                 "HTTP/2 will use the pure-Python h2 package\n\n" % exc)
+                return
             self._warn(exc)
 
     def _warn(self, exc):
@@ -88,6 +102,31 @@ class build_py_without_copies(build_py):
                 if not (entry[1].startswith("_") and entry[1][:-2] in SHARED and entry[1].endswith("_c"))]
 
 
+NGHTTP2_MISSING = ("*** fastcluster: libnghttp2's headers not found (Debian: apt-get install libnghttp2-dev); "
+                   "HTTP/2 will use the pure-Python h2 package\n")
+
+
+def _nghttp2():
+    """(include_dirs, library_dirs) to build fastcluster._nghttp2 with, or None without libnghttp2's headers.
+    The usual directories first (needing no flags), then pkg-config's."""
+    for where in ("/usr/include", "/usr/local/include"):
+        if os.path.exists(os.path.join(where, "nghttp2", "nghttp2.h")):
+            return [], []
+    flags = {}
+    for option in ("--cflags-only-I", "--libs-only-L"):
+        try:
+            proc = subprocess.run(["pkg-config", option, "libnghttp2"], capture_output=True, text=True, timeout=30)
+        except (OSError, subprocess.SubprocessError):     # no pkg-config
+            return None
+        if proc.returncode != 0:                            # pkg-config does not know libnghttp2
+            return None
+        flags[option] = [flag[2:] for flag in proc.stdout.split() if flag[:2] in ("-I", "-L")]
+    for where in flags["--cflags-only-I"]:
+        if os.path.exists(os.path.join(where, "nghttp2", "nghttp2.h")):
+            return flags["--cflags-only-I"], flags["--libs-only-L"]
+    return None
+
+
 def extensions():
     if _flag("FASTCLUSTER_NO_EXTENSIONS") or sys.implementation.name != "cpython":
         return []
@@ -109,6 +148,13 @@ def extensions():
                       extra_compile_args=["-O2"]) for name in SHARED]
     exts.append(Extension("fastcluster._parser", ["fastcluster/_parser.pyx"], define_macros=macros,
                           extra_compile_args=["-O2"]))
+    found = None if _flag("FASTCLUSTER_NO_NGHTTP2") else _nghttp2()
+    if found is not None:
+        exts.append(Extension("fastcluster._nghttp2", ["fastcluster/_nghttp2.pyx"], define_macros=macros,
+                              include_dirs=found[0], library_dirs=found[1], libraries=["nghttp2"],
+                              extra_compile_args=["-O2"]))
+    elif not _flag("FASTCLUSTER_NO_NGHTTP2"):
+        sys.stderr.write(NGHTTP2_MISSING)
     try:
         return cythonize(exts, compiler_directives=directives, annotate=_flag("FASTCLUSTER_CYTHON_ANNOTATE"))
     except CompileError as exc:
