@@ -141,6 +141,7 @@ cdef inline void _nv(nghttp2_nv* nv, bytes name, bytes value) noexcept:
 
 @cython.final
 @cython.freelist(32)
+@cython.no_gc       # it holds lists of bytes (and of tuples of bytes) only: never part of a cycle
 cdef class _Stream:
     """One client stream, from its HEADERS until nghttp2 closes it."""
     cdef int32_t sid

@@ -400,7 +400,7 @@ def test_oversized_header_list_hpack_bomb(engine_class):
     pair.handler.answer = ok()
     pair.client.send_headers(3, GET, end_stream=True)           # the HPACK state survived
     pair.exchange()
-    assert not [c for c in pair.handler.calls if c[0] == "request" and c[1] == 1]
+    assert pair.handler.kinds(1) in (["refused", "closed"], [])         # a 431 to send, or a reset
     assert pair.response(1)[0] == [(b":status", b"431")] or pair.of(h2.events.StreamReset, 1)
     assert pair.response(3)[1:] == (b"hello, world!", None, True)
     # with a body: the body is not delivered
