@@ -587,27 +587,24 @@ cdef class Engine:
         """What the engine wants to send now, up to about `limit` bytes (b"" when nothing)."""
         cdef const uint8_t* data
         cdef ssize_t n
-        cdef size_t used = 0, size = 16384
-        cdef char* buf
+        cdef size_t used = 0, size = 0
+        cdef char* buf = NULL
         cdef char* grown
         cdef bint failed = False
         if self.session == NULL or self.busy:
             return b""
-        buf = <char*>PyMem_Malloc(size)
-        if buf == NULL:
-            raise MemoryError()
         self.busy = True
         try:
             while <Py_ssize_t>used < limit:
-                n = nghttp2_session_mem_send(self.session, &data)
+                n = nghttp2_session_mem_send(self.session, &data)      # one frame (valid until the next call)
                 if n <= 0:
                     if n == 0 or self.closed or failed:
                         break
                     failed = self.fatal = True      # once: then what is queued, with that GOAWAY
                     nghttp2_session_terminate_session(self.session, _error_code(n))
                     continue
-                if used + n > size:
-                    size = max(size * 2, used + n)
+                if used + <size_t>n > size:
+                    size = max(size * 2, used + <size_t>n, <size_t>16384)
                     grown = <char*>PyMem_Realloc(buf, size)
                     if grown == NULL:
                         raise MemoryError()
