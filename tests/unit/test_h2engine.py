@@ -464,3 +464,16 @@ def test_close_from_a_callback_stops_everything(engine_class):
     pair.engine.receive(b"\x00" * 100)
     pair.engine.close()
     assert [c[0] for c in pair.handler.calls] == ["request"]
+
+
+def test_the_native_engines_stub_names_what_it_has():
+    native = pytest.importorskip("fastcluster._nghttp2")
+    import ast
+    import os
+    with open(os.path.join(os.path.dirname(native.__file__), "_nghttp2.pyi"), encoding="utf-8") as f:
+        tree = ast.parse(f.read())
+    engine = next(node for node in tree.body if isinstance(node, ast.ClassDef) and node.name == "Engine")
+    stubbed = {node.name for node in engine.body if isinstance(node, ast.FunctionDef) and node.name != "__init__"}
+    assert stubbed == {name for name in dir(native.Engine) if not name.startswith("_")}
+    constants = {node.target.id for node in tree.body if isinstance(node, ast.AnnAssign)}
+    assert constants == {name for name in dir(native) if name.isupper()}
