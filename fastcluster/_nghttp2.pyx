@@ -402,7 +402,7 @@ cdef class Engine:
                  int max_frame_size=16384, int max_header_list_size=65536):
         cdef nghttp2_session_callbacks* callbacks = NULL
         cdef nghttp2_option* option = NULL
-        cdef nghttp2_settings_entry settings[6]
+        cdef nghttp2_settings_entry settings[5]
         cdef int64_t window = <int64_t>max_concurrent_streams * initial_window_size
         cdef int rv
         if self.session != NULL or self.closed:
@@ -442,8 +442,10 @@ cdef class Engine:
         settings[2].settings_id, settings[2].value = NGHTTP2_SETTINGS_MAX_FRAME_SIZE, max_frame_size
         settings[3].settings_id, settings[3].value = NGHTTP2_SETTINGS_MAX_HEADER_LIST_SIZE, max_header_list_size
         settings[4].settings_id, settings[4].value = NGHTTP2_SETTINGS_ENABLE_PUSH, 0
-        settings[5].settings_id, settings[5].value = NGHTTP2_SETTINGS_NO_RFC7540_PRIORITIES, 1
-        self.check(nghttp2_submit_settings(self.session, NGHTTP2_FLAG_NONE, settings, 6))
+        # not SETTINGS_NO_RFC7540_PRIORITIES: with it nghttp2 schedules by RFC 9218, whose default
+        # (urgency 3, not incremental) sends concurrent responses one after the other; without it, streams
+        # no client priority orders share the connection round robin (as the h2 engine does)
+        self.check(nghttp2_submit_settings(self.session, NGHTTP2_FLAG_NONE, settings, 5))
         # the connection window: every stream's, so one stream whose app does not read starves no other
         window = min(window, NGHTTP2_MAX_WINDOW_SIZE)
         if window > NGHTTP2_INITIAL_WINDOW_SIZE:

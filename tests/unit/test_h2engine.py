@@ -296,6 +296,8 @@ def test_many_concurrent_streams_interleaved(engine_class):
         pair.engine.respond(sid, 200, [(b"x-stream", b"%d" % sid)], False)
         pair.engine.send_data(sid, body * 2000, True)
     pair.exchange(acknowledge=True)
+    order = [e.stream_id for e in pair.of(h2.events.DataReceived)]
+    assert order.index(ids[-1]) < len(order) - 1 - order[::-1].index(ids[0])    # shared, not one by one
     for sid in ids:
         headers, body, _, ended = pair.response(sid)
         assert headers == [(b":status", b"200"), (b"x-stream", b"%d" % sid)] and ended
