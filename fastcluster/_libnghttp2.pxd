@@ -108,6 +108,7 @@ cdef extern from "nghttp2/nghttp2.h":
     void nghttp2_option_del(nghttp2_option* option)
     void nghttp2_option_set_no_auto_window_update(nghttp2_option* option, int val)
     void nghttp2_option_set_max_outbound_ack(nghttp2_option* option, size_t val)
+    void nghttp2_option_set_no_closed_streams(nghttp2_option* option, int val)
 
     int nghttp2_session_server_new2(nghttp2_session** session_ptr, const nghttp2_session_callbacks* callbacks,
                                     void* user_data, const nghttp2_option* option)

@@ -431,6 +431,7 @@ cdef class Engine:
             raise MemoryError()
         nghttp2_option_set_no_auto_window_update(option, 1)
         nghttp2_option_set_max_outbound_ack(option, MAX_OUTBOUND_ACK)
+        nghttp2_option_set_no_closed_streams(option, 1)
         rv = nghttp2_session_server_new2(&self.session, callbacks, <void*>self, option)
         nghttp2_option_del(option)
         nghttp2_session_callbacks_del(callbacks)
