@@ -27,10 +27,19 @@ cdef extern from "nghttp2/nghttp2.h":
     ctypedef struct nghttp2_rst_stream:
         nghttp2_frame_hd hd
         uint32_t error_code
+    ctypedef struct nghttp2_ping:
+        nghttp2_frame_hd hd
+        uint8_t opaque_data[8]
     ctypedef union nghttp2_frame:
         nghttp2_frame_hd hd
         nghttp2_headers headers
         nghttp2_rst_stream rst_stream
+        nghttp2_ping ping
+    ctypedef struct nghttp2_info:
+        int age
+        int version_num
+        const char* version_str
+        const char* proto_str
 
     ctypedef struct nghttp2_nv:
         uint8_t* name
@@ -78,6 +87,8 @@ cdef extern from "nghttp2/nghttp2.h":
         NGHTTP2_DATA
         NGHTTP2_HEADERS
         NGHTTP2_RST_STREAM
+        NGHTTP2_PING
+        NGHTTP2_FLAG_ACK
         NGHTTP2_FLAG_NONE
         NGHTTP2_FLAG_END_STREAM
         NGHTTP2_DATA_FLAG_EOF
@@ -138,6 +149,8 @@ cdef extern from "nghttp2/nghttp2.h":
     int nghttp2_submit_goaway(nghttp2_session* session, uint8_t flags, int32_t last_stream_id, uint32_t error_code,
                               const uint8_t* opaque_data, size_t opaque_data_len)
     int nghttp2_submit_shutdown_notice(nghttp2_session* session)
+    int nghttp2_submit_ping(nghttp2_session* session, uint8_t flags, const uint8_t* opaque_data)
+    nghttp2_info* nghttp2_version(int least_version)
 
     int nghttp2_check_header_name(const uint8_t* name, size_t len)
     int nghttp2_check_header_value(const uint8_t* value, size_t len)

@@ -55,6 +55,7 @@ ENHANCE_YOUR_CALM = 11
 INADEQUATE_SECURITY = 12
 HTTP_1_1_REQUIRED = 13
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+cdef const char* PING_DATA = b"fc-drain"     # the opaque data of our own PING (ping())
 
 cdef enum:
     E_PROTOCOL = 1
@@ -246,6 +247,13 @@ cdef int _on_frame_recv(nghttp2_session* session, const nghttp2_frame* frame, vo
     cdef list headers
     if engine.closed:
         return NGHTTP2_ERR_CALLBACK_FAILURE
+    if frame.hd.type == NGHTTP2_PING:
+        if frame.hd.flags & NGHTTP2_FLAG_ACK and memcmp(frame.ping.opaque_data, PING_DATA, 8) == 0:
+            try:
+                engine.handler.h2_ping_ack()      # (our own PING's: ping())
+            except BaseException as exc:
+                return engine.failed(0, exc, "handling a PING's ACK")
+        return 0
     if frame.hd.type != NGHTTP2_DATA and frame.hd.type != NGHTTP2_HEADERS and frame.hd.type != NGHTTP2_RST_STREAM:
         return 0
     st = engine.streams.get(sid)
@@ -713,6 +721,17 @@ cdef class Engine:
         """GOAWAY with the last stream id 2**31-1: the first half of a graceful shutdown."""
         if self.session != NULL:
             self.check(nghttp2_submit_shutdown_notice(self.session))
+
+    def ping(self):
+        """A PING; its ACK calls handler.h2_ping_ack() (after a GOAWAY notice: every stream the client
+        opened before it saw the notice has arrived by then)."""
+        if self.session != NULL:
+            self.check(nghttp2_submit_ping(self.session, NGHTTP2_FLAG_NONE, <const uint8_t*>PING_DATA))
+
+    @staticmethod
+    def library_version():
+        """The libnghttp2 this module runs with (its version string)."""
+        return nghttp2_version(0).version_str.decode("ascii")
 
     @property
     def last_stream_id(self):
