@@ -90,7 +90,8 @@ class Stream(AppDispatch):
     if not cython.compiled:
         framed = True
         head_out = nxt = None
-        body_in = acked = 0
+        body_in = acked = backlog = 0
+        stalled = 0.0
         ended = counted = False
 
     def _open(self, session, sid):
@@ -410,7 +411,7 @@ class Stream(AppDispatch):
         accounting (as HttpConnection._complete)."""
         server = self.server
         code = ex.code
-        if not self.ended:
+        if not self.ended and self.state != CLOSED:      # (closed: the client reset it, or left)
             self.ended = True
             self.session.engine.send_data(self.sid, b"", True)
         if ex.headers_sent and 100 <= code < 600:
@@ -428,11 +429,19 @@ class Stream(AppDispatch):
     # --- the end ---
 
     def _timed_out(self, now):
-        """The session's tick: the body deadline of this stream."""
+        """The session's tick: the body deadline of this stream, and --write-timeout for a response
+        that made no progress (a client that keeps the stream's window shut: HTTP/2's slowloris)."""
         if self.wait == W_BODY and now >= self.deadline:
             self._refuse_body(408)
             if self.resp is None and self.nxt is None:
                 self.session.engine.reset(self.sid, CANCEL)
+        backlog = self.out_size + self.session.engine.queued(self.sid)
+        if not backlog or backlog != self.backlog:
+            self.backlog = backlog
+            self.stalled = now
+        elif now - self.stalled >= self.server.settings.write_timeout:
+            self.session.engine.reset(self.sid, CANCEL)
+            self.close()                     # (an app waiting to write is told the client is gone)
         return 0
 
     def _release(self):

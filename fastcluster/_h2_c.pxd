@@ -31,6 +31,8 @@ cdef class Stream(AppDispatch):
         long long acked                # ...and handed back to the peer's window (taken by the app)
         public bint ended              # our END_STREAM is in the engine
         bint counted                   # in the board's in-flight count
+        long long backlog              # response bytes not sent at the last tick...
+        double stalled                 # ...and since when that number has not moved (--write-timeout)
 
     cdef int _open(self, H2Session session, int sid) except -1
     @cython.locals(server=HttpServer, ex=Exchange, env=dict)
@@ -54,6 +56,7 @@ cdef class Stream(AppDispatch):
     cdef int _file_piece(self, Exchange ex) except -1
     @cython.locals(server=HttpServer)
     cdef int _respond(self, Exchange ex) except -1
+    @cython.locals(backlog='long long')
     cdef int _timed_out(self, double now) except -1
     # the chain's methods, for a stream (no socket: its bytes go to the session's engine)
     cdef int _queue(self, bytes data) except -1

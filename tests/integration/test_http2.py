@@ -354,11 +354,39 @@ def test_httpx_http2(wsgi):
 
 # --- hostile peers ---
 
+def test_a_stream_held_at_a_zero_window_is_reset_after_write_timeout(impl):
+    """HTTP/2's slowloris: a client that opens a stream and keeps its window at 0 holds the app's
+    response (and an app thread waiting to write it) until --write-timeout; then the stream is
+    reset (CANCEL), the app's write fails, and others are served all along."""
+    with Server("apps.suite:app", "--bind", "127.0.0.1:0", "--workers", "1", "--loop", impl,
+                "--write-timeout", "2") as server:
+        client = H2Client(server, window=0)
+        try:
+            sid = client.request("/write-big?mb=4")
+            other = H2Client(server)
+            try:
+                assert other.get("/pid")["status"] == 200
+            finally:
+                other.close()
+            client.run([sid], timeout=15)
+            assert client.resets.get(sid) == 8, (client.resets, client.responses[sid]["status"])
+            assert client.responses[sid]["body"] == b""
+        finally:
+            client.close()
+        again = H2Client(server)
+        try:
+            assert again.get("/pid")["status"] == 200
+        finally:
+            again.close()
+
+
 def test_rapid_reset_ends_the_connection_and_others_are_served(wsgi):
     client = H2Client(wsgi)
     try:
-        for _ in range(400):
-            sid = client.request("/pid")
+        head = [(":method", "GET"), (":scheme", "http"), (":authority", client.authority), (":path", "/pid")]
+        for _ in range(400):        # each stream opened and reset in the same write (CVE-2023-44487)
+            sid = client.conn.get_next_available_stream_id()
+            client.conn.send_headers(sid, head, end_stream=True)
             client.conn.reset_stream(sid)
         client.flush()
         client.run([], until_close=True)
