@@ -114,7 +114,7 @@ class HttpConnection(AppDispatch):
 
     def on_message_begin(self):
         self._begin_head(self.parser is None)   # (the compiled loop's own parser keeps memo entries)
-        if not self.served and self.server.settings.http2 is not None and self.server.settings.http2["only"]:
+        if not self.served and self.server.settings.http2_only:
             raise Reject(505)                   # --http 2 (an h2c preface is taken before this counts: _feed)
         if self.served or self.wait == W_NONE:
             # a kept-alive connection, or one behind a request being answered: the header

@@ -75,10 +75,11 @@ class Settings:
         self.ws_max_size = config.ws_max_size
         self.ws_ping_interval = config.ws_ping_interval
         self.ws_ping_timeout = config.ws_ping_timeout
-        # HTTP/2 (_h2.py): None with --http 1; "only" with --http 2
+        # HTTP/2 (_h2.py): its settings, None with --http 1; http2_only with --http 2
         self.http2 = None if config.http == "1" else {
-            "only": config.http == "2", "max_concurrent_streams": config.h2_max_concurrent_streams,
+            "max_concurrent_streams": config.h2_max_concurrent_streams,
             "initial_window_size": config.h2_initial_window_size, "max_frame_size": config.h2_max_frame_size}
+        self.http2_only = config.http == "2"
         self.scheme = "http"
         self.wakeup_fd = wakeup_fd
         self.master_pid = master_pid

@@ -33,6 +33,7 @@ cdef class Settings:
         public double ws_ping_interval
         public double ws_ping_timeout
         public dict http2              # HTTP/2's settings (None: --http 1)
+        public bint http2_only         # --http 2: an HTTP/1.x request is refused (505)
         public object tls              # --certfile: the ssl.SSLContext each connection's session comes from
         public str scheme              # "https" with tls, else "http"
         public int wakeup_fd           # Python's signal wake-up fd (-1: none)
