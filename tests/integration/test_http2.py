@@ -171,6 +171,14 @@ def test_curl_h2c_prior_knowledge(wsgi):
 
 
 @pytest.mark.skipif(CURL is None, reason="needs curl")
+def test_upgrade_h2c_is_answered_as_http1(wsgi):
+    """The deprecated `Upgrade: h2c` (curl --http2 on http://): the request is answered as HTTP/1.1."""
+    out = _curl("--http2", "-w", "\n%{http_version} %{response_code}", wsgi.url + "/pid")
+    body, _, tail = out.rpartition(b"\n")
+    assert tail == b"1.1 200" and int(body) in wsgi.worker_pids
+
+
+@pytest.mark.skipif(CURL is None, reason="needs curl")
 def test_curl_tls_alpn_both_versions(impl):
     with Server("apps.suite:app", "--bind", "127.0.0.1:0", "--workers", "1", "--loop", impl, *TLS) as server:
         url = "https://localhost:%d/pid" % server.port
