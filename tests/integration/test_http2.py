@@ -327,6 +327,29 @@ def test_app_error_is_a_500_on_its_stream_only_asgi(asgi):
     _app_error_is_a_500_on_its_stream_only(asgi, "asgi")
 
 
+def test_files_over_streams(wsgi, asgi, tmp_path):
+    """wsgi.file_wrapper and ASGI's pathsend over HTTP/2: read in pieces into the stream (no
+    sendfile under HTTP/2's framing), whole, with and without a length."""
+    client = H2Client(wsgi)
+    try:
+        size = 300001
+        response = client.get("/file?size=%d" % size)
+        assert response["status"] == 200
+        assert response["body"] == bytes(range(256)) * (size // 256) + b"z" * (size % 256)
+    finally:
+        client.close()
+    path = tmp_path / "data.bin"
+    data = os.urandom(200000)
+    path.write_bytes(data)
+    client = H2Client(asgi)
+    try:
+        for query in ("", "&nolen"):
+            response = client.get("/pathsend?path=%s%s" % (path, query))
+            assert response["status"] == 200 and response["body"] == data
+    finally:
+        client.close()
+
+
 def test_client_reset_leaves_the_connection_serving(wsgi):
     client = H2Client(wsgi)
     try:
