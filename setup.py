@@ -1,10 +1,10 @@
 """Build the compiled request loop; fall back to the pure-Python package when that is impossible.
 
-The compiled loop is ten extension modules: `fastcluster._parser` (from `_parser.pyx`, the
+The compiled loop is eleven extension modules: `fastcluster._parser` (from `_parser.pyx`, the
 loop's I/O) and the compiled builds of the shared plain-Python sources `_settings.py`, `_server.py`,
-`_exchange.py`, `_transport.py`, `_request.py`, `_dispatch.py`, `_asgi.py`, `_websocket.py` and
-`_http.py`, as `_settings_c`, `_server_c`, ... and `_http_c` (Cython's pure-Python mode, with the
-C types in `_<name>_c.pxd`); an eleventh is its HTTP/2 engine where libnghttp2 is installed (below).
+`_exchange.py`, `_transport.py`, `_request.py`, `_dispatch.py`, `_asgi.py`, `_websocket.py`,
+`_http.py` and `_h2.py`, as `_settings_c`, `_server_c`, ... and `_h2_c` (Cython's pure-Python mode, with the
+C types in `_<name>_c.pxd`); a twelfth is its HTTP/2 engine where libnghttp2 is installed (below).
 The pure-Python loop runs those same sources as they are. Cython takes a module's name from its
 file, so each shared source is compiled from a copy named `_<name>_c.py`, written here at
 build time (generated, like the .c files, and never committed).

@@ -23,6 +23,7 @@ BUILDS = {
     "fastcluster._request_c": "fastcluster._request",
     "fastcluster._dispatch_c": "fastcluster._dispatch",
     "fastcluster._http_c": "fastcluster._http",
+    "fastcluster._h2_c": "fastcluster._h2",
 }
 ONLY_COMPILED = {"fastcluster._parser": {"AccessWriter", "use_parser"}}   # the C access-log renderer (logs.py
 # renders otherwise); the choice between driving llhttp directly and httptools' callbacks (_llhttp.pxi)
@@ -37,6 +38,21 @@ def test_compiled_loop_was_built(name):
     assert module.__file__.endswith((".so", ".pyd")), module.__file__
     assert loop.resolve("auto") == "cython"
     assert importlib.import_module("fastcluster._parser").IMPLEMENTATION == "cython"
+
+
+@pytest.mark.skipif(bool(os.environ.get("FASTCLUSTER_NO_EXTENSIONS")),
+                    reason="FASTCLUSTER_NO_EXTENSIONS: the pure-Python build is intended")
+@pytest.mark.skipif(not os.path.exists("/usr/include/nghttp2/nghttp2.h") and not os.environ.get("CI"),
+                    reason="libnghttp2's headers are not installed: HTTP/2 runs on h2 (CI installs them)")
+def test_compiled_http2_engine_was_built():
+    """Where libnghttp2's headers are (and always in CI, which installs them), the compiled loop's
+    HTTP/2 runs on libnghttp2: a build that fell back to the h2 package quietly fails here."""
+    from fastcluster import h2engine
+
+    engine = importlib.import_module("fastcluster._nghttp2")
+    assert engine.__file__.endswith(".so"), engine.__file__
+    assert h2engine.engine_class(True) is engine.Engine
+    assert h2engine.engine_name(True).startswith("libnghttp2 1.")
 
 
 def _defined(module):
