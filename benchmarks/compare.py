@@ -46,7 +46,7 @@ sys.path.insert(0, HERE)
 from bench_app import BODY as _BODY_BYTES  # noqa: E402  (the hello every server answers)
 
 BODY = _BODY_BYTES.decode()              # nginx's copy goes into its config
-PEERS_PIP = ["gunicorn", "uvicorn", "uvloop", "httptools", "granian", "fastpysgi", "bjoern", "matplotlib",
+PEERS_PIP = ["gunicorn", "uvicorn", "uvloop", "httptools", "granian", "fastpysgi", "bjoern", "matplotlib", "hypercorn",
              "fastapi", "websockets"]
 APT = {"wrk": "wrk", "ab": "apache2-utils", "nginx": "nginx"}
 
@@ -655,6 +655,8 @@ def main():
                     help="the ASGI comparison instead (raw hello, pipelining, FastAPI, WebSocket echo)")
     ap.add_argument("--tls", action="store_true",
                     help="the TLS comparison instead (HTTPS keep-alive and pipelining; benchmarks/tls_workloads.py)")
+    ap.add_argument("--h2", action="store_true",
+                    help="the HTTP/2 comparison instead (h2c and h2 over TLS under h2load; benchmarks/h2_workloads.py)")
     ap.add_argument("--speed", action="store_true",
                     help="issue 14's comparison instead: nginx, fastcluster, fastpysgi, bjoern on keep-alive, a new "
                          "connection per request and 16-deep pipelining, plus the worker's RSS over 1M requests")
@@ -682,6 +684,8 @@ def main():
         return compare_asgi(args, missing, started)
     if args.tls:
         return compare_tls(args, missing, started)
+    if args.h2:
+        return compare_h2(args, missing, started)
     if args.speed and args.deferred:
         return compare_speed_deferred(args, missing, started)
     if args.speed:
@@ -824,6 +828,20 @@ def compare_tls(args, missing, started):
     _rounds(args, missing, started, "--tls", tw.SERVERS, tw.WORKLOADS,
             lambda name, port, workload: tw.command(name, port, bin_, workload), load,
             tw.markdown, "compare-tls", "TLS: fastcluster and its peers")
+
+
+def compare_h2(args, missing, started):
+    """--h2: benchmarks/h2_workloads.py, the same way as --asgi (a server without HTTP/1.1's base
+    workload, or without HTTP/2, gets no row there)."""
+    import h2_workloads as hw
+
+    def load(workload, port, seconds):
+        return hw.run_h2load(port, seconds, workload, lambda cmd: _load(cmd, seconds, True))
+
+    bin_ = os.path.join(VENV, "bin")
+    _rounds(args, missing, started, "--h2", hw.SERVERS, hw.WORKLOADS,
+            lambda name, port, workload: hw.command(name, port, bin_, workload), load,
+            hw.markdown, "compare-h2", "HTTP/2: fastcluster and its peers")
 
 
 def _rounds(args, missing, started, flag, servers, workloads, command, load, markdown, stem, title, extra=None):
