@@ -54,6 +54,7 @@ RESET_SPAN = 10.0           # ...seconds before the connection ends with ENHANCE
 DRAIN_BUSY = 5.0            # a stopping worker's GOAWAY waits this long at most for a connection to go quiet
 DRAIN_PING_WAIT = 5.0       # a stopping worker's final GOAWAY: at the PING's ACK, or this long after the notice
 REFUSALS = {405: "405 Method Not Allowed"}   # (those wsgi.ERROR_STATUS does not have)
+PAIRS_MEMO = (None, None, None, ())   # _header_pairs' last (lines, date, ours, pairs)
 BodyQueue = None            # _asgi.BodyQueue (or its compiled build's), with the first ASGI stream
 
 
@@ -69,7 +70,13 @@ def _load_asgi():
 
 def _header_pairs(lines, date, ours):
     """HTTP/1.1 header lines (as encode_headers gives them: pieces that join to `Name: value\\r\\n`
-    lines) as the (lowercase name, value) pairs HTTP/2 sends."""
+    lines) as the (lowercase name, value) pairs HTTP/2 sends. The same lines as the last call's (the
+    very list encode_headers remembers for an app that answers alike), the same date line: a copy of
+    the last answer."""
+    global PAIRS_MEMO
+    memo = PAIRS_MEMO
+    if lines is memo[0] and date is memo[1] and ours is memo[2]:
+        return list(memo[3])
     pairs = []
     text = b"".join(lines)
     if date is not None:
@@ -80,6 +87,7 @@ def _header_pairs(lines, date, ours):
         if line:
             colon = line.index(b":")
             pairs.append((line[:colon].lower(), line[colon + 1:].strip()))
+    PAIRS_MEMO = (lines, date, ours, tuple(pairs))
     return pairs
 
 
@@ -467,6 +475,23 @@ class Stream(AppDispatch):
             self.start_response = None
             self.write = None
         return 0
+
+    def close(self):
+        """The stream is over (its end, a reset, the connection's close): AppDispatch.close without
+        what only a connection has (its descriptor, the worker's count of connections)."""
+        if CHECK_THREADS:
+            self.server._check_thread("Stream.close")
+        if self.state == CLOSED:
+            return
+        self.state = CLOSED
+        ex = self.resp
+        if ex is not None and ex.asgi is not None and ex.asgi.cycle is not None:
+            ex.asgi.cycle.disconnect()       # an ASGI app: http.disconnect
+        server = self.server
+        if ex is not None and ex.in_app and server.pool is not None:
+            server.orphans.append(self)      # its app call runs on: --timeout still watches it
+        self._release()
+        self._notify()
 
     def _close_fd(self):
         return 0

@@ -14,9 +14,10 @@ cdef int RESET_BUDGET, HAS_DATE, HAS_SERVER
 cdef double RESET_SPAN, DRAIN_PING_WAIT, DRAIN_BUSY
 cdef bytes SERVER_LINE
 cdef dict REFUSALS
+cdef tuple PAIRS_MEMO
 cdef object LazyInput, log, refusal_cell, BodyQueue
 
-@cython.locals(pairs=list, text=bytes, line=bytes, colon=Py_ssize_t)
+@cython.locals(pairs=list, text=bytes, line=bytes, colon=Py_ssize_t, memo=tuple)
 cdef list _header_pairs(list lines, bytes date, bytes ours)
 
 
@@ -74,6 +75,8 @@ cdef class Stream(AppDispatch):
     cdef int _resume_reading(self) except -1
     cdef int _set_mask(self, unsigned int mask) except -1
     cpdef bint idle(self)
+    @cython.locals(server=HttpServer, ex=Exchange)
+    cpdef close(self)
 
 
 cdef class H2Session:
