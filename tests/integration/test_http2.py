@@ -431,6 +431,97 @@ def test_rapid_reset_ends_the_connection_and_others_are_served(wsgi):
         other.close()
 
 
+def test_hpack_bomb_gets_431_and_the_connection_serves_on(wsgi):
+    """A 4000-byte field put in the HPACK table once, then referenced 100 times in one header block
+    (a few hundred bytes on the wire, 400 KB decoded): counted while decoded, refused with 431."""
+    client = H2Client(wsgi)
+    try:
+        big = ("x-big", "v" * 4000)
+        assert client.get("/pid", headers=[big])["status"] == 200       # (now in both HPACK tables)
+        assert client.get("/pid", headers=[big] * 100)["status"] == 431
+        assert client.get("/pid")["status"] == 200
+    finally:
+        client.close()
+
+
+def _raw_h2(server):
+    """A socket that has sent the client preface and an empty SETTINGS, and a frame maker."""
+    sock = socket.create_connection((server.host, server.port), timeout=10)
+    sock.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + _frame(4, 0, 0, b""))
+    return sock
+
+
+def _frame(kind, flags, sid, payload):
+    return len(payload).to_bytes(3, "big") + bytes((kind, flags)) + sid.to_bytes(4, "big") + payload
+
+
+def _ends(sock, timeout=15.0):
+    """Read until the server closes the connection: the GOAWAY's error code, if one came."""
+    sock.settimeout(timeout)
+    data, code = b"", None
+    try:
+        while True:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    except ConnectionResetError:
+        pass
+    while len(data) >= 9:
+        size = int.from_bytes(data[:3], "big")
+        if data[3] == 7:
+            code = int.from_bytes(data[13:17], "big")
+        data = data[9 + size:]
+    return code
+
+
+def test_continuation_flood_is_cut_off(wsgi):
+    """CVE-2024-27316: a HEADERS frame without END_HEADERS and CONTINUATION frames that never end it,
+    each full of new header fields: the connection ends once the block passes the header limits
+    (its memory bounded by them), and the worker serves others."""
+    hpack = pytest.importorskip("hpack")
+    encoder = hpack.Encoder()
+    sock = _raw_h2(wsgi)
+    try:
+        head = encoder.encode([(":method", "GET"), (":scheme", "http"), (":authority", "x"), (":path", "/pid")])
+        sock.sendall(_frame(1, 0, 1, head))
+        try:
+            for i in range(2000):                 # 2000 x 1 KB: far past --max-header-bytes (64 KiB)
+                sock.sendall(_frame(9, 0, 1, encoder.encode([("x-flood-%d" % i, "v" * 1000)])))
+        except (BrokenPipeError, ConnectionResetError):
+            pass                                   # (the server closed while the flood went on)
+        # a GOAWAY, with the engine's code: libnghttp2's CONTINUATION limit says INTERNAL_ERROR (2),
+        # the h2 engine PROTOCOL_ERROR (1) or ENHANCE_YOUR_CALM (11)
+        assert _ends(sock) in (1, 2, 11)
+    finally:
+        sock.close()
+    other = H2Client(wsgi)
+    try:
+        assert other.get("/pid")["status"] == 200
+    finally:
+        other.close()
+
+
+def test_ping_flood_of_a_client_that_does_not_read(wsgi):
+    """PINGs sent without reading their ACKs: the answers pile up behind a full socket until the
+    engine's bound, then the connection ends; the worker serves others meanwhile and after."""
+    sock = _raw_h2(wsgi)
+    sock.settimeout(20)
+    ping = _frame(6, 0, 0, b"12345678") * 1000
+    try:
+        for _ in range(400):                      # 400,000 PINGs, 6.8 MB, nothing read
+            sock.sendall(ping)
+    except (BrokenPipeError, ConnectionResetError, socket.timeout):
+        pass
+    finally:
+        sock.close()
+    other = H2Client(wsgi)
+    try:
+        assert other.get("/pid")["status"] == 200
+    finally:
+        other.close()
+
+
 # --- restarts and stops ---
 
 def test_sigterm_sends_goaway_and_finishes_streams(impl):
