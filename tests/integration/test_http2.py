@@ -11,12 +11,13 @@ import signal
 import socket
 import ssl
 import subprocess
+import sys
 import threading
 import time
 
 import pytest
 
-from helpers import IMPLS, TESTS, Server, wait_until
+from helpers import IMPLS, TESTS, Server, pid_alive, wait_until
 
 h2_connection = pytest.importorskip("h2.connection")
 h2_config = pytest.importorskip("h2.config")
@@ -601,6 +602,39 @@ def test_rolling_restart_drops_no_stream(impl):
         assert tally["failed"] == 0 and tally["errors"] == 0, tally
         assert tally["ok"] > 200, tally
         assert set(server.worker_pids) - old, "the workers were not replaced"
+
+
+def test_upgrade_in_place_drops_no_stream(impl, tmp_path):
+    """`fastcluster upgrade` (a new master takes the socket over, the old one drains) while four
+    HTTP/2 clients keep streams in flight: every stream either master took is answered."""
+    pidfile = tmp_path / "master.pid"
+    server = Server("apps.suite:app", "--bind", "127.0.0.1:0", "--workers", "2", "--loop", impl,
+                    "--pid", str(pidfile))
+    new_master = None
+    tally = {"ok": 0, "failed": 0, "errors": 0}
+    stop = threading.Event()
+    threads = [threading.Thread(target=_load_until, args=(server, stop, tally)) for _ in range(4)]
+    try:
+        for thread in threads:
+            thread.start()
+        wait_until(lambda: tally["ok"] > 50, timeout=20, what="load before the upgrade")
+        out = subprocess.run([sys.executable, "-m", "fastcluster", "upgrade", "--pid", str(pidfile), "--wait", "60"],
+                             capture_output=True, text=True, timeout=90)
+        assert out.returncode == 0, out.stderr
+        with open(pidfile) as f:
+            new_master = int(f.read())
+        assert server.wait(timeout=60) == 0          # the old master drained and left
+        before = tally["ok"]
+        wait_until(lambda: tally["ok"] > before + 50, timeout=20, what="load after the upgrade")
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(30)
+        if new_master is not None and pid_alive(new_master):
+            os.kill(new_master, signal.SIGTERM)
+            wait_until(lambda: not pid_alive(new_master), timeout=30, what="the new master to stop")
+        server.stop()
+    assert tally["failed"] == 0 and tally["errors"] == 0, tally
 
 
 @pytest.mark.skipif(H2LOAD is None, reason="needs h2load (Debian nghttp2-client)")
