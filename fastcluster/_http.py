@@ -219,6 +219,8 @@ class HttpConnection(AppDispatch):
             data = self.h2_head + bytes(data if data is not None else self._input())   # (a preface in pieces)
             self.h2_head = None
             n = len(data)
+            if self._h2c_preface(data, 0):
+                return 0
         if self.tls is not None and not self.served and self.cur is None and self.server.settings.http2 is not None:
             if self._alpn_h2():
                 self._start_h2(data if data is not None else self._input())
@@ -255,7 +257,8 @@ class HttpConnection(AppDispatch):
             self._stop_reading(UNREAD if n > exc.args[0] else LAST_IN)
             return 0
         except HttpParserError as exc:
-            if not self.served and self.server.settings.http2 is not None and self._h2c_preface(data):
+            if not self.served and self.server.settings.http2 is not None and self._h2c_preface(
+                    data, self.head_bytes if self.in_head else 0):
                 return 0
             if self.state != OPEN:
                 self._stop_reading(UNREAD)   # bytes after a request that ends the connection: ignored
@@ -275,22 +278,28 @@ class HttpConnection(AppDispatch):
                 self._reject(431)
         return 0
 
-    def _h2c_preface(self, data):
+    def _h2c_preface(self, data, before):
         """llhttp stopped at a request line `PRI * HTTP/2.0`: the h2c preface (HTTP/2 with prior
-        knowledge, on a plain port) when the connection's first bytes are it; True when the
-        connection is HTTP/2 from now on (or waits for the rest of the preface)."""
-        if self.tls is not None or self.pending:
+        knowledge, on a plain port) when the connection's first bytes are it (`before`: how many of
+        them earlier reads gave, which llhttp took: the preface's first ones). True when the
+        connection is HTTP/2 from now on, or waits for the rest of the preface."""
+        if self.tls is not None or self.pending or before > len(PREFACE):
             return False
         if data is None:
             data = self._input()
-        head = bytes(data[:len(PREFACE)])
-        if len(head) < len(PREFACE) and PREFACE.startswith(head):
+        head = PREFACE[:before] + bytes(data[:len(PREFACE) - before])
+        if len(head) < len(PREFACE):
+            if not PREFACE.startswith(head):
+                return False
             self.h2_head = head                  # (the rest of it in the next read)
             self._new_parser()
+            self.cur = None
+            self.in_head = False
+            self.head_bytes = 0
             return True
         if head != PREFACE:
             return False
-        self._start_h2(data)
+        self._start_h2(PREFACE + bytes(data[len(PREFACE) - before:]))
         return True
 
     def _alpn_h2(self):

@@ -49,7 +49,7 @@ cdef class HttpConnection(AppDispatch):
     @cython.locals(server=HttpServer, last=Exchange, problem=int)
     cdef int _feed(self, object data, Py_ssize_t n) except -1
     @cython.locals(head=bytes)
-    cdef bint _h2c_preface(self, object data) except -1
+    cdef bint _h2c_preface(self, object data, Py_ssize_t before) except -1
     cdef bint _alpn_h2(self) except -1
     cdef int _start_h2(self, object data) except -1
     @cython.locals(ex=Exchange)

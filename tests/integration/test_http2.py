@@ -197,6 +197,33 @@ def test_curl_tls_alpn_both_versions(impl):
             client.close()
 
 
+@pytest.mark.parametrize("cut", [10, 20])
+def test_a_preface_in_pieces(wsgi, cut):
+    """The h2c preface split over two reads (its first 10 or 20 bytes, then the rest with the
+    SETTINGS and a request): still HTTP/2."""
+    conn = h2_connection.H2Connection(config=h2_config.H2Configuration(client_side=True))
+    conn.initiate_connection()
+    conn.send_headers(1, [(":method", "GET"), (":scheme", "http"), (":authority", "x"), (":path", "/pid")],
+                      end_stream=True)
+    data = conn.data_to_send()
+    sock = socket.create_connection((wsgi.host, wsgi.port), timeout=10)
+    try:
+        sock.sendall(data[:cut])
+        time.sleep(0.2)            # (so that the server reads the first piece alone)
+        sock.sendall(data[cut:])
+        status = None
+        while status is None:
+            chunk = sock.recv(65536)
+            assert chunk, "closed before the response"
+            for event in conn.receive_data(chunk):
+                if isinstance(event, h2_events.ResponseReceived):
+                    status = dict(event.headers)[b":status"]
+            sock.sendall(conn.data_to_send())
+        assert status == b"200"
+    finally:
+        sock.close()
+
+
 def test_http1_still_served_beside_h2c(wsgi):
     sock = socket.create_connection((wsgi.host, wsgi.port), timeout=10)
     try:
