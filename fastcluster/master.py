@@ -150,13 +150,13 @@ class Master:
         app = config.app or "the built-in demo app (fastcluster.demo)"
         kind = "compiled Cython loop" if self.loop_name == "cython" else "pure-Python loop"
         logs.say("fastcluster %s: serving %s with the %s (--loop %s)" % (__version__, app, kind, self.loop_name))
+        logs.say("Forking for %d" % self.target)
+        logs.say("Master PID: %d" % os.getpid())
         if config.http != "1":
             from . import h2engine     # (here: the master never speaks HTTP/2 itself)
             logs.say("fastcluster: HTTP/2 (%s) by %s" % (
                 "only" if config.http == "2" else "h2 by ALPN over TLS, h2c by its preface",
                 h2engine.engine_name(self.loop_name == "cython")))
-        logs.say("Forking for %d" % self.target)
-        logs.say("Master PID: %d" % os.getpid())
         if self.metrics is not None:
             logs.say("fastcluster: metrics on %s/metrics" % describe(self.metrics.sock)[0])
         self.signals.install(self.selector)
