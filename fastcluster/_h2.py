@@ -432,6 +432,15 @@ class Stream(AppDispatch):
         self.resp = None
         if not ex.complete:
             self.cur = None                  # (the rest of the body is dropped as it comes)
+        self._give_back()
+        return 0
+
+    def _give_back(self):
+        """The body bytes received and not handed back yet (the app left them unread): back to the
+        peer's windows, or the connection's window would shrink by them for good."""
+        if self.body_in > self.acked:
+            self.session.engine.consumed(self.sid, self.body_in - self.acked)
+            self.acked = self.body_in
         return 0
 
     # --- the end ---
@@ -468,6 +477,7 @@ class Stream(AppDispatch):
         if self.counted:
             self.counted = False
             self.server.cells[B_IN_FLIGHT] -= 1
+        self._give_back()
         self.out.clear()
         self.out_size = 0
         self.head_out = None

@@ -59,6 +59,7 @@ cdef class Stream(AppDispatch):
     cdef int _respond(self, Exchange ex) except -1
     @cython.locals(backlog='long long')
     cdef int _timed_out(self, double now) except -1
+    cdef int _give_back(self) except -1
     # the chain's methods, for a stream (no socket: its bytes go to the session's engine)
     cdef int _queue(self, bytes data) except -1
     cdef bint _flush(self) except -1

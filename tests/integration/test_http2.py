@@ -378,6 +378,28 @@ def test_files_over_streams(wsgi, asgi, tmp_path):
         client.close()
 
 
+def _unread_bodies_do_not_shrink_the_window(server):
+    client = H2Client(server)
+    try:
+        body = b"b" * (128 << 10)
+        for _ in range(150):      # 150 x 128 KiB on one connection: 3x its window of 100 x 64 KiB
+            sid = client.request("/reject", method="POST", body=body)
+            assert client.run([sid])[0]["status"] == 413
+        assert client.get("/pid")["status"] == 200
+    finally:
+        client.close()
+
+
+def test_unread_bodies_do_not_shrink_the_window_wsgi(wsgi):
+    """An app that answers without reading its body (/reject): what was read of it goes back to the
+    connection's window, which otherwise would close for good after a hundred such requests."""
+    _unread_bodies_do_not_shrink_the_window(wsgi)
+
+
+def test_unread_bodies_do_not_shrink_the_window_asgi(asgi):
+    _unread_bodies_do_not_shrink_the_window(asgi)
+
+
 def test_client_reset_leaves_the_connection_serving(wsgi):
     client = H2Client(wsgi)
     try:
