@@ -238,15 +238,23 @@ class AppDispatch(RequestBuilder):
         if ex is not None and ex.asgi is not None and ex.asgi.cycle is not None:
             ex.asgi.cycle.disconnect()       # an ASGI app: http.disconnect
         server = self.server
-        server.conns.pop(self.fd, None)
         if ex is not None and ex.in_app and server.pool is not None:
             server.orphans.append(self)      # its app call runs on: --timeout still watches it (_tick)
         self._release()
+        self._forget()
+        self._notify()
+
+    def _forget(self):
+        """The end of close() for a connection: out of the worker's table, its descriptor closed, the
+        count on the board, accepting again if it had stopped at --max-connections. (An HTTP/2
+        stream has none of these: _h2.py's Stream.)"""
+        server = self.server
+        server.conns.pop(self.fd, None)
         self._close_fd()
         server._publish_count()
-        self._notify()
         if not server.accepting:
             server.resume_accepting()
+        return 0
 
     # --- what the protocol provides (_http.py) ---
 

@@ -42,6 +42,8 @@ cdef class AppDispatch(RequestBuilder):
     cdef int _notify(self) except -1
     @cython.locals(server=HttpServer, ex=Exchange)
     cpdef close(self)
+    @cython.locals(server=HttpServer)
+    cdef int _forget(self) except -1
 
     # the protocol's (_http.py)
     cdef int _complete(self, Exchange ex) except -1

@@ -34,7 +34,7 @@ if not cython.compiled:   # the compiled build reads CLOCK_MONOTONIC itself (_cl
 
 from . import board as _board
 from . import wsgi as _wsgi
-from .h2engine import CANCEL, ENHANCE_YOUR_CALM, NO_ERROR, engine_class
+from .h2codes import CANCEL, ENHANCE_YOUR_CALM, NO_ERROR, engine_class
 
 if not cython.compiled:   # the compiled build cimports these (_h2_c.pxd)
     from ._dispatch import AWAIT_BODY, CHECK_THREADS, AppDispatch
@@ -486,22 +486,8 @@ class Stream(AppDispatch):
             self.write = None
         return 0
 
-    def close(self):
-        """The stream is over (its end, a reset, the connection's close): AppDispatch.close without
-        what only a connection has (its descriptor, the worker's count of connections)."""
-        if CHECK_THREADS:
-            self.server._check_thread("Stream.close")
-        if self.state == CLOSED:
-            return
-        self.state = CLOSED
-        ex = self.resp
-        if ex is not None and ex.asgi is not None and ex.asgi.cycle is not None:
-            ex.asgi.cycle.disconnect()       # an ASGI app: http.disconnect
-        server = self.server
-        if ex is not None and ex.in_app and server.pool is not None:
-            server.orphans.append(self)      # its app call runs on: --timeout still watches it
-        self._release()
-        self._notify()
+    def _forget(self):
+        return 0            # (AppDispatch.close's end for a connection: a stream has no descriptor)
 
     def _close_fd(self):
         return 0

@@ -76,8 +76,7 @@ cdef class Stream(AppDispatch):
     cdef int _resume_reading(self) except -1
     cdef int _set_mask(self, unsigned int mask) except -1
     cpdef bint idle(self)
-    @cython.locals(server=HttpServer, ex=Exchange)
-    cpdef close(self)
+    cdef int _forget(self) except -1
 
 
 cdef class H2Session:

@@ -39,22 +39,11 @@ import logging
 from fastcluster._libnghttp2 cimport *
 
 
-# error codes (RFC 9113 section 7)
-NO_ERROR = 0
-PROTOCOL_ERROR = 1
-INTERNAL_ERROR = 2
-FLOW_CONTROL_ERROR = 3
-SETTINGS_TIMEOUT = 4
-STREAM_CLOSED = 5
-FRAME_SIZE_ERROR = 6
-REFUSED_STREAM = 7
-CANCEL = 8
-COMPRESSION_ERROR = 9
-CONNECT_ERROR = 10
-ENHANCE_YOUR_CALM = 11
-INADEQUATE_SECURITY = 12
-HTTP_1_1_REQUIRED = 13
-PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+# error codes (RFC 9113 section 7) and the preface: one source for both engines
+from fastcluster.h2codes import (  # noqa: F401  (re-exported: the engine API's names)
+    NO_ERROR, PROTOCOL_ERROR, INTERNAL_ERROR, FLOW_CONTROL_ERROR, SETTINGS_TIMEOUT, STREAM_CLOSED,
+    FRAME_SIZE_ERROR, REFUSED_STREAM, CANCEL, COMPRESSION_ERROR, CONNECT_ERROR, ENHANCE_YOUR_CALM,
+    INADEQUATE_SECURITY, HTTP_1_1_REQUIRED, PREFACE)
 cdef const char* PING_DATA = b"fc-drain"     # the opaque data of our own PING (ping())
 
 cdef enum:

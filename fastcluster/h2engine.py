@@ -1,7 +1,7 @@
 """The HTTP/2 engine over the pure-Python `h2` package: one server-side session per client connection, bytes
 in and out, to the engine API that the native engine (`_nghttp2.pyx`, over libnghttp2) implements too.
 
-Owns: `H2Engine` and `engine_class()` (which engine a build uses); the framing rules h2 leaves to its user
+Owns: `H2Engine` (which engine runs: h2codes.engine_class); the framing rules h2 leaves to its user
 or gets wrong for a server: the input cut at frame boundaries so that each frame's callbacks run before the
 next frame is read, and a connection error does not lose the events of the frames before it; the checks on
 a frame's header that h2 makes too late or not at all (a frame over our SETTINGS_MAX_FRAME_SIZE is refused
@@ -38,30 +38,20 @@ except ImportError as exc:   # the h2 package is optional: the compiled loop may
 else:
     _MISSING = None
 
+# error codes (RFC 9113 section 7) and the preface: one source for both engines
+from .h2codes import (  # noqa: F401  (re-exported: the engine API's names)
+    NO_ERROR, PROTOCOL_ERROR, INTERNAL_ERROR, FLOW_CONTROL_ERROR, SETTINGS_TIMEOUT, STREAM_CLOSED,
+    FRAME_SIZE_ERROR, REFUSED_STREAM, CANCEL, COMPRESSION_ERROR, CONNECT_ERROR, ENHANCE_YOUR_CALM,
+    INADEQUATE_SECURITY, HTTP_1_1_REQUIRED, PREFACE)
+
 log = logging.getLogger("fastcluster")
 
-# error codes, RFC 9113 section 7
-NO_ERROR = 0
-PROTOCOL_ERROR = 1
-INTERNAL_ERROR = 2
-FLOW_CONTROL_ERROR = 3
-SETTINGS_TIMEOUT = 4
-STREAM_CLOSED = 5
-FRAME_SIZE_ERROR = 6
-REFUSED_STREAM = 7
-CANCEL = 8
-COMPRESSION_ERROR = 9
-CONNECT_ERROR = 10
-ENHANCE_YOUR_CALM = 11
-INADEQUATE_SECURITY = 12
-HTTP_1_1_REQUIRED = 13
 # {code: name}, for messages
 ENGINE_ERRORS = dict(enumerate((
     "NO_ERROR", "PROTOCOL_ERROR", "INTERNAL_ERROR", "FLOW_CONTROL_ERROR", "SETTINGS_TIMEOUT", "STREAM_CLOSED",
     "FRAME_SIZE_ERROR", "REFUSED_STREAM", "CANCEL", "COMPRESSION_ERROR", "CONNECT_ERROR", "ENHANCE_YOUR_CALM",
     "INADEQUATE_SECURITY", "HTTP_1_1_REQUIRED")))
 
-PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 PING_DATA = b"fc-drain"     # the opaque data of our own PING (ping())
 MAX_OUTBOUND_ACKS = 1000   # PING and SETTINGS acks queued while the client does not read: then ENHANCE_YOUR_CALM
 LAST_ID = 2**31 - 1        # the highest stream id: goaway_notice's last id, and "no goaway() yet"
@@ -763,25 +753,7 @@ class H2Engine:
                StreamReset: _on_reset, PingAckReceived: _on_ping_ack}
 
 
-def engine_name(prefer_native=True):
-    """What serves HTTP/2 in this build, for the start line: libnghttp2 (and its version) or h2."""
-    cls = engine_class(prefer_native)
-    if cls is H2Engine:
-        import h2
-        return "the h2 package %s (pure Python)" % h2.__version__
-    return "libnghttp2 %s" % cls.library_version() if hasattr(cls, "library_version") else "libnghttp2"
-
-
-def engine_class(prefer_native=True):
-    """The engine class of this build: libnghttp2's (`fastcluster._nghttp2.Engine`) when it was compiled and
-    `prefer_native`, else `H2Engine`. ImportError when neither can run (no extension, no h2 package)."""
-    if prefer_native:
-        try:
-            from ._nghttp2 import Engine
-        except ImportError:
-            pass
-        else:
-            return Engine
+def check_available():
+    """H2Engine's h2 package is there (h2codes.engine_class asks before it picks this engine)."""
     if _MISSING is not None:
         raise ImportError("HTTP/2 needs the compiled build's libnghttp2 or the h2 package (pip install h2)")
-    return H2Engine

@@ -153,10 +153,10 @@ class Master:
         logs.say("Forking for %d" % self.target)
         logs.say("Master PID: %d" % os.getpid())
         if config.http != "1":
-            from . import h2engine     # (here: the master never speaks HTTP/2 itself)
+            from . import h2codes      # (here: the master never speaks HTTP/2 itself)
             logs.say("fastcluster: HTTP/2 (%s) by %s" % (
                 "only" if config.http == "2" else "h2 by ALPN over TLS, h2c by its preface",
-                h2engine.engine_name(self.loop_name == "cython")))
+                h2codes.engine_name(self.loop_name == "cython")))
         if self.metrics is not None:
             logs.say("fastcluster: metrics on %s/metrics" % describe(self.metrics.sock)[0])
         self.signals.install(self.selector)

@@ -4,9 +4,12 @@ sizes."""
 
 import ast
 import importlib
+import importlib.util
 import inspect
 import os
 import re
+import subprocess
+import sys
 
 import pytest
 
@@ -47,12 +50,24 @@ def test_compiled_loop_was_built(name):
 def test_compiled_http2_engine_was_built():
     """Where libnghttp2's headers are (and always in CI, which installs them), the compiled loop's
     HTTP/2 runs on libnghttp2: a build that fell back to the h2 package quietly fails here."""
-    from fastcluster import h2engine
+    from fastcluster import h2codes
 
     engine = importlib.import_module("fastcluster._nghttp2")
     assert engine.__file__.endswith(".so"), engine.__file__
-    assert h2engine.engine_class(True) is engine.Engine
-    assert h2engine.engine_name(True).startswith("libnghttp2 1.")
+    assert h2codes.engine_class(True) is engine.Engine
+    assert h2codes.engine_name(True).startswith("libnghttp2 1.")
+
+
+@pytest.mark.skipif(bool(os.environ.get("FASTCLUSTER_NO_EXTENSIONS")) or importlib.util.find_spec(
+    "fastcluster._nghttp2") is None, reason="no libnghttp2 engine in this build: HTTP/2 runs on h2")
+def test_a_compiled_worker_and_the_master_never_load_the_h2_package():
+    """libnghttp2 serves the compiled loop's HTTP/2: importing the HTTP/2 layer and asking which
+    engine runs (as the master does for its start line) loads no module of the h2 package."""
+    out = subprocess.run([sys.executable, "-c", (
+        "import sys; from fastcluster import h2codes, _h2; h2codes.engine_name(True); h2codes.engine_class(True);"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('h2', 'hpack', 'hyperframe')))")],
+        capture_output=True, text=True, timeout=60, check=True)
+    assert out.stdout.strip() == "[]", out.stdout
 
 
 def _defined(module):

@@ -138,6 +138,12 @@ class H2Client:
     def close(self):
         self.sock.close()
 
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
 
 @pytest.fixture(scope="module", params=IMPLS)
 def wsgi(request):
@@ -187,14 +193,11 @@ def test_curl_tls_alpn_both_versions(impl):
                   "-w", "\n%{http_version}")
         assert _curl("--http2", *common, url).rpartition(b"\n")[2] == b"2"
         assert _curl("--http1.1", *common, url).rpartition(b"\n")[2] == b"1.1"
-        client = H2Client(server, tls=True)
-        try:
+        with H2Client(server, tls=True) as client:
             response = client.get("/environ")
             assert response["status"] == 200
             env = json.loads(response["body"])
             assert env["SERVER_PROTOCOL"] == "HTTP/2" and env["wsgi.url_scheme"] == "https"
-        finally:
-            client.close()
 
 
 @pytest.mark.parametrize("cut", [10, 20])
@@ -250,18 +253,14 @@ def test_http_1_refuses_the_preface_and_http_2_refuses_http1(impl):
         sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
         assert sock.recv(100).startswith(b"HTTP/1.1 505")
         sock.close()
-        client = H2Client(server)
-        try:
+        with H2Client(server) as client:
             assert client.get("/pid")["status"] == 200
-        finally:
-            client.close()
 
 
 # --- streams as exchanges ---
 
 def test_wsgi_environ_and_headers(wsgi):
-    client = H2Client(wsgi)
-    try:
+    with H2Client(wsgi) as client:
         response = client.get("/environ?a=1", headers=[("x-thing", "one"), ("x-thing", "two")])
         env = json.loads(response["body"])
         assert env["SERVER_PROTOCOL"] == "HTTP/2"
@@ -274,35 +273,27 @@ def test_wsgi_environ_and_headers(wsgi):
         assert "date" in headers and headers["server"] == "fastcluster"
         head = client.get("/", method="HEAD")
         assert head["status"] == 200 and head["body"] == b"" and int(head["headers"]["content-length"]) > 0
-    finally:
-        client.close()
 
 
 def test_asgi_scope(asgi):
-    client = H2Client(asgi)
-    try:
+    with H2Client(asgi) as client:
         response = client.get("/scope?x=2")
         scope = json.loads(response["body"])
         assert scope["http_version"] == "2" and scope["method"] == "GET" and scope["path"] == "/scope"
         assert scope["query_string"] == "x=2"
         assert ["host", client.authority] in scope["headers"]     # (from :authority, as HTTP/1.1's Host)
-    finally:
-        client.close()
 
 
 def _concurrent_streams_interleave(server, app):
     """Twenty streams on one connection to an app that waits 0.5 s each: they run at once (app
     threads, or the event loop), so all are answered long before 20 x 0.5 s, each whole."""
-    client = H2Client(server)
-    try:
+    with H2Client(server) as client:
         began = time.monotonic()
         sids = [client.request("/sleep?s=0.5") for _ in range(20)]
         responses = client.run(sids)
         took = time.monotonic() - began
         assert all(r["status"] == 200 and r["body"].startswith(b"slept") for r in responses)
         assert took < 5.0, took
-    finally:
-        client.close()
 
 
 def test_concurrent_streams_interleave_wsgi(wsgi):
@@ -314,8 +305,7 @@ def test_concurrent_streams_interleave_asgi(asgi):
 
 
 def _large_upload_and_download_through_small_windows(server, app):
-    client = H2Client(server, window=16384)
-    try:
+    with H2Client(server, window=16384) as client:
         body = os.urandom(3 << 20)
         sid = client.request("/upload", method="POST", body=body)
         response = client.run([sid])[0]
@@ -323,8 +313,6 @@ def _large_upload_and_download_through_small_windows(server, app):
         assert response["body"] == b"%d %s" % (len(body), hashlib.sha256(body).hexdigest().encode())
         big = client.get("/write-big?mb=4" if app == "wsgi" else "/big?mb=4")
         assert big["status"] == 200 and big["body"] == b"w" * (4 << 20)
-    finally:
-        client.close()
 
 
 def test_large_upload_and_download_through_small_windows_wsgi(wsgi):
@@ -336,15 +324,12 @@ def test_large_upload_and_download_through_small_windows_asgi(asgi):
 
 
 def _app_error_is_a_500_on_its_stream_only(server, app):
-    client = H2Client(server)
-    try:
+    with H2Client(server) as client:
         bad = client.request("/raise")
         good = client.request("/pid")
         failed, fine = client.run([bad, good])
         assert failed["status"] == 500
         assert fine["status"] == 200 and int(fine["body"]) in server.worker_pids
-    finally:
-        client.close()
 
 
 def test_app_error_is_a_500_on_its_stream_only_wsgi(wsgi):
@@ -358,36 +343,27 @@ def test_app_error_is_a_500_on_its_stream_only_asgi(asgi):
 def test_files_over_streams(wsgi, asgi, tmp_path):
     """wsgi.file_wrapper and ASGI's pathsend over HTTP/2: read in pieces into the stream (no
     sendfile under HTTP/2's framing), whole, with and without a length."""
-    client = H2Client(wsgi)
-    try:
+    with H2Client(wsgi) as client:
         size = 300001
         response = client.get("/file?size=%d" % size)
         assert response["status"] == 200
         assert response["body"] == bytes(range(256)) * (size // 256) + b"z" * (size % 256)
-    finally:
-        client.close()
     path = tmp_path / "data.bin"
     data = os.urandom(200000)
     path.write_bytes(data)
-    client = H2Client(asgi)
-    try:
+    with H2Client(asgi) as client:
         for query in ("", "&nolen"):
             response = client.get("/pathsend?path=%s%s" % (path, query))
             assert response["status"] == 200 and response["body"] == data
-    finally:
-        client.close()
 
 
 def _unread_bodies_do_not_shrink_the_window(server):
-    client = H2Client(server)
-    try:
+    with H2Client(server) as client:
         body = b"b" * (128 << 10)
         for _ in range(150):      # 150 x 128 KiB on one connection: 3x its window of 100 x 64 KiB
             sid = client.request("/reject", method="POST", body=body)
             assert client.run([sid])[0]["status"] == 413
         assert client.get("/pid")["status"] == 200
-    finally:
-        client.close()
 
 
 def test_unread_bodies_do_not_shrink_the_window_wsgi(wsgi):
@@ -401,14 +377,11 @@ def test_unread_bodies_do_not_shrink_the_window_asgi(asgi):
 
 
 def test_client_reset_leaves_the_connection_serving(wsgi):
-    client = H2Client(wsgi)
-    try:
+    with H2Client(wsgi) as client:
         sid = client.request("/sleep?s=0.3")
         client.conn.reset_stream(sid)
         client.flush()
         assert client.get("/pid")["status"] == 200
-    finally:
-        client.close()
 
 
 def test_header_limits_get_431(impl):
@@ -416,13 +389,10 @@ def test_header_limits_get_431(impl):
     on that stream, and the connection serves on."""
     with Server("apps.suite:app", "--bind", "127.0.0.1:0", "--workers", "1", "--loop", impl,
                 "--max-header-bytes", "4096", "--max-headers", "20") as server:
-        client = H2Client(server)
-        try:
+        with H2Client(server) as client:
             assert client.get("/pid", headers=[("x-big", "v" * 6000)])["status"] == 431
             assert client.get("/pid", headers=[("x-n%d" % i, "v") for i in range(30)])["status"] == 431
             assert client.get("/pid", headers=[("x-small", "v" * 1000)])["status"] == 200
-        finally:
-            client.close()
 
 
 def test_httpx_http2(wsgi):
@@ -441,8 +411,7 @@ def test_a_stream_held_at_a_zero_window_is_reset_after_write_timeout(impl):
     reset (CANCEL), the app's write fails, and others are served all along."""
     with Server("apps.suite:app", "--bind", "127.0.0.1:0", "--workers", "1", "--loop", impl,
                 "--write-timeout", "2") as server:
-        client = H2Client(server, window=0)
-        try:
+        with H2Client(server, window=0) as client:
             sid = client.request("/write-big?mb=4")
             other = H2Client(server)
             try:
@@ -452,18 +421,12 @@ def test_a_stream_held_at_a_zero_window_is_reset_after_write_timeout(impl):
             client.run([sid], timeout=15)
             assert client.resets.get(sid) == 8, (client.resets, client.responses[sid]["status"])
             assert client.responses[sid]["body"] == b""
-        finally:
-            client.close()
-        again = H2Client(server)
-        try:
+        with H2Client(server) as again:
             assert again.get("/pid")["status"] == 200
-        finally:
-            again.close()
 
 
 def test_rapid_reset_ends_the_connection_and_others_are_served(wsgi):
-    client = H2Client(wsgi)
-    try:
+    with H2Client(wsgi) as client:
         head = [(":method", "GET"), (":scheme", "http"), (":authority", client.authority), (":path", "/pid")]
         for _ in range(400):        # each stream opened and reset in the same write (CVE-2023-44487)
             sid = client.conn.get_next_available_stream_id()
@@ -472,26 +435,18 @@ def test_rapid_reset_ends_the_connection_and_others_are_served(wsgi):
         client.flush()
         client.run([], until_close=True)
         assert client.goaway is not None and client.goaway[0] == 11     # ENHANCE_YOUR_CALM
-    finally:
-        client.close()
-    other = H2Client(wsgi)
-    try:
+    with H2Client(wsgi) as other:
         assert other.get("/pid")["status"] == 200
-    finally:
-        other.close()
 
 
 def test_hpack_bomb_gets_431_and_the_connection_serves_on(wsgi):
     """A 4000-byte field put in the HPACK table once, then referenced 100 times in one header block
     (a few hundred bytes on the wire, 400 KB decoded): counted while decoded, refused with 431."""
-    client = H2Client(wsgi)
-    try:
+    with H2Client(wsgi) as client:
         big = ("x-big", "v" * 4000)
         assert client.get("/pid", headers=[big])["status"] == 200       # (now in both HPACK tables)
         assert client.get("/pid", headers=[big] * 100)["status"] == 431
         assert client.get("/pid")["status"] == 200
-    finally:
-        client.close()
 
 
 def _raw_h2(server):
@@ -545,11 +500,8 @@ def test_continuation_flood_is_cut_off(wsgi):
         assert _ends(sock) in (1, 2, 11)
     finally:
         sock.close()
-    other = H2Client(wsgi)
-    try:
+    with H2Client(wsgi) as other:
         assert other.get("/pid")["status"] == 200
-    finally:
-        other.close()
 
 
 def test_ping_flood_of_a_client_that_does_not_read(wsgi):
@@ -565,27 +517,21 @@ def test_ping_flood_of_a_client_that_does_not_read(wsgi):
         pass
     finally:
         sock.close()
-    other = H2Client(wsgi)
-    try:
+    with H2Client(wsgi) as other:
         assert other.get("/pid")["status"] == 200
-    finally:
-        other.close()
 
 
 # --- restarts and stops ---
 
 def test_sigterm_sends_goaway_and_finishes_streams(impl):
     with Server("apps.suite:app", "--bind", "127.0.0.1:0", "--workers", "1", "--loop", impl) as server:
-        client = H2Client(server)
-        try:
+        with H2Client(server) as client:
             sid = client.request("/sleep?s=1")
             time.sleep(0.2)           # (the stream is in the app when the stop comes)
             server.signal(signal.SIGTERM)
             response = client.run([sid], until_close=True)[0]
             assert response["status"] == 200 and response["body"].startswith(b"slept")
             assert client.goaway is not None and client.goaway[0] == 0 and client.goaway[1] >= sid
-        finally:
-            client.close()
         assert server.wait(30) == 0
 
 
