@@ -266,9 +266,6 @@ class Stream(AppDispatch):
     def _resume_reading(self):
         return 0
 
-    def _set_mask(self, mask):
-        return 0
-
     def _stop_reading(self, state):
         if state > self.state:
             self.state = state
@@ -489,17 +486,6 @@ class Stream(AppDispatch):
     def _forget(self):
         return 0            # (AppDispatch.close's end for a connection: a stream has no descriptor)
 
-    def _close_fd(self):
-        return 0
-
-    def _drop_output(self):
-        self.out.clear()
-        self.out_size = 0
-        return 0
-
-    def idle(self):
-        return self.resp is None and self.nxt is None
-
 
 @cython.cclass
 class H2Session:
@@ -687,9 +673,6 @@ class H2Session:
         for stream in self.streams.values():
             age = max(age, stream._call_age(now))
         return age
-
-    def idle(self):
-        return not self.streams
 
     def eof(self):
         """The client closed its side: nothing more comes for any stream."""

@@ -67,15 +67,11 @@ cdef class Stream(AppDispatch):
     cdef int _complete(self, Exchange ex) except -1
     @cython.locals(ex=Exchange)
     cdef int _release(self) except -1
-    cdef int _close_fd(self) except -1
-    cdef int _drop_output(self) except -1
     @cython.locals(ex=Exchange)
     cdef int _stop_reading(self, int state) except -1
     cdef int _body_taken(self) except -1
     cdef int _pause_reading(self) except -1
     cdef int _resume_reading(self) except -1
-    cdef int _set_mask(self, unsigned int mask) except -1
-    cpdef bint idle(self)
     cdef int _forget(self) except -1
 
 
@@ -116,7 +112,6 @@ cdef class H2Session:
     cdef int _drain(self, double now) except -1
     @cython.locals(stream=Stream, age=double)
     cpdef double call_age(self, double now) except -1
-    cpdef bint idle(self)
     @cython.locals(stream=Stream)
     cpdef int eof(self) except -1
     @cython.locals(stream=Stream, streams=list)

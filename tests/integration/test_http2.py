@@ -17,7 +17,7 @@ import time
 
 import pytest
 
-from helpers import IMPLS, TESTS, Server, pid_alive, wait_until
+from helpers import IMPLS, TESTS, Server, get, pid_alive, wait_until
 
 h2_connection = pytest.importorskip("h2.connection")
 h2_config = pytest.importorskip("h2.config")
@@ -228,18 +228,9 @@ def test_a_preface_in_pieces(wsgi, cut):
 
 
 def test_http1_still_served_beside_h2c(wsgi):
-    sock = socket.create_connection((wsgi.host, wsgi.port), timeout=10)
-    try:
-        sock.sendall(b"GET /pid HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        data = b""
-        while True:
-            chunk = sock.recv(65536)
-            if not chunk:
-                break
-            data += chunk
-    finally:
-        sock.close()
-    assert data.startswith(b"HTTP/1.1 200")
+    response = get(wsgi, "/pid")
+    assert response.status == 200 and response.version == "HTTP/1.1"
+    assert int(response.body) in wsgi.worker_pids
 
 
 def test_http_1_refuses_the_preface_and_http_2_refuses_http1(impl):
