@@ -36,6 +36,10 @@ from . import board as _board
 from . import wsgi as _wsgi
 from .h2codes import CANCEL, ENHANCE_YOUR_CALM, NO_ERROR, engine_class
 
+if not cython.compiled:   # the compiled build keeps the list's item array (_inline.pxd)
+    def _del_first(items):
+        del items[0]
+
 if not cython.compiled:   # the compiled build cimports these (_h2_c.pxd)
     from ._dispatch import AWAIT_BODY, CHECK_THREADS, AppDispatch
     from ._exchange import CLOSED, HIGH_WATER, LAST_IN, OPEN, PEER_CLOSED, UNREAD, EarlyBody
@@ -326,7 +330,8 @@ class Stream(AppDispatch):
                 self.ended = True
         out = self.out
         while out and engine.queued(self.sid) < PUSH_LIMIT:
-            data = out.pop(0)
+            data = out[0]
+            _del_first(out)                  # (Cython's pop(0) is a Python method call)
             self.out_size -= len(data)
             if not self.ended:
                 engine.send_data(self.sid, data, False)
@@ -635,9 +640,9 @@ class H2Session:
     # --- time, and the end ---
 
     def tick(self, now):
-        """Once a second: the streams' body deadlines; an idle connection's end; a stopping
-        worker's GOAWAY (first the notice that announces it, then, a tick later, the last stream
-        id, after which the streams in flight finish and the connection ends)."""
+        """Once a second: the streams' deadlines; an idle connection's end; a stopping worker's
+        GOAWAY notice (_drain) once the connection is quiet or DRAIN_BUSY on, and the final GOAWAY
+        DRAIN_PING_WAIT after it if the client never answered its PING (h2_ping_ack)."""
         conn = self.conn
         for stream in list(self.streams.values()):
             stream._timed_out(now)

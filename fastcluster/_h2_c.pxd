@@ -3,6 +3,7 @@
 
 cimport cython
 from fastcluster._clock cimport monotonic
+from fastcluster._inline cimport _del_first
 from fastcluster._server_c cimport HttpServer
 from fastcluster._exchange_c cimport Exchange, EarlyBody, SendFile, CLOSED, HIGH_WATER, LAST_IN, OPEN, PEER_CLOSED, UNREAD
 from fastcluster._transport_c cimport W_BODY, W_IDLE, W_NONE

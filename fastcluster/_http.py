@@ -314,8 +314,7 @@ class HttpConnection(AppDispatch):
                 from ._h2_c import H2Session
             else:
                 from ._h2 import H2Session
-        if self.cur is not None:
-            self.cur = None                      # (llhttp's request line `PRI * HTTP/2.0`)
+        self.cur = None                          # (llhttp's request line `PRI * HTTP/2.0`)
         self.in_head = False
         self.parser = None
         self.duplex = True                       # (it reads while it waits to write)
