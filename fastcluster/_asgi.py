@@ -29,7 +29,7 @@ except ImportError:   # plain Python without Cython installed
 if not cython.compiled:   # the compiled build cimports these (_asgi_c.pxd)
     from time import monotonic
 
-    from ._exchange import HIGH_WATER, PEER_CLOSED
+    from ._exchange import HIGH_WATER, PEER_CLOSED, encode_asgi_headers
 
 from . import wsgi as _wsgi
 from .errors import ClientDisconnected
@@ -38,6 +38,9 @@ log = logging.getLogger("fastcluster")
 CONTINUE_LINE = _wsgi.CONTINUE_LINE
 DISCONNECT = {"type": "http.disconnect"}
 EMPTY_BODY = {"type": "http.request", "body": b"", "more_body": False}
+# fields a trailer section may not carry (RFC 9110 6.5.1: framing, routing, the connection's own)
+NOT_TRAILERS = frozenset((b"content-length", b"transfer-encoding", b"host", b"connection", b"keep-alive", b"te",
+                          b"trailer", b"upgrade", b"proxy-connection"))
 EAGER_START = sys.version_info >= (3, 12)     # asyncio.Task(..., eager_start=True)
 Task = None          # asyncio.Task, imported with the first task: a WSGI worker never loads asyncio (~9 MiB)
 CALL_FAILED = "the ASGI app failed when called (not an ASGI app? --interface says which it is)"
@@ -156,7 +159,7 @@ class Cycle:
 
     if not cython.compiled:
         started = completed = disconnected = delivered = over = False
-        task = waiter = drain = None
+        task = waiter = drain = trailers = None
 
     # --- receive ---
 
@@ -230,12 +233,17 @@ class Cycle:
                 return READY_NONE
             ex.set_asgi_status(message["status"], message.get("headers", ()))
             self.started = True
+            if message.get("trailers"):
+                self.trailers = []       # (the body's last piece does not end the response: _send_trailers does)
             return READY_NONE
         if self.completed:
-            raise RuntimeError("ASGI message %r sent after the response was complete" % (kind,))
+            hint = " (trailers need 'trailers': True in its start)" if kind == "http.response.trailers" else ""
+            raise RuntimeError("ASGI message %r sent after the response was complete%s" % (kind, hint))
         if kind != "http.response.body":
             if kind == "http.response.pathsend" or kind == "http.response.zerocopysend":
                 return self._send_file(message, kind)
+            if kind == "http.response.trailers":
+                return self._send_trailers(message)
             raise RuntimeError("expected ASGI message 'http.response.body', got %r" % (kind,))
         if self.over:
             return READY_NONE
@@ -244,9 +252,9 @@ class Cycle:
         if type(data) is not bytes:
             data = bytes(data)
         if not ex.headers_sent:
-            ex.send_headers(-1 if more else len(data))
+            ex.send_headers(-1 if more or self.trailers is not None else len(data))
         ex.send_body(data)
-        if not more:
+        if not more and self.trailers is None:
             self._complete()
             return READY_NONE
         conn = ex.conn
@@ -311,6 +319,38 @@ class Cycle:
                 return READY_NONE
             ex.result = None             # (copied here instead, and closed by _copy_file)
         return self._copy_file(fd, offset, size, more, owned)
+
+    def _send_trailers(self, message):
+        """The trailers extension ("http.response.trailers" in the scope's extensions): fields
+        after the body, for an app that said "trailers": True in http.response.start; the message
+        without more_trailers completes the response. They go out when the client asked for them
+        (TE: trailers, as the spec has it) and the framing carries them (HTTP/2; HTTP/1.1 chunked:
+        after the last chunk); else they are dropped, as a recipient may. Fields that frame or
+        route a message (NOT_TRAILERS) are never sent as trailers."""
+        if self.trailers is None:
+            raise RuntimeError("ASGI message 'http.response.trailers' without 'trailers': True in "
+                               "http.response.start")
+        fields = [pair for pair in message.get("headers", ())
+                  if type(pair[0]) is not bytes or pair[0].lower() not in NOT_TRAILERS]
+        self.trailers.extend(encode_asgi_headers(fields)[0])     # (the same checks as response headers)
+        if message.get("more_trailers", False) or self.over:
+            return READY_NONE
+        ex = self.ex
+        lines = self.trailers
+        self.trailers = None
+        if not ex.headers_sent:
+            ex.send_headers(-1)
+        te = ex.environ.get("HTTP_TE")
+        if lines and not ex.no_body and te is not None and _wsgi.has_token(te, "trailers"):
+            conn = ex.conn
+            if conn.framed:
+                stream = conn
+                stream.send_trailers(lines)      # (_h2.Stream: a HEADERS block ends the stream)
+            elif ex.chunked:
+                conn._queue(b"0\r\n" + b"".join(lines) + b"\r\n")
+                ex.chunked = False               # (the last chunk is out: finish() adds none)
+        self._complete()
+        return READY_NONE
 
     async def _copy_file(self, fd, offset, size, more, owned):
         ex = self.ex

@@ -3,13 +3,14 @@
 
 cimport cython
 from fastcluster._clock cimport monotonic
-from fastcluster._exchange_c cimport Channel, Exchange, PEER_CLOSED, HIGH_WATER
+from fastcluster._exchange_c cimport Channel, Exchange, PEER_CLOSED, HIGH_WATER, encode_asgi_headers
 from fastcluster._server_c cimport HttpServer
 
 cdef object log, Task, _capture, ClientDisconnected
 cdef str TASK_NAME, CALL_FAILED
 cdef bytes CONTINUE_LINE
 cdef dict DISCONNECT, EMPTY_BODY
+cdef frozenset NOT_TRAILERS
 cdef bint EAGER_START
 cdef Py_ssize_t COPY_PIECE
 
@@ -56,6 +57,7 @@ cdef class Cycle:
         public object task
         public object waiter        # a future _disconnect_later waits on
         public object drain         # a future send() returned: resolved once the client catches up
+        public list trailers        # "trailers": True in http.response.start: their encoded lines, until sent
 
     @cython.locals(ex=Exchange, body=BodyQueue, conn=Channel)
     cpdef receive(self)
@@ -63,6 +65,8 @@ cdef class Cycle:
     cdef dict _message(self)
     @cython.locals(ex=Exchange, conn=Channel)
     cpdef send(self, dict message)
+    @cython.locals(ex=Exchange, lines=list, conn=Channel, stream=object)
+    cdef object _send_trailers(self, dict message)
     cpdef int drained(self) except -1
     @cython.locals(ex=Exchange)
     cdef int _complete(self) except -1

@@ -101,7 +101,7 @@ class Stream(AppDispatch):
 
     if not cython.compiled:
         framed = True
-        head_out = nxt = None
+        head_out = nxt = trailers_out = None
         body_in = acked = backlog = 0
         stalled = 0.0
         ended = counted = False
@@ -423,7 +423,11 @@ class Stream(AppDispatch):
         code = ex.code
         if not self.ended and self.state != CLOSED:      # (closed: the client reset it, or left)
             self.ended = True
-            self.session.engine.send_data(self.sid, b"", True)
+            if self.trailers_out is None:
+                self.session.engine.send_data(self.sid, b"", True)
+            else:
+                self.session.engine.send_trailers(self.sid, self.trailers_out)
+                self.trailers_out = None
         if ex.headers_sent and 100 <= code < 600:
             server.cells[B_STATUS + code // 100 - 1] += 1
         if self.counted:
@@ -435,6 +439,13 @@ class Stream(AppDispatch):
         if not ex.complete:
             self.cur = None                  # (the rest of the body is dropped as it comes)
         self._give_back()
+        return 0
+
+    def send_trailers(self, lines):
+        """An ASGI app's trailers (_asgi.Cycle._send_trailers: encoded header lines), sent as the
+        HEADERS block that ends the stream once its body is in the engine (_complete)."""
+        if not self.ended and self.state != CLOSED:
+            self.trailers_out = _header_pairs(lines, None, None)
         return 0
 
     def _give_back(self):

@@ -29,6 +29,7 @@ cdef class Stream(AppDispatch):
         public list out                # the response's bytes not in the engine yet (any thread adds)
         public tuple head_out          # (status, header pairs, ends the stream) until the loop sends it
         public Exchange nxt            # the request, until its app call starts
+        public list trailers_out       # an ASGI app's trailers (header pairs), sent at the stream's end
         long long body_in              # request body bytes received
         long long acked                # ...and handed back to the peer's window (taken by the app)
         public bint ended              # our END_STREAM is in the engine
@@ -61,6 +62,7 @@ cdef class Stream(AppDispatch):
     @cython.locals(backlog='long long')
     cdef int _timed_out(self, double now) except -1
     cdef int _give_back(self) except -1
+    cpdef int send_trailers(self, list lines) except -1
     # the chain's methods, for a stream (no socket: its bytes go to the session's engine)
     cdef int _queue(self, bytes data) except -1
     cdef bint _flush(self) except -1

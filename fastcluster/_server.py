@@ -53,8 +53,9 @@ DRAIN_LINGER = 1.0          # on stop, idle connections get this long for a requ
 BALANCE_PAUSE = 0.01        # a worker that leaves connections to a lighter one stops accepting this long
 BALANCE_SLACK = 1           # a worker this many connections above an accepting peer leaves the next ones to it
 ASGI_VERSION = {"version": "3.0", "spec_version": "2.4"}
-# an HTTP scope's extensions: a file as the response body, sent by the server (_asgi.Cycle._send_file)
-FILE_EXTENSIONS = {"http.response.pathsend": {}, "http.response.zerocopysend": {}}
+# an HTTP scope's extensions: a file as the response body, sent by the server (_asgi.Cycle._send_file),
+# and trailers after the body (_asgi.Cycle._send_trailers)
+HTTP_EXTENSIONS = {"http.response.pathsend": {}, "http.response.zerocopysend": {}, "http.response.trailers": {}}
 WAITS_FLOOR = 1e-6          # AppPool.waits below this is 0: no recent call was long
 NESTED_WAIT = 0.05          # a nested iteration waits at most this long, then looks at its condition again
 
@@ -311,7 +312,7 @@ class HttpServer:
         server = (env["SERVER_NAME"], int(env["SERVER_PORT"]) if tcp else None)
         return {"type": "http", "asgi": ASGI_VERSION, "http_version": "1.1", "scheme": settings.scheme,
                 "server": server, "client": client, "root_path": settings.root_path,
-                "extensions": FILE_EXTENSIONS}
+                "extensions": HTTP_EXTENSIONS}
 
     def resume_accepting(self):
         if (not self.accepting and not self.stopping and self.now >= self.admission.paused_until

@@ -10,7 +10,7 @@ cdef Py_ssize_t BALANCE_SLACK
 cdef Py_ssize_t B_ACCEPTED
 cdef Py_ssize_t B_CONNS, B_NOT_ACCEPTING, B_RSS, B_BEAT, B_BUSY
 cdef object rss_bytes, log
-cdef dict ASGI_VERSION, FILE_EXTENSIONS
+cdef dict ASGI_VERSION, HTTP_EXTENSIONS
 cdef bint CHECK_THREADS
 cdef object _get_ident
 cpdef _fail_worker()

@@ -214,6 +214,7 @@ def wait_until(predicate, timeout=10.0, interval=0.02, what="condition", server=
 class Response:
     def __init__(self, status, reason, headers, body, version):
         self.status, self.reason, self.headers, self.body, self.version = status, reason, headers, body, version
+        self.trailers = []        # a chunked body's trailer fields
 
     def header(self, name, default=None):
         values = [v for k, v in self.headers if k.lower() == name.lower()]
@@ -246,8 +247,12 @@ def read_response(f, head=False):
         while True:
             size = int(f.readline().split(b";")[0], 16)
             if size == 0:
-                while f.readline() not in (b"\r\n", b""):
-                    pass
+                while True:
+                    line = f.readline()
+                    if line in (b"\r\n", b""):
+                        break
+                    name, _, value = line.decode("latin-1").partition(":")
+                    resp.trailers.append((name, value.strip()))
                 break
             body.append(f.read(size))
             f.readline()

@@ -79,6 +79,21 @@ async def http(scope, receive, send):
             headers.append((b"content-length", b"%d" % os.stat(q["path"]).st_size))
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         return await send({"type": "http.response.pathsend", "path": q["path"]})
+    if path == "/trailers":    # a streamed body, then trailers (the extension): ?split: in two messages,
+        # ?bad: a value with CRLF in it, ?undeclared: without "trailers": True, ?never: declared and never sent
+        await send({"type": "http.response.start", "status": 200, "trailers": "undeclared" not in q,
+                    "headers": [(b"content-type", b"text/plain"), (b"trailer", b"x-checksum, x-count")]})
+        await send({"type": "http.response.body", "body": b"part one, ", "more_body": True})
+        await send({"type": "http.response.body", "body": b"part two"})
+        if "never" in q:
+            return
+        checksum = b"abc\r\nx-injected: 1" if "bad" in q else b"abc123"
+        rest = [(b"x-count", b"2"), (b"content-length", b"99"), (b"Host", b"elsewhere")]   # (the last two: dropped)
+        if "split" in q:
+            await send({"type": "http.response.trailers", "headers": [(b"x-checksum", checksum)],
+                        "more_trailers": True})
+            return await send({"type": "http.response.trailers", "headers": rest})
+        return await send({"type": "http.response.trailers", "headers": [(b"x-checksum", checksum)] + rest})
     if path == "/zerocopy":    # ?path=: bytes 10-29 and 100-... of it, with a body piece between
         headers = [(b"content-type", b"application/octet-stream")]
         if "len" in q:

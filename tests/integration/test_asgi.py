@@ -437,9 +437,80 @@ def _fds(server):
     return sum(len(os.listdir("/proc/%d/fd" % pid)) for pid in server.worker_pids)
 
 
-def test_the_file_extensions_are_in_the_scope(asgi_server):
+def test_the_file_and_trailer_extensions_are_in_the_scope(asgi_server):
     scope = json.loads(get(asgi_server, "/scope")[2])
-    assert scope["extensions"] == {"http.response.pathsend": {}, "http.response.zerocopysend": {}}
+    assert scope["extensions"] == {"http.response.pathsend": {}, "http.response.zerocopysend": {},
+                                   "http.response.trailers": {}}
+
+
+TRAILERS = [("x-checksum", "abc123"), ("x-count", "2")]     # (the app's content-length and host: dropped)
+
+
+@pytest.mark.parametrize("query", ["", "?split=1"])
+def test_trailers_follow_the_last_chunk_when_the_client_takes_them(asgi_server, query):
+    """HTTP/1.1: the trailers extension's fields after the last chunk, for a client that sent
+    TE: trailers; without it the same response ends with an empty last chunk. The connection
+    goes on after both (the framing is whole)."""
+    request = b"GET /trailers%s HTTP/1.1\r\nHost: x\r\n%%s\r\n" % query.encode()
+    (with_te, without, after), sock, f = exchange(
+        asgi_server, request % b"TE: trailers\r\n" + request % b"" + b"GET /pid HTTP/1.1\r\nHost: x\r\n\r\n", count=3)
+    try:
+        for resp in (with_te, without):
+            assert resp.status == 200 and resp.body == b"part one, part two"
+            assert resp.header("Transfer-Encoding") == "chunked" and resp.header("Content-Length") is None
+        assert with_te.trailers == TRAILERS
+        assert without.trailers == []
+        assert after.status == 200 and int(after.body) in asgi_server.worker_pids
+    finally:
+        sock.close()
+
+
+def test_trailers_of_a_head_request_are_not_sent(asgi_server):
+    (resp, after), sock, f = exchange(
+        asgi_server, b"HEAD /trailers HTTP/1.1\r\nHost: x\r\nTE: trailers\r\n\r\nGET /pid HTTP/1.1\r\nHost: x\r\n\r\n",
+        count=2, head=True)
+    try:
+        assert resp.status == 200 and after.status == 200
+        assert f.read(3) != b"0\r\n"     # (head=True read the second head only: what follows is its body)
+    finally:
+        sock.close()
+
+
+def test_trailers_without_the_declaration_are_an_error_after_a_whole_response(asgi_server):
+    """Without "trailers": True the body's last piece completed the response (whole, no trailers,
+    the connection goes on); the trailers message after it fails the app's send, and says why."""
+    (resp, after), sock, f = exchange(
+        asgi_server, b"GET /trailers?undeclared=1 HTTP/1.1\r\nHost: x\r\nTE: trailers\r\n\r\n"
+                     b"GET /pid HTTP/1.1\r\nHost: x\r\n\r\n", count=2)
+    try:
+        assert resp.status == 200 and resp.body == b"part one, part two" and resp.trailers == []
+        assert after.status == 200
+    finally:
+        sock.close()
+    wait_until(lambda: "trailers need 'trailers': True" in asgi_server.stderr(), timeout=10,
+               what="the error in the log", server=asgi_server)
+
+
+@pytest.mark.parametrize("query, error", [("?bad=1", "CR, LF or NUL"),
+                                          ("?never=1", "returned without completing its response")])
+def test_trailers_the_app_gets_wrong_cut_the_response(asgi_server, query, error):
+    """A trailer value with CRLF in it, declared trailers never sent: part of the response is out,
+    so the connection ends without a last chunk (the client sees that it failed), the error is
+    logged, nothing injected goes out, and the worker serves on."""
+    sock = asgi_server.connect()
+    try:
+        sock.sendall(b"GET /trailers%s HTTP/1.1\r\nHost: x\r\nTE: trailers\r\n\r\n" % query.encode())
+        data = b""
+        while True:
+            piece = sock.recv(65536)
+            if not piece:
+                break
+            data += piece
+    finally:
+        sock.close()
+    assert b"part two" in data and not data.endswith(b"0\r\n\r\n") and b"x-injected" not in data
+    wait_until(lambda: error in asgi_server.stderr(), timeout=10, what="the error in the log", server=asgi_server)
+    assert get(asgi_server, "/")[0] == 200
 
 
 def test_pathsend_sends_the_file_and_closes_it(asgi_server, tmp_path):

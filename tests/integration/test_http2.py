@@ -66,7 +66,7 @@ class H2Client:
         head = [(":method", method), (":scheme", "http"), (":authority", self.authority), (":path", path)]
         head += list(headers)
         self.conn.send_headers(sid, head, end_stream=body is None and end)
-        self.responses[sid] = {"status": None, "headers": {}, "body": b""}
+        self.responses[sid] = {"status": None, "headers": {}, "body": b"", "trailers": None}
         if body is not None:
             self.send_body(sid, body, end)
         self.flush()
@@ -116,6 +116,8 @@ class H2Client:
         elif isinstance(event, h2_events.DataReceived):
             self.responses[event.stream_id]["body"] += event.data
             self.conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+        elif isinstance(event, h2_events.TrailersReceived):
+            self.responses[event.stream_id]["trailers"] = [(k.decode(), v.decode()) for k, v in event.headers]
         elif isinstance(event, h2_events.StreamEnded):
             self.ended.add(event.stream_id)
         elif isinstance(event, h2_events.StreamReset):
@@ -346,6 +348,40 @@ def test_files_over_streams(wsgi, asgi, tmp_path):
         for query in ("", "&nolen"):
             response = client.get("/pathsend?path=%s%s" % (path, query))
             assert response["status"] == 200 and response["body"] == data
+
+
+def test_asgi_trailers_end_the_stream(asgi):
+    """The trailers extension over HTTP/2: a HEADERS block after the DATA, which ends the stream, for
+    a client that sent te: trailers (content-length and host among the app's trailers: dropped);
+    none without it, and none on a HEAD (its HEADERS ended the stream)."""
+    with H2Client(asgi) as client:
+        asked = [client.request("/trailers" + query, headers=[("te", "trailers")]) for query in ("", "?split=1")]
+        plain = client.request("/trailers")
+        head = client.request("/trailers", method="HEAD", headers=[("te", "trailers")])
+        responses = client.run(asked + [plain, head])
+        for response in responses[:3]:
+            assert response["status"] == 200 and response["body"] == b"part one, part two"
+            assert "content-length" not in response["headers"]
+        for response in responses[:2]:
+            assert response["trailers"] == [("x-checksum", "abc123"), ("x-count", "2")]
+        assert responses[2]["trailers"] is None
+        assert responses[3]["status"] == 200 and responses[3]["body"] == b"" and responses[3]["trailers"] is None
+        assert all(sid in client.ended for sid in asked + [plain, head])
+
+
+def test_request_trailers_end_the_body(wsgi, asgi):
+    """A request body followed by trailers (HEADERS with END_STREAM after the DATA): the body is
+    whole for the app (the trailers themselves reach neither the environ nor the scope: neither
+    has a place for them), and the connection serves on."""
+    for server in (wsgi, asgi):
+        with H2Client(server) as client:
+            body = b"q" * 100000
+            sid = client.request("/echo", method="POST", body=body, end=False)
+            client.conn.send_headers(sid, [("x-digest", "abc")], end_stream=True)
+            client.flush()
+            response = client.run([sid])[0]
+            assert response["status"] == 200 and response["body"] == body
+            assert client.get("/pid")["status"] == 200
 
 
 def _unread_bodies_do_not_shrink_the_window(server):
