@@ -386,8 +386,10 @@ def test_request_trailers_end_the_body(wsgi, asgi):
 
 def _unread_bodies_do_not_shrink_the_window(server):
     with H2Client(server) as client:
-        body = b"b" * (128 << 10)
-        for _ in range(150):      # 150 x 128 KiB on one connection: 3x its window of 100 x 64 KiB
+        assert client.get("/pid")["status"] == 200                     # (the server's SETTINGS are in)
+        window = client.conn.remote_settings.initial_window_size    # (the default, 256 KiB)
+        body = b"b" * (2 * window)
+        for _ in range(150):      # a full stream window 150 times on one connection: 1.5x its 100 windows
             sid = client.request("/reject", method="POST", body=body)
             assert client.run([sid])[0]["status"] == 413
         assert client.get("/pid")["status"] == 200
