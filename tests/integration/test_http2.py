@@ -389,7 +389,7 @@ def _unread_bodies_do_not_shrink_the_window(server):
         assert client.get("/pid")["status"] == 200                     # (the server's SETTINGS are in)
         window = client.conn.remote_settings.initial_window_size    # (the default, 256 KiB)
         body = b"b" * (2 * window)
-        for _ in range(150):      # a full stream window 150 times on one connection: 1.5x its 100 windows
+        for _ in range(150):      # two stream windows, 150 times on one connection: 3x its 100 windows
             sid = client.request("/reject", method="POST", body=body)
             assert client.run([sid])[0]["status"] == 413
         assert client.get("/pid")["status"] == 200
