@@ -44,6 +44,7 @@ if not cython.compiled:   # the compiled build cimports these (_h2_c.pxd)
     from ._dispatch import AWAIT_BODY, CHECK_THREADS, AppDispatch
     from ._exchange import CLOSED, HIGH_WATER, LAST_IN, OPEN, PEER_CLOSED, UNREAD, EarlyBody
     from ._transport import W_BODY, W_IDLE, W_NONE
+    from ._request import V2
 
 B_REQUESTS, B_IN_FLIGHT, B_STATUS = _board.REQUESTS, _board.IN_FLIGHT, _board.STATUS
 LazyInput = _wsgi.LazyInput
@@ -59,6 +60,7 @@ DRAIN_BUSY = 5.0            # a stopping worker's GOAWAY waits this long at most
 DRAIN_PING_WAIT = 5.0       # a stopping worker's final GOAWAY: at the PING's ACK, or this long after the notice
 REFUSALS = {405: "405 Method Not Allowed"}   # (those wsgi.ERROR_STATUS does not have)
 PAIRS_MEMO = (None, None, None, ())   # _header_pairs' last (lines, date, ours, pairs)
+METHOD_NAMES = {}           # a :method's bytes -> its name, interned (`is M_HEAD`); at most 64 (_method_name)
 BodyQueue = None            # _asgi.BodyQueue (or its compiled build's), with the first ASGI stream
 
 
@@ -70,6 +72,15 @@ def _load_asgi():
         from . import _asgi as asgi
     BodyQueue = asgi.BodyQueue
     return 0
+
+
+def _method_name(method):
+    name = METHOD_NAMES.get(method)
+    if name is None:
+        name = _intern(method.decode("latin-1"))
+        if len(METHOD_NAMES) < 64:
+            METHOD_NAMES[method] = name
+    return name
 
 
 def _header_pairs(lines, date, ours):
@@ -124,6 +135,13 @@ class Stream(AppDispatch):
         self.asgi = conn.asgi
         self.scope_base = conn.scope_base
         self.trusted = conn.trusted
+        # the request line the connection's last streams repeated, kept as HTTP/1.1 keeps one
+        # (RequestBuilder._request_line): a client that asks for the same thing again (a poller, a
+        # load generator) saves the target's parsing and five insertions a stream
+        self.line_env = conn.line_env
+        self.line_url = conn.line_url
+        self.line_method = conn.line_method
+        self.line_protocol = conn.line_protocol
         self.start_response = self._start_response
         self.write = self._write
         return 0
@@ -139,7 +157,7 @@ class Stream(AppDispatch):
         path = None
         authority = None
         for name, value in headers:
-            if name[:1] == b":":
+            if name and name[0] == 58:       # b":" (the engines give no empty name)
                 if name == b":method":
                     method = value
                 elif name == b":path":
@@ -155,7 +173,12 @@ class Stream(AppDispatch):
         if authority is not None and self.host is None:
             self.on_header(b"host", authority)
         self.on_url(path)
-        self._build_head(ex, _intern(method.decode("latin-1")), "2")   # (interned: `is M_HEAD`)
+        self._build_head(ex, _method_name(method), V2)
+        conn = self.session.conn     # (the request line it kept, for the connection's next streams)
+        conn.line_env = self.line_env
+        conn.line_url = self.line_url
+        conn.line_method = self.line_method
+        conn.line_protocol = self.line_protocol
         ex.keep_alive = True
         ex.keep = True
         self.in_head = False
@@ -334,7 +357,12 @@ class Stream(AppDispatch):
             _del_first(out)                  # (Cython's pop(0) is a Python method call)
             self.out_size -= len(data)
             if not self.ended:
-                engine.send_data(self.sid, data, False)
+                # (the last piece of a response the loop holds complete ends the stream with it;
+                # else _complete sends the end, or the trailers)
+                end = (not out and self.resp is not None and self.resp.done and not self.resp.in_app
+                       and self.trailers_out is None)
+                engine.send_data(self.sid, data, end)
+                self.ended = end
         return 0
 
     def _pump(self):

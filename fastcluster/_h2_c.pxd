@@ -9,6 +9,7 @@ from fastcluster._exchange_c cimport Exchange, EarlyBody, SendFile, CLOSED, HIGH
 from fastcluster._transport_c cimport W_BODY, W_IDLE, W_NONE
 from fastcluster._dispatch_c cimport AppDispatch, AWAIT_BODY, CHECK_THREADS
 from fastcluster._http_c cimport HttpConnection
+from fastcluster._request_c cimport V2
 
 cdef Py_ssize_t B_REQUESTS, B_IN_FLIGHT, B_STATUS, PUSH_LIMIT, SEND_LIMIT
 cdef int RESET_BUDGET, HAS_DATE, HAS_SERVER
@@ -18,6 +19,9 @@ cdef dict REFUSALS
 cdef tuple PAIRS_MEMO
 cdef object LazyInput, log, refusal_cell, BodyQueue
 
+cdef dict METHOD_NAMES
+@cython.locals(name=str)
+cdef str _method_name(bytes method)
 @cython.locals(pairs=list, text=bytes, line=bytes, colon=Py_ssize_t, memo=tuple)
 cdef list _header_pairs(list lines, bytes date, bytes ours)
 
@@ -38,7 +42,8 @@ cdef class Stream(AppDispatch):
         double stalled                 # ...and since when that number has not moved (--write-timeout)
 
     cdef int _open(self, H2Session session, int sid) except -1
-    @cython.locals(server=HttpServer, ex=Exchange, env=dict)
+    @cython.locals(server=HttpServer, ex=Exchange, env=dict, name=bytes, value=bytes, method=bytes, path=bytes,
+                   authority=bytes, conn=HttpConnection)
     cdef int _head(self, list headers, bint end_stream) except -1
     @cython.locals(server=HttpServer, ex=Exchange)
     cdef int _body(self, bytes data) except -1
@@ -51,7 +56,7 @@ cdef class Stream(AppDispatch):
     cdef int _open_window(self) except -1
     @cython.locals(server=HttpServer, code=int, bodiless=bint, lines=list, pairs=list)
     cdef bint _frame_head(self, Exchange ex, long long known_length, bytes tail) except -1
-    @cython.locals(out=list, data=bytes, empty=bint, code=int, pairs=list)
+    @cython.locals(out=list, data=bytes, empty=bint, code=int, pairs=list, end=bint)
     cdef int _push(self) except -1
     @cython.locals(server=HttpServer, ex=Exchange)
     cdef int _pump_stream(self) except -1
