@@ -273,13 +273,15 @@ class Stream(AppDispatch):
         ex = self.resp if self.resp is not None else self.nxt
         if ex is None or ex.body is None:
             return 0
-        if type(ex.body) is LazyInput and ex.body.wanted:
+        starved = type(ex.body) is LazyInput and ex.body.wanted
+        if starved:
             taken = self.body_in - self.acked       # a read waits for more than is here: all of it
         else:
             taken = self.body_in - ex.body.size - self.acked
+            starved = ex.body.size == 0 and not ex.complete   # (ASGI: receive() waits, or will)
         if taken > 0:
             self.acked += taken
-            self.session.engine.consumed(self.sid, taken)
+            self.session.engine.consumed(self.sid, taken, starved)
         return 0
 
     def _body_taken(self):

@@ -52,7 +52,7 @@ cdef class Stream(AppDispatch):
     @cython.locals(ex=Exchange)
     cdef int _refuse_body(self, int status) except -1
     cpdef bint _fill_body(self) except -1
-    @cython.locals(ex=Exchange, taken='long long')
+    @cython.locals(ex=Exchange, taken='long long', starved=bint)
     cdef int _open_window(self) except -1
     @cython.locals(server=HttpServer, code=int, bodiless=bint, lines=list, pairs=list)
     cdef bint _frame_head(self, Exchange ex, long long known_length, bytes tail) except -1

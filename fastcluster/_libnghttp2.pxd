@@ -131,6 +131,9 @@ cdef extern from "nghttp2/nghttp2.h":
     int nghttp2_session_resume_data(nghttp2_session* session, int32_t stream_id)
     int nghttp2_session_consume(nghttp2_session* session, int32_t stream_id, size_t size)
     int nghttp2_session_consume_connection(nghttp2_session* session, size_t size)
+    int32_t nghttp2_session_get_stream_effective_recv_data_length(nghttp2_session* session, int32_t stream_id)
+    int nghttp2_submit_window_update(nghttp2_session* session, uint8_t flags, int32_t stream_id,
+                                     int32_t window_size_increment)
     int nghttp2_session_set_local_window_size(nghttp2_session* session, uint8_t flags, int32_t stream_id,
                                               int32_t window_size)
     int32_t nghttp2_session_get_last_proc_stream_id(nghttp2_session* session)

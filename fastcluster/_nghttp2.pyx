@@ -411,6 +411,7 @@ cdef class Engine:
     cdef dict streams                  # stream id -> _Stream, for the streams nghttp2 has open
     cdef _Stream current               # the stream whose header block is being decoded
     cdef Py_ssize_t max_header_list_size
+    cdef int32_t ack_starved           # consumed() with starved: a window update once this much is unacknowledged
     cdef int32_t goaway_last           # the last stream id of goaway(), -1 before
     cdef int32_t last_seen             # the last stream id, kept past close()
     cdef Py_ssize_t refusing           # open streams that got h2_refused (for _on_frame_send)
@@ -439,6 +440,7 @@ cdef class Engine:
         self.on_reset, self.on_closed = handler.h2_reset, handler.h2_closed
         self.streams = {}
         self.max_header_list_size = max_header_list_size
+        self.ack_starved = max(1, initial_window_size // 4)
         self.goaway_last = -1
         if nghttp2_session_callbacks_new(&callbacks) != 0:
             raise MemoryError()
@@ -706,12 +708,20 @@ cdef class Engine:
         st = self.streams.get(stream_id) if self.streams is not None else None
         return 0 if st is None else (<_Stream>st).queued
 
-    def consumed(self, int32_t stream_id, Py_ssize_t n):
-        """The app took `n` body bytes: reopen the stream's window and the connection's by `n`."""
+    def consumed(self, int32_t stream_id, Py_ssize_t n, bint starved=False):
+        """The app took `n` body bytes: reopen the stream's window and the connection's by `n`.
+        libnghttp2 tells the peer once half a window is consumed; `starved` (the app waits for more
+        than it has been sent: all it was sent is consumed) tells it as soon as a quarter window is
+        unacknowledged, for all of it: else an upload moves about half a window per round trip."""
+        cdef int32_t unacked
         if self.session == NULL or n <= 0:
             return
         if stream_id > 0 and stream_id in self.streams:
             self.check(nghttp2_session_consume(self.session, stream_id, n))
+            if starved:
+                unacked = nghttp2_session_get_stream_effective_recv_data_length(self.session, stream_id)
+                if unacked >= self.ack_starved:
+                    self.check(nghttp2_submit_window_update(self.session, NGHTTP2_FLAG_NONE, stream_id, unacked))
         else:
             self.check(nghttp2_session_consume_connection(self.session, n))
 
