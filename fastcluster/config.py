@@ -272,7 +272,7 @@ SETTINGS = (
             "port), 1 (HTTP/1.1 only), 2 (HTTP/2 only: an HTTP/1.x request gets 505)", "{auto,1,2}"),
     Setting("h2_max_concurrent_streams", ("--h2-max-concurrent-streams",), positive_int, 100,
             "HTTP/2: streams a client may have open at once on one connection", "N"),
-    # 256 KiB, by measurement (benchmarks/h2_window.py): an upload at 3.2 MB/s over a 50 ms round trip
+    # 256 KiB, by measurement (benchmarks/h2_window.py): an upload at 4.4 MB/s over a 50 ms round trip
     # (65535: 1.3), and at most 25 MiB of unread body held by one connection of 100 streams (65535: 6.4)
     Setting("h2_initial_window_size", ("--h2-initial-window-size",), h2_window, 262144,
             "HTTP/2: request body bytes a stream may send ahead of the app's reading (its flow-control window)",

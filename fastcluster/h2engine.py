@@ -575,7 +575,10 @@ class H2Engine:
         return st.queued if st is not None else 0
 
     def consumed(self, stream_id, n, starved=False):
-        # (`starved`: the h2 package has its own rule for when a window update goes out; it is kept)
+        """The app took `n` body bytes of `stream_id`: its window and the connection's reopen by `n`.
+        `starved` (the app has read all it was sent) lets an engine tell the peer sooner than its
+        usual rule; the h2 package keeps its own rule (an update at half a window, or sooner once
+        the peer has used the whole window)."""
         if n <= 0 or self._dead:
             return
         conn = self._conn
