@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from helpers import IMPLS, Server, at_eof, exchange, pid_alive, read_response, wait_until
+from helpers import IMPLS, Server, at_eof, exchange, pid_alive, read_response, read_to_eof, wait_until
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -500,12 +500,7 @@ def test_trailers_the_app_gets_wrong_cut_the_response(asgi_server, query, error)
     sock = asgi_server.connect()
     try:
         sock.sendall(b"GET /trailers%s HTTP/1.1\r\nHost: x\r\nTE: trailers\r\n\r\n" % query.encode())
-        data = b""
-        while True:
-            piece = sock.recv(65536)
-            if not piece:
-                break
-            data += piece
+        data = read_to_eof(sock)
     finally:
         sock.close()
     assert b"part two" in data and not data.endswith(b"0\r\n\r\n") and b"x-injected" not in data
