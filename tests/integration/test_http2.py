@@ -533,6 +533,29 @@ def test_continuation_flood_is_cut_off(wsgi):
         assert other.get("/pid")["status"] == 200
 
 
+def test_continuation_flood_in_trailers_is_cut_off(wsgi, asgi):
+    """The same flood in a request's trailers (after the headers and some body): trailers are read
+    and dropped, under the same bound: the connection ends, and the worker serves others."""
+    hpack = pytest.importorskip("hpack")
+    for server in (wsgi, asgi):
+        encoder = hpack.Encoder()
+        sock = _raw_h2(server)
+        try:
+            head = encoder.encode([(":method", "POST"), (":scheme", "http"), (":authority", "x"), (":path", "/echo")])
+            sock.sendall(_frame(1, 0x4, 1, head) + _frame(0, 0, 1, b"body"))
+            sock.sendall(_frame(1, 0x1, 1, encoder.encode([("x-trailer", "1")])))   # END_STREAM, no END_HEADERS
+            try:
+                for i in range(2000):
+                    sock.sendall(_frame(9, 0, 1, encoder.encode([("x-flood-%d" % i, "v" * 1000)])))
+            except (BrokenPipeError, ConnectionResetError):
+                pass
+            assert _ends(sock) in (1, 2, 11)
+        finally:
+            sock.close()
+        with H2Client(server) as other:
+            assert other.get("/pid")["status"] == 200
+
+
 def test_ping_flood_of_a_client_that_does_not_read(wsgi):
     """PINGs sent without reading their ACKs: the answers pile up behind a full socket until the
     engine's bound, then the connection ends; the worker serves others meanwhile and after."""
