@@ -39,6 +39,10 @@ cdef class Pool(AppPool):
     cdef int _stop_monitor(self) noexcept
     cdef int _release(self) except -1
     cdef bint _reclaim(self) except -1
+    cdef bint _left(self) except -1
+    cdef double _load(self) except -1.0
+    cdef double _pressure(self) except -1.0
+    cdef int _restless(self) except -1
     cpdef block(self)
     cpdef bint follow(self) except -1
     cpdef finish(self)

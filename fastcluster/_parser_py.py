@@ -40,11 +40,38 @@ EPOLLEXCLUSIVE = getattr(select, "EPOLLEXCLUSIVE", 0)
 B_BYTES_IN, B_BYTES_OUT = _board.BYTES_IN, _board.BYTES_OUT
 
 
+OFF_MIN = 500000             # ns: FC_OFF_MIN in _threads.pxd
+HOLD_MAX = 20000000          # ns: FC_HOLD_MAX
+LOAD_SPAN = 1000000          # ns: FC_LOAD_SPAN
+PRESSURE_SPAN = 50000000     # ns: FC_PRESSURE_SPAN
+SLEEPER = 20                 # FC_SLEEPER
+
+
+def _thread_cpu_ns(ident):
+    """The CPU time of the thread `ident` (threading.get_ident()), in ns; -1 when it cannot be read."""
+    try:
+        return time.clock_gettime_ns(time.pthread_getcpuclockid(ident))
+    except (OSError, OverflowError):
+        return -1
+
+
+def _thread_sleeps(tid):
+    """True when the thread `tid` (its id in the kernel) sleeps in the kernel: fc_thread_sleeps."""
+    try:
+        with open("/proc/self/task/%d/stat" % tid, "rb") as f:
+            line = f.read(256)
+    except OSError:
+        return True
+    end = line.rfind(b")")
+    return end < 0 or line[end + 2:end + 3] != b"R"
+
+
 class Pool(AppPool):
     """The app threads' primitives (the twin of _pool.pxi and _threads.pxd): the token is a Lock
     held by the thread that runs the loop, a spare thread waits on a Semaphore, and the monitor is
     a Python thread that looks every 0.1 ms for a second after a handover, and otherwise at times
-    that double from 1 ms to 10 ms; in an idle worker it sleeps until the next call begins."""
+    that double from 1 ms to 10 ms; in an idle worker it sleeps until the next call begins. It hands
+    the loop over by the rule of fc_call_waits (_threads.pxd)."""
 
     def __init__(self, server, limit):
         super().__init__(server, limit)
@@ -56,11 +83,60 @@ class Pool(AppPool):
         self.finished = False
         self.parked = False             # the monitor sleeps on `wake` until the next call begins
         self.wake = threading.Semaphore(0)
+        self.caller = (0, 0)            # the thread whose call began last: (get_ident(), its kernel id)
+        self.handovers = 0              # calls the monitor handed over (tests, diagnostics)
+        self.tracked = {}               # handed-over calls running: thread ident -> [its CPU (ns) then, restless]
+        self.spent = 0                  # CPU (ns) of tracked calls that returned since the last measure
+        self.load = 0.0                 # their CPU, in CPUs (fc_pool_measure)
+        self.load_at = time.monotonic_ns()
+        self.pressure = 0.0             # fc_pool_pressure
+        self.psi_last = self.psi_at = 0
+
+    def _left(self):
+        slot = self.tracked.pop(threading.get_ident(), None)
+        if slot is None:
+            return False
+        self.spent += max(0, _thread_cpu_ns(threading.get_ident()) - slot[0])
+        return not slot[1]
+
+    def _load(self):
+        return self.load
+
+    def _pressure(self):
+        return self.pressure
+
+    def _restless(self):
+        return sum(1 for slot in list(self.tracked.values()) if slot[1])
+
+    def _measure(self, now):
+        """fc_pool_measure and fc_pool_pressure."""
+        span = now - self.load_at
+        if span < LOAD_SPAN:
+            return
+        used, self.spent = self.spent, 0
+        for ident, slot in list(self.tracked.items()):
+            cpu = _thread_cpu_ns(ident)
+            if cpu > slot[0]:
+                used += cpu - slot[0]
+            slot[0] = cpu
+        self.load = used / span
+        self.load_at = now
+        if now - self.psi_at < PRESSURE_SPAN:
+            return
+        try:
+            with open("/proc/pressure/cpu", "rb") as f:
+                stalled = int(f.read(128).split(b"total=", 1)[1].split()[0])
+        except (OSError, IndexError, ValueError):
+            return
+        if 0 < self.psi_last <= stalled:
+            self.pressure = (stalled - self.psi_last) * 1000.0 / (now - self.psi_at)
+        self.psi_last, self.psi_at = stalled, now
 
     def _start(self):
         threading.Thread(target=self._watch, name="fastcluster-monitor", daemon=True).start()
 
     def _release(self):
+        self.caller = (threading.get_ident(), threading.get_native_id())
         self.seq += 1
         self.token.release()
         if self.parked:
@@ -97,10 +173,33 @@ class Pool(AppPool):
     def _spawn(self):
         threading.Thread(target=self.server._follower, name="fastcluster-app", daemon=True).start()
 
+    def _call_waits(self, watch, seq):
+        """fc_call_waits: does the call on the loop's thread wait (1: a sleeper, 2: another) or not
+        (0)? `watch` is the monitor's view of it, [seq, ident, tid, first, at, cpu, all]."""
+        now = time.monotonic_ns()
+        if seq != watch[0]:
+            ident, tid = self.caller
+            watch[:] = [seq, ident, tid, now, now, _thread_cpu_ns(ident), time.process_time_ns()]
+            return 0
+        if now - watch[3] >= HOLD_MAX:
+            return 2
+        wall = now - watch[4]
+        if wall < OFF_MIN:
+            return 0
+        cpu, whole = _thread_cpu_ns(watch[1]), time.process_time_ns()
+        if cpu < 0 or watch[5] < 0:
+            return 2
+        used = cpu - watch[5]
+        others = (whole - watch[6]) - used
+        if wall - used >= OFF_MIN and 2 * used <= wall and 2 * others < wall and _thread_sleeps(watch[2]):
+            return 1 if used * SLEEPER < wall else 2
+        return 0
+
     def _watch(self):
         signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
         _set_thread_name(b"fc-monitor")
         last = -1
+        watch = [-1, 0, 0, 0, 0, 0, 0]
         idle = 0
         period = 0.001        # doubles up to 10 ms while no call blocks
         while not self.finished:
@@ -112,8 +211,12 @@ class Pool(AppPool):
                 time.sleep(period)
                 period = min(period * 2, 0.01)
             seq = self.seq
-            if seq == last and self.token.acquire(False):
+            waits = 0 if self.token.locked() else self._call_waits(watch, seq)
+            if waits and self.token.acquire(False):
+                self.handovers += 1
+                self.tracked[watch[1]] = [_thread_cpu_ns(watch[1]), waits == 2]
                 self._hand_over()
+            self._measure(time.monotonic_ns())
             # ten looks at 10 ms with no call begun while the loop's thread holds the token: an
             # idle worker, whose monitor sleeps until the next call (_release wakes it)
             idle = idle + 1 if seq == last and self.hot <= 0 and period >= 0.01 and self.token.locked() else 0

@@ -3,7 +3,7 @@
 #
 # A token says whether a thread runs the loop: the thread that does lets it go for each app call
 # (an atomic store) and takes it back after (a compare-and-swap); the monitor hands it to a spare
-# thread when a call blocks.
+# thread when a call waits (fc_call_waits in _threads.pxd).
 
 cdef class Pool(AppPool):
     def __cinit__(self):
@@ -12,18 +12,20 @@ cdef class Pool(AppPool):
             raise MemoryError()
         memset(self.st, 0, sizeof(fc_pool_t))
         self.st.token = 1               # the thread that calls serve() runs the loop
+        self.st.psi_fd = -1
         if sem_init(&self.st.promote, 0, 0) != 0 or sem_init(&self.st.wake, 0, 0) != 0:
             PyErr_SetFromErrno(OSError)
 
     def __dealloc__(self):
         if self.st is not NULL:
             self._stop_monitor()
+            fc_pool_free(self.st)
             sem_destroy(&self.st.promote)
             sem_destroy(&self.st.wake)
             PyMem_Free(self.st)
 
     cdef int _start(self) except -1:
-        if fc_pool_start(self.st, &self.monitor) != 0:
+        if fc_pool_start(self.st, &self.monitor, self.limit) != 0:
             raise OSError("cannot start the app threads' monitor")
         self.monitoring = True
         return 0
@@ -42,6 +44,18 @@ cdef class Pool(AppPool):
 
     cdef bint _reclaim(self) except -1:
         return fc_pool_take(self.st)
+
+    cdef bint _left(self) except -1:
+        return fc_pool_left(self.st)
+
+    cdef double _load(self) except -1.0:
+        return self.st.load / 1000.0
+
+    cdef double _pressure(self) except -1.0:
+        return self.st.pressure / 1000.0
+
+    cdef int _restless(self) except -1:
+        return self.st.restless
 
     cpdef block(self):
         if fc_pool_take(self.st):
@@ -65,6 +79,11 @@ cdef class Pool(AppPool):
         self._stop_monitor()
         for i in range(self.total + 1):
             sem_post(&self.st.promote)
+
+    @property
+    def handovers(self):
+        """Calls the monitor handed over (for tests and diagnostics)."""
+        return self.st.handovers
 
     cpdef _spawn(self):
         _threading.Thread(target=self.server._follower, name="fastcluster-app", daemon=True).start()

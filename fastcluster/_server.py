@@ -56,7 +56,17 @@ ASGI_VERSION = {"version": "3.0", "spec_version": "2.4"}
 # an HTTP scope's extensions: a file as the response body, sent by the server (_asgi.Cycle._send_file),
 # and trailers after the body (_asgi.Cycle._send_trailers)
 HTTP_EXTENSIONS = {"http.response.pathsend": {}, "http.response.zerocopysend": {}, "http.response.trailers": {}}
-WAITS_FLOOR = 1e-6          # AppPool.waits below this is 0: no recent call was long
+# AppPool's rule for another app call beside those running (issue 31, _can_call): it starts when the
+# calls running are asleep (under ASLEEP of a CPU each: the monitor's `load`), or when the machine has
+# CPUs to spare (its `pressure` under PRESSURE_MAX) and the calls running, shared among them, leave
+# room for one call more under SHARE_MAX of one CPU (the GIL's); a call that has run LONG_HOLD (in
+# LONG_CALLs of 1 ms: 0.1 s) holds no one back.
+ASLEEP = 0.05
+PRESSURE_MAX = 0.2
+SHARE_MAX = 1.0
+LONG_HOLD = 100
+SLEEPY_FLOOR = 1e-6         # AppPool.sleepy below this is 0 (decaying on its own it would stick at a
+                            # subnormal double, where each step costs a microcode assist: benchmarks/README.md)
 NESTED_WAIT = 0.05          # a nested iteration waits at most this long, then looks at its condition again
 
 # Who may run the loop's code. One thread at a time holds the loop: the serve() caller when there
@@ -95,14 +105,15 @@ class AppPool:
     """The threads that run one worker's app calls when --threads is above 1 (fields: _server_c.pxd).
 
     Each loop subclasses it with the primitives: a token (which thread runs the loop), a way to
-    wake a spare thread, and a monitor that hands the loop over when an app call has blocked for a
-    while. The policy is here: at most `limit` app calls at once, and always one spare thread while
-    a call runs, so that the loop can be handed over at any moment.
+    wake a spare thread, and a monitor that hands the loop over when an app call waits for the
+    world (or has held it 20 ms). The policy is here: how many app calls run at once (at most
+    `limit`; beyond the first, only while the GIL has room: _can_call), and always one spare thread
+    while a call runs, so that the loop can be handed over at any moment.
     """
 
     if not cython.compiled:
-        busy = total = owner = 0
-        waits = 0.0
+        busy = total = owner = calls = 0
+        sleepy = 0.0
 
     def __init__(self, server, limit):
         self._setup(server, limit)
@@ -113,41 +124,76 @@ class AppPool:
         self.total = 1              # threads in the pool, the one that called serve() included
         self.busy = 0               # app calls begun and not handed back to the loop yet
         self.cpu_ticks = server.settings.cpu_ticks   # (the server's clock: Settings)
-        self.long_ticks = server.settings.long_ticks
+        self.hold_ticks = server.settings.long_ticks * LONG_HOLD
+        self.begins = []            # when each call running began (ticks), oldest first
+        self.sleepy = 0.0
+        self.calls = 0
         return 0
 
     def _can_call(self):
-        return self.busy < self.limit
+        """May an app call start now? The first always may (the monitor hands the loop over if it
+        waits). Another, beside calls that run (they waited, so the loop went on to this request),
+        when they sleep (a sleep, a slow query, an API: they leave the GIL free, and as many run as
+        --threads allows), or when the GIL and the machine have room for it: the CPU the calls
+        running used lately (the monitor's `load`), shared among them, leaves room for one more
+        under SHARE_MAX, and the machine's CPUs are not all busy (its `pressure`). Calls that
+        compute, or wait only briefly, use the GIL most of the time: starting more of them at once
+        makes each queue for it, every short wait of theirs hand it off, and where the CPUs are
+        busy anyway (the database on the same host) nothing runs sooner for it (issue 31: Flask
+        and Django at 32 calls at once, and the database's CPU a request doubled). A call that
+        has run LONG_HOLD holds no one back: a request behind a long computation is served beside
+        it (the GIL switches every 5 ms), not after it."""
+        busy = self.busy
+        if busy == 0:
+            return True
+        if busy >= self.limit:
+            return False
+        load = self._load()
+        if (self._restless() == 0 and load < ASLEEP * busy) or (
+                self._pressure() < PRESSURE_MAX and load * (busy + 1) < SHARE_MAX * busy):
+            return True
+        begins = self.begins            # (empty: the calls returned, and wait to be handed back)
+        return not begins or _ticks(self.cpu_ticks) - begins[0] >= self.hold_ticks
 
     def _enter(self):
         """An app call begins on this thread, which runs the loop: account for it, keep a spare
         thread, then let the loop go (`_release`), so that the monitor may hand it over. When most
-        recent calls waited, hand it over now: the next request need not wait for the monitor's
-        look. Returns when the call began (in ticks), for _leave()."""
+        recent calls were sleepers (`sleepy`: the monitor handed them over as such), hand it over
+        now: the next request need not wait for the monitor to see this call wait (0.5 ms at least,
+        which for an app that waits 20 ms a request held the loop a quarter of the time). One call
+        in 8 is left to the monitor still, so that `sleepy` follows the app when it changes. Returns
+        when the call began (in ticks, its lowest bit set when handed over up front), for _leave()."""
         self.busy += 1
         self.server.cells[B_BUSY] = self.busy
         if self.total - self.busy < 1:
             self.total += 1
             self._spawn()
+        self.calls += 1
+        eager = self.sleepy > 0.5 and (self.calls & 7) != 0
+        began = (_ticks(self.cpu_ticks) & ~1) | (1 if eager else 0)
+        self.begins.append(began)
         if CHECK_THREADS:
             self.owner = 0                   # (before the token goes: a spare may take it at once)
         self._release()
-        if self.waits > 0.5:
+        if eager:
             self.block()
-        return _ticks(self.cpu_ticks)
+        return began
 
     def _leave(self, began):
-        """The app call returned: True when this thread takes the loop back, False when another
-        thread has been running it meanwhile. The call's length goes into `waits`, the moving
-        share of calls that took more than LONG_CALL."""
+        """The app call that began at `began` returned: True when this thread takes the loop back,
+        False when another thread has been running it meanwhile. A call the monitor judged (not
+        handed over up front) moves `sleepy`. (`begins` and `sleepy` change here without the
+        loop, under the GIL: `begins` by one list operation, which no other thread sees half done.)"""
+        self.begins.remove(began)
         took = self._reclaim()
-        if took and CHECK_THREADS:
+        sleeper = False
+        if not took:
+            sleeper = self._left()       # (the monitor counts its CPU no more)
+        elif CHECK_THREADS:
             self.owner = _get_ident()
-        waits = self.waits + ((1.0 if _ticks(self.cpu_ticks) - began > self.long_ticks else 0.0) - self.waits) * 0.1
-        # (flushed to zero: decaying on its own it sticks at the smallest subnormal double, 2e-323,
-        # where each step costs a microcode assist on every request; benchmarks/README.md,
-        # "A subnormal float")
-        self.waits = waits if waits > WAITS_FLOOR else 0.0
+        if not began & 1:
+            sleepy = self.sleepy + ((1.0 if sleeper else 0.0) - self.sleepy) * 0.125
+            self.sleepy = sleepy if sleepy > SLEEPY_FLOOR else 0.0
         return took
 
     def _returned(self):
@@ -166,6 +212,23 @@ class AppPool:
         raise NotImplementedError
 
     def _reclaim(self):
+        raise NotImplementedError
+
+    def _left(self):
+        """This thread's call, which lost the loop, returned: True when the monitor had handed it
+        over as a sleeper."""
+        raise NotImplementedError
+
+    def _load(self):
+        """The CPU the calls handed over used lately, in CPUs (the monitor's)."""
+        raise NotImplementedError
+
+    def _pressure(self):
+        """The share of the time lately in which some task on this machine waited for a CPU."""
+        raise NotImplementedError
+
+    def _restless(self):
+        """How many of the calls handed over and running were no sleepers when handed over."""
         raise NotImplementedError
 
     def block(self):
@@ -389,11 +452,14 @@ class HttpServer:
 
     def _wait_ms(self, limit):
         """How long the next wait may last, in ms: to the tick or the end of an accept pause,
-        at most `limit` seconds; 0 when handed-back connections are waiting."""
+        at most `limit` seconds; 0 when handed-back connections are waiting; 2 ms while requests
+        wait for the GIL to have room (AppPool._can_call)."""
         if self.posted:
             return 0
         wake = self._wake_at()
         wait = min(wake - self.now, limit)
+        if self.waiting and self.pool is not None and 0 < self.pool.busy < self.pool.limit and wait > 0.002:
+            return 2                     # (the monitor measures its load every 1 ms or more)
         return int(wait * 1000) + 1 if wait > 0 else 0
 
     def _woke(self, now):

@@ -5,7 +5,8 @@ cimport cython
 from fastcluster._clock cimport monotonic, ticks as _ticks
 from fastcluster._settings_c cimport Settings, Listener, Admission
 
-cdef double DRAIN_LINGER, BALANCE_PAUSE, NESTED_WAIT, WAITS_FLOOR
+cdef double DRAIN_LINGER, BALANCE_PAUSE, NESTED_WAIT, SHARE_MAX, ASLEEP, PRESSURE_MAX, SLEEPY_FLOOR
+cdef long long LONG_HOLD
 cdef Py_ssize_t BALANCE_SLACK
 cdef Py_ssize_t B_ACCEPTED
 cdef Py_ssize_t B_CONNS, B_NOT_ACCEPTING, B_RSS, B_BEAT, B_BUSY
@@ -24,21 +25,29 @@ cdef class AppPool:
         public int limit        # app calls at once (--threads)
         public int total        # threads in the pool, the serve() caller's included
         public int busy         # app calls begun and not handed back to the loop yet
-        public double waits     # moving share of recent calls that took more than LONG_CALL
         public unsigned long owner   # FASTCLUSTER_CHECK_THREADS: the thread that holds the loop (0: none)
         bint cpu_ticks          # ticks() reads the CPU's counter
-        long long long_ticks    # LONG_CALL in ticks
+        long long hold_ticks    # LONG_HOLD in ticks
+        public list begins      # when each running call began (ticks), oldest first
+        public double sleepy    # moving share of recent calls the monitor handed over as sleepers
+        unsigned long calls     # app calls begun
 
     cdef int _setup(self, HttpServer server, int limit) except -1
-    cdef bint _can_call(self)
+    @cython.locals(busy=int, load=double, begins=list)
+    cdef bint _can_call(self) except -1
+    @cython.locals(began="long long", eager=bint)
     cdef long long _enter(self) except? -1
-    @cython.locals(waits=double)
+    @cython.locals(took=bint, sleeper=bint, sleepy=double)
     cdef bint _leave(self, long long began) except -1
     cdef int _returned(self) except -1
     # the loop's primitives (_pool.pxi)
     cdef int _start(self) except -1
     cdef int _release(self) except -1
     cdef bint _reclaim(self) except -1
+    cdef bint _left(self) except -1
+    cdef double _load(self) except -1.0
+    cdef double _pressure(self) except -1.0
+    cdef int _restless(self) except -1
     cpdef block(self)
     cpdef bint follow(self) except -1
     cpdef finish(self)

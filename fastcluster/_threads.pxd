@@ -1,17 +1,21 @@
 # The C side of the compiled loop's app threads (--threads > 1): the token that says which thread
 # runs the loop, the semaphore a spare thread waits on, and the monitor thread. The monitor never
-# takes the GIL. When the token has been free through one whole look with no new app call begun,
-# the call has blocked; it takes the token then and wakes a spare thread with it, which runs the
-# loop from then on. It looks every 0.1 ms for a second after a handover; otherwise the time
-# between looks doubles from 1 ms up to 10 ms (as Go's sysmon backs off): waking on the loop's
-# CPU a thousand times a second preempts the loop as often, which the hello app's CPU per request
-# shows (benchmarks/README.md, "Apps that wait"). After ten
-# looks at 10 ms in which no call began and the loop's thread held the token (an idle worker), it
-# sleeps on a semaphore until the next call begins: an idle worker's monitor does not wake at all
-# (the call that wakes it pays one sem_post; the others, one atomic load). (At SCHED_IDLE
-# it would never preempt the loop, but under load it starved for milliseconds before a handover:
-# the fast clients' p99 next to a blocking endpoint grew several times over.)
-# Pool in _pool.pxi drives it; its twin is Pool in _parser_py.py.
+# takes the GIL. It watches the app call that runs on the loop's thread (the token free, no new
+# call begun) and hands the loop to a spare thread only when that call waits for the world, or has
+# held the loop FC_HOLD_MAX (fc_call_waits says which). A call that computes, or makes only short
+# waits (a 0.1 ms query between pieces of Python), keeps the loop: a spare thread would only queue
+# for the GIL that call needs, each hand-over costs a wake-up and GIL hand-offs, and a second call
+# at once makes every later short wait queue for the GIL (issue 31: benchmarks/results/shortwaits.md,
+# 3.8 context switches and 5.4 futex calls more per query, the worker's CPU a request doubled).
+# It looks every 0.1 ms for a second after a handover; otherwise the time between looks doubles
+# from 1 ms up to 10 ms (as Go's sysmon backs off): waking on the loop's CPU a thousand times a
+# second preempts the loop as often, which the hello app's CPU per request shows
+# (benchmarks/README.md, "Apps that wait"). After ten looks at 10 ms in which no call began and the
+# loop's thread held the token (an idle worker), it sleeps on a semaphore until the next call
+# begins: an idle worker's monitor does not wake at all (the call that wakes it pays one sem_post;
+# the others, one atomic load). (At SCHED_IDLE it would never preempt the loop, but under load it
+# starved for milliseconds before a handover: the fast clients' p99 next to a blocking endpoint grew
+# several times over.) Pool in _pool.pxi drives it; its twin is Pool in _parser_py.py.
 
 cdef extern from *:
     """
@@ -20,6 +24,19 @@ cdef extern from *:
     #include <semaphore.h>
     #include <signal.h>
     #include <time.h>
+    #include <fcntl.h>
+    #include <stdio.h>
+    #include <stdlib.h>
+    #include <string.h>
+    #include <unistd.h>
+    #include <sys/syscall.h>
+
+    typedef struct {
+        int used;            /* 1: a call runs on the thread of `clock` */
+        int restless;        /* 1: it computed over FC_SLEEPER of its time before it was handed over */
+        clockid_t clock;
+        long long last;      /* its CPU time at the last measure (ns) */
+    } fc_slot_t;
 
     typedef struct {
         int token;           /* 1: a thread runs the loop; 0: the one that did is in an app call */
@@ -27,6 +44,19 @@ cdef extern from *:
         int finished;
         int hot;             /* looks left at the short interval */
         int parked;          /* 1: the monitor sleeps on `wake` until the next app call begins */
+        clockid_t clock;     /* the CPU clock of the thread whose call began last */
+        int tid;             /* and its id in the kernel */
+        unsigned long handovers;   /* calls the monitor handed over (Pool.handovers: tests, diagnostics) */
+        fc_slot_t *slots;    /* the calls the monitor handed over that still run, one slot each */
+        int nslots;          /* (--threads of them) */
+        int load;            /* their CPU, per mille of one CPU (fc_pool_measure) */
+        int pressure;        /* per mille of the time some task on this machine waited for a CPU */
+        long long spent;     /* CPU (ns) of tracked calls that returned since the last measure */
+        int restless;        /* tracked calls that are not sleepers (fc_slot_t.restless) */
+        int psi_fd;          /* /proc/pressure/cpu, or -1 */
+        long long psi_last;  /* its "some" total (us) when last read */
+        long long psi_at;    /* and when (ns) */
+        long long load_at;   /* when `load` was measured (ns) */
         sem_t promote;       /* a spare thread waits here to be given the loop */
         sem_t wake;
     } fc_pool_t;
@@ -41,7 +71,15 @@ cdef extern from *:
         return __atomic_compare_exchange_n(&p->token, &expected, 1, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE);
     }
 
+    static __thread int fc_tid;      /* this thread's id in the kernel, once asked */
+
     static void fc_pool_release(fc_pool_t *p) {
+        clockid_t clock;
+        if (pthread_getcpuclockid(pthread_self(), &clock) == 0)   /* (glibc: no system call) */
+            __atomic_store_n(&p->clock, clock, __ATOMIC_RELAXED);
+        if (fc_tid == 0)
+            fc_tid = (int)syscall(SYS_gettid);
+        __atomic_store_n(&p->tid, fc_tid, __ATOMIC_RELAXED);
         __atomic_add_fetch(&p->seq, 1, __ATOMIC_SEQ_CST);
         __atomic_store_n(&p->token, 0, __ATOMIC_RELEASE);
         fc_pool_unpark(p);   /* (seq, then parked; the monitor: parked, then seq: one sees the other) */
@@ -60,12 +98,187 @@ cdef extern from *:
         sem_post(&p->promote);
     }
 
+    static long long fc_ns(clockid_t clock) {
+        struct timespec t;
+        if (clock_gettime(clock, &t) != 0)
+            return -1;
+        return (long long)t.tv_sec * 1000000000LL + t.tv_nsec;
+    }
+
+    /* 1: thread `tid` sleeps in the kernel (state S or D: I/O, a sleep, a lock); 0: it runs, or is
+       runnable and waits for a CPU (a busy machine, which a spare thread would only make busier).
+       Unreadable: 1, as if the rule were not here. */
+    static int fc_thread_sleeps(int tid) {
+        char path[64], buf[256];
+        const char *end;
+        int fd, n;
+        snprintf(path, sizeof(path), "/proc/self/task/%d/stat", tid);
+        fd = open(path, O_RDONLY | O_CLOEXEC);
+        if (fd < 0)
+            return 1;
+        n = (int)read(fd, buf, sizeof(buf) - 1);
+        close(fd);
+        if (n <= 0)
+            return 1;
+        buf[n] = 0;
+        end = strrchr(buf, ')');          /* "tid (name) S ...": the name may hold a ')' */
+        return end == NULL || end[1] == 0 || end[2] != 'R';
+    }
+
+    #define FC_OFF_MIN 500000LL       /* ns off the CPU (and half the time) before a call counts as waiting */
+    #define FC_HOLD_MAX 20000000LL    /* ns: a call keeps the loop this long at most, whatever it does */
+    #define FC_SLEEPER 20LL           /* a call that computed under 1/20 of its time sleeps (a sleep, an API) */
+
+    typedef struct {            /* the monitor's view of the call on the loop's thread */
+        unsigned long seq;      /* which call (fc_pool_t.seq when it began) */
+        clockid_t clock;
+        int tid;
+        long long first;        /* when the monitor first saw it */
+        long long at, cpu, all; /* the window judged: its start, the call's CPU and the process's then */
+    } fc_watch_t;
+
+    /* Does the call that holds the loop wait (hand the loop over: 1 for a sleeper, which computed
+       under 1/FC_SLEEPER of the time, 2 for another) or not (0: let it keep it)? A call
+       waits when, since the monitor first saw it, its thread was off the CPU at least FC_OFF_MIN
+       and half the time (a query of 0.1 ms between pieces of Python is not: that call computes
+       most of the time), sleeps in the kernel now (not runnable: a preempted thread does not wait
+       for the world), and the worker's other threads used less than half a CPU meanwhile (when
+       they keep the GIL busy, as calls handed over before that compute do, or the thread the call
+       waits for computes, a spare running the loop would only queue for the GIL: the GIL wait of a
+       call is such a case, and a wait on a lock or a future whose holder waits for the world is
+       not). Any call is handed over once the monitor has seen it run FC_HOLD_MAX (head-of-line
+       behind a long computation); whether another call then starts beside it is
+       AppPool._can_call's decision, by `load`. */
+    static int fc_call_waits(fc_pool_t *p, fc_watch_t *w, unsigned long seq) {
+        long long now = fc_ns(CLOCK_MONOTONIC), cpu, all, wall, used, others;
+        if (seq != w->seq) {            /* a call not seen before: its first window starts now */
+            w->seq = seq;
+            w->clock = __atomic_load_n(&p->clock, __ATOMIC_RELAXED);
+            w->tid = __atomic_load_n(&p->tid, __ATOMIC_RELAXED);
+            w->first = w->at = now;
+            w->cpu = fc_ns(w->clock);
+            w->all = fc_ns(CLOCK_PROCESS_CPUTIME_ID);
+            return 0;
+        }
+        if (now - w->first >= FC_HOLD_MAX)
+            return 2;
+        wall = now - w->at;
+        if (wall < FC_OFF_MIN)
+            return 0;
+        cpu = fc_ns(w->clock);
+        all = fc_ns(CLOCK_PROCESS_CPUTIME_ID);
+        if (cpu < 0 || w->cpu < 0 || all < 0 || w->all < 0)
+            return 2;                   /* (no CPU clocks: any call that holds the loop a look waits) */
+        used = cpu - w->cpu;
+        others = (all - w->all) - used;
+        if (wall - used >= FC_OFF_MIN && 2 * used <= wall && 2 * others < wall && fc_thread_sleeps(w->tid))
+            return used * FC_SLEEPER < wall ? 1 : 2;
+        return 0;
+    }
+
+    #define FC_LOAD_SPAN 1000000LL    /* ns: `load` is measured over spans this long at least */
+
+    /* The handed-over call of `clock` runs on: its slot (the monitor is the only one that fills
+       slots; a call's thread empties its own: fc_pool_left). No free slot: not counted. */
+    static void fc_pool_track(fc_pool_t *p, clockid_t clock, int restless) {
+        int i;
+        for (i = 0; i < p->nslots; i++) {
+            if (!__atomic_load_n(&p->slots[i].used, __ATOMIC_ACQUIRE)) {
+                p->slots[i].clock = clock;
+                p->slots[i].last = fc_ns(clock);
+                p->slots[i].restless = restless;
+                if (restless)
+                    __atomic_add_fetch(&p->restless, 1, __ATOMIC_RELAXED);
+                __atomic_store_n(&p->slots[i].used, 1, __ATOMIC_RELEASE);
+                return;
+            }
+        }
+    }
+
+    /* A call that lost the loop returned (on its own thread): its CPU since the last measure is
+       counted, and its slot, if it has one, is free. 1: the monitor had handed it over as a sleeper. */
+    static int fc_pool_left(fc_pool_t *p) {
+        clockid_t clock;
+        long long cpu;
+        int i, sleeper = 0;
+        if (pthread_getcpuclockid(pthread_self(), &clock) != 0)
+            return 0;
+        for (i = 0; i < p->nslots; i++) {
+            if (__atomic_load_n(&p->slots[i].used, __ATOMIC_ACQUIRE) && p->slots[i].clock == clock) {
+                cpu = fc_ns(clock);
+                if (cpu > p->slots[i].last)   /* (the monitor may measure it at the same time: a slip) */
+                    __atomic_add_fetch(&p->spent, cpu - p->slots[i].last, __ATOMIC_RELAXED);
+                if (p->slots[i].restless)
+                    __atomic_sub_fetch(&p->restless, 1, __ATOMIC_RELAXED);
+                else
+                    sleeper = 1;
+                __atomic_store_n(&p->slots[i].used, 0, __ATOMIC_RELEASE);
+            }
+        }
+        return sleeper;
+    }
+
+    #define FC_PRESSURE_SPAN 50000000LL   /* ns: `pressure` is measured over spans this long at least */
+
+    /* `pressure`: the share of the last FC_PRESSURE_SPAN (or more) in which some task on this
+       machine waited for a CPU (the kernel's pressure stall information: /proc/pressure/cpu,
+       "some"; its total moves in steps of a few ms, hence the longer span), per mille; 0 where the
+       kernel does not tell. */
+    static void fc_pool_pressure(fc_pool_t *p, long long now) {
+        char buf[128];
+        const char *total;
+        long long stalled;
+        int n;
+        if (p->psi_fd < 0 || now - p->psi_at < FC_PRESSURE_SPAN)
+            return;
+        n = (int)pread(p->psi_fd, buf, sizeof(buf) - 1, 0);
+        if (n <= 0)
+            return;
+        buf[n] = 0;
+        total = strstr(buf, "total=");
+        if (total == NULL)
+            return;
+        stalled = atoll(total + 6);     /* (us) */
+        if (p->psi_last > 0 && stalled >= p->psi_last)
+            __atomic_store_n(&p->pressure, (int)((stalled - p->psi_last) * 1000000LL / (now - p->psi_at)), __ATOMIC_RELAXED);
+        p->psi_last = stalled;
+        p->psi_at = now;
+    }
+
+    /* `load`: the CPU the handed-over calls used over the last span (those still running and
+       those that returned meanwhile), per mille of one CPU; `pressure`: the share of the span in
+       which some task on this machine waited for a CPU (a database on the same host, say, keeping
+       every CPU busy), per mille. AppPool._can_call reads both. */
+    static void fc_pool_measure(fc_pool_t *p, long long now) {
+        long long span = now - p->load_at, used, cpu;
+        double load;
+        int i;
+        if (span < FC_LOAD_SPAN)
+            return;
+        used = __atomic_exchange_n(&p->spent, 0, __ATOMIC_RELAXED);
+        for (i = 0; i < p->nslots; i++) {
+            if (__atomic_load_n(&p->slots[i].used, __ATOMIC_ACQUIRE)) {
+                cpu = fc_ns(p->slots[i].clock);
+                if (cpu > p->slots[i].last)
+                    used += cpu - p->slots[i].last;
+                p->slots[i].last = cpu;
+            }
+        }
+        load = (double)used * 1000.0 / (double)span;
+        __atomic_store_n(&p->load, load > 1000000.0 ? 1000000 : (int)load, __ATOMIC_RELAXED);
+        p->load_at = now;
+        fc_pool_pressure(p, now);
+    }
+
     static void *fc_pool_monitor(void *arg) {
         fc_pool_t *p = (fc_pool_t *)arg;
         sigset_t all;
         struct timespec ts;
+        fc_watch_t watch;
         unsigned long last = (unsigned long)-1, seq;
-        int hot, idle = 0;
+        int hot, idle = 0, waits;
+        memset(&watch, 0, sizeof(watch));
+        watch.seq = (unsigned long)-1;
         sigfillset(&all);
         pthread_sigmask(SIG_BLOCK, &all, NULL);   /* signals are the main thread's business */
         long period = 1000000;   /* ns; doubles up to 10 ms while no call blocks */
@@ -83,8 +296,13 @@ cdef extern from *:
             }
             nanosleep(&ts, NULL);
             seq = __atomic_load_n(&p->seq, __ATOMIC_ACQUIRE);
-            if (seq == last && __atomic_load_n(&p->token, __ATOMIC_ACQUIRE) == 0 && fc_pool_take(p))
+            waits = __atomic_load_n(&p->token, __ATOMIC_ACQUIRE) == 0 ? fc_call_waits(p, &watch, seq) : 0;
+            if (waits && fc_pool_take(p)) {
+                __atomic_add_fetch(&p->handovers, 1, __ATOMIC_RELAXED);
+                fc_pool_track(p, watch.clock, waits == 2);
                 fc_pool_hand_over(p);
+            }
+            fc_pool_measure(p, fc_ns(CLOCK_MONOTONIC));
             if (seq == last && hot <= 0 && period >= 10000000 && __atomic_load_n(&p->token, __ATOMIC_ACQUIRE) == 1)
                 idle++;
             else
@@ -100,11 +318,27 @@ cdef extern from *:
         return NULL;
     }
 
-    static int fc_pool_start(fc_pool_t *p, pthread_t *thread) {
-        int rc = pthread_create(thread, NULL, fc_pool_monitor, p);
+    static int fc_pool_start(fc_pool_t *p, pthread_t *thread, int slots) {
+        int rc;
+        p->slots = (fc_slot_t *)calloc((size_t)slots, sizeof(fc_slot_t));
+        if (p->slots == NULL)
+            return ENOMEM;
+        p->nslots = slots;
+        p->psi_fd = open("/proc/pressure/cpu", O_RDONLY | O_CLOEXEC);
+        p->load_at = fc_ns(CLOCK_MONOTONIC);
+        rc = pthread_create(thread, NULL, fc_pool_monitor, p);
         if (rc == 0)
             pthread_setname_np(*thread, "fc-monitor");
         return rc;
+    }
+
+    static void fc_pool_free(fc_pool_t *p) {   /* after the monitor returned */
+        free(p->slots);
+        p->slots = NULL;
+        p->nslots = 0;
+        if (p->psi_fd >= 0)
+            close(p->psi_fd);
+        p->psi_fd = -1;
     }
 
     static void fc_pool_end(fc_pool_t *p) {   /* the monitor returns at its next look */
@@ -121,6 +355,11 @@ cdef extern from *:
         int finished
         int hot
         int parked
+        unsigned long handovers
+        int load
+        int pressure
+        int restless
+        int psi_fd
         sem_t promote
         sem_t wake
     int sem_init(sem_t* sem, int pshared, unsigned int value) nogil
@@ -131,5 +370,7 @@ cdef extern from *:
     bint fc_pool_take(fc_pool_t* p) nogil
     void fc_pool_release(fc_pool_t* p) nogil
     void fc_pool_hand_over(fc_pool_t* p) nogil
-    int fc_pool_start(fc_pool_t* p, pthread_t* thread) nogil
+    int fc_pool_start(fc_pool_t* p, pthread_t* thread, int slots) nogil
+    void fc_pool_free(fc_pool_t* p) nogil
+    int fc_pool_left(fc_pool_t* p) nogil
     void fc_pool_end(fc_pool_t* p) nogil

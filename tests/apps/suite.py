@@ -7,6 +7,7 @@ Paths under /v/ go through wsgiref.validate, which checks both sides of PEP 3333
 import json
 import os
 import tempfile
+import threading as _threading
 import time
 import warnings
 from urllib.parse import parse_qs
@@ -66,6 +67,7 @@ def _shared_headers(environ, start_response):
 
 
 _THEN = {"calls": 0, "kept": []}
+_SPIN = {"now": 0, "most": 0, "lock": _threading.Lock()}   # /spin calls running, and the most at once
 
 
 class _ChangesOnClose:
@@ -175,6 +177,22 @@ def inner(environ, start_response):
             start_response("200 OK", [("Content-Type", "text/plain")])
             start_response("503 Service Unavailable", [("Content-Type", "text/plain")], sys.exc_info())
         return [b"replaced"]
+    if path == "/spin":     # computes (with sleep=1: sleeps) `ms`; answers its thread, the most /spin calls at once
+        spin = _SPIN
+        with spin["lock"]:
+            spin["now"] += 1
+            spin["most"] = max(spin["most"], spin["now"])
+        try:
+            if "sleep" in q:
+                time.sleep(float(q["ms"]) / 1000)
+            else:
+                end = time.perf_counter() + float(q["ms"]) / 1000
+                while time.perf_counter() < end:
+                    pass
+        finally:
+            with spin["lock"]:
+                spin["now"] -= 1
+        return _text(start_response, b"%d %d" % (_threading.get_ident(), spin["most"]))
     if path == "/sleep":
         if "marker" in q:   # lets a test see that the request is in flight
             open(q["marker"], "w").close()

@@ -99,6 +99,74 @@ def test_calls_that_wait_run_side_by_side(impl):
         assert elapsed < 5.0, elapsed       # one at a time: 10 s (32 threads: about 0.4 s)
 
 
+def test_calls_that_compute_keep_the_loop_and_calls_that_wait_hand_it_over(impl):
+    """The monitor hands the loop to a spare thread only for a call that waits (issue 31): 3 ms
+    calls that compute all run on the loop's own thread, one after another (handing each over
+    would only make the spare queue for the GIL they hold), while 30 ms calls that sleep lose the
+    loop, so the next call runs on the thread that took it over."""
+    from collections import Counter
+
+    with Server("apps.suite:app", "--bind", "127.0.0.1:0", "--workers", "1", "--loop", impl) as server:
+        conn = http.client.HTTPConnection(server.host, server.port, timeout=30)
+
+        def threads(query, count):
+            seen = []
+            for _ in range(count):
+                conn.request("GET", "/spin?" + query)
+                resp = conn.getresponse()
+                assert resp.status == 200
+                seen.append(resp.read().split()[0])
+            return seen
+
+        try:
+            computing = threads("ms=3", 30)
+            # (a call preempted for 20 ms on a busy machine is handed over: one or two may be)
+            assert Counter(computing).most_common(1)[0][1] >= 28, computing
+            waiting = threads("ms=30&sleep=1", 10)
+            assert len(set(waiting)) >= 2, waiting
+        finally:
+            conn.close()
+
+
+def test_calls_that_compute_do_not_run_side_by_side(impl):
+    """6 clients at once, each 3 calls of 30 ms of computing: the monitor hands each call over at
+    20 ms (a call keeps the loop no longer), but another call starts beside it only while the GIL
+    has room, which a computing call leaves none of: they run one after another (at most two at
+    once on a machine so busy that the worker got under half a CPU), where all six used to run at
+    once and share the GIL."""
+    with Server("apps.suite:app", "--bind", "127.0.0.1:0", "--workers", "1", "--loop", impl) as server:
+        answers = []
+
+        def client():
+            for _ in range(3):
+                answers.append(get(server, "/spin?ms=30"))
+
+        clients = [threading.Thread(target=client) for _ in range(6)]
+        for t in clients:
+            t.start()
+        for t in clients:
+            t.join(60)
+        assert [status for status, _ in answers] == [200] * 18
+        most = max(int(body.split()[1]) for _, body in answers)
+        assert most <= 2, most
+
+
+def test_a_long_computation_does_not_hold_up_a_fast_request(impl):
+    """A call that computes for 0.8 s holds no one back once it has run 0.1 s (LONG_HOLD): a fast
+    request sent meanwhile on another connection is answered long before it ends."""
+    with Server("apps.suite:app", "--bind", "127.0.0.1:0", "--workers", "1", "--loop", impl) as server:
+        slow = {}
+        started = time.monotonic()
+        t = threading.Thread(target=lambda: slow.update(answer=get(server, "/spin?ms=800"), at=time.monotonic()))
+        t.start()
+        time.sleep(0.05)                 # (the slow call is under way: its request went first)
+        status, _ = get(server, "/pid")
+        fast_at = time.monotonic()
+        t.join(30)
+        assert status == 200 and slow["answer"][0] == 200
+        assert fast_at < slow["at"] - 0.2, (fast_at - started, slow["at"] - started)
+
+
 def trickle_upload(server, body, results, key, pause=0.3, reading=None):
     """Expect: 100-continue, then the body a few bytes at a time. `reading` (an Event) is set once
     the 100 Continue came: the app call has started and reads the body."""
