@@ -6,8 +6,10 @@
 Starts a throwaway PostgreSQL cluster (realapps.py's), then for each --config (SERVER: fastcluster,
 gunicorn-sync, gunicorn-gthread or granian; ARGS: extra arguments for the server, e.g.
 `fc-t4=fastcluster:--threads 4`; a word env:NAME=VALUE sets the server's environment instead) serves
-the app at 2 workers from this Python's environment (so a fastcluster built in place is the one
-measured) and runs, per test, `wrk -t1 -c64 --latency` for
+the app at 2 workers from this Python's environment, fastcluster from this tree (its in-place build:
+`python setup.py build_ext --inplace` first; PYTHONPATH=<tree>:<realapps> unless a config sets
+PYTHONPATH itself, as `env:PYTHONPATH=<another tree>:<realapps>` does to measure another build) and
+runs, per test, `wrk -t1 -c64 --latency` for
 --seconds after a 1 s warm-up (realapps.py's load), reading from /proc: the server's CPU (all its
 processes) and the context switches of every thread of every process (voluntary and not), and the
 database's CPU. Per request: CPU ms, context switches.
@@ -40,7 +42,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 import realapps  # noqa: E402
-from compare import Running, log, run_wrk  # noqa: E402
+from compare import ROOT, Running, log, run_wrk  # noqa: E402
 
 BIN = os.path.dirname(sys.executable)
 PERF_EVENTS = ["context-switches", "cpu-migrations", "syscalls:sys_enter_futex"]
@@ -228,9 +230,11 @@ def main():
         for app_name in args.apps.split(","):
             interface, app = realapps.APPS[app_name]
             for name, server_name, extra, env in configs:
+                # (fastcluster from this tree: an installed copy in the venv would be found first)
+                tree = {"PYTHONPATH": ROOT + os.pathsep + realapps.APPS_DIR} if server_name == "fastcluster" else {}
                 server = Running(name, realapps.WORKERS, False,
                                  command=lambda port, tmp: command(server_name, extra, interface, app, port),
-                                 env=realapps.server_env(db) | env)
+                                 env=realapps.server_env(db) | tree | env)
                 try:
                     workers = server.pids()[1:]
                     for test in args.tests.split(","):
