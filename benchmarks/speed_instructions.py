@@ -1,6 +1,6 @@
 """Instructions per keep-alive request and per new connection, counted by callgrind.
 
-    python benchmarks/speed_instructions.py [--baseline-python PATH]
+    python benchmarks/speed_instructions.py [--baseline-python PATH [--baseline-pythonpath TREE]]
 
 The compiled loop in-process, as in benchmarks/instructions.py (whose reasoning applies: counts
 are stable where CPU time is not): "keepalive" sends one request at a time over one adopted
@@ -67,11 +67,14 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--baseline-python", default=None)
     ap.add_argument("--baseline-name", default="", help="what the baseline is (a commit), for the report")
+    ap.add_argument("--baseline-pythonpath", default=None,
+                    help="a tree built in place to count as the baseline (PYTHONPATH for --baseline-python)")
     args = ap.parse_args()
     variants = {"httptools": (sys.executable, {"FASTCLUSTER_PARSER": "httptools"}),
                 "llhttp": (sys.executable, {"FASTCLUSTER_PARSER": ""})}
     if args.baseline_python:
-        variants = {"before": (args.baseline_python, {}), **variants}
+        base_env = {"PYTHONPATH": args.baseline_pythonpath} if args.baseline_pythonpath else {}
+        variants = {"before": (args.baseline_python, base_env), **variants}
     results = {}
     for workload, (n1, n2) in COUNTS.items():
         results[workload] = {}

@@ -102,13 +102,13 @@ class AppDispatch(RequestBuilder):
                 ex.next_chunk()
             ex.in_app = False
             return 0
-        began = pool._enter()
+        eager = pool._enter()
         ex.called = server.now      # (for --timeout: this read's time, not this call's, is near enough)
         if first:
             ex.run(self.app)
         if ex.iter is not None:
             ex.stream()
-        if pool._leave(began):
+        if pool._leave(eager):
             ex.in_app = False
             pool._returned()
             if self.state == CLOSED and ex.done:

@@ -23,7 +23,7 @@ cdef class AppDispatch(RequestBuilder):
         object cond                    # threading.Condition, made the first time one waits
         int pumping                    # _pump() calls on the stack
 
-    @cython.locals(server=HttpServer, pool=AppPool, began='long long')
+    @cython.locals(server=HttpServer, pool=AppPool, eager=bint)
     cdef int _produce(self, Exchange ex, bint first) except -1
     @cython.locals(body=bytes)
     cdef int _answer_health(self, Exchange ex) except -1

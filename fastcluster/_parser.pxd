@@ -43,6 +43,7 @@ cdef class Pool(AppPool):
     cdef double _load(self) except -1.0
     cdef double _pressure(self) except -1.0
     cdef int _restless(self) except -1
+    cdef bint _held(self) except -1
     cpdef block(self)
     cpdef bint follow(self) except -1
     cpdef finish(self)
@@ -60,6 +61,7 @@ cdef class Server(HttpServer):
         list later              # the connections whose answers wait for the batch's end
         long long batch_began   # when the batch began (or answers waiting last went out), in ticks
         long long later_ticks   # how long answers may wait for the batch's end, in ticks
+        public int batch_events # events the next wait takes at most: MAX_EVENTS, or 1 after a long batch
 
     cdef int _open(self, object access_log, Py_ssize_t board_index) except -1
     cdef int _watch_wakers(self) except -1

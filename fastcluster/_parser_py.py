@@ -22,7 +22,8 @@ from time import monotonic
 from . import board as _board
 from ._exchange import CLOSED
 from ._http import HttpConnection
-from ._server import AppPool, HttpServer
+from ._server import LONG_HOLD_NS, AppPool, HttpServer
+from ._settings import LONG_CALL
 from ._transport import load_tls
 
 IMPLEMENTATION = "python"
@@ -45,6 +46,7 @@ HOLD_MAX = 20000000          # ns: FC_HOLD_MAX
 LOAD_SPAN = 1000000          # ns: FC_LOAD_SPAN
 PRESSURE_SPAN = 50000000     # ns: FC_PRESSURE_SPAN
 SLEEPER = 20                 # FC_SLEEPER
+PRESSURE_MAX = 0.2           # FC_PRESSURE_MAX (_server.py's)
 
 
 def _thread_cpu_ns(ident):
@@ -85,7 +87,7 @@ class Pool(AppPool):
         self.wake = threading.Semaphore(0)
         self.caller = (0, 0)            # the thread whose call began last: (get_ident(), its kernel id)
         self.handovers = 0              # calls the monitor handed over (tests, diagnostics)
-        self.tracked = {}               # handed-over calls running: thread ident -> [its CPU (ns) then, restless]
+        self.tracked = {}               # handed-over calls running: thread ident -> [CPU (ns) then, restless, since]
         self.spent = 0                  # CPU (ns) of tracked calls that returned since the last measure
         self.load = 0.0                 # their CPU, in CPUs (fc_pool_measure)
         self.load_at = time.monotonic_ns()
@@ -107,6 +109,10 @@ class Pool(AppPool):
 
     def _restless(self):
         return sum(1 for slot in list(self.tracked.values()) if slot[1])
+
+    def _held(self):
+        now = time.monotonic_ns()
+        return any(now - slot[2] >= LONG_HOLD_NS for slot in list(self.tracked.values()))
 
     def _measure(self, now):
         """fc_pool_measure and fc_pool_pressure."""
@@ -192,7 +198,9 @@ class Pool(AppPool):
         used = cpu - watch[5]
         others = (whole - watch[6]) - used
         if wall - used >= OFF_MIN and 2 * used <= wall and 2 * others < wall and _thread_sleeps(watch[2]):
-            return 1 if used * SLEEPER < wall else 2
+            if used * SLEEPER < wall:
+                return 1
+            return 2 if self.pressure < PRESSURE_MAX else 0
         return 0
 
     def _watch(self):
@@ -214,7 +222,7 @@ class Pool(AppPool):
             waits = 0 if self.token.locked() else self._call_waits(watch, seq)
             if waits and self.token.acquire(False):
                 self.handovers += 1
-                self.tracked[watch[1]] = [_thread_cpu_ns(watch[1]), waits == 2]
+                self.tracked[watch[1]] = [_thread_cpu_ns(watch[1]), waits == 2, watch[3]]
                 self._hand_over()
             self._measure(time.monotonic_ns())
             # ten looks at 10 ms with no call begun while the loop's thread holds the token: an
@@ -234,6 +242,7 @@ class Pool(AppPool):
 class Server(HttpServer):
     def _open(self, access_log, board_index):
         self.bell = self.bells[board_index] if 0 <= board_index < len(self.bells) else -1   # this worker's
+        self.batch_events = MAX_EVENTS   # events the next wait takes at most (_iterate)
         self.rbuf = bytearray(RECV_SIZE)
         self.rview = memoryview(self.rbuf)
         self.ep = select.epoll()
@@ -257,8 +266,9 @@ class Server(HttpServer):
         conns = self.conns
         if self.fresh is not None:
             self._watch_fresh()     # a wait inside its request's app call, or another thread's turn
-        events = self.ep.poll(self._wait_ms(limit) / 1000.0, MAX_EVENTS)
+        events = self.ep.poll(self._wait_ms(limit) / 1000.0, self.batch_events)
         self._woke(monotonic())
+        began = time.perf_counter()
         incoming = False
         for fd, _ev in events:
             conn = conns.get(fd)
@@ -280,6 +290,8 @@ class Server(HttpServer):
             elif self._is_listener(fd):
                 incoming = True
             # else: a connection closed earlier in this batch
+        # (one event at a time after a batch over LONG_CALL: _server.pxi's _iterate says why)
+        self.batch_events = 1 if time.perf_counter() - began > LONG_CALL else MAX_EVENTS
         self._batch_done(incoming)
 
     def _signal(self):

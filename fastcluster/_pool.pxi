@@ -57,6 +57,9 @@ cdef class Pool(AppPool):
     cdef int _restless(self) except -1:
         return self.st.restless
 
+    cdef bint _held(self) except -1:
+        return fc_pool_held(self.st, 100000000)     # (ns: _server.py's LONG_HOLD_NS)
+
     cpdef block(self):
         if fc_pool_take(self.st):
             fc_pool_hand_over(self.st)

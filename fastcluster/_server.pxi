@@ -28,6 +28,7 @@ cdef class Server(HttpServer):
         if self.settings.threads > 1:
             self.pool = Pool(self, self.settings.threads)
         self.later_ticks = <long long>(self.settings.long_ticks * LATER_SHARE)
+        self.batch_events = MAX_EVENTS
         return 0
 
     def __dealloc__(self):
@@ -51,6 +52,7 @@ cdef class Server(HttpServer):
     cpdef _iterate(self, double limit):
         cdef epoll_event events[MAX_EVENTS]
         cdef int n, i, fd
+        cdef long long began
         cdef bint incoming = False
         cdef int timeout = 0 if self.later else self._wait_ms(limit)
         cdef dict conns = self.conns
@@ -58,9 +60,9 @@ cdef class Server(HttpServer):
             self._watch_fresh()     # a wait inside its request's app call, or another thread's turn
         if timeout:
             with nogil:
-                n = epoll_wait(self.epfd, events, MAX_EVENTS, timeout)
+                n = epoll_wait(self.epfd, events, self.batch_events, timeout)
         else:
-            n = epoll_wait(self.epfd, events, MAX_EVENTS, 0)
+            n = epoll_wait(self.epfd, events, self.batch_events, 0)
         if n < 0:
             if errno != EINTR:
                 PyErr_SetFromErrno(OSError)
@@ -71,7 +73,7 @@ cdef class Server(HttpServer):
         # by another thread's batch, one that lost the loop in an app call, is sent now: the wait
         # above did not wait)
         self.batching = True
-        self.batch_began = ticks(self.settings.cpu_ticks)
+        self.batch_began = began = ticks(self.settings.cpu_ticks)
         for i in range(n):
             fd = events[i].data.fd
             obj = conns.get(fd)
@@ -87,6 +89,13 @@ cdef class Server(HttpServer):
                 incoming = True
             # else: a connection closed earlier in this batch
         self.batching = False
+        # A batch that ran over LONG_CALL (app calls of milliseconds, inline): the next wait takes
+        # one event, so that connections are served in the order their requests came. (A level-
+        # triggered connection that a wait returns goes back to the kernel's ready list at once,
+        # ahead of those that become ready while the batch runs: with a whole batch at a time, the
+        # last clients answered in one batch came last in the next but one, and waited two rounds.
+        # One event a wait costs a system call a request, next to a call of a millisecond or more.)
+        self.batch_events = 1 if ticks(self.settings.cpu_ticks) - began > self.settings.long_ticks else MAX_EVENTS
         if self.later:
             self._send_waiting()
         self._batch_done(incoming)

@@ -59,12 +59,12 @@ HTTP_EXTENSIONS = {"http.response.pathsend": {}, "http.response.zerocopysend": {
 # AppPool's rule for another app call beside those running (issue 31, _can_call): it starts when the
 # calls running are asleep (under ASLEEP of a CPU each: the monitor's `load`), or when the machine has
 # CPUs to spare (its `pressure` under PRESSURE_MAX) and the calls running, shared among them, leave
-# room for one call more under SHARE_MAX of one CPU (the GIL's); a call that has run LONG_HOLD (in
-# LONG_CALLs of 1 ms: 0.1 s) holds no one back.
+# room for one call more under SHARE_MAX of one CPU (the GIL's); a call handed over that has run
+# LONG_HOLD_NS (0.1 s) holds no one back.
 ASLEEP = 0.05
 PRESSURE_MAX = 0.2
 SHARE_MAX = 1.0
-LONG_HOLD = 100
+LONG_HOLD_NS = 100000000
 SLEEPY_FLOOR = 1e-6         # AppPool.sleepy below this is 0 (decaying on its own it would stick at a
                             # subnormal double, where each step costs a microcode assist: benchmarks/README.md)
 NESTED_WAIT = 0.05          # a nested iteration waits at most this long, then looks at its condition again
@@ -123,9 +123,6 @@ class AppPool:
         self.limit = limit          # app calls at once (--threads)
         self.total = 1              # threads in the pool, the one that called serve() included
         self.busy = 0               # app calls begun and not handed back to the loop yet
-        self.cpu_ticks = server.settings.cpu_ticks   # (the server's clock: Settings)
-        self.hold_ticks = server.settings.long_ticks * LONG_HOLD
-        self.begins = []            # when each call running began (ticks), oldest first
         self.sleepy = 0.0
         self.calls = 0
         return 0
@@ -142,7 +139,9 @@ class AppPool:
         busy anyway (the database on the same host) nothing runs sooner for it (issue 31: Flask
         and Django at 32 calls at once, and the database's CPU a request doubled). A call that
         has run LONG_HOLD holds no one back: a request behind a long computation is served beside
-        it (the GIL switches every 5 ms), not after it."""
+        it (the GIL switches every 5 ms), not after it. (Calls handed over up front are sleepers
+        by `sleepy`; those that lost the loop waiting inside the server, _await, wait for the loop:
+        neither is among the calls the monitor counts.)"""
         busy = self.busy
         if busy == 0:
             return True
@@ -152,8 +151,7 @@ class AppPool:
         if (self._restless() == 0 and load < ASLEEP * busy) or (
                 self._pressure() < PRESSURE_MAX and load * (busy + 1) < SHARE_MAX * busy):
             return True
-        begins = self.begins            # (empty: the calls returned, and wait to be handed back)
-        return not begins or _ticks(self.cpu_ticks) - begins[0] >= self.hold_ticks
+        return self._held()
 
     def _enter(self):
         """An app call begins on this thread, which runs the loop: account for it, keep a spare
@@ -162,7 +160,7 @@ class AppPool:
         now: the next request need not wait for the monitor to see this call wait (0.5 ms at least,
         which for an app that waits 20 ms a request held the loop a quarter of the time). One call
         in 8 is left to the monitor still, so that `sleepy` follows the app when it changes. Returns
-        when the call began (in ticks, its lowest bit set when handed over up front), for _leave()."""
+        whether it was handed over up front, for _leave()."""
         self.busy += 1
         self.server.cells[B_BUSY] = self.busy
         if self.total - self.busy < 1:
@@ -170,28 +168,24 @@ class AppPool:
             self._spawn()
         self.calls += 1
         eager = self.sleepy > 0.5 and (self.calls & 7) != 0
-        began = (_ticks(self.cpu_ticks) & ~1) | (1 if eager else 0)
-        self.begins.append(began)
         if CHECK_THREADS:
             self.owner = 0                   # (before the token goes: a spare may take it at once)
         self._release()
         if eager:
             self.block()
-        return began
+        return eager
 
-    def _leave(self, began):
-        """The app call that began at `began` returned: True when this thread takes the loop back,
-        False when another thread has been running it meanwhile. A call the monitor judged (not
-        handed over up front) moves `sleepy`. (`begins` and `sleepy` change here without the
-        loop, under the GIL: `begins` by one list operation, which no other thread sees half done.)"""
-        self.begins.remove(began)
+    def _leave(self, eager):
+        """The app call returned (`eager`: _enter handed it over up front): True when this thread
+        takes the loop back, False when another thread has been running it meanwhile. A call the
+        monitor judged moves `sleepy` (here, without the loop: a double that only this rule reads)."""
         took = self._reclaim()
         sleeper = False
         if not took:
             sleeper = self._left()       # (the monitor counts its CPU no more)
         elif CHECK_THREADS:
             self.owner = _get_ident()
-        if not began & 1:
+        if not eager:
             sleepy = self.sleepy + ((1.0 if sleeper else 0.0) - self.sleepy) * 0.125
             self.sleepy = sleepy if sleepy > SLEEPY_FLOOR else 0.0
         return took
@@ -229,6 +223,10 @@ class AppPool:
 
     def _restless(self):
         """How many of the calls handed over and running were no sleepers when handed over."""
+        raise NotImplementedError
+
+    def _held(self):
+        """True when a call handed over and running has run LONG_HOLD_NS."""
         raise NotImplementedError
 
     def block(self):

@@ -6,7 +6,6 @@ from fastcluster._clock cimport monotonic, ticks as _ticks
 from fastcluster._settings_c cimport Settings, Listener, Admission
 
 cdef double DRAIN_LINGER, BALANCE_PAUSE, NESTED_WAIT, SHARE_MAX, ASLEEP, PRESSURE_MAX, SLEEPY_FLOOR
-cdef long long LONG_HOLD
 cdef Py_ssize_t BALANCE_SLACK
 cdef Py_ssize_t B_ACCEPTED
 cdef Py_ssize_t B_CONNS, B_NOT_ACCEPTING, B_RSS, B_BEAT, B_BUSY
@@ -26,19 +25,16 @@ cdef class AppPool:
         public int total        # threads in the pool, the serve() caller's included
         public int busy         # app calls begun and not handed back to the loop yet
         public unsigned long owner   # FASTCLUSTER_CHECK_THREADS: the thread that holds the loop (0: none)
-        bint cpu_ticks          # ticks() reads the CPU's counter
-        long long hold_ticks    # LONG_HOLD in ticks
-        public list begins      # when each running call began (ticks), oldest first
         public double sleepy    # moving share of recent calls the monitor handed over as sleepers
         unsigned long calls     # app calls begun
 
     cdef int _setup(self, HttpServer server, int limit) except -1
-    @cython.locals(busy=int, load=double, begins=list)
+    @cython.locals(busy=int, load=double)
     cdef bint _can_call(self) except -1
-    @cython.locals(began="long long", eager=bint)
-    cdef long long _enter(self) except? -1
+    @cython.locals(eager=bint)
+    cdef bint _enter(self) except -1
     @cython.locals(took=bint, sleeper=bint, sleepy=double)
-    cdef bint _leave(self, long long began) except -1
+    cdef bint _leave(self, bint eager) except -1
     cdef int _returned(self) except -1
     # the loop's primitives (_pool.pxi)
     cdef int _start(self) except -1
@@ -48,6 +44,7 @@ cdef class AppPool:
     cdef double _load(self) except -1.0
     cdef double _pressure(self) except -1.0
     cdef int _restless(self) except -1
+    cdef bint _held(self) except -1
     cpdef block(self)
     cpdef bint follow(self) except -1
     cpdef finish(self)

@@ -36,6 +36,7 @@ cdef extern from *:
         int restless;        /* 1: it computed over FC_SLEEPER of its time before it was handed over */
         clockid_t clock;
         long long last;      /* its CPU time at the last measure (ns) */
+        long long since;     /* when the monitor first saw the call (CLOCK_MONOTONIC ns) */
     } fc_slot_t;
 
     typedef struct {
@@ -128,6 +129,7 @@ cdef extern from *:
     #define FC_OFF_MIN 500000LL       /* ns off the CPU (and half the time) before a call counts as waiting */
     #define FC_HOLD_MAX 20000000LL    /* ns: a call keeps the loop this long at most, whatever it does */
     #define FC_SLEEPER 20LL           /* a call that computed under 1/20 of its time sleeps (a sleep, an API) */
+    #define FC_PRESSURE_MAX 200       /* per mille: PRESSURE_MAX in _server.py */
 
     typedef struct {            /* the monitor's view of the call on the loop's thread */
         unsigned long seq;      /* which call (fc_pool_t.seq when it began) */
@@ -146,7 +148,8 @@ cdef extern from *:
        they keep the GIL busy, as calls handed over before that compute do, or the thread the call
        waits for computes, a spare running the loop would only queue for the GIL: the GIL wait of a
        call is such a case, and a wait on a lock or a future whose holder waits for the world is
-       not). Any call is handed over once the monitor has seen it run FC_HOLD_MAX (head-of-line
+       not); a call that is no sleeper only while the machine's CPUs have room (`pressure`). Any
+       call is handed over once the monitor has seen it run FC_HOLD_MAX (head-of-line
        behind a long computation); whether another call then starts beside it is
        AppPool._can_call's decision, by `load`. */
     static int fc_call_waits(fc_pool_t *p, fc_watch_t *w, unsigned long seq) {
@@ -171,8 +174,13 @@ cdef extern from *:
             return 2;                   /* (no CPU clocks: any call that holds the loop a look waits) */
         used = cpu - w->cpu;
         others = (all - w->all) - used;
-        if (wall - used >= FC_OFF_MIN && 2 * used <= wall && 2 * others < wall && fc_thread_sleeps(w->tid))
-            return used * FC_SLEEPER < wall ? 1 : 2;
+        if (wall - used >= FC_OFF_MIN && 2 * used <= wall && 2 * others < wall && fc_thread_sleeps(w->tid)) {
+            if (used * FC_SLEEPER < wall)
+                return 1;
+            /* (a call that also computes, on a machine whose CPUs are busy: no second call would
+               start beside it (AppPool._can_call), so a hand-over would buy only context switches) */
+            return __atomic_load_n(&p->pressure, __ATOMIC_RELAXED) < FC_PRESSURE_MAX ? 2 : 0;
+        }
         return 0;
     }
 
@@ -180,11 +188,12 @@ cdef extern from *:
 
     /* The handed-over call of `clock` runs on: its slot (the monitor is the only one that fills
        slots; a call's thread empties its own: fc_pool_left). No free slot: not counted. */
-    static void fc_pool_track(fc_pool_t *p, clockid_t clock, int restless) {
+    static void fc_pool_track(fc_pool_t *p, clockid_t clock, int restless, long long since) {
         int i;
         for (i = 0; i < p->nslots; i++) {
             if (!__atomic_load_n(&p->slots[i].used, __ATOMIC_ACQUIRE)) {
                 p->slots[i].clock = clock;
+                p->slots[i].since = since;
                 p->slots[i].last = fc_ns(clock);
                 p->slots[i].restless = restless;
                 if (restless)
@@ -216,6 +225,17 @@ cdef extern from *:
             }
         }
         return sleeper;
+    }
+
+    /* 1: a call handed over and still running has run `hold` ns at least (AppPool._can_call:
+       LONG_HOLD). Read by the loop's thread; the slots may change meanwhile (a slip of one call). */
+    static int fc_pool_held(fc_pool_t *p, long long hold) {
+        long long now = fc_ns(CLOCK_MONOTONIC);
+        int i;
+        for (i = 0; i < p->nslots; i++)
+            if (__atomic_load_n(&p->slots[i].used, __ATOMIC_ACQUIRE) && now - p->slots[i].since >= hold)
+                return 1;
+        return 0;
     }
 
     #define FC_PRESSURE_SPAN 50000000LL   /* ns: `pressure` is measured over spans this long at least */
@@ -299,7 +319,7 @@ cdef extern from *:
             waits = __atomic_load_n(&p->token, __ATOMIC_ACQUIRE) == 0 ? fc_call_waits(p, &watch, seq) : 0;
             if (waits && fc_pool_take(p)) {
                 __atomic_add_fetch(&p->handovers, 1, __ATOMIC_RELAXED);
-                fc_pool_track(p, watch.clock, waits == 2);
+                fc_pool_track(p, watch.clock, waits == 2, watch.first);
                 fc_pool_hand_over(p);
             }
             fc_pool_measure(p, fc_ns(CLOCK_MONOTONIC));
@@ -373,4 +393,5 @@ cdef extern from *:
     int fc_pool_start(fc_pool_t* p, pthread_t* thread, int slots) nogil
     void fc_pool_free(fc_pool_t* p) nogil
     int fc_pool_left(fc_pool_t* p) nogil
+    int fc_pool_held(fc_pool_t* p, long long hold) nogil
     void fc_pool_end(fc_pool_t* p) nogil

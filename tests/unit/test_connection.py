@@ -205,6 +205,57 @@ def test_a_response_head_is_joined_again_whenever_any_piece_of_it_changes(impl, 
 
 
 @pytest.mark.parametrize("impl", IMPLS)
+def test_after_a_batch_of_long_calls_the_next_wait_takes_one_event(impl, serve):
+    """A batch of events that ran over LONG_CALL (1 ms) makes the next wait take one event, so
+    that connections are served in the order their requests came (a level-triggered connection
+    that a wait returned is back in the kernel's ready list ahead of those that became ready
+    during the batch); a batch under it makes the next take them all again."""
+    import time
+
+    spin = [0.0]
+
+    def app(environ, start_response):
+        end = time.perf_counter() + spin[0]
+        while time.perf_counter() < end:
+            pass
+        start_response("200 OK", [("Content-Length", "2")])
+        return [b"ok"]
+
+    server, _conns, clients = serve(impl, app, 3)
+    whole = server.batch_events
+    assert whole > 3
+
+    def answered():
+        count = 0
+        for c in clients:
+            c.setblocking(False)
+            try:
+                count += c.recv(65536).count(b"HTTP/1.1 200 OK")
+            except BlockingIOError:
+                pass
+            finally:
+                c.settimeout(5)
+        return count
+
+    def send_all():
+        for c in clients:
+            c.sendall(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+
+    spin[0] = 0.002
+    send_all()
+    server._iterate(1.0)                     # a whole batch: 6 ms of calls
+    assert answered() == 3
+    assert server.batch_events == 1
+    spin[0] = 0.0
+    send_all()
+    server._iterate(1.0)                     # one event, a quick batch
+    assert answered() == 1
+    assert server.batch_events == whole
+    server._iterate(1.0)                     # the other two
+    assert answered() == 2
+
+
+@pytest.mark.parametrize("impl", IMPLS)
 def test_one_batch_of_events_is_answered_then_sent(impl, serve):
     """One loop iteration over three connections with a request each answers all three. The
     compiled loop sends a batch's answers after the batch (Connection._send_later), so no app
@@ -230,6 +281,7 @@ def test_one_batch_of_events_is_answered_then_sent(impl, serve):
 
     server, _conns, socks = serve(impl, app, 3)
     clients.extend(socks)
+    whole = server.batch_events              # (all of them: MAX_EVENTS)
     fast = []
     for round_ in range(7):                          # a warm-up, five fast rounds, a slow one
         slow = round_ == 6
@@ -237,6 +289,7 @@ def test_one_batch_of_events_is_answered_then_sent(impl, serve):
         seen.clear()
         for c in clients:
             c.sendall(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+        server.batch_events = whole          # (a round the machine preempted past 1 ms takes one event next)
         server._iterate(1.0)
         assert len(seen) == 3, round_
         for c in clients:
