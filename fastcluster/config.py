@@ -247,9 +247,9 @@ SETTINGS = (
     Setting("workers", ("-w", "--workers"), positive_int, _default_workers,
             "number of worker processes (default: one per CPU)", "N"),
     Setting("threads", ("--threads",), positive_int, 32,
-            "app calls each worker runs at once: the app runs on the loop's thread, and when a call waits "
-            "(a database, an API, a slow upload) another thread takes the loop over; 1 runs every call "
-            "inline, one at a time (CPU-bound apps)", "N"),
+            "the most app calls each worker runs at once: the app runs on the loop's thread, and when a "
+            "call waits for the world (an API, a slow query, a slow upload) another thread takes the loop "
+            "over and starts more calls while they can run; 1 runs every call inline, one at a time", "N"),
     Setting("loop", ("--loop",), loop_name, "auto",
             "request loop: cython (compiled), python (pure-Python twin) or auto (compiled when built)",
             "{auto,cython,python}"),
