@@ -138,10 +138,11 @@ class AppPool:
         makes each queue for it, every short wait of theirs hand it off, and where the CPUs are
         busy anyway (the database on the same host) nothing runs sooner for it (issue 31: Flask
         and Django at 32 calls at once, and the database's CPU a request doubled). A call that
-        has run LONG_HOLD holds no one back: a request behind a long computation is served beside
-        it (the GIL switches every 5 ms), not after it. (Calls handed over up front are sleepers
-        by `sleepy`; those that lost the loop waiting inside the server, _await, wait for the loop:
-        neither is among the calls the monitor counts.)"""
+        has run LONG_HOLD_NS holds no one back when it is the only one that computes: a request
+        behind a long computation is served beside it (the GIL switches every 5 ms), not after
+        it. (Calls handed over up front are sleepers by `sleepy`; those that lost the loop waiting
+        inside the server, _await, wait for the loop: neither is among the calls the monitor
+        counts.)"""
         busy = self.busy
         if busy == 0:
             return True
@@ -151,7 +152,9 @@ class AppPool:
         if (self._restless() == 0 and load < ASLEEP * busy) or (
                 self._pressure() < PRESSURE_MAX and load * (busy + 1) < SHARE_MAX * busy):
             return True
-        return self._held()
+        # (beside one long call only: where calls are long because they queue for the GIL, letting
+        # more in would make them longer still, and the rule would never close again)
+        return self._restless() <= 1 and self._held()
 
     def _enter(self):
         """An app call begins on this thread, which runs the loop: account for it, keep a spare
