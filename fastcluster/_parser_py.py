@@ -95,10 +95,11 @@ class Pool(AppPool):
         self.psi_last = self.psi_at = 0
 
     def _left(self):
-        slot = self.tracked.pop(threading.get_ident(), None)
+        ident = threading.get_ident()
+        slot = self.tracked.pop(ident, None)
         if slot is None:
             return False
-        self.spent += max(0, _thread_cpu_ns(threading.get_ident()) - slot[0])
+        self.spent += max(0, _thread_cpu_ns(ident) - slot[0])
         return not slot[1]
 
     def _load(self):
@@ -181,22 +182,22 @@ class Pool(AppPool):
 
     def _call_waits(self, watch, seq):
         """fc_call_waits: does the call on the loop's thread wait (1: a sleeper, 2: another) or not
-        (0)? `watch` is the monitor's view of it, [seq, ident, tid, first, at, cpu, all]."""
+        (0)? `watch` is the monitor's view of it, [seq, ident, tid, first, cpu, all]."""
         now = time.monotonic_ns()
         if seq != watch[0]:
             ident, tid = self.caller
-            watch[:] = [seq, ident, tid, now, now, _thread_cpu_ns(ident), time.process_time_ns()]
+            watch[:] = [seq, ident, tid, now, _thread_cpu_ns(ident), time.process_time_ns()]
             return 0
         if now - watch[3] >= HOLD_MAX:
             return 2
-        wall = now - watch[4]
+        wall = now - watch[3]
         if wall < OFF_MIN:
             return 0
         cpu, whole = _thread_cpu_ns(watch[1]), time.process_time_ns()
-        if cpu < 0 or watch[5] < 0:
+        if cpu < 0 or watch[4] < 0:
             return 2
-        used = cpu - watch[5]
-        others = (whole - watch[6]) - used
+        used = cpu - watch[4]
+        others = (whole - watch[5]) - used
         if wall - used >= OFF_MIN and 2 * used <= wall and 2 * others < wall and _thread_sleeps(watch[2]):
             if used * SLEEPER < wall:
                 return 1
@@ -207,7 +208,7 @@ class Pool(AppPool):
         signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
         _set_thread_name(b"fc-monitor")
         last = -1
-        watch = [-1, 0, 0, 0, 0, 0, 0]
+        watch = [-1, 0, 0, 0, 0, 0]
         idle = 0
         period = 0.001        # doubles up to 10 ms while no call blocks
         while not self.finished:

@@ -135,8 +135,8 @@ cdef extern from *:
         unsigned long seq;      /* which call (fc_pool_t.seq when it began) */
         clockid_t clock;
         int tid;
-        long long first;        /* when the monitor first saw it */
-        long long at, cpu, all; /* the window judged: its start, the call's CPU and the process's then */
+        long long first;        /* when the monitor first saw it: the window judged starts there */
+        long long cpu, all;     /* the call's CPU and the process's then */
     } fc_watch_t;
 
     /* Does the call that holds the loop wait (hand the loop over: 1 for a sleeper, which computed
@@ -158,14 +158,14 @@ cdef extern from *:
             w->seq = seq;
             w->clock = __atomic_load_n(&p->clock, __ATOMIC_RELAXED);
             w->tid = __atomic_load_n(&p->tid, __ATOMIC_RELAXED);
-            w->first = w->at = now;
+            w->first = now;
             w->cpu = fc_ns(w->clock);
             w->all = fc_ns(CLOCK_PROCESS_CPUTIME_ID);
             return 0;
         }
         if (now - w->first >= FC_HOLD_MAX)
             return 2;
-        wall = now - w->at;
+        wall = now - w->first;
         if (wall < FC_OFF_MIN)
             return 0;
         cpu = fc_ns(w->clock);
