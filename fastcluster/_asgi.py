@@ -556,13 +556,20 @@ class EventLoopDriver:
         self.timer_at = 0.0
 
     def run(self):
-        """serve() for an ASGI app: run the event loop until the stop is over."""
+        """serve() for an ASGI app: run the event loop until the stop is over.
+
+        The event loop runs one task for as long as the worker serves (`_serving`, ended by `_end`),
+        not run_forever: anyio takes the task that run_until_complete runs for the root of the
+        loop's tasks and keeps its worker threads (to_thread.run_sync: Starlette's sync endpoints,
+        FileResponse's stat) until that task ends. Without it each request's task was the root and
+        every such call started a thread and ended it with the request."""
         loop = self.loop
         fd = self.server._poll_fd()
         loop.add_reader(fd, self._on_poll)
         self._arm_timer(self.server._wait_ms(1.0) / 1000.0)
+        self.over = loop.create_future()
         try:
-            loop.run_forever()
+            loop.run_until_complete(self._serving())
         finally:
             loop.remove_reader(fd)
             if self.timer is not None:
@@ -571,6 +578,21 @@ class EventLoopDriver:
             failure = self.failure
             self.failure = None
             raise failure
+
+    async def _serving(self):
+        import asyncio
+        while not self.over.done():
+            try:
+                await asyncio.shield(self.over)
+            except asyncio.CancelledError:     # an app cancelled every task: the worker serves on
+                pass
+
+    def _end(self):
+        """The stop is over (or the loop's code failed): the serving task ends, and with it the
+        event loop's run, after this turn."""
+        if not self.over.done():
+            self.over.set_result(None)
+        return 0
 
     def post(self):
         """A connection was posted (HttpServer._post): the loop's next turn looks at it."""
@@ -624,7 +646,7 @@ class EventLoopDriver:
         server = self.server
         if server._done():
             server.finished = True
-            self.loop.stop()
+            self._end()
             return 0
         wake = server._wake_at()
         if self.timer is None or wake < self.timer_at - 0.0005:
@@ -645,5 +667,5 @@ class EventLoopDriver:
         serve() raises it, as the WSGI loop would (the worker exits 1 and is replaced)."""
         self.failure = sys.exc_info()[1]
         self.server.finished = True
-        self.loop.stop()
+        self._end()
         return 0

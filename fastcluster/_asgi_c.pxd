@@ -95,6 +95,7 @@ cdef class EventLoopDriver:
         object failure                 # an exception raised in an event loop callback
         object timer                   # the event loop's TimerHandle for _on_timer
         double timer_at
+        object over                    # the future that ends the serving task (_end)
 
     cpdef post(self)
     cpdef wake(self)
@@ -103,3 +104,4 @@ cdef class EventLoopDriver:
     cdef int _after_turn(self) except -1
     cdef int _arm_timer(self, double delay) except -1
     cdef int _crashed(self) except -1
+    cdef int _end(self) except -1

@@ -147,6 +147,12 @@ async def http(scope, receive, send):
             open(q["marker"], "w").close()
         await asyncio.sleep(float(q.get("s", "1")))
         return await _text(send, b"slept %d\n" % os.getpid())
+    if path == "/cancel-all":     # cancels every other task of the event loop (as some shutdown code does)
+        me = asyncio.current_task()
+        others = [task for task in asyncio.all_tasks() if task is not me]
+        for task in others:
+            task.cancel()
+        return await _text(send, b"cancelled %d\n" % len(others))
     if path == "/block":      # blocks the event loop (a stuck worker)
         import time
         time.sleep(float(q.get("s", "1")))

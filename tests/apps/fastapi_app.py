@@ -4,6 +4,7 @@ dependencies, an HTTPException, a WebSocket, and a startup that fills app state.
 import asyncio
 import contextlib
 import os
+import threading
 from typing import Optional
 
 from fastapi import Depends, FastAPI, HTTPException, WebSocket, WebSocketDisconnect
@@ -47,8 +48,8 @@ async def create_item(item: Item):
 
 
 @app.get("/sync")
-def sync_endpoint():     # FastAPI runs a plain def in its thread pool
-    return {"sync": True}
+def sync_endpoint():     # FastAPI runs a plain def in its thread pool (anyio's worker threads)
+    return {"sync": True, "pid": os.getpid(), "thread": threading.get_native_id()}
 
 
 @app.get("/sleep")

@@ -309,6 +309,16 @@ def test_a_blocked_event_loop_is_a_stuck_worker(impl):
         assert status == 200
 
 
+def test_an_app_that_cancels_every_task_does_not_stop_the_worker(impl):
+    with Server("apps.asgi_suite:app", "--bind", "127.0.0.1:0", "--workers", "1", "--loop", impl) as server:
+        pid = server.worker_pids[0]
+        for _ in range(2):
+            status, _h, body = get(server, "/cancel-all")
+            assert status == 200 and int(body.split()[1]) >= 1     # the worker's own serving task at least
+        status, _h, body = get(server, "/pid")
+        assert status == 200 and int(body) == pid and server.worker_pids == [pid]
+
+
 def test_access_log_and_metrics_count_asgi_requests(impl, tmp_path):
     access = tmp_path / "access.log"
     with Server("apps.asgi_suite:app", "--bind", "127.0.0.1:0", "--workers", "1", "--loop", impl,
@@ -393,7 +403,19 @@ def test_fastapi_json_validation_errors_and_threadpool(fastapi_server):
     status, _h, body = get(fastapi_server, "/items", "POST", b'{"name": 1}', {"Content-Type": "application/json"})
     assert status == 422
     status, _h, body = get(fastapi_server, "/sync")
-    assert status == 200 and json.loads(body) == {"sync": True}
+    assert status == 200 and json.loads(body)["sync"] is True
+
+
+def test_fastapi_sync_endpoints_reuse_the_thread_pools_threads(fastapi_server):
+    # anyio keeps its worker threads while the event loop's root task runs; when each request's task
+    # was the root, every call to a plain def started a thread (a new native id) and ended it
+    threads = {}
+    for _ in range(12):
+        status, _h, body = get(fastapi_server, "/sync")
+        answer = json.loads(body)
+        assert status == 200
+        threads.setdefault(answer["pid"], set()).add(answer["thread"])
+    assert threads and all(len(ids) == 1 for ids in threads.values()), threads
 
 
 def test_fastapi_concurrency_and_websocket(fastapi_server):
