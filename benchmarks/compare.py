@@ -5,6 +5,7 @@
     python benchmarks/compare.py --asgi [--quick]      # ASGI servers (benchmarks/asgi_workloads.py)
     python benchmarks/compare.py --tls [--quick]       # HTTPS (benchmarks/tls_workloads.py)
     python benchmarks/compare.py --speed [--quick]     # the three rows of issue 14, against nginx
+    python benchmarks/compare.py --static [--quick]    # static files (benchmarks/static_workloads.py)
 
 It installs what it needs (apt: wrk, apache2-utils, nginx, libev-dev; PyPI, into
 benchmarks/.venv-peers: gunicorn, uvicorn, uvloop, granian, fastpysgi, bjoern, matplotlib and
@@ -47,7 +48,7 @@ from bench_app import BODY as _BODY_BYTES  # noqa: E402  (the hello every server
 
 BODY = _BODY_BYTES.decode()              # nginx's copy goes into its config
 PEERS_PIP = ["gunicorn", "uvicorn", "uvloop", "httptools", "granian", "fastpysgi", "bjoern", "matplotlib", "hypercorn",
-             "fastapi", "websockets"]
+             "fastapi", "websockets", "whitenoise", "servestatic"]
 APT = {"wrk": "wrk", "ab": "apache2-utils", "nginx": "nginx"}
 
 NGINX_CONF = """
@@ -648,7 +649,8 @@ def main():
     ap.add_argument("--quick", action="store_true", help="3 s per run instead of 10 (ab) and 5 (wrk)")
     ap.add_argument("--only", default="", help="comma-separated server names (default: all)")
     ap.add_argument("--workloads", default="",
-                    help="--asgi, --tls: comma-separated workloads (default: all); results in a file named after them")
+                    help="--asgi, --tls, --static: comma-separated workloads (default: all); results in a file "
+                         "named after them")
     ap.add_argument("--waits", action="store_true",
                     help="the waiting workloads instead (head-of-line, a 20 ms app, trickling uploads)")
     ap.add_argument("--asgi", action="store_true",
@@ -657,6 +659,9 @@ def main():
                     help="the TLS comparison instead (HTTPS keep-alive and pipelining; benchmarks/tls_workloads.py)")
     ap.add_argument("--h2", action="store_true",
                     help="the HTTP/2 comparison instead (h2c and h2 over TLS under h2load; benchmarks/h2_workloads.py)")
+    ap.add_argument("--static", action="store_true",
+                    help="the static-file comparison instead (Starlette's FileResponse, ServeStatic, WhiteNoise; "
+                         "benchmarks/static_workloads.py)")
     ap.add_argument("--speed", action="store_true",
                     help="issue 14's comparison instead: nginx, fastcluster, fastpysgi, bjoern on keep-alive, a new "
                          "connection per request and 16-deep pipelining, plus the worker's RSS over 1M requests")
@@ -664,7 +669,7 @@ def main():
                     help="with --speed: nginx with and without `listen ... deferred`, fastcluster with "
                          "--defer-accept 1 and 0, on the new-connection and keep-alive rows")
     ap.add_argument("--rounds", type=int, default=3,
-                    help="--asgi, --tls, --speed: interleaved rounds (medians are reported)")
+                    help="--asgi, --tls, --static, --speed: interleaved rounds (medians are reported)")
     ap.add_argument("--installed", default=None, help=argparse.SUPPRESS)   # set by the re-exec below
     args = ap.parse_args()
     if args.installed is None:
@@ -682,6 +687,8 @@ def main():
         return compare_waits(args, missing, started)
     if args.asgi:
         return compare_asgi(args, missing, started)
+    if args.static:
+        return compare_static(args, missing, started)
     if args.tls:
         return compare_tls(args, missing, started)
     if args.h2:
@@ -814,6 +821,20 @@ def compare_asgi(args, missing, started):
     _rounds(args, missing, started, "--asgi", aw.SERVERS, aw.WORKLOADS,
             lambda name, port, workload: aw.commands(name, port, bin_, aw.APPS[workload]), load,
             aw.markdown, "compare-asgi", "ASGI: fastcluster and its peers")
+
+
+def compare_static(args, missing, started):
+    """--static: benchmarks/static_workloads.py, 1 worker pinned, rounds interleaved, medians kept."""
+    import static_workloads as sw
+
+    def load(workload, port, seconds):
+        sw.check(port, workload)
+        return run_wrk(port, seconds, True, path=sw.PATHS[workload])
+
+    bin_ = os.path.join(VENV, "bin")
+    _rounds(args, missing, started, "--static", sw.SERVERS, sw.WORKLOADS,
+            lambda name, port, workload: sw.commands(name, port, bin_, workload), load,
+            sw.markdown, "compare-static", "Static files: fastcluster and its peers")
 
 
 def compare_tls(args, missing, started):
