@@ -291,8 +291,11 @@ class Server(HttpServer):
             elif self._is_listener(fd):
                 incoming = True
             # else: a connection closed earlier in this batch
-        # (one event at a time after a batch over LONG_CALL: _server.pxi's _iterate says why)
+        # (one event at a time after a batch over LONG_CALL, and the listening sockets looked at
+        # then, event or not: _server.pxi's _iterate says why)
         self.batch_events = 1 if time.perf_counter() - began > LONG_CALL else MAX_EVENTS
+        if self.batch_events == 1 and self.accepting:
+            incoming = True
         self._batch_done(incoming)
 
     def _signal(self):

@@ -27,6 +27,7 @@ def serve(tmp_path):
         opened.append(listener)
         listener.bind(str(tmp_path / "l.sock"))
         listener.listen()
+        listener.setblocking(False)          # (as serve() makes it)
         server = module.Server(listener, app, Config(workers=2))
         conns, clients = [], []
         for _ in range(count):
@@ -253,6 +254,41 @@ def test_after_a_batch_of_long_calls_the_next_wait_takes_one_event(impl, serve):
     assert server.batch_events == whole
     server._iterate(1.0)                     # the other two
     assert answered() == 2
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_after_a_batch_of_long_calls_the_listening_socket_is_looked_at_without_its_event(impl, serve, tmp_path):
+    """With one event a wait, the listening socket's event would come after every connection
+    ready before it (a round of long calls; with two workers balancing, a round for each connection
+    or two taken): after a long batch the loop accepts what is queued, event or not."""
+    import time
+
+    def app(environ, start_response):
+        end = time.perf_counter() + 0.002
+        while time.perf_counter() < end:
+            pass
+        start_response("200 OK", [("Content-Length", "2")])
+        return [b"ok"]
+
+    server, _conns, (client,) = serve(impl, app, 1)
+    server.resume_accepting()                # (as serve() does: the listening socket in the epoll set)
+    assert server.accepting
+    client.sendall(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+    server._iterate(1.0)                     # a long batch: the next wait takes one event
+    assert client.recv(65536).endswith(b"\r\n\r\nok") and server.batch_events == 1
+    client.sendall(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")      # ready first ...
+    newcomer = socket.socket(socket.AF_UNIX)
+    try:
+        newcomer.settimeout(5)
+        newcomer.connect(str(tmp_path / "l.sock"))                 # ... then the listening socket
+        newcomer.sendall(b"GET /new HTTP/1.1\r\nHost: t\r\n\r\n")
+        server._iterate(1.0)                 # one event: the first client's request, and the accept
+        assert client.recv(65536).endswith(b"\r\n\r\nok")
+        assert len(server.conns) == 2
+        server._iterate(1.0)
+        assert newcomer.recv(65536).endswith(b"\r\n\r\nok")
+    finally:
+        newcomer.close()
 
 
 @pytest.mark.parametrize("impl", IMPLS)
