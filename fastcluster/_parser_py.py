@@ -294,9 +294,7 @@ class Server(HttpServer):
         # (one event at a time after a batch over LONG_CALL, and the listening sockets looked at
         # then, event or not: _server.pxi's _iterate says why)
         self.batch_events = 1 if time.perf_counter() - began > LONG_CALL else MAX_EVENTS
-        if self.batch_events == 1 and self.accepting:
-            incoming = True
-        self._batch_done(incoming)
+        self._batch_done(incoming or (self.batch_events == 1 and self.accepting))
 
     def _signal(self):
         os.eventfd_write(self.efd, 1)
