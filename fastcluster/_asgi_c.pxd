@@ -81,7 +81,7 @@ cdef class Cycle:
     cpdef int task_done(self, object task) except -1
 
 
-cpdef object start_task(object loop, object coro)
+cpdef object start_task(object loop, object coro, bint eager=*)
 @cython.locals(cycle=Cycle)
 cpdef int start(Exchange ex, object app, object loop) except -1
 

@@ -10,6 +10,7 @@ import asyncio
 import hashlib
 import json
 import os
+import sys
 from urllib.parse import parse_qs
 
 STATE = {"tasks_done": 0}
@@ -147,6 +148,9 @@ async def http(scope, receive, send):
             open(q["marker"], "w").close()
         await asyncio.sleep(float(q.get("s", "1")))
         return await _text(send, b"slept %d\n" % os.getpid())
+    if path == "/running":     # the worker's count of running app tasks, as this request's first step sees it
+        counts = [getattr(sys.modules.get(name), "running", 0) for name in ("fastcluster._asgi_c", "fastcluster._asgi")]
+        return await _text(send, b"%d" % max(counts))
     if path == "/cancel-all":     # cancels every other task of the event loop (as some shutdown code does)
         me = asyncio.current_task()
         others = [task for task in asyncio.all_tasks() if task is not me]

@@ -309,6 +309,23 @@ def test_a_blocked_event_loop_is_a_stuck_worker(impl):
         assert status == 200
 
 
+def test_a_request_starts_in_its_read_only_while_no_other_runs(impl, tmp_path):
+    # alone, its first step runs inside the read, before start() counts it; beside a running one it
+    # is scheduled behind the steps already due (counted first, so its first step sees both)
+    with Server("apps.asgi_suite:app", "--bind", "127.0.0.1:0", "--workers", "1", "--loop", impl) as server:
+        status, _h, body = get(server, "/running")
+        assert status == 200 and body == b"0"
+        marker = tmp_path / "sleeping"
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            slow = pool.submit(get, server, "/sleep?s=2&marker=%s" % marker)
+            wait_until(marker.exists, what="the sleeping request")
+            status, _h, body = get(server, "/running")
+            assert status == 200 and body == b"2"
+            assert slow.result(timeout=10)[0] == 200
+        status, _h, body = get(server, "/running")
+        assert status == 200 and body == b"0"
+
+
 def test_an_app_that_cancels_every_task_does_not_stop_the_worker(impl):
     with Server("apps.asgi_suite:app", "--bind", "127.0.0.1:0", "--workers", "1", "--loop", impl) as server:
         pid = server.worker_pids[0]
