@@ -149,12 +149,13 @@ class AppPool:
         if busy >= self.limit:
             return False
         load = self._load()
-        if (self._restless() == 0 and load < ASLEEP * busy) or (
+        restless = self._restless()
+        if (restless == 0 and load < ASLEEP * busy) or (
                 self._pressure() < PRESSURE_MAX and load * (busy + 1) < SHARE_MAX * busy):
             return True
         # (beside one long call only: where calls are long because they queue for the GIL, letting
         # more in would make them longer still, and the rule would never close again)
-        return self._restless() <= 1 and self._held()
+        return restless <= 1 and self._held()
 
     def _enter(self):
         """An app call begins on this thread, which runs the loop: account for it, keep a spare

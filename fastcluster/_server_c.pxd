@@ -29,7 +29,7 @@ cdef class AppPool:
         unsigned long calls     # app calls begun
 
     cdef int _setup(self, HttpServer server, int limit) except -1
-    @cython.locals(busy=int, load=double)
+    @cython.locals(busy=int, load=double, restless=int)
     cdef bint _can_call(self) except -1
     @cython.locals(eager=bint)
     cdef bint _enter(self) except -1
