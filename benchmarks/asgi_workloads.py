@@ -63,36 +63,38 @@ def run_ws(port, seconds, pin, python):
 
 
 def markdown(report):
-    runs = report["medians"]
-    workloads = [w for w in WORKLOADS if w in runs]       # (a run of some rows: compare.py --workloads)
-    lines = ["| workload | " + " | ".join(SERVERS) + " |", "|---|" + "---|" * len(SERVERS)]
+    return medians_markdown(report["medians"], WORKLOADS, SERVERS, (("uvicorn-httptools", "uvicorn"),
+                            ("granian-asgi", "granian"), ("gunicorn-asgi", "gunicorn-asgi")), "req/s (messages/s)")
+
+
+def medians_markdown(runs, order, servers, peers, rate):
+    """A comparison's medians (`runs`: workload -> server -> medians), CPU and `rate` rows per
+    workload in `order`, then fastcluster-cython's ratios to each of `peers`, (name, label) pairs
+    (--asgi and --static)."""
+    workloads = [w for w in order if w in runs]       # (a run of some rows: compare.py --workloads)
+    lines = ["| workload | " + " | ".join(servers) + " |", "|---|" + "---|" * len(servers)]
     for workload in workloads:
         for what, key, fmt in (("server CPU us per request", "server_cpu_us_per_request", "%.1f"),
-                               ("req/s (messages/s)", "rps", "%.0f")):
+                               (rate, "rps", "%.0f")):
             cells = []
-            for name in SERVERS:
-                r = runs.get(workload, {}).get(name)
+            for name in servers:
+                r = runs[workload].get(name)
                 cells.append(fmt % r[key] if r and r.get(key) is not None else "-")
             lines.append("| %s: %s | %s |" % (workload, what, " | ".join(cells)))
-    lines.append("")
-    lines.append("Ratios (fastcluster-cython against each peer, same run; CPU per request: lower is better):")
-    lines.append("")
-    lines.append("| workload | CPU/req vs uvicorn | CPU/req vs granian | CPU/req vs gunicorn-asgi | req/s vs uvicorn "
-                 "| req/s vs granian | req/s vs gunicorn-asgi |")
-    lines.append("|---|---|---|---|---|---|---|")
+    lines += ["", "Ratios (fastcluster-cython against each peer, same run; CPU per request: lower is better):", "",
+              "| workload | " + " | ".join("CPU/req vs " + label for _name, label in peers) + " | "
+              + " | ".join("req/s vs " + label for _name, label in peers) + " |",
+              "|---|" + "---|" * (2 * len(peers))]
     for workload in workloads:
-        ours = runs.get(workload, {}).get("fastcluster-cython")
+        ours = runs[workload].get("fastcluster-cython")
         row = []
         for key in ("server_cpu_us_per_request", "rps"):
-            for peer in ("uvicorn-httptools", "granian-asgi", "gunicorn-asgi"):
-                theirs = runs.get(workload, {}).get(peer)
-                if ours and theirs and ours.get(key) and theirs.get(key):
-                    row.append("%.2f" % (ours[key] / theirs[key]))
-                else:
-                    row.append("-")
+            for name, _label in peers:
+                theirs = runs[workload].get(name)
+                row.append("%.2f" % (ours[key] / theirs[key]) if ours and theirs and ours.get(key)
+                           and theirs.get(key) else "-")
         lines.append("| %s | %s |" % (workload, " | ".join(row)))
     return "\n".join(lines) + "\n"
-
 
 if __name__ == "__main__":
     sys.exit("run it through benchmarks/compare.py --asgi")

@@ -56,31 +56,8 @@ def check(port, workload):
 
 
 def markdown(report):
-    runs = report["medians"]
-    workloads = [w for w in WORKLOADS if w in runs]
-    lines = ["| workload | " + " | ".join(SERVERS) + " |", "|---|" + "---|" * len(SERVERS)]
-    for workload in workloads:
-        for what, key, fmt in (("server CPU us per request", "server_cpu_us_per_request", "%.1f"),
-                               ("req/s", "rps", "%.0f")):
-            cells = []
-            for name in SERVERS:
-                r = runs[workload].get(name)
-                cells.append(fmt % r[key] if r and r.get(key) is not None else "-")
-            lines.append("| %s: %s | %s |" % (workload, what, " | ".join(cells)))
-    lines += ["", "Ratios (fastcluster-cython against each peer, same run; CPU per request: lower is better):", "",
-              "| workload | " + " | ".join("CPU/req vs " + p for p in PEERS) + " | "
-              + " | ".join("req/s vs " + p for p in PEERS) + " |", "|---|" + "---|" * (2 * len(PEERS))]
-    for workload in workloads:
-        ours = runs[workload].get("fastcluster-cython")
-        row = []
-        for key in ("server_cpu_us_per_request", "rps"):
-            for peer in PEERS:
-                theirs = runs[workload].get(peer)
-                row.append("%.2f" % (ours[key] / theirs[key]) if ours and theirs and ours.get(key)
-                           and theirs.get(key) else "-")
-        lines.append("| %s | %s |" % (workload, " | ".join(row)))
-    return "\n".join(lines) + "\n"
-
+    from asgi_workloads import medians_markdown
+    return medians_markdown(report["medians"], WORKLOADS, SERVERS, [(peer, peer) for peer in PEERS], "req/s")
 
 if __name__ == "__main__":
     sys.exit("run it through benchmarks/compare.py --static")
