@@ -209,6 +209,10 @@ cdef class Connection(HttpConnection):
     cdef bint _shutdown_write(self) except -1:
         return shutdown(self.fd, SHUT_WR) == 0
 
+    cdef bint _eof_waits(self) except -1:
+        cdef char byte
+        return fc_recv(self.fd, &byte, 1, MSG_PEEK | MSG_DONTWAIT) == 0
+
     cdef int _drop_input(self) except -1:
         cdef Server server = <Server>self.server
         cdef ssize_t n

@@ -31,7 +31,7 @@ from . import wsgi as _wsgi
 from .errors import Demoted
 
 if not cython.compiled:   # the compiled build cimports these (_dispatch_c.pxd)
-    from ._exchange import CLOSED, HIGH_WATER, OPEN
+    from ._exchange import CLOSED, HIGH_WATER, OPEN, PEER_CLOSED
     from ._request import RequestBuilder
 
 asgi_start = None    # fastcluster._asgi's start (or its compiled build's): load_asgi()
@@ -61,7 +61,7 @@ class AppDispatch(RequestBuilder):
 
     if not cython.compiled:   # plain Python: the values a compiled object starts with
         resp = cond = None
-        waiting = False
+        waiting = passed_over = False
         pumping = 0
 
     def _start_response(self, status, headers, exc_info=None):
@@ -160,6 +160,19 @@ class AppDispatch(RequestBuilder):
         """_pump() for the server: a deferred request may start now."""
         self._pump()
         return 0
+
+    def _client_left(self):
+        """Its turn in the server's queue of deferred requests has come, others wait behind it, and
+        its client closed its side meanwhile (the loop read its end of input, or it waits unread
+        behind the request: a look with MSG_PEEK): True the first time (the server passes it over
+        once, to the back of the queue), then False. A client that closed while its request
+        waited has most likely given up on it (a load generator's end, a proxy's timeout), and the
+        requests of clients that still wait should not queue behind the work for it; but one that
+        half-closes wants its answer, so it is served still, after one round of the others."""
+        if self.passed_over or (self.state != PEER_CLOSED and not self._eof_waits()):
+            return False
+        self.passed_over = True
+        return True
 
     # --- app calls that wait ---
 

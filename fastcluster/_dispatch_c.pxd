@@ -3,7 +3,7 @@
 
 cimport cython
 from fastcluster._server_c cimport HttpServer, AppPool
-from fastcluster._exchange_c cimport Exchange, CLOSED, HIGH_WATER, OPEN
+from fastcluster._exchange_c cimport Exchange, CLOSED, HIGH_WATER, OPEN, PEER_CLOSED
 from fastcluster._request_c cimport RequestBuilder
 
 cdef object asgi_start    # load_asgi()
@@ -22,6 +22,7 @@ cdef class AppDispatch(RequestBuilder):
         public bint waiting            # an app thread waits on `cond` for this connection
         object cond                    # threading.Condition, made the first time one waits
         int pumping                    # _pump() calls on the stack
+        bint passed_over               # its client closed while its request was deferred: it went to the back once (_client_left)
 
     @cython.locals(server=HttpServer, pool=AppPool, eager=bint)
     cdef int _produce(self, Exchange ex, bint first) except -1
@@ -32,6 +33,7 @@ cdef class AppDispatch(RequestBuilder):
     @cython.locals(ex=Exchange)
     cpdef double _call_age(self, double now) except -1
     cpdef _pump_now(self)
+    cpdef bint _client_left(self) except -1
     cdef bint _wait_writable(self) except -1
     cdef int _produced(self) except -1
     @cython.locals(ex=Exchange)

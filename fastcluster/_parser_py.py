@@ -472,6 +472,13 @@ class Connection(HttpConnection):
             return False
         return True
 
+    def _eof_waits(self):
+        try:
+            peeked = self.sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        except OSError as exc:     # (nothing to read now, or a reset: no end of input seen)
+            peeked = exc
+        return peeked == b""
+
     def _drop_input(self):
         server = self.server
         while True:

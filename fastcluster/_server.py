@@ -485,8 +485,11 @@ class HttpServer:
             if self.pool is not None and not self.pool._can_call():
                 break
             turns -= 1
-            self.waiting -= 1
             conn = self.deferred.popleft()
+            if self.deferred and conn._client_left():
+                self.deferred.append(conn)    # (its client gave up, most likely: the others first)
+                continue
+            self.waiting -= 1
             self.turn = conn             # (its request goes before those of connections not waiting)
             try:
                 conn._pump_now()

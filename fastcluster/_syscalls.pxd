@@ -20,6 +20,8 @@ cdef extern from "<sys/socket.h>" nogil:
         SOCK_NONBLOCK
         SOCK_CLOEXEC
         MSG_NOSIGNAL
+        MSG_PEEK
+        MSG_DONTWAIT
         SHUT_WR
 
 cdef extern from "<netinet/in.h>" nogil:

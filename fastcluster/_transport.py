@@ -231,6 +231,11 @@ class Transport(Channel):
         """Send our FIN; False if the socket is already gone."""
         raise NotImplementedError
 
+    def _eof_waits(self):
+        """The client's end of input has come and waits unread in the kernel, nothing before it
+        (a look that reads nothing: recv with MSG_PEEK). False where the loop cannot tell."""
+        return False
+
     def _close_fd(self):
         raise NotImplementedError
 

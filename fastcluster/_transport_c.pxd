@@ -58,6 +58,7 @@ cdef class Transport(Channel):
     cdef int _add_sealed(self, bytes data) except -1
     cdef int _set_mask(self, unsigned int mask) except -1
     cdef bint _shutdown_write(self) except -1
+    cdef bint _eof_waits(self) except -1
     cdef int _close_fd(self) except -1
     cdef int _drop_output(self) except -1
     cdef object _input(self)

@@ -470,3 +470,32 @@ def test_an_idle_workers_monitor_sleeps_and_the_next_waiting_call_still_hands_ov
         assert time.monotonic() - start < 1.5            # not after the waiting call's 2 s
         slow.join(30)
         assert _monitor_switches(worker) > seen[-1]
+
+
+def test_a_request_whose_client_closed_while_it_waited_goes_after_those_still_waited_for(impl, tmp_path):
+    """Both app threads sleep; three requests wait for one: A's, then B's and C's. A's client
+    closes its side meanwhile (as a client that gave up does, or one that half-closes): when a
+    thread comes free, B's and C's requests go first, and A's after them, still answered."""
+    log = tmp_path / "access.log"
+    with Server("apps.suite:app", "--bind", "127.0.0.1:0", "--workers", "1", "--threads", "2", "--loop", impl,
+                "--access-log", str(log), "--access-log-format", "%(q)s") as server:
+        markers = [tmp_path / "first", tmp_path / "second"]
+        sleepers = []
+        for marker in markers:
+            sock = server.connect(30)
+            sock.sendall(b"GET /sleep?s=1.5&marker=%s HTTP/1.1\r\n" % str(marker).encode() + H + b"\r\n")
+            sleepers.append(sock)
+        wait_until(lambda: all(m.exists() for m in markers), what="both threads in a call", server=server)
+        waiting = {}
+        for who in (b"a", b"b", b"c"):
+            sock = server.connect(30)
+            sock.sendall(b"GET /pid?who=%s HTTP/1.1\r\n" % who + H + b"\r\n")
+            waiting[who] = sock
+            time.sleep(0.1)           # (so that the server reads them in this order)
+        waiting[b"a"].shutdown(socket.SHUT_WR)
+        for sock in list(waiting.values()) + sleepers:
+            assert read_response(sock.makefile("rb")).status == 200
+            sock.close()
+    order = [line.strip() for line in log.read_text().splitlines()]
+    assert [line for line in order if line.startswith("who=")] == ["who=b", "who=c", "who=a"], order
+
