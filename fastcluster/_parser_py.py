@@ -47,6 +47,8 @@ LOAD_SPAN = 1000000          # ns: FC_LOAD_SPAN
 PRESSURE_SPAN = 50000000     # ns: FC_PRESSURE_SPAN
 SLEEPER = 20                 # FC_SLEEPER
 PRESSURE_MAX = 0.2           # FC_PRESSURE_MAX (_server.py's)
+HOT_BRIEF = 100              # FC_HOT_BRIEF
+HOT_LONG = 10000             # FC_HOT_LONG
 
 
 def _thread_cpu_ns(ident):
@@ -87,7 +89,8 @@ class Pool(AppPool):
         self.wake = threading.Semaphore(0)
         self.caller = (0, 0)            # the thread whose call began last: (get_ident(), its kernel id)
         self.handovers = 0              # calls the monitor handed over (tests, diagnostics)
-        self.tracked = {}               # handed-over calls running: thread ident -> [CPU (ns) then, restless, since]
+        self.tracked = {}               # handed-over calls running: thread ident -> [CPU (ns) at the last
+        #                                 measure, restless, since, when handed over (ns), CPU (ns) then]
         self.spent = 0                  # CPU (ns) of tracked calls that returned since the last measure
         self.load = 0.0                 # their CPU, in CPUs (fc_pool_measure)
         self.load_at = time.monotonic_ns()
@@ -99,7 +102,10 @@ class Pool(AppPool):
         slot = self.tracked.pop(ident, None)
         if slot is None:
             return False
-        self.spent += max(0, _thread_cpu_ns(ident) - slot[0])
+        cpu = _thread_cpu_ns(ident)
+        self.spent += max(0, cpu - slot[0])
+        if 2 * (cpu - slot[4]) < time.monotonic_ns() - slot[3]:
+            self.hot = HOT_LONG          # (it waited indeed: fc_pool_left)
         return not slot[1]
 
     def _load(self):
@@ -160,10 +166,10 @@ class Pool(AppPool):
 
     def block(self):
         if self.token.acquire(False):
-            self._hand_over()
+            self._hand_over(HOT_LONG)
 
-    def _hand_over(self):          # with the token just taken
-        self.hot = 10000
+    def _hand_over(self, hot):     # with the token just taken
+        self.hot = hot
         self.promote.release()
 
     def follow(self):
@@ -223,8 +229,9 @@ class Pool(AppPool):
             waits = 0 if self.token.locked() else self._call_waits(watch, seq)
             if waits and self.token.acquire(False):
                 self.handovers += 1
-                self.tracked[watch[1]] = [_thread_cpu_ns(watch[1]), waits == 2, watch[3]]
-                self._hand_over()
+                cpu = _thread_cpu_ns(watch[1])
+                self.tracked[watch[1]] = [cpu, waits == 2, watch[3], time.monotonic_ns(), cpu]
+                self._hand_over(HOT_BRIEF)
             self._measure(time.monotonic_ns())
             # ten looks at 10 ms with no call begun while the loop's thread holds the token: an
             # idle worker, whose monitor sleeps until the next call (_release wakes it)

@@ -62,7 +62,7 @@ cdef class Pool(AppPool):
 
     cpdef block(self):
         if fc_pool_take(self.st):
-            fc_pool_hand_over(self.st)
+            fc_pool_hand_over(self.st, FC_HOT_LONG)
 
     cpdef bint follow(self) except -1:
         cdef int rc

@@ -37,6 +37,8 @@ cdef extern from *:
         clockid_t clock;
         long long last;      /* its CPU time at the last measure (ns) */
         long long since;     /* when the monitor first saw the call (CLOCK_MONOTONIC ns) */
+        long long at;        /* when it was handed over (ns) */
+        long long at_cpu;    /* and its CPU time then (ns) */
     } fc_slot_t;
 
     typedef struct {
@@ -94,8 +96,13 @@ cdef extern from *:
         while (sem_wait(&p->wake) != 0 && errno == EINTR) {}
     }
 
-    static void fc_pool_hand_over(fc_pool_t *p) {   /* with the token just taken */
-        __atomic_store_n(&p->hot, 10000, __ATOMIC_RELAXED);
+    #define FC_HOT_BRIEF 100          /* looks at 0.1 ms after a handover the monitor judged (10 ms) */
+    #define FC_HOT_LONG 10000         /* looks at 0.1 ms once such a call proved to wait, or after block() (1 s) */
+
+    /* With the token just taken: a spare thread gets the loop, and the monitor looks every 0.1 ms
+       for `hot` looks. */
+    static void fc_pool_hand_over(fc_pool_t *p, int hot) {
+        __atomic_store_n(&p->hot, hot, __ATOMIC_RELAXED);
         sem_post(&p->promote);
     }
 
@@ -195,6 +202,8 @@ cdef extern from *:
                 p->slots[i].clock = clock;
                 p->slots[i].since = since;
                 p->slots[i].last = fc_ns(clock);
+                p->slots[i].at = fc_ns(CLOCK_MONOTONIC);
+                p->slots[i].at_cpu = p->slots[i].last;
                 p->slots[i].restless = restless;
                 if (restless)
                     __atomic_add_fetch(&p->restless, 1, __ATOMIC_RELAXED);
@@ -205,7 +214,14 @@ cdef extern from *:
     }
 
     /* A call that lost the loop returned (on its own thread): its CPU since the last measure is
-       counted, and its slot, if it has one, is free. 1: the monitor had handed it over as a sleeper. */
+       counted, and its slot, if it has one, is free. 1: the monitor had handed it over as a sleeper.
+       When it computed under half of its time since the handover, it waited indeed: the monitor
+       looks every 0.1 ms for a second from now (FC_HOT_LONG), to catch the next call that waits as
+       soon. One that computed most of that time had only paused (a query that took a few ms on a
+       busy machine, which its judgement cannot tell from a sleep): then the monitor's short looks
+       end after FC_HOT_BRIEF, and its longer ones (1 ms to 10 ms) leave the loop to such calls
+       (issue 31: with the database on the same host, Django's calls were judged to wait often,
+       and each handover kept the monitor waking 10,000 times a second, 20% of the CPU a request).*/
     static int fc_pool_left(fc_pool_t *p) {
         clockid_t clock;
         long long cpu;
@@ -217,6 +233,8 @@ cdef extern from *:
                 cpu = fc_ns(clock);
                 if (cpu > p->slots[i].last)   /* (the monitor may measure it at the same time: a slip) */
                     __atomic_add_fetch(&p->spent, cpu - p->slots[i].last, __ATOMIC_RELAXED);
+                if (2 * (cpu - p->slots[i].at_cpu) < fc_ns(CLOCK_MONOTONIC) - p->slots[i].at)
+                    __atomic_store_n(&p->hot, FC_HOT_LONG, __ATOMIC_RELAXED);
                 if (p->slots[i].restless)
                     __atomic_sub_fetch(&p->restless, 1, __ATOMIC_RELAXED);
                 else
@@ -320,7 +338,7 @@ cdef extern from *:
             if (waits && fc_pool_take(p)) {
                 __atomic_add_fetch(&p->handovers, 1, __ATOMIC_RELAXED);
                 fc_pool_track(p, watch.clock, waits == 2, watch.first);
-                fc_pool_hand_over(p);
+                fc_pool_hand_over(p, FC_HOT_BRIEF);
             }
             fc_pool_measure(p, fc_ns(CLOCK_MONOTONIC));
             if (seq == last && hot <= 0 && period >= 10000000 && __atomic_load_n(&p->token, __ATOMIC_ACQUIRE) == 1)
@@ -389,7 +407,8 @@ cdef extern from *:
     int pthread_join(pthread_t thread, void** result) nogil
     bint fc_pool_take(fc_pool_t* p) nogil
     void fc_pool_release(fc_pool_t* p) nogil
-    void fc_pool_hand_over(fc_pool_t* p) nogil
+    void fc_pool_hand_over(fc_pool_t* p, int hot) nogil
+    int FC_HOT_LONG
     int fc_pool_start(fc_pool_t* p, pthread_t* thread, int slots) nogil
     void fc_pool_free(fc_pool_t* p) nogil
     int fc_pool_left(fc_pool_t* p) nogil

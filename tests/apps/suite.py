@@ -177,12 +177,14 @@ def inner(environ, start_response):
             start_response("200 OK", [("Content-Type", "text/plain")])
             start_response("503 Service Unavailable", [("Content-Type", "text/plain")], sys.exc_info())
         return [b"replaced"]
-    if path == "/spin":     # computes (with sleep=1: sleeps) `ms`; answers its thread, the most /spin calls at once
-        spin = _SPIN
+    if path == "/spin":     # computes (with sleep=1: sleeps) `ms`, after a sleep of `pause` ms if given;
+        spin = _SPIN        # answers its thread, and the most /spin calls at once
         with spin["lock"]:
             spin["now"] += 1
             spin["most"] = max(spin["most"], spin["now"])
         try:
+            if "pause" in q:
+                time.sleep(float(q["pause"]) / 1000)
             if "sleep" in q:
                 time.sleep(float(q["ms"]) / 1000)
             else:

@@ -499,3 +499,19 @@ def test_a_request_whose_client_closed_while_it_waited_goes_after_those_still_wa
     order = [line.strip() for line in log.read_text().splitlines()]
     assert [line for line in order if line.startswith("who=")] == ["who=b", "who=c", "who=a"], order
 
+
+def test_calls_that_pause_and_then_compute_leave_the_monitor_its_slower_looks(impl):
+    """Calls that sleep 25 ms and then compute 150 ms: the monitor hands each over in its sleep,
+    then sees it compute. It looks every 0.1 ms for 10 ms after such a handover, and no longer:
+    not for a second, as after a call that waited indeed (10,000 wake-ups a second asked, 5,500
+    here, which on a busy machine take CPU from the calls). (The twin's monitor, a Python thread,
+    looks far less often while a call computes: it waits for the GIL.)"""
+    with Server("apps.suite:app", "--bind", "127.0.0.1:0", "--workers", "1", "--loop", impl) as server:
+        worker = server.worker_pids[0]
+        assert get(server, "/pid")[0] == 200
+        before = _monitor_switches(worker)
+        start = time.monotonic()
+        while time.monotonic() - start < 2.0:
+            assert get(server, "/spin?ms=150&pause=25")[0] == 200
+        looks = (_monitor_switches(worker) - before) / (time.monotonic() - start)
+        assert 20 < looks < 3000, looks      # (the compiled loop's monitor, looking for a second: 5,500)
