@@ -7,7 +7,8 @@
 # for the GIL that call needs, each hand-over costs a wake-up and GIL hand-offs, and a second call
 # at once makes every later short wait queue for the GIL (issue 31: benchmarks/results/shortwaits.md,
 # 3.8 context switches and 5.4 futex calls more per query, the worker's CPU a request doubled).
-# It looks every 0.1 ms for a second after a handover; otherwise the time between looks doubles
+# It looks every 0.1 ms after a handover, for a second once a call handed over proved to wait (10 ms
+# if it computed instead: fc_pool_left); otherwise the time between looks doubles
 # from 1 ms up to 10 ms (as Go's sysmon backs off): waking on the loop's CPU a thousand times a
 # second preempts the loop as often, which the hello app's CPU per request shows
 # (benchmarks/README.md, "Apps that wait"). After ten looks at 10 ms in which no call began and the
