@@ -85,6 +85,7 @@ class Pool(AppPool):
         self.promote = threading.Semaphore(0)
         self.seq = 0                    # app calls begun
         self.hot = 0                    # looks left at the short interval
+        self.proven = 1.0               # the share of recent handed-over calls that waited indeed (fc_pool_left)
         self.finished = False
         self.parked = False             # the monitor sleeps on `wake` until the next call begins
         self.wake = threading.Semaphore(0)
@@ -105,8 +106,10 @@ class Pool(AppPool):
             return False
         cpu = _thread_cpu_ns(ident)
         self.spent += max(0, cpu - slot[0])
-        if 2 * (cpu - slot[4]) < time.monotonic_ns() - slot[3]:
-            self.hot = HOT_LONG          # (it waited indeed: fc_pool_left)
+        waited = 2 * (cpu - slot[4]) < time.monotonic_ns() - slot[3]     # (fc_pool_left)
+        self.proven += ((1.0 if waited else 0.0) - self.proven) / 8
+        if waited:
+            self.hot = HOT_LONG
         return not slot[1]
 
     def _load(self):
@@ -117,6 +120,9 @@ class Pool(AppPool):
 
     def _restless(self):
         return sum(1 for slot in list(self.tracked.values()) if slot[1])
+
+    def _proven(self):
+        return self.proven >= 0.5
 
     def _held(self):
         now = time.monotonic_ns()
@@ -167,7 +173,7 @@ class Pool(AppPool):
 
     def block(self):
         if self.token.acquire(False):
-            self._hand_over(HOT_LONG)
+            self._hand_over(HOT_LONG if self._proven() else HOT_BRIEF)
 
     def _hand_over(self, hot):     # with the token just taken
         self.hot = hot
@@ -232,7 +238,7 @@ class Pool(AppPool):
                 self.handovers += 1
                 cpu = _thread_cpu_ns(watch[1])
                 self.tracked[watch[1]] = [cpu, waits == 2, watch[3], time.monotonic_ns(), cpu]
-                self._hand_over(HOT_BRIEF)
+                self._hand_over(HOT_LONG if self._proven() else HOT_BRIEF)
             self._measure(time.monotonic_ns())
             # ten looks at 10 ms with no call begun while the loop's thread holds the token: an
             # idle worker, whose monitor sleeps until the next call (_release wakes it)

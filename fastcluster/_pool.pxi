@@ -13,6 +13,7 @@ cdef class Pool(AppPool):
         memset(self.st, 0, sizeof(fc_pool_t))
         self.st.token = 1               # the thread that calls serve() runs the loop
         self.st.psi_fd = -1
+        self.st.proven = 1000           # (until calls handed over say otherwise: fc_pool_left)
         if sem_init(&self.st.promote, 0, 0) != 0 or sem_init(&self.st.wake, 0, 0) != 0:
             PyErr_SetFromErrno(OSError)
 
@@ -60,9 +61,12 @@ cdef class Pool(AppPool):
     cdef bint _held(self) except -1:
         return fc_pool_held(self.st, 100000000)     # (ns: _server.py's LONG_HOLD_NS)
 
+    cdef bint _proven(self) except -1:
+        return fc_pool_proven(self.st)
+
     cpdef block(self):
         if fc_pool_take(self.st):
-            fc_pool_hand_over(self.st, FC_HOT_LONG)
+            fc_pool_hand_over(self.st, FC_HOT_LONG if fc_pool_proven(self.st) else FC_HOT_BRIEF)
 
     cpdef bint follow(self) except -1:
         cdef int rc

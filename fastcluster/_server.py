@@ -131,7 +131,9 @@ class AppPool:
         """May an app call start now? The first always may (the monitor hands the loop over if it
         waits). Another, beside calls that run (they waited, so the loop went on to this request),
         when they sleep (a sleep, a slow query, an API: they leave the GIL free, and as many run as
-        --threads allows), or when the GIL and the machine have room for it: the CPU the calls
+        --threads allows; while the calls handed over lately did wait after it, `_proven`: a call
+        judged asleep by a pause that then computed, a query of a few ms on a busy machine, would
+        only queue for the GIL behind the new one), or when the GIL and the machine have room for it: the CPU the calls
         running used lately (the monitor's `load`), shared among them, leaves room for one more
         under SHARE_MAX, and the machine's CPUs are not all busy (its `pressure`). Calls that
         compute, or wait only briefly, use the GIL most of the time: starting more of them at once
@@ -150,7 +152,7 @@ class AppPool:
             return False
         load = self._load()
         restless = self._restless()
-        if (restless == 0 and load < ASLEEP * busy) or (
+        if (restless == 0 and load < ASLEEP * busy and self._proven()) or (
                 self._pressure() < PRESSURE_MAX and load * (busy + 1) < SHARE_MAX * busy):
             return True
         # (beside one long call only: where calls are long because they queue for the GIL, letting
@@ -163,15 +165,17 @@ class AppPool:
         recent calls were sleepers (`sleepy`: the monitor handed them over as such), hand it over
         now: the next request need not wait for the monitor to see this call wait (0.5 ms at least,
         which for an app that waits 20 ms a request held the loop a quarter of the time). One call
-        in 8 is left to the monitor still, so that `sleepy` follows the app when it changes. Returns
-        whether it was handed over up front, for _leave()."""
+        in 8 is left to the monitor still, so that `sleepy` follows the app when it changes; and
+        none is handed over up front while the calls handed over lately did not wait after all
+        (`_proven`: calls judged sleepers by a pause, a query that took a few ms on a busy machine,
+        which then computed). Returns whether it was handed over up front, for _leave()."""
         self.busy += 1
         self.server.cells[B_BUSY] = self.busy
         if self.total - self.busy < 1:
             self.total += 1
             self._spawn()
         self.calls += 1
-        eager = self.sleepy > 0.5 and (self.calls & 7) != 0
+        eager = self.sleepy > 0.5 and (self.calls & 7) != 0 and self._proven()
         if CHECK_THREADS:
             self.owner = 0                   # (before the token goes: a spare may take it at once)
         self._release()
@@ -184,10 +188,11 @@ class AppPool:
         takes the loop back, False when another thread has been running it meanwhile. A call the
         monitor judged moves `sleepy` (here, without the loop: a double that only this rule reads)."""
         took = self._reclaim()
-        sleeper = False
-        if not took:
-            sleeper = self._left()       # (the monitor counts its CPU no more)
-        elif CHECK_THREADS:
+        # (a call the monitor handed over lets its slot go, whether another thread runs the loop
+        # now or this one took it back, the loop's thread being in a call of its own: the monitor
+        # counts its CPU no more, and judges whether it waited indeed: fc_pool_left)
+        sleeper = self._left()
+        if took and CHECK_THREADS:
             self.owner = _get_ident()
         if not eager:
             sleepy = self.sleepy + ((1.0 if sleeper else 0.0) - self.sleepy) * 0.125
@@ -213,8 +218,7 @@ class AppPool:
         raise NotImplementedError
 
     def _left(self):
-        """This thread's call, which lost the loop, returned: True when the monitor had handed it
-        over as a sleeper."""
+        """This thread's call returned: True when the monitor had handed it over as a sleeper."""
         raise NotImplementedError
 
     def _load(self):
@@ -231,6 +235,11 @@ class AppPool:
 
     def _held(self):
         """True when a call handed over and running has run LONG_HOLD_NS."""
+        raise NotImplementedError
+
+    def _proven(self):
+        """True while most of the calls the monitor handed over lately waited indeed after it:
+        computed under half of their time from the handover to their return (fc_pool_left)."""
         raise NotImplementedError
 
     def block(self):

@@ -45,6 +45,7 @@ cdef class AppPool:
     cdef double _pressure(self) except -1.0
     cdef int _restless(self) except -1
     cdef bint _held(self) except -1
+    cdef bint _proven(self) except -1
     cpdef block(self)
     cpdef bint follow(self) except -1
     cpdef finish(self)

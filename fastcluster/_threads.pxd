@@ -47,6 +47,7 @@ cdef extern from *:
         unsigned long seq;   /* app calls begun */
         int finished;
         int hot;             /* looks left at the short interval */
+        int proven;          /* per mille of the recent handed-over calls that waited indeed (fc_pool_left) */
         int parked;          /* 1: the monitor sleeps on `wake` until the next app call begins */
         clockid_t clock;     /* the CPU clock of the thread whose call began last */
         int tid;             /* and its id in the kernel */
@@ -97,8 +98,8 @@ cdef extern from *:
         while (sem_wait(&p->wake) != 0 && errno == EINTR) {}
     }
 
-    #define FC_HOT_BRIEF 100          /* looks at 0.1 ms after a handover the monitor judged (10 ms) */
-    #define FC_HOT_LONG 10000         /* looks at 0.1 ms once such a call proved to wait, or after block() (1 s) */
+    #define FC_HOT_BRIEF 100          /* looks at 0.1 ms after a handover while most recent ones proved no waits (10 ms) */
+    #define FC_HOT_LONG 10000         /* the others, and once a call proved to wait (1 s) */
 
     /* With the token just taken: a spare thread gets the loop, and the monitor looks every 0.1 ms
        for `hot` looks. */
@@ -214,19 +215,22 @@ cdef extern from *:
         }
     }
 
-    /* A call that lost the loop returned (on its own thread): its CPU since the last measure is
-       counted, and its slot, if it has one, is free. 1: the monitor had handed it over as a sleeper.
+    /* An app call returned (on its own thread): if the monitor had handed it over, its CPU since
+       the last measure is counted and its slot is free. 1: it was handed over as a sleeper.
        When it computed under half of its time since the handover, it waited indeed: the monitor
        looks every 0.1 ms for a second from now (FC_HOT_LONG), to catch the next call that waits as
        soon. One that computed most of that time had only paused (a query that took a few ms on a
-       busy machine, which its judgement cannot tell from a sleep): then the monitor's short looks
-       end after FC_HOT_BRIEF, and its longer ones (1 ms to 10 ms) leave the loop to such calls
-       (issue 31: with the database on the same host, Django's calls were judged to wait often,
-       and each handover kept the monitor waking 10,000 times a second, 20% of the CPU a request).*/
+       busy machine, which the judgement cannot tell from a sleep). `proven`, the share of recent
+       handovers that waited indeed, sets how long the short looks last after the next handover:
+       a second while most did (a slow endpoint beside fast ones: the next slow call is caught in
+       0.5 ms), FC_HOT_BRIEF while most did not, after which the longer looks (1 ms to 10 ms) leave
+       the loop to such calls (issue 31: with the database on the same host, Django's calls were
+       judged to wait often, and a second of looks after each kept the monitor waking about 5,500
+       times a second, CPU taken from the calls and the database). */
     static int fc_pool_left(fc_pool_t *p) {
         clockid_t clock;
         long long cpu;
-        int i, sleeper = 0;
+        int i, sleeper = 0, waited, proven;
         if (pthread_getcpuclockid(pthread_self(), &clock) != 0)
             return 0;
         for (i = 0; i < p->nslots; i++) {
@@ -234,7 +238,10 @@ cdef extern from *:
                 cpu = fc_ns(clock);
                 if (cpu > p->slots[i].last)   /* (the monitor may measure it at the same time: a slip) */
                     __atomic_add_fetch(&p->spent, cpu - p->slots[i].last, __ATOMIC_RELAXED);
-                if (2 * (cpu - p->slots[i].at_cpu) < fc_ns(CLOCK_MONOTONIC) - p->slots[i].at)
+                waited = 2 * (cpu - p->slots[i].at_cpu) < fc_ns(CLOCK_MONOTONIC) - p->slots[i].at;
+                proven = __atomic_load_n(&p->proven, __ATOMIC_RELAXED);
+                __atomic_store_n(&p->proven, proven + ((waited ? 1000 : 0) - proven) / 8, __ATOMIC_RELAXED);
+                if (waited)
                     __atomic_store_n(&p->hot, FC_HOT_LONG, __ATOMIC_RELAXED);
                 if (p->slots[i].restless)
                     __atomic_sub_fetch(&p->restless, 1, __ATOMIC_RELAXED);
@@ -244,6 +251,11 @@ cdef extern from *:
             }
         }
         return sleeper;
+    }
+
+    /* 1 while most of the recent handed-over calls waited indeed (`proven`: fc_pool_left). */
+    static int fc_pool_proven(fc_pool_t *p) {
+        return __atomic_load_n(&p->proven, __ATOMIC_RELAXED) >= 500;
     }
 
     /* 1: a call handed over and still running has run `hold` ns at least (AppPool._can_call:
@@ -339,7 +351,7 @@ cdef extern from *:
             if (waits && fc_pool_take(p)) {
                 __atomic_add_fetch(&p->handovers, 1, __ATOMIC_RELAXED);
                 fc_pool_track(p, watch.clock, waits == 2, watch.first);
-                fc_pool_hand_over(p, FC_HOT_BRIEF);
+                fc_pool_hand_over(p, fc_pool_proven(p) ? FC_HOT_LONG : FC_HOT_BRIEF);
             }
             fc_pool_measure(p, fc_ns(CLOCK_MONOTONIC));
             if (seq == last && hot <= 0 && period >= 10000000 && __atomic_load_n(&p->token, __ATOMIC_ACQUIRE) == 1)
@@ -393,6 +405,7 @@ cdef extern from *:
         unsigned long seq
         int finished
         int hot
+        int proven
         int parked
         unsigned long handovers
         int load
@@ -410,6 +423,8 @@ cdef extern from *:
     void fc_pool_release(fc_pool_t* p) nogil
     void fc_pool_hand_over(fc_pool_t* p, int hot) nogil
     int FC_HOT_LONG
+    int FC_HOT_BRIEF
+    bint fc_pool_proven(fc_pool_t* p) nogil
     int fc_pool_start(fc_pool_t* p, pthread_t* thread, int slots) nogil
     void fc_pool_free(fc_pool_t* p) nogil
     int fc_pool_left(fc_pool_t* p) nogil
