@@ -54,6 +54,7 @@ cdef extern from *:
         unsigned long handovers;   /* calls the monitor handed over (Pool.handovers: tests, diagnostics) */
         fc_slot_t *slots;    /* the calls the monitor handed over that still run, one slot each */
         int nslots;          /* (--threads of them) */
+        int ntracked;        /* slots in use */
         int load;            /* their CPU, per mille of one CPU (fc_pool_measure) */
         int pressure;        /* per mille of the time some task on this machine waited for a CPU */
         long long spent;     /* CPU (ns) of tracked calls that returned since the last measure */
@@ -210,6 +211,7 @@ cdef extern from *:
                 if (restless)
                     __atomic_add_fetch(&p->restless, 1, __ATOMIC_RELAXED);
                 __atomic_store_n(&p->slots[i].used, 1, __ATOMIC_RELEASE);
+                __atomic_add_fetch(&p->ntracked, 1, __ATOMIC_RELEASE);
                 return;
             }
         }
@@ -231,6 +233,8 @@ cdef extern from *:
         clockid_t clock;
         long long cpu;
         int i, sleeper = 0, waited, proven;
+        if (__atomic_load_n(&p->ntracked, __ATOMIC_ACQUIRE) == 0)
+            return 0;                   /* (every call that kept the loop: one load) */
         if (pthread_getcpuclockid(pthread_self(), &clock) != 0)
             return 0;
         for (i = 0; i < p->nslots; i++) {
@@ -248,6 +252,7 @@ cdef extern from *:
                 else
                     sleeper = 1;
                 __atomic_store_n(&p->slots[i].used, 0, __ATOMIC_RELEASE);
+                __atomic_sub_fetch(&p->ntracked, 1, __ATOMIC_RELEASE);
             }
         }
         return sleeper;
