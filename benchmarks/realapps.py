@@ -16,7 +16,7 @@ database do not fit beside the load generator on 2 cores).
 For each run: req/s, p99, errors (socket errors and non-2xx apart), the server's CPU per request
 (user+sys of the server and all its processes, from /proc) and the database's (every process of the
 cluster, with the postmaster's reaped children). Output: benchmarks/results/realapps.json, realapps.md
-and realapps.png. The cluster and every server are stopped and removed at the end, on failure and on
+and realapps.png (--name NAME: NAME.json, .md and .png, so that a partial run keeps the full one's). The cluster and every server are stopped and removed at the end, on failure and on
 Ctrl-C. All traffic goes to 127.0.0.1; every run is bounded.
 """
 
@@ -563,7 +563,7 @@ def chart(report, missing):
     fig.suptitle("Real apps on PostgreSQL, %d workers each, wrk -c%d, queries=%d (%s, %s)" % (
         WORKERS, CONNECTIONS, report["queries"], report["machine"], report["date"]), fontsize=9)
     fig.tight_layout()
-    path = os.path.join(RESULTS, "realapps.png")
+    path = os.path.join(RESULTS, report.get("name", "realapps") + ".png")
     fig.savefig(path, dpi=90)
     plt.close(fig)
     return path
@@ -609,7 +609,7 @@ def run(args, missing, started):
         "versions": {k: v for k, v in compare.versions(PIP).items() if k not in ("ab", "nginx", "node")},
         "missing": missing, "seconds": seconds, "warmup": args.warmup,
         "rounds": args.rounds, "queries": args.queries, "gthreads": args.gthreads, "db_via": args.db_via,
-        "apps": apps, "tests": tests, "servers": servers, "runs": {},
+        "apps": apps, "tests": tests, "servers": servers, "runs": {}, "name": args.name,
     }
     db = None
 
@@ -641,22 +641,26 @@ def run(args, missing, started):
     os.makedirs(RESULTS, exist_ok=True)
     png = chart(report, missing)
     report["chart"] = os.path.relpath(png, HERE) if png else None
-    with open(os.path.join(RESULTS, "realapps.json"), "w") as f:
+    stem = os.path.join(RESULTS, report["name"])
+    with open(stem + ".json", "w") as f:
         json.dump(report, f, indent=1, sort_keys=True)
-    with open(os.path.join(RESULTS, "realapps.md"), "w") as f:
+    with open(stem + ".md", "w") as f:
         f.write(markdown(report))
-    log("wrote %s (%d s)" % (os.path.relpath(os.path.join(RESULTS, "realapps.md"), ROOT), report["elapsed_s"]))
+    log("wrote %s (%d s)" % (os.path.relpath(stem + ".md", ROOT), report["elapsed_s"]))
     for m in missing:
         log("missing: %s" % m)
 
 
-def render():
-    with open(os.path.join(RESULTS, "realapps.json")) as f:
+def render(name):
+    stem = os.path.join(RESULTS, name)
+    with open(stem + ".json") as f:
         report = json.load(f)
-    chart(report, [])
-    with open(os.path.join(RESULTS, "realapps.md"), "w") as f:
+    report["name"] = name
+    png = chart(report, [])
+    report["chart"] = os.path.relpath(png, HERE) if png else report.get("chart")
+    with open(stem + ".md", "w") as f:
         f.write(markdown(report))
-    log("wrote %s from realapps.json" % os.path.relpath(os.path.join(RESULTS, "realapps.md"), ROOT))
+    log("wrote %s from %s.json" % (os.path.relpath(stem + ".md", ROOT), name))
 
 
 def main():
@@ -674,8 +678,10 @@ def main():
     ap.add_argument("--gthreads", type=int, default=4, help="gunicorn gthread's --threads (default 4)")
     ap.add_argument("--db-via", choices=("tcp", "unix"), default="tcp",
                     help="how the apps reach PostgreSQL: loopback TCP (default) or its unix socket")
+    ap.add_argument("--name", default="realapps",
+                    help="the results' file stem under benchmarks/results/ (default realapps: NAME.json, .md, .png)")
     ap.add_argument("--render", action="store_true",
-                    help="run nothing: write realapps.md and realapps.png again from results/realapps.json")
+                    help="run nothing: write NAME.md and NAME.png again from results/NAME.json")
     ap.add_argument("--installed", default=None, help=argparse.SUPPRESS)   # set by the re-exec below
     args = ap.parse_args()
     for names, allowed, what in ((args.apps, APPS, "apps"), (args.tests, TESTS, "tests"),
@@ -692,8 +698,10 @@ def main():
         # the rest runs in the venv's Python: psycopg for the checks, matplotlib for the chart
         state = json.dumps({"missing": missing, "started": time.time() - (time.monotonic() - started)})
         os.execv(PY, [PY, os.path.abspath(__file__), *sys.argv[1:], "--installed", state])
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", args.name):
+        ap.error("--name: letters, digits, '.', '_' and '-' only, not %r" % args.name)
     if args.render:
-        return render()
+        return render(args.name)
     state = json.loads(args.installed)
     started = time.monotonic() - (time.time() - state["started"])
     # SIGTERM and SIGHUP end the run the way Ctrl-C does, through the finally that stops the cluster
