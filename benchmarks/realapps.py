@@ -16,7 +16,8 @@ database do not fit beside the load generator on 2 cores).
 For each run: req/s, p99, errors (socket errors and non-2xx apart), the server's CPU per request
 (user+sys of the server and all its processes, from /proc) and the database's (every process of the
 cluster, with the postmaster's reaped children). Output: benchmarks/results/realapps.json, realapps.md
-and realapps.png (--name NAME: NAME.json, .md and .png, so that a partial run keeps the full one's). The cluster and every server are stopped and removed at the end, on failure and on
+and realapps.png (--name NAME: NAME.json, .md and .png, so that a partial run keeps the full
+one's). The cluster and every server are stopped and removed at the end, on failure and on
 Ctrl-C. All traffic goes to 127.0.0.1; every run is bounded.
 """
 
