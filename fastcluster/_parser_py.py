@@ -42,6 +42,7 @@ B_BYTES_IN, B_BYTES_OUT = _board.BYTES_IN, _board.BYTES_OUT
 
 
 OFF_MIN = 500000             # ns: FC_OFF_MIN in _threads.pxd
+OFF_UNPROVEN = 5000000       # ns: FC_OFF_UNPROVEN
 HOLD_MAX = 20000000          # ns: FC_HOLD_MAX
 LOAD_SPAN = 1000000          # ns: FC_LOAD_SPAN
 PRESSURE_SPAN = 50000000     # ns: FC_PRESSURE_SPAN
@@ -204,14 +205,15 @@ class Pool(AppPool):
         if now - watch[3] >= HOLD_MAX:
             return 2
         wall = now - watch[3]
-        if wall < OFF_MIN:
+        off_min = OFF_MIN if self._proven() else OFF_UNPROVEN
+        if wall < off_min:
             return 0
         cpu, whole = _thread_cpu_ns(watch[1]), time.process_time_ns()
         if cpu < 0 or watch[4] < 0:
             return 2
         used = cpu - watch[4]
         others = (whole - watch[5]) - used
-        if wall - used >= OFF_MIN and 2 * used <= wall and 2 * others < wall and _thread_sleeps(watch[2]):
+        if wall - used >= off_min and 2 * used <= wall and 2 * others < wall and _thread_sleeps(watch[2]):
             if used * SLEEPER < wall:
                 return 1
             return 2 if self.pressure < PRESSURE_MAX else 0

@@ -109,6 +109,11 @@ cdef extern from *:
         sem_post(&p->promote);
     }
 
+    /* 1 while most of the recent handed-over calls waited indeed (`proven`: fc_pool_left). */
+    static int fc_pool_proven(fc_pool_t *p) {
+        return __atomic_load_n(&p->proven, __ATOMIC_RELAXED) >= 500;
+    }
+
     static long long fc_ns(clockid_t clock) {
         struct timespec t;
         if (clock_gettime(clock, &t) != 0)
@@ -137,6 +142,7 @@ cdef extern from *:
     }
 
     #define FC_OFF_MIN 500000LL       /* ns off the CPU (and half the time) before a call counts as waiting */
+    #define FC_OFF_UNPROVEN 5000000LL /* the same while most recent handovers proved no waits (fc_pool_proven) */
     #define FC_HOLD_MAX 20000000LL    /* ns: a call keeps the loop this long at most, whatever it does */
     #define FC_SLEEPER 20LL           /* a call that computed under 1/20 of its time sleeps (a sleep, an API) */
     #define FC_PRESSURE_MAX 200       /* per mille: PRESSURE_MAX in _server.py */
@@ -163,7 +169,7 @@ cdef extern from *:
        behind a long computation); whether another call then starts beside it is
        AppPool._can_call's decision, by `load`. */
     static int fc_call_waits(fc_pool_t *p, fc_watch_t *w, unsigned long seq) {
-        long long now = fc_ns(CLOCK_MONOTONIC), cpu, all, wall, used, others;
+        long long now = fc_ns(CLOCK_MONOTONIC), cpu, all, wall, used, others, off_min;
         if (seq != w->seq) {            /* a call not seen before: its first window starts now */
             w->seq = seq;
             w->clock = __atomic_load_n(&p->clock, __ATOMIC_RELAXED);
@@ -176,7 +182,8 @@ cdef extern from *:
         if (now - w->first >= FC_HOLD_MAX)
             return 2;
         wall = now - w->first;
-        if (wall < FC_OFF_MIN)
+        off_min = fc_pool_proven(p) ? FC_OFF_MIN : FC_OFF_UNPROVEN;
+        if (wall < off_min)
             return 0;
         cpu = fc_ns(w->clock);
         all = fc_ns(CLOCK_PROCESS_CPUTIME_ID);
@@ -184,7 +191,7 @@ cdef extern from *:
             return 2;                   /* (no CPU clocks: any call that holds the loop a look waits) */
         used = cpu - w->cpu;
         others = (all - w->all) - used;
-        if (wall - used >= FC_OFF_MIN && 2 * used <= wall && 2 * others < wall && fc_thread_sleeps(w->tid)) {
+        if (wall - used >= off_min && 2 * used <= wall && 2 * others < wall && fc_thread_sleeps(w->tid)) {
             if (used * FC_SLEEPER < wall)
                 return 1;
             /* (a call that also computes, on a machine whose CPUs are busy: no second call would
@@ -256,11 +263,6 @@ cdef extern from *:
             }
         }
         return sleeper;
-    }
-
-    /* 1 while most of the recent handed-over calls waited indeed (`proven`: fc_pool_left). */
-    static int fc_pool_proven(fc_pool_t *p) {
-        return __atomic_load_n(&p->proven, __ATOMIC_RELAXED) >= 500;
     }
 
     /* 1: a call handed over and still running has run `hold` ns at least (AppPool._can_call:
