@@ -74,8 +74,8 @@ def _thread_sleeps(tid):
 class Pool(AppPool):
     """The app threads' primitives (the twin of _pool.pxi and _threads.pxd): the token is a Lock
     held by the thread that runs the loop, a spare thread waits on a Semaphore, and the monitor is
-    a Python thread that looks every 0.1 ms after a handover (for 10 ms, or a second once a call
-    handed over proved to wait: fc_pool_left), and otherwise at times
+    a Python thread that looks every 0.1 ms after a handover (for a second while most calls handed
+    over lately waited indeed, 10 ms otherwise: `proven`, fc_pool_left), and otherwise at times
     that double from 1 ms to 10 ms; in an idle worker it sleeps until the next call begins. It hands
     the loop over by the rule of fc_call_waits (_threads.pxd)."""
 

@@ -7,8 +7,8 @@
 # for the GIL that call needs, each hand-over costs a wake-up and GIL hand-offs, and a second call
 # at once makes every later short wait queue for the GIL (issue 31: benchmarks/results/shortwaits.md,
 # 3.8 context switches and 5.4 futex calls more per query, the worker's CPU a request doubled).
-# It looks every 0.1 ms after a handover, for a second once a call handed over proved to wait (10 ms
-# if it computed instead: fc_pool_left); otherwise the time between looks doubles
+# It looks every 0.1 ms after a handover (for a second while most calls handed over lately waited
+# indeed, 10 ms otherwise: `proven`, fc_pool_left); otherwise the time between looks doubles
 # from 1 ms up to 10 ms (as Go's sysmon backs off): waking on the loop's CPU a thousand times a
 # second preempts the loop as often, which the hello app's CPU per request shows
 # (benchmarks/README.md, "Apps that wait"). After ten looks at 10 ms in which no call began and the
@@ -158,7 +158,7 @@ cdef extern from *:
     /* Does the call that holds the loop wait (hand the loop over: 1 for a sleeper, which computed
        under 1/FC_SLEEPER of the time, 2 for another) or not (0: let it keep it)? A call
        waits when, since the monitor first saw it, its thread was off the CPU at least FC_OFF_MIN
-       and half the time (a query of 0.1 ms between pieces of Python is not: that call computes
+       (FC_OFF_UNPROVEN while most recent handovers proved no waits: fc_pool_left) and half the time (a query of 0.1 ms between pieces of Python is not: that call computes
        most of the time), sleeps in the kernel now (not runnable: a preempted thread does not wait
        for the world), and the worker's other threads used less than half a CPU meanwhile (when
        they keep the GIL busy, as calls handed over before that compute do, or the thread the call
