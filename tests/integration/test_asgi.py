@@ -247,6 +247,8 @@ def test_a_rolling_restart_waits_for_the_new_workers_lifespan(impl, tmp_path):
         server.signal(signal.SIGUSR2)
         wait_until(lambda: "rolling restart complete" in server.stderr(), timeout=30, what="the rollout",
                    server=server)
+        # (the workers' "listening" lines come on stdout, the master's log on stderr: read apart)
+        wait_until(lambda: len(server.worker_pids) >= 4, what="the new workers' listening lines", server=server)
         assert len(server.worker_pids) == 4
         lines = log.read_text().splitlines()
         for pid in server.worker_pids:

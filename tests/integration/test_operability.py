@@ -434,6 +434,7 @@ def test_restarts_by_cause_recycle_and_timeout(impl):
         first = server.worker_pids[0]
         talk(server, get("/") * 24 + get("/", close=True), 25)       # past --max-requests: recycled
         wait_until(lambda: not os.path.exists("/proc/%d" % first), what="the recycled worker to go", server=server)
+        wait_until(lambda: len(server.worker_pids) >= 2, what="its replacement's listening line", server=server)
         assert len(server.worker_pids) == 2
         with socket.create_connection((server.host, server.port), timeout=30) as sock:
             sock.sendall(get("/sleep?s=30", close=True))               # stuck past --timeout: killed

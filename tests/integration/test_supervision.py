@@ -97,6 +97,8 @@ def test_three_rolling_restarts_under_load_drop_nothing(impl, app):
             load.stop()
         assert load.failures == [], load.failures[:5]
         assert load.ok > 800
+        # (the workers' "listening" lines come on stdout, the master's log on stderr: read apart)
+        wait_until(lambda: len(server.worker_pids) >= 8, what="the new workers' listening lines", server=server)
         live = [p for p in server.worker_pids if pid_alive(p)]
         assert len(live) == 2 and not set(live) & first
         assert len(server.worker_pids) == 8, "2 first workers + 3 rollouts x 2"
